@@ -1,0 +1,144 @@
+"""Fixed facts of the product: enums, limits, endpoints, exit codes and mapping tables.
+
+One home per fact: every other module imports from here instead of repeating a literal.
+Sources are in ../shared/reference (microsoft-apis.md, mapping.md, misp.md).
+"""
+from __future__ import annotations
+
+import enum
+import re
+
+
+class ExitCode(enum.IntEnum):
+    """Documented process exit codes (README "Exit codes")."""
+
+    OK = 0
+    REJECTED = 1
+    CONFIG = 2
+    MISP = 3
+    MICROSOFT = 4
+    INTERNAL = 5
+    INTERRUPTED = 130
+
+
+class SkipReason(str, enum.Enum):
+    """Why a MISP attribute did not become an indicator; each is counted in the run summary."""
+
+    DELETED = "deleted"
+    NOT_TO_IDS = "not-to-ids"
+    CONTEXT = "context"
+    UNSUPPORTED_TYPE = "unsupported-type"
+    INVALID_VALUE = "invalid-value"
+    WEAK_OBSERVABLE = "weak-observable"
+    NOT_FOR_TARGET = "not-for-target"
+    DUPLICATE = "duplicate"
+    MALFORMED = "malformed"
+
+
+# --- Microsoft Graph tiIndicators -----------------------------------------------------------
+GRAPH_TI_PATH = "/beta/security/tiIndicators"
+GRAPH_SUBMIT_PATH = GRAPH_TI_PATH + "/submitTiIndicators"
+GRAPH_DELETE_PATH = GRAPH_TI_PATH + "/deleteTiIndicators"
+GRAPH_LIST_PAGE_SIZE = 100
+GRAPH_MAX_BATCH = 100
+GRAPH_DESCRIPTION_MAX = 100
+GRAPH_INT32_MAX = 2**31 - 1
+GRAPH_FAILED_ITEM_ID = "Failed to create, check Error element for reason"
+
+DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+
+GRAPH_ACTIONS = ("unknown", "allow", "block", "alert")
+TARGET_SENTINEL = "Azure Sentinel"
+TARGET_DEFENDER = "Microsoft Defender ATP"
+GRAPH_TARGET_PRODUCTS = (TARGET_SENTINEL, TARGET_DEFENDER)
+GRAPH_THREAT_TYPES = (
+    "Botnet", "C2", "CryptoMining", "Darknet", "DDoS", "MaliciousUrl",
+    "Malware", "Phishing", "Proxy", "PUA", "WatchList",
+)
+DEFAULT_THREAT_TYPE = "WatchList"
+GRAPH_TLP_LEVELS = ("white", "green", "amber", "red")
+DEFAULT_TLP = "red"
+GRAPH_DIAMOND_MODEL = ("adversary", "capability", "infrastructure", "victim")
+
+# Observable fields Defender ATP accepts (microsoft-apis.md §1.2, per-target rules).
+DEFENDER_OBSERVABLE_FIELDS = frozenset({
+    "domainName", "url", "networkDestinationIPv4", "networkDestinationIPv6",
+    "fileHashType", "fileHashValue",
+})
+DEFENDER_HASH_TYPES = frozenset({"md5", "sha1", "sha256"})
+
+# --- MISP ------------------------------------------------------------------------------------
+MISP_DEFAULT_PAGE_SIZE = 100
+# Filter keys the tool owns; an operator setting them in misp_event_filters would break paging.
+MISP_RESERVED_FILTERS = frozenset({"limit", "page", "controller", "return_format", "returnFormat", "pythonify"})
+
+# --- Taxonomies (mapping.md "Tags and taxonomies") -------------------------------------------
+TLP_TAGS = {
+    "tlp:clear": "white",
+    "tlp:white": "white",
+    "tlp:green": "green",
+    "tlp:amber": "amber",
+    "tlp:amber+strict": "amber",
+    "tlp:red": "red",
+}
+TLP_RANK = {"white": 0, "green": 1, "amber": 2, "red": 3}
+
+THREAT_TYPE_PREFIX = "sentinel-threattype:"
+THREAT_TYPE_BY_LOWER = {name.lower(): name for name in GRAPH_THREAT_TYPES}
+
+KILL_CHAIN_PREFIX = "kill-chain:"
+KILL_CHAIN_TO_GRAPH = {
+    "reconnaissance": "Reconnaissance",
+    "weaponization": "Weaponization",
+    "delivery": "Delivery",
+    "exploitation": "Exploitation",
+    "installation": "Installation",
+    "command and control": "C2",
+    "actions on objectives": "Actions",
+}
+
+DIAMOND_MODEL_PREFIX = "diamond-model:"
+
+CONFIDENCE_PREFIX = "misp:confidence-level="
+CONFIDENCE_LEVELS = {
+    "completely-confident": 100,
+    "usually-confident": 75,
+    "fairly-confident": 50,
+    "rarely-confident": 25,
+    "unconfident": 0,
+    "confidence-cannot-be-evaluated": 50,
+}
+
+GALAXY_ACTIVITY_GROUPS = ("misp-galaxy:threat-actor=", "misp-galaxy:mitre-intrusion-set=")
+GALAXY_MALWARE_FAMILIES = (
+    "misp-galaxy:malpedia=", "misp-galaxy:malware=", "misp-galaxy:ransomware=", "misp-galaxy:tool=",
+)
+
+# MISP attribute types that describe the event instead of being indicators.
+CONTEXT_TYPES = frozenset({"threat-actor", "malware-type", "comment"})
+
+# --- Observable value rules (mapping.md "Values") ---------------------------------------------
+HEX_HASH_LENGTHS = {
+    "md5": (32,), "sha1": (40,), "sha224": (56,), "sha256": (64,), "sha384": (96,),
+    "sha512": (128,), "sha512/224": (56,), "sha512/256": (64,), "sha3-224": (56,),
+    "sha3-256": (64,), "sha3-384": (96,), "sha3-512": (128,), "authentihash": (64,),
+    "imphash": (32,), "pehash": (40,), "cdhash": (40,), "tlsh": (70, 72), "telfhash": (70, 72),
+}
+FUZZY_HASH_PATTERNS = {
+    "ssdeep": re.compile(r"^\d+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+(,\S*)?$"),
+    "impfuzzy": re.compile(r"^\d+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+$"),
+    "vhash": re.compile(r"^\S{1,256}$"),
+}
+GRAPH_HASH_TYPES = {
+    "md5": "md5", "sha1": "sha1", "sha256": "sha256",
+    "authentihash": "authenticodeHash256", "ssdeep": "ctph",
+}
+HASH_TYPES = frozenset(HEX_HASH_LENGTHS) | frozenset(FUZZY_HASH_PATTERNS)
+TLSH_PREFIX = re.compile(r"^[tT]1")
+HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+HOSTNAME_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+HOSTNAME_MAX = 253
+URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+ASN_MAX = 2**32 - 1
+PORT_MAX = 65535

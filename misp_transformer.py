@@ -1,0 +1,600 @@
+"""MISP event dict -> Graph tiIndicator dicts, plus a reason for every attribute left out.
+
+Pure: no I/O, no clock (the caller passes `now`), no settings lookup. This is where the mapping
+contract (../shared/reference/mapping.md) lives; the clients only move the result over HTTP.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import constants as C
+from constants import SkipReason
+
+
+class InvalidValue(ValueError):
+    """An attribute value that cannot become an observable; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphPolicy:
+    """The settings that shape a Graph indicator (a slice of the validated Settings)."""
+
+    target_product: str = C.TARGET_SENTINEL
+    action: str = "alert"
+    passive_only: bool = False
+    days_to_expire: int = 60
+    network_ignore_direction: bool = False
+    ignore_local_tags: bool = True
+    default_confidence: int = 50
+    default_tlp: str = C.DEFAULT_TLP
+    allow_weak_observables: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    """One attribute that produced no indicator, with enough context to find it in MISP."""
+
+    reason: SkipReason
+    event_uuid: str
+    attribute_uuid: str
+    attribute_type: str
+    detail: str = ""
+
+
+@dataclasses.dataclass
+class EventResult:
+    """What one event yields: indicators to send and attributes skipped."""
+
+    indicators: list[dict[str, Any]]
+    skips: list[Skip]
+    attributes: int
+
+
+# --- small parsers that accept what real MISP servers and feeds send -------------------------
+
+def is_true(value: Any) -> bool:
+    """MISP booleans arrive as bool, 0/1 or "0"/"1" depending on server version and feed."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value == 1
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true")
+    return False
+
+
+def as_text(value: Any) -> str:
+    """Attribute values are strings in MISP; tolerate plain numbers, refuse anything else."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidValue(f"value is a {type(value).__name__}, not text")
+
+
+def _dicts(value: Any) -> list[Mapping[str, Any]]:
+    """A MISP list that may be absent, null or hold junk: keep only the objects."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def iso_utc(moment: dt.datetime) -> str:
+    """Graph wants ISO 8601 UTC with a Z."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_to_iso(value: Any) -> str | None:
+    """MISP timestamps are epoch seconds as strings; None when absent or unusable."""
+    try:
+        seconds = int(str(value).strip())
+        return iso_utc(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+# --- observable value rules (mapping.md "Values") ---------------------------------------------
+
+def split_composite(value: str) -> tuple[str, str]:
+    """`a|b` composites split on the first `|`; a composite without one is invalid."""
+    left, sep, right = value.partition("|")
+    if not sep or not left.strip() or not right.strip():
+        raise InvalidValue("composite value without its '|' separator")
+    return left.strip(), right.strip()
+
+
+def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address, or a CIDR block when the value carries a prefix length."""
+    text = value.strip()
+    try:
+        if "/" in text:
+            return ipaddress.ip_network(text, strict=False)
+        return ipaddress.ip_address(text)
+    except ValueError as exc:
+        raise InvalidValue(f"not an IP address or CIDR block: {exc}") from None
+
+
+def parse_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A single address (no CIDR), for fields that hold one host."""
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise InvalidValue("not an IP address") from None
+
+
+def parse_port(value: str) -> int:
+    text = value.strip()
+    if not text.isdigit() or int(text) > C.PORT_MAX:
+        raise InvalidValue(f"port out of range 0-{C.PORT_MAX}")
+    return int(text)
+
+
+def parse_asn(value: str) -> int:
+    """`AS64500`, `as64500` and `64500` are the same ASN."""
+    text = value.strip()
+    if text[:2].lower() == "as":
+        text = text[2:].strip()
+    if not text.isdigit() or int(text) > C.ASN_MAX:
+        raise InvalidValue("not an AS number")
+    return int(text)
+
+
+def normalize_hostname(value: str) -> str:
+    """Lower-case A-label host name without a trailing dot, or InvalidValue."""
+    host = value.strip().rstrip(".")
+    if not host:
+        raise InvalidValue("empty host name")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        raise InvalidValue("an IP address, not a host name")
+    try:
+        ascii_host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise InvalidValue("not a valid (internationalised) host name") from None
+    labels = ascii_host.split(".")
+    if len(ascii_host) > C.HOSTNAME_MAX or not all(C.HOSTNAME_LABEL_RE.match(label) for label in labels):
+        raise InvalidValue("not a valid host name")
+    return ascii_host
+
+
+def normalize_url(value: str) -> str:
+    """Graph and Sentinel reject scheme-less URLs: add http:// when there is none."""
+    url = value.strip()
+    if not url:
+        raise InvalidValue("empty URL")
+    if any(ch.isspace() for ch in url):
+        raise InvalidValue("URL contains white space")
+    return url if C.URL_SCHEME_RE.match(url) else "http://" + url
+
+
+def split_email(value: str) -> tuple[str, str]:
+    """Address and its (normalised) domain."""
+    address = value.strip()
+    local, sep, domain = address.rpartition("@")
+    if not sep or not local or any(ch.isspace() for ch in address):
+        raise InvalidValue("not an e-mail address")
+    return address, normalize_hostname(domain)
+
+
+def normalize_hash(hash_type: str, value: str) -> str:
+    """Check a hash against its algorithm's length and alphabet."""
+    text = value.strip()
+    lengths = C.HEX_HASH_LENGTHS.get(hash_type)
+    if lengths is not None:
+        digits = C.TLSH_PREFIX.sub("", text) if hash_type in ("tlsh", "telfhash") else text
+        if len(text) in lengths and C.HEX_RE.match(digits):
+            return text.lower()
+        raise InvalidValue(f"not a {hash_type} hash ({' or '.join(map(str, lengths))} hex digits)")
+    if C.FUZZY_HASH_PATTERNS[hash_type].match(text):
+        return text
+    raise InvalidValue(f"not a {hash_type} hash")
+
+
+def require_text(value: str) -> str:
+    text = value.strip()
+    if not text:
+        raise InvalidValue("empty value")
+    return text
+
+
+# --- MISP type -> Graph observable fields (mapping.md "Graph tiIndicator") -------------------
+
+Builder = Callable[[str, GraphPolicy], dict[str, Any]]
+
+_IP_FIELD_SUFFIX = {
+    (4, False): "IPv4", (6, False): "IPv6", (4, True): "CidrBlock", (6, True): "CidrBlock",
+}
+
+
+def _ip_fields(value: str, direction: str, policy: GraphPolicy) -> dict[str, Any]:
+    ip = parse_ip(value)
+    suffix = _IP_FIELD_SUFFIX[(ip.version, isinstance(ip, (ipaddress.IPv4Network, ipaddress.IPv6Network)))]
+    fields: dict[str, Any] = {f"network{direction}{suffix}": str(ip)}
+    if policy.network_ignore_direction:
+        fields[f"network{suffix}"] = str(ip)
+    return fields
+
+
+def _port_fields(port: int, direction: str, policy: GraphPolicy) -> dict[str, Any]:
+    fields: dict[str, Any] = {f"network{direction}Port": port}
+    if policy.network_ignore_direction:
+        fields["networkPort"] = port
+    return fields
+
+
+def _ip(direction: str) -> Builder:
+    return lambda value, policy: _ip_fields(value, direction, policy)
+
+
+def _ip_port(direction: str) -> Builder:
+    def build(value: str, policy: GraphPolicy) -> dict[str, Any]:
+        address, port = split_composite(value)
+        return {**_ip_fields(address, direction, policy), **_port_fields(parse_port(port), direction, policy)}
+    return build
+
+
+def _domain_ip(value: str, policy: GraphPolicy) -> dict[str, Any]:
+    host, address = split_composite(value)
+    ip = parse_address(address)
+    return {"domainName": normalize_hostname(host), f"networkIPv{ip.version}": str(ip)}
+
+
+def _hostname_port(value: str, policy: GraphPolicy) -> dict[str, Any]:
+    host, port = split_composite(value)
+    return {"domainName": normalize_hostname(host), **_port_fields(parse_port(port), "Destination", policy)}
+
+
+def _email_src(value: str, policy: GraphPolicy) -> dict[str, Any]:
+    address, domain = split_email(value)
+    return {"emailSenderAddress": address, "emailSourceDomain": domain}
+
+
+def _text(field: str) -> Builder:
+    return lambda value, policy: {field: require_text(value)}
+
+
+def _hash_fields(hash_type: str, value: str) -> dict[str, Any]:
+    return {
+        "fileHashType": C.GRAPH_HASH_TYPES.get(hash_type, "unknown"),
+        "fileHashValue": normalize_hash(hash_type, value),
+    }
+
+
+def _hash(hash_type: str) -> Builder:
+    return lambda value, policy: _hash_fields(hash_type, value)
+
+
+def _filename_hash(hash_type: str) -> Builder:
+    def build(value: str, policy: GraphPolicy) -> dict[str, Any]:
+        name, digest = split_composite(value)
+        return {"fileName": name, **_hash_fields(hash_type, digest)}
+    return build
+
+
+def _weak(build: Builder) -> Builder:
+    """Port and size alone match far too much; send them only when the operator allows it."""
+    def guarded(value: str, policy: GraphPolicy) -> dict[str, Any]:
+        if not policy.allow_weak_observables:
+            raise _WeakObservable()
+        return build(value, policy)
+    return guarded
+
+
+class _WeakObservable(Exception):
+    """Raised by weak builders when the policy does not allow them."""
+
+
+def _size(value: str, policy: GraphPolicy) -> dict[str, Any]:
+    text = value.strip()
+    if not text.isdigit():
+        raise InvalidValue("size is not a whole number of bytes")
+    return {"fileSize": int(text)}
+
+
+def _asn(value: str, policy: GraphPolicy) -> dict[str, Any]:
+    asn = parse_asn(value)
+    if asn > C.GRAPH_INT32_MAX:
+        raise InvalidValue("AS number above Graph's Int32 range")
+    return {"networkSourceAsn": asn}
+
+
+GRAPH_BUILDERS: dict[str, Builder] = {
+    "ip-dst": _ip("Destination"),
+    "ip-src": _ip("Source"),
+    "ip-dst|port": _ip_port("Destination"),
+    "ip-src|port": _ip_port("Source"),
+    "domain": lambda value, policy: {"domainName": normalize_hostname(value)},
+    "hostname": lambda value, policy: {"domainName": normalize_hostname(value)},
+    "domain|ip": _domain_ip,
+    "hostname|port": _hostname_port,
+    "url": lambda value, policy: {"url": normalize_url(value)},
+    "email-src": _email_src,
+    "email-dst": lambda value, policy: {"emailRecipient": split_email(value)[0]},
+    "email-subject": _text("emailSubject"),
+    "email-x-mailer": _text("emailXMailer"),
+    "email-src-display-name": _text("emailSenderName"),
+    "filename": _text("fileName"),
+    "malware-sample": _filename_hash("md5"),
+    "mutex": _text("fileMutexName"),
+    "user-agent": _text("userAgent"),
+    "AS": _asn,
+    "port": _weak(lambda value, policy: {"networkPort": parse_port(value)}),
+    "size-in-bytes": _weak(_size),
+    **{hash_type: _hash(hash_type) for hash_type in C.HASH_TYPES},
+    **{f"filename|{hash_type}": _filename_hash(hash_type) for hash_type in C.HASH_TYPES},
+}
+
+
+def restrict_to_target(fields: dict[str, Any], target_product: str) -> dict[str, Any]:
+    """Defender ATP takes only a few observable kinds; keep those, drop the rest."""
+    if target_product != C.TARGET_DEFENDER:
+        return fields
+    kept = {key: val for key, val in fields.items() if key in C.DEFENDER_OBSERVABLE_FIELDS}
+    if kept.get("fileHashType") not in C.DEFENDER_HASH_TYPES:
+        kept.pop("fileHashType", None)
+        kept.pop("fileHashValue", None)
+    return kept
+
+
+# --- tags and taxonomies ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TagFacts:
+    """What one set of tags (an event's or an attribute's) says, taxonomy by taxonomy."""
+
+    tlp: str | None = None
+    threat_type: str | None = None
+    kill_chain: tuple[str, ...] = ()
+    diamond_model: str | None = None
+    confidence: int | None = None
+    activity_groups: tuple[str, ...] = ()
+    malware_families: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+
+def tag_names(tags: Any, ignore_local: bool) -> list[str]:
+    """Names of the usable tags in a MISP `Tag` list, local ones dropped when asked."""
+    names = []
+    for tag in _dicts(tags):
+        name = tag.get("name")
+        if isinstance(name, str) and name.strip() and not (ignore_local and is_true(tag.get("local"))):
+            names.append(name.strip())
+    return names
+
+
+def _quoted_value(name: str, prefix_len: int) -> str:
+    return name[prefix_len:].strip().strip('"').strip()
+
+
+def _galaxy_value(lower: str, name: str, prefixes: tuple[str, ...]) -> str | None:
+    for prefix in prefixes:
+        if lower.startswith(prefix):
+            return _quoted_value(name, len(prefix)) or None
+    return None
+
+
+def _more_restrictive(current: str | None, level: str) -> str:
+    return level if current is None or C.TLP_RANK[level] > C.TLP_RANK[current] else current
+
+
+def read_tags(names: Iterable[str]) -> TagFacts:
+    """Fold tag names into TagFacts; tags a mapping consumes do not become labels."""
+    tlp = threat_type = diamond = None
+    confidence: int | None = None
+    kill_chain: list[str] = []
+    groups: list[str] = []
+    families: list[str] = []
+    labels: list[str] = []
+    for name in names:
+        lower = name.lower()
+        if lower in C.TLP_TAGS:
+            tlp = _more_restrictive(tlp, C.TLP_TAGS[lower])
+        elif lower.startswith(C.THREAT_TYPE_PREFIX) and lower[len(C.THREAT_TYPE_PREFIX):] in C.THREAT_TYPE_BY_LOWER:
+            threat_type = threat_type or C.THREAT_TYPE_BY_LOWER[lower[len(C.THREAT_TYPE_PREFIX):]]
+        elif lower.startswith(C.KILL_CHAIN_PREFIX) and lower[len(C.KILL_CHAIN_PREFIX):] in C.KILL_CHAIN_TO_GRAPH:
+            _append_new(kill_chain, C.KILL_CHAIN_TO_GRAPH[lower[len(C.KILL_CHAIN_PREFIX):]])
+        elif lower.startswith(C.DIAMOND_MODEL_PREFIX) and lower[len(C.DIAMOND_MODEL_PREFIX):] in C.GRAPH_DIAMOND_MODEL:
+            diamond = diamond or lower[len(C.DIAMOND_MODEL_PREFIX):]
+        elif lower.startswith(C.CONFIDENCE_PREFIX) and _quoted_value(lower, len(C.CONFIDENCE_PREFIX)) in C.CONFIDENCE_LEVELS:
+            if confidence is None:
+                confidence = C.CONFIDENCE_LEVELS[_quoted_value(lower, len(C.CONFIDENCE_PREFIX))]
+        elif (group := _galaxy_value(lower, name, C.GALAXY_ACTIVITY_GROUPS)) is not None:
+            _append_new(groups, group)
+        elif (family := _galaxy_value(lower, name, C.GALAXY_MALWARE_FAMILIES)) is not None:
+            _append_new(families, family)
+        else:
+            _append_new(labels, name)
+    return TagFacts(tlp, threat_type, tuple(kill_chain), diamond, confidence, tuple(groups), tuple(families), tuple(labels))
+
+
+def _append_new(items: list[str], item: str) -> None:
+    if item not in items:
+        items.append(item)
+
+
+def _merge_unique(*groups: Iterable[str]) -> list[str]:
+    merged: list[str] = []
+    for group in groups:
+        for item in group:
+            _append_new(merged, item)
+    return merged
+
+
+# --- per-event context -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EventContext:
+    """Computed once per event and shared by all its attributes."""
+
+    uuid: str
+    info: str
+    last_reported: str | None
+    tags: TagFacts
+    activity_groups: tuple[str, ...]
+    malware_families: tuple[str, ...]
+    comments: tuple[str, ...]
+
+
+def _context_values(attributes: Iterable[Mapping[str, Any]], misp_type: str) -> list[str]:
+    values = []
+    for attribute in attributes:
+        if attribute.get("type") == misp_type and not is_true(attribute.get("deleted")):
+            value = attribute.get("value")
+            if isinstance(value, str) and value.strip():
+                values.append(value.strip())
+    return values
+
+
+def event_context(event: Mapping[str, Any], attributes: list[Mapping[str, Any]], policy: GraphPolicy) -> EventContext:
+    """Event tags, galaxies and context attributes (threat-actor, malware-type, comment)."""
+    facts = read_tags(tag_names(event.get("Tag"), policy.ignore_local_tags) + galaxy_tag_names(event))
+    info = event.get("info")
+    uuid = event.get("uuid")
+    return EventContext(
+        uuid=uuid if isinstance(uuid, str) else "",
+        info=info.strip() if isinstance(info, str) else "",
+        last_reported=epoch_to_iso(event.get("timestamp")),
+        tags=facts,
+        activity_groups=tuple(_merge_unique(facts.activity_groups, _context_values(attributes, "threat-actor"))),
+        malware_families=tuple(_merge_unique(facts.malware_families, _context_values(attributes, "malware-type"))),
+        comments=tuple(_context_values(attributes, "comment")),
+    )
+
+
+def describe(context: EventContext, comment: str) -> tuple[str, str]:
+    """Short description (Graph's 100-character limit, cut with an ellipsis) and the full text."""
+    base = context.info or f"MISP event {context.uuid}"
+    full = f"{base} - {comment}" if comment else base
+    if len(full) <= C.GRAPH_DESCRIPTION_MAX:
+        return full, full
+    return full[: C.GRAPH_DESCRIPTION_MAX - 1].rstrip() + "\u2026", full
+
+
+# --- the transformer -------------------------------------------------------------------------
+
+def event_attributes(event: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], bool]]:
+    """Every attribute of the event and of its objects, with whether its object is deleted."""
+    for attribute in _dicts(event.get("Attribute")):
+        yield attribute, False
+    for misp_object in _dicts(event.get("Object")):
+        object_deleted = is_true(misp_object.get("deleted"))
+        for attribute in _dicts(misp_object.get("Attribute")):
+            yield attribute, object_deleted
+
+
+class GraphTransformer:
+    """Turns MISP events into Graph tiIndicators; remembers attribute UUIDs to drop duplicates."""
+
+    def __init__(self, policy: GraphPolicy, now: dt.datetime) -> None:
+        self.policy = policy
+        self.expiration = iso_utc(now + dt.timedelta(days=policy.days_to_expire))
+        self._seen: set[str] = set()
+
+    def transform(self, wrapped: Any) -> EventResult:
+        """One restSearch item (`{"Event": {...}}` or a bare event) to indicators and skips."""
+        event = wrapped.get("Event", wrapped) if isinstance(wrapped, Mapping) else None
+        if not isinstance(event, Mapping):
+            return EventResult([], [Skip(SkipReason.MALFORMED, "", "", "", "event is not a JSON object")], 0)
+        pairs = list(event_attributes(event))
+        context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
+        result = EventResult([], [], len(pairs))
+        for attribute, object_deleted in pairs:
+            outcome = self._attribute(context, attribute, object_deleted)
+            if isinstance(outcome, Skip):
+                result.skips.append(outcome)
+            else:
+                result.indicators.append(outcome)
+        return result
+
+    def _attribute(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> dict[str, Any] | Skip:
+        misp_type = attribute.get("type")
+        uuid = attribute.get("uuid")
+        skip = _Skipper(context.uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "")
+        if not isinstance(misp_type, str) or not isinstance(uuid, str) or not uuid.strip():
+            return skip(SkipReason.MALFORMED, "attribute without a type or uuid")
+        if object_deleted or is_true(attribute.get("deleted")):
+            return skip(SkipReason.DELETED)
+        if misp_type in C.CONTEXT_TYPES:
+            return skip(SkipReason.CONTEXT, "used as event context")
+        if not is_true(attribute.get("to_ids")):
+            return skip(SkipReason.NOT_TO_IDS)
+        builder = GRAPH_BUILDERS.get(misp_type)
+        if builder is None:
+            return skip(SkipReason.UNSUPPORTED_TYPE, f"no Graph mapping for MISP type {misp_type}")
+        try:
+            fields = builder(as_text(attribute.get("value")), self.policy)
+        except InvalidValue as exc:
+            return skip(SkipReason.INVALID_VALUE, str(exc))
+        except _WeakObservable:
+            return skip(SkipReason.WEAK_OBSERVABLE, f"{misp_type} alone is too weak (allow_weak_observables)")
+        fields = restrict_to_target(fields, self.policy.target_product)
+        if not fields:
+            return skip(SkipReason.NOT_FOR_TARGET, f"{self.policy.target_product} takes no {misp_type} observable")
+        key = uuid.strip().lower()
+        if key in self._seen:
+            return skip(SkipReason.DUPLICATE, "attribute uuid already sent in this run")
+        self._seen.add(key)
+        return self._indicator(context, attribute, key, fields)
+
+    def _indicator(self, context: EventContext, attribute: Mapping[str, Any], uuid: str, observable: dict[str, Any]) -> dict[str, Any]:
+        own = read_tags(tag_names(attribute.get("Tag"), self.policy.ignore_local_tags) + galaxy_tag_names(attribute))
+        event = context.tags
+        comment = attribute.get("comment")
+        description, full_text = describe(context, comment.strip() if isinstance(comment, str) else "")
+        indicator: dict[str, Any] = {
+            "action": self.policy.action,
+            "targetProduct": self.policy.target_product,
+            "passiveOnly": self.policy.passive_only,
+            "isActive": True,
+            "externalId": uuid,
+            "description": description,
+            "additionalInformation": "\n".join((full_text, *context.comments)),
+            "expirationDateTime": self.expiration,
+            "tlpLevel": own.tlp or event.tlp or self.policy.default_tlp,
+            "threatType": own.threat_type or event.threat_type or C.DEFAULT_THREAT_TYPE,
+            "confidence": _first_set(own.confidence, event.confidence, self.policy.default_confidence),
+            **observable,
+        }
+        optional = {
+            "lastReportedDateTime": context.last_reported,
+            "killChain": list(own.kill_chain or event.kill_chain),
+            "diamondModel": own.diamond_model or event.diamond_model,
+            "activityGroupNames": _merge_unique(context.activity_groups, own.activity_groups),
+            "malwareFamilyNames": _merge_unique(context.malware_families, own.malware_families),
+            "tags": _merge_unique(event.labels, own.labels),
+        }
+        indicator.update({key: value for key, value in optional.items() if value})
+        return indicator
+
+
+def galaxy_tag_names(holder: Mapping[str, Any]) -> list[str]:
+    """Cluster tag names from a resolved `Galaxy` block (feeds may carry them only there)."""
+    return [
+        cluster["tag_name"]
+        for galaxy in _dicts(holder.get("Galaxy"))
+        for cluster in _dicts(galaxy.get("GalaxyCluster"))
+        if isinstance(cluster.get("tag_name"), str)
+    ]
+
+
+def _first_set(*values: int | None) -> int:
+    return next(value for value in values if value is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Skipper:
+    """Builds Skip records for one attribute without repeating its identity each time."""
+
+    event_uuid: str
+    attribute_uuid: str
+    attribute_type: str
+
+    def __call__(self, reason: SkipReason, detail: str = "") -> Skip:
+        return Skip(reason, self.event_uuid, self.attribute_uuid, self.attribute_type, detail)
