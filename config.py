@@ -1,0 +1,48 @@
+# misp2sentinel settings.
+#
+# This file is READ, not executed: only plain `name = value` assignments of literals
+# (strings, numbers, True/False/None, lists, dicts) are allowed. Names follow the 2023
+# misp2sentinel config.py so an existing file can be brought over (see README, "Upgrading").
+#
+# Keep secrets out of this file: MISP_KEY, MISP_URL, AZURE_TENANT_ID, AZURE_CLIENT_ID and
+# AZURE_CLIENT_SECRET from the environment, or from a `.env` file beside this one, override
+# the values below.
+
+# --- Microsoft Entra app (client credentials) ---
+graph_auth = {
+    "tenant": "",
+    "client_id": "",
+    "client_secret": "",
+}
+# National clouds: change both (for example https://graph.microsoft.us and
+# https://login.microsoftonline.us).
+graph_endpoint = "https://graph.microsoft.com"
+authority_host = "https://login.microsoftonline.com"
+
+# --- Graph tiIndicator fields ---
+targetProduct = "Azure Sentinel"      # or "Microsoft Defender ATP"
+action = "alert"                      # alert, allow, block or unknown
+passiveOnly = False
+days_to_expire = 60
+defaultConfidenceLevel = 50
+network_ignore_direction = False      # also fill networkIPv4/IPv6/CidrBlock/Port
+allow_weak_observables = False        # send lone `port` and `size-in-bytes` attributes
+
+# --- MISP ---
+misp_domain = ""                      # https://misp.example.org/ (or MISP_URL)
+misp_key = ""                         # prefer MISP_KEY in the environment or .env
+misp_verifycert = True                # True, or the path of a CA bundle; never turn off lightly
+misp_event_filters = {
+    "published": True,
+    "to_ids": True,
+    "enforceWarninglist": True,
+    "publish_timestamp": "14d",
+}
+misp_event_limit_per_page = 100
+misp_ignore_localtags = True
+
+# --- Output ---
+log_dir = "logs"                      # relative paths are beside this file
+write_post_json = True                # one JSON file per request in log_dir
+verbose_log = False                   # print every request body and response
+http_timeout = 60                     # seconds, for every HTTP request

@@ -1,0 +1,246 @@
+"""Read config.py (without executing it) and the environment into one validated Settings.
+
+Everything the tool can get wrong about its configuration is found here, at start-up, before
+any network call, and reported as one line naming the setting.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+import constants as C
+
+KNOWN_SETTINGS = frozenset({
+    "graph_auth", "graph_endpoint", "authority_host", "targetProduct", "action", "passiveOnly",
+    "days_to_expire", "defaultConfidenceLevel", "network_ignore_direction", "allow_weak_observables",
+    "misp_domain", "misp_key", "misp_verifycert", "misp_event_filters", "misp_event_limit_per_page",
+    "misp_ignore_localtags", "log_dir", "write_post_json", "verbose_log", "http_timeout",
+})
+
+ENV_OVERRIDES = {
+    "MISP_KEY": "misp_key",
+    "MISP_URL": "misp_domain",
+    "AZURE_TENANT_ID": "tenant",
+    "AZURE_CLIENT_ID": "client_id",
+    "AZURE_CLIENT_SECRET": "client_secret",
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing, of the wrong type or out of range; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated settings. Secrets are kept out of repr so they never reach a log line."""
+
+    config_path: Path
+    tenant: str
+    client_id: str
+    client_secret: str = dataclasses.field(repr=False)
+    graph_endpoint: str
+    authority_host: str
+    target_product: str
+    action: str
+    passive_only: bool
+    days_to_expire: int
+    default_confidence: int
+    network_ignore_direction: bool
+    allow_weak_observables: bool
+    misp_url: str
+    misp_key: str = dataclasses.field(repr=False)
+    misp_verifycert: bool | str
+    misp_event_filters: dict[str, Any]
+    misp_page_size: int
+    ignore_local_tags: bool
+    log_dir: Path
+    write_post_json: bool
+    verbose_log: bool
+    http_timeout: float
+    warnings: tuple[str, ...] = ()
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never be written anywhere (used to scrub error text)."""
+        return tuple(value for value in (self.client_secret, self.misp_key) if value)
+
+    def require_microsoft(self) -> None:
+        """Fail before any network call when the Entra app settings are missing."""
+        for name, value in (("tenant", self.tenant), ("client_id", self.client_id), ("client_secret", self.client_secret)):
+            if not value:
+                env = next(key for key, field in ENV_OVERRIDES.items() if field == name)
+                raise ConfigError(f"graph_auth['{name}'] is empty: set it in {self.config_path.name} or {env}")
+
+    def require_misp(self) -> None:
+        """Fail before any network call when MISP cannot be reached or authenticated."""
+        if not self.misp_url:
+            raise ConfigError(f"misp_domain is empty: set it in {self.config_path.name} or MISP_URL")
+        if not self.misp_key:
+            raise ConfigError(f"misp_key is empty: set it in {self.config_path.name} or MISP_KEY")
+
+
+def read_assignments(path: Path) -> dict[str, Any]:
+    """Literal `name = value` assignments of a config.py, without running any of its code."""
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        raise ConfigError(f"{path.name} line {exc.lineno}: not valid Python syntax") from None
+    values: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ConfigError(f"{path.name} line {node.lineno}: only `name = value` assignments are allowed")
+        name = node.targets[0].id
+        try:
+            values[name] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ConfigError(f"{path.name} line {node.lineno}: {name} must be a literal value (no code)") from None
+    return values
+
+
+def _env(config_path: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """Real environment over a `.env` beside the config file (python-dotenv, not loaded into os.environ)."""
+    dotenv_file = config_path.parent / ".env"
+    from_file = {k: v for k, v in dotenv_values(dotenv_file).items() if v is not None} if dotenv_file.is_file() else {}
+    return {**from_file, **environ}
+
+
+class _Reader:
+    """Typed access to the raw settings; each getter names the setting when it refuses a value."""
+
+    def __init__(self, raw: Mapping[str, Any], source: str) -> None:
+        self.raw = raw
+        self.source = source
+
+    def _get(self, name: str, default: Any) -> Any:
+        return self.raw.get(name, default)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, not {value!r} (in {self.source})")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{name} must be a whole number from {low} to {high}, not {value!r} (in {self.source})")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ConfigError(f"{name} must be a number from {low} to {high}, not {value!r} (in {self.source})")
+        return float(value)
+
+    def text(self, name: str, default: str) -> str:
+        value = self._get(name, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, not {value!r} (in {self.source})")
+        return value.strip()
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r} (in {self.source})")
+        return value
+
+    def https_url(self, name: str, default: str) -> str:
+        value = self.text(name, default).rstrip("/")
+        if not value.startswith("https://") or len(value) <= len("https://"):
+            raise ConfigError(f"{name} must be an https:// URL, not {value!r} (in {self.source})")
+        return value
+
+
+def _graph_auth(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> dict[str, str]:
+    auth = raw.get("graph_auth", {})
+    if not isinstance(auth, dict):
+        raise ConfigError(f"graph_auth must be a dict with tenant, client_id and client_secret (in {source})")
+    result = {}
+    for name in ("tenant", "client_id", "client_secret"):
+        value = auth.get(name, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"graph_auth['{name}'] must be a string (in {source})")
+        result[name] = value.strip()
+    for env_name, field in ENV_OVERRIDES.items():
+        if field in result and env.get(env_name):
+            result[field] = env[env_name].strip()
+    return result
+
+
+def _verifycert(raw: Mapping[str, Any], base: Path, source: str) -> bool | str:
+    value = raw.get("misp_verifycert", True)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() not in ("true", "false", ""):
+        path = (base / value).resolve()
+        if path.exists():
+            return str(path)
+        raise ConfigError(f"misp_verifycert: CA bundle {value!r} does not exist (in {source})")
+    raise ConfigError(f"misp_verifycert must be True, False or the path of a CA bundle, not {value!r} (in {source})")
+
+
+def _event_filters(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    filters = raw.get("misp_event_filters", {"published": True})
+    if not isinstance(filters, dict) or not all(isinstance(key, str) for key in filters):
+        raise ConfigError(f"misp_event_filters must be a dict of PyMISP search() keywords (in {source})")
+    reserved = sorted(C.MISP_RESERVED_FILTERS & filters.keys())
+    if reserved:
+        raise ConfigError(
+            f"misp_event_filters must not set {', '.join(reserved)}: the tool pages by itself "
+            f"(use misp_event_limit_per_page) (in {source})"
+        )
+    return {"published": True, **filters}
+
+
+def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate every setting; raise ConfigError naming the first bad one."""
+    config_path = config_path.resolve()
+    raw = read_assignments(config_path)
+    env = _env(config_path, os.environ if environ is None else environ)
+    source = config_path.name
+    read = _Reader(raw, source)
+    auth = _graph_auth(raw, env, source)
+    misp_url = (env.get("MISP_URL") or read.text("misp_domain", "")).strip()
+    if misp_url and not misp_url.startswith(("https://", "http://")):
+        raise ConfigError(f"misp_domain must start with https:// (or http://), not {misp_url!r} (in {source})")
+    log_dir = Path(read.text("log_dir", "logs") or "logs")
+    return Settings(
+        config_path=config_path,
+        tenant=auth["tenant"],
+        client_id=auth["client_id"],
+        client_secret=auth["client_secret"],
+        graph_endpoint=read.https_url("graph_endpoint", C.DEFAULT_GRAPH_ENDPOINT),
+        authority_host=read.https_url("authority_host", C.DEFAULT_AUTHORITY_HOST),
+        target_product=read.choice("targetProduct", C.TARGET_SENTINEL, C.GRAPH_TARGET_PRODUCTS),
+        action=read.choice("action", "alert", C.GRAPH_ACTIONS),
+        passive_only=read.boolean("passiveOnly", False),
+        days_to_expire=read.integer("days_to_expire", 60, 1, 3650),
+        default_confidence=read.integer("defaultConfidenceLevel", 50, 0, 100),
+        network_ignore_direction=read.boolean("network_ignore_direction", False),
+        allow_weak_observables=read.boolean("allow_weak_observables", False),
+        misp_url=misp_url if misp_url.endswith("/") or not misp_url else misp_url + "/",
+        misp_key=(env.get("MISP_KEY") or read.text("misp_key", "")).strip(),
+        misp_verifycert=_verifycert(raw, config_path.parent, source),
+        misp_event_filters=_event_filters(raw, source),
+        misp_page_size=read.integer("misp_event_limit_per_page", C.MISP_DEFAULT_PAGE_SIZE, 1, 10000),
+        ignore_local_tags=read.boolean("misp_ignore_localtags", True),
+        log_dir=log_dir if log_dir.is_absolute() else config_path.parent / log_dir,
+        write_post_json=read.boolean("write_post_json", True),
+        verbose_log=read.boolean("verbose_log", False),
+        http_timeout=read.number("http_timeout", 60, 1, 3600),
+        warnings=tuple(
+            f"{source}: setting {name!r} is not used by this version and is ignored"
+            for name in sorted(raw.keys() - KNOWN_SETTINGS)
+        ),
+    )
