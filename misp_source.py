@@ -1,0 +1,99 @@
+"""Published MISP events, page by page, through PyMISP.
+
+Every way MISP can fail (refused key, error dict, HTML login page, 5xx, network) becomes one
+MispError with a one-line message, so the run stops loudly instead of syncing "0 indicators".
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+from pymisp import PyMISP, PyMISPError
+from pymisp.exceptions import MISPServerError, PyMISPUnexpectedResponse
+
+from request_log import RequestLog
+from settings import Settings
+
+# PyMISP logs failed requests (bodies included) on its own logger; we report errors ourselves.
+_pymisp_logger = logging.getLogger("pymisp")
+_pymisp_logger.addHandler(logging.NullHandler())
+_pymisp_logger.propagate = False
+
+
+class MispError(Exception):
+    """MISP could not be reached, refused us, or answered something that is not events."""
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
+    return line[:limit]
+
+
+def _describe_errors(errors: Any) -> str:
+    """PyMISP's `{'errors': (status, body)}` or `{'errors': 'text'}` as one line."""
+    if isinstance(errors, tuple) and len(errors) == 2:
+        status, body = errors
+        message = body.get("message") or body.get("name") if isinstance(body, dict) else body
+        return f"HTTP {status}: {_first_line(message or '')}"
+    return _first_line(errors)
+
+
+class MispSource:
+    """Connects once, then yields pages of `{"Event": ...}` dicts until MISP returns an empty page."""
+
+    def __init__(self, settings: Settings, log: RequestLog) -> None:
+        self.settings = settings
+        self.log = log
+        self._misp: PyMISP | None = None
+
+    def connect(self) -> PyMISP:
+        """PyMISP checks version, user and types at construction: that is our reachability test."""
+        if self._misp is None:
+            try:
+                self._misp = PyMISP(
+                    self.settings.misp_url, self.settings.misp_key, ssl=self.settings.misp_verifycert,
+                    timeout=self.settings.http_timeout, tool="misp2sentinel",
+                )
+            except PyMISPError as exc:
+                raise MispError(f"cannot connect to MISP at {self.settings.misp_url}: {_first_line(exc)}") from None
+        return self._misp
+
+    def pages(self) -> Iterator[list[dict[str, Any]]]:
+        """Pages of events as restSearch returns them; memory holds one page at a time."""
+        misp = self.connect()
+        page = 1
+        while True:
+            events = self._page(misp, page)
+            if not events:
+                return
+            yield events
+            page += 1
+
+    def _page(self, misp: PyMISP, page: int) -> list[dict[str, Any]]:
+        filters = dict(self.settings.misp_event_filters)
+        limit = self.settings.misp_page_size
+        started = time.monotonic()
+        where = f"MISP events page {page}"
+        try:
+            result = misp.search(controller="events", return_format="json", limit=limit, page=page, **filters)
+        except PyMISPUnexpectedResponse:
+            raise MispError(f"{where}: MISP answered with something that is not JSON (a login page or a proxy?)") from None
+        except MISPServerError as exc:
+            raise MispError(f"{where}: MISP server error: {_first_line(exc)}") from None
+        except (PyMISPError, ValueError) as exc:
+            raise MispError(f"{where}: {_first_line(exc)}") from None
+        except requests.RequestException as exc:
+            raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {_first_line(exc)}") from None
+        self.log.request(
+            "misp-restSearch", "POST", f"{self.settings.misp_url}events/restSearch",
+            {**filters, "limit": limit, "page": page}, 200,
+            {"events": len(result) if isinstance(result, list) else None}, time.monotonic() - started,
+        )
+        if isinstance(result, dict) and "errors" in result:
+            raise MispError(f"{where}: MISP refused the search: {_describe_errors(result['errors'])}")
+        if not isinstance(result, list):
+            raise MispError(f"{where}: expected a list of events, got {type(result).__name__}")
+        return result

@@ -1,0 +1,81 @@
+"""JSON files under log_dir: one per request (when asked), one per error (always).
+
+Every text that reaches a file or the terminal goes through `scrub`, so a key, secret or token
+that slipped into an error message is replaced before it is written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+REDACTED = "[redacted]"
+
+
+class LogWriteError(Exception):
+    """The log directory cannot be written; the run must not go on without its records."""
+
+
+class RequestLog:
+    """Writes request/response and error records as JSON files; never writes a secret."""
+
+    def __init__(self, directory: Path, write_requests: bool, verbose: bool, secrets: tuple[str, ...] = (), out: TextIO = sys.stdout) -> None:
+        self.directory = directory
+        self.write_requests = write_requests
+        self.verbose = verbose
+        self._secrets = [secret for secret in secrets if secret]
+        self._sequence = itertools.count(1)
+        self._out = out
+        self.errors_written = 0
+
+    def add_secret(self, value: str) -> None:
+        """Register a value learnt at run time (an access token) for scrubbing."""
+        if value and value not in self._secrets:
+            self._secrets.append(value)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def request(self, name: str, method: str, url: str, body: Any, status: int | None, response: Any, seconds: float) -> None:
+        """Record one HTTP exchange: to a file when write_post_json, to the terminal when verbose."""
+        record = {
+            "time": _now_iso(), "method": method, "url": url, "request_body": body,
+            "status": status, "response_body": response, "seconds": round(seconds, 3),
+        }
+        if self.verbose:
+            self._out.write(self.scrub(f"{method} {url} -> {status}\n{_dump(body)}\n{_dump(response)}\n"))
+        if self.write_requests:
+            self.write(name, record)
+
+    def error(self, context: str, message: str, **details: Any) -> Path:
+        """Every error gets its own file, whatever write_post_json says."""
+        self.errors_written += 1
+        return self.write("error", {"time": _now_iso(), "context": context, "error": message, **details})
+
+    def write(self, name: str, payload: Any) -> Path:
+        """A JSON file named by UTC time, a sequence number and `name`; owner-only permissions."""
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        path = self.directory / f"{stamp}-{next(self._sequence):05d}-{name}.json"
+        text = self.scrub(_dump(payload))
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        except OSError as exc:
+            raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+        return path
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dump(payload: Any) -> str:
+    return json.dumps(payload, indent=2, ensure_ascii=False, default=str)
