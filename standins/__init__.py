@@ -1,0 +1,85 @@
+"""Local HTTPS stand-ins for MISP, Entra ID and Microsoft Graph, for tests and the demo.
+
+`StandIns` starts all three behind one private CA:
+
+    with StandIns(tmp_dir, events=seed_events("tests/fixtures/misp_events")) as s:
+        os.environ["REQUESTS_CA_BUNDLE"] = str(s.ca_bundle_path)
+        ...  # point the tool at s.misp.url, s.entra.authority_host, s.graph.url
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .entra import EntraStandIn, TokenInfo
+from .graph import GraphStandIn
+from .misp import MispStandIn, load_event_file
+from .tls import HttpsStandIn, PrivateCA, SeenRequest
+
+__all__ = ["EntraStandIn", "GraphStandIn", "HttpsStandIn", "MispStandIn", "PrivateCA",
+           "SeenRequest", "StandIns", "TokenInfo", "load_event_file", "seed_events"]
+
+DEFAULT_MISP_KEY = "demo-misp-key-0123456789abcdef0123456789"
+DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
+DEFAULT_CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+DEFAULT_CLIENT_SECRET = "demo-secret-value"
+
+
+def seed_events(directory: Path | str) -> list[dict[str, Any]]:
+    """Every `*.json` event in `directory` (sorted by name), each as {"Event": ...}."""
+    return [load_event_file(path) for path in sorted(Path(directory).glob("*.json"))]
+
+
+class StandIns:
+    """MISP, Entra and Graph stand-ins sharing one CA; the Graph URL is an Entra resource.
+
+    The CA bundle is written to `directory` at construction; servers listen from then on
+    and answer once started (`start()` or `with`).
+    """
+
+    def __init__(self, directory: Path | str, *, events: list[dict[str, Any]] | None = None,
+                 misp_key: str = DEFAULT_MISP_KEY, tenant: str = DEFAULT_TENANT,
+                 client_id: str = DEFAULT_CLIENT_ID,
+                 client_secret: str = DEFAULT_CLIENT_SECRET) -> None:
+        self.misp_key, self.tenant = misp_key, tenant
+        self.client_id, self.client_secret = client_id, client_secret
+        self.ca = PrivateCA()
+        self.ca_bundle_path = self.ca.ca_bundle_path(directory)
+        self.misp = MispStandIn(misp_key, events or [], ca=self.ca)
+        self.entra = EntraStandIn(tenant, {client_id: client_secret}, ca=self.ca)
+        self.graph = GraphStandIn(self.entra)
+        self.entra.resources.add(self.graph.url)
+
+    def write_tool_config(self, directory: Path, **overrides: Any) -> Path:
+        """A misp2sentinel config.py aimed at these stand-ins; secrets go to .env beside it,
+        as the README tells operators to do."""
+        settings = {
+            "graph_auth": {"tenant": self.tenant, "client_id": self.client_id, "client_secret": ""},
+            "graph_endpoint": self.graph.url,
+            "authority_host": self.entra.url,
+            "misp_domain": self.misp.url,
+            "misp_verifycert": True,
+            "log_dir": "logs",
+            **overrides,
+        }
+        path = Path(directory) / "config.py"
+        path.write_text("".join(f"{name} = {value!r}\n" for name, value in settings.items()), encoding="utf-8")
+        (path.parent / ".env").write_text(
+            f"MISP_KEY={self.misp_key}\nAZURE_CLIENT_SECRET={self.client_secret}\n", encoding="utf-8")
+        return path
+
+    def start(self) -> StandIns:
+        for server in (self.misp, self.entra, self.graph):
+            server.start()
+        return self
+
+    def close(self) -> None:
+        for server in (self.misp, self.entra, self.graph):
+            server.close()
+
+    def __enter__(self) -> StandIns:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,195 @@
+"""A MISP 2.5.1 stand-in: what PyMISP needs to construct, plus `POST /events/restSearch`.
+
+Semantics follow MISP 2.5.1's Event::restSearch for the filters the tool uses
+(reference: misp.md §1, §2, §7), so the tool's paging and filtering are exercised for real.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .tls import HttpsStandIn, PrivateCA, Reply, SeenRequest, html_reply, json_reply
+
+__all__ = ["FAULT_MODES", "MispStandIn", "load_event_file"]
+
+AUTH_FAILED = ("Authentication failed. Please make sure you pass the API key of an API enabled "
+               "user along in the Authorization header.")
+FAULT_MODES = frozenset({"500", "502-html", "html-200", "403", "errors-200", "reset"})
+
+_VERSION = {
+    "version": "2.5.1", "pymisp_recommended_version": "2.5.34.4", "perm_sync": False,
+    "perm_sighting": False, "perm_galaxy_editor": False, "perm_analyst_data": False,
+    "uuid": "5f6c3f7e-6a54-4a0c-9a1c-3b8f0d2e7a11", "request_encoding": [],
+    "filter_sightings": True,
+}
+_ME = {
+    "User": {"id": "1", "email": "sync@standin.example", "org_id": "1", "role_id": "5",
+             "password": "*****", "autoalert": False, "disabled": False, "totp": None},
+    "Role": {"id": "5", "name": "sync user", "perm_auth": True, "perm_sync": False,
+             "perm_add": False, "perm_modify": False, "perm_site_admin": False},
+    "UserSetting": [],
+    "Organisation": {"id": "1", "name": "StandIn Org", "uuid": "5f6c3f7e-0000-4000-8000-000000000001",
+                     "local": True},
+}
+_BAD_GATEWAY = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+                "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+                "</body>\r\n</html>\r\n")
+_LOGIN_PAGE = ("<!DOCTYPE html><html><head><title>Users - MISP</title></head><body>"
+               "<form action=\"/users/login\" method=\"post\"><input name=\"data[User][email]\">"
+               "<input type=\"password\" name=\"data[User][password]\"></form></body></html>")
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def load_event_file(path: Path | str) -> dict[str, Any]:
+    """Read one exported event; exports without the `Event` wrapper get wrapped."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {"Event": data["Event"] if "Event" in data else data}
+
+
+def _truthy(value: object) -> bool:
+    """MISP-style flag: true/1/"1"/"true" are on; false/0/"0"/""/None are off."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true"}
+    return bool(value)
+
+
+def _as_list(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _epoch(value: object, now: float) -> int:
+    """MISP resolveTimeDelta: epoch number, numeric string or relative "14d"/"12h"/"30m"/"10s"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return int(float(text))
+    match = re.fullmatch(r"(\d+)([dhms])", text)
+    if match:
+        return int(now) - int(match[1]) * _UNITS[match[2]]
+    return int(now) + 1  # unparseable: MISP ends up matching nothing
+
+
+def _time_range(value: object, now: float) -> tuple[int, int]:
+    """A lower bound, or a closed [from, to] range (swapped when reversed)."""
+    if isinstance(value, list) and len(value) == 2:
+        low, high = sorted((_epoch(value[0], now), _epoch(value[1], now)))
+        return low, high
+    return _epoch(value, now), 2**63
+
+
+def _kept(attribute: dict[str, Any], to_ids: bool, deleted: bool) -> bool:
+    return (not to_ids or _truthy(attribute.get("to_ids"))) and (
+        deleted or not _truthy(attribute.get("deleted")))
+
+
+class MispStandIn(HttpsStandIn):
+    """MISP server holding `events` (public list of {"Event": ...}; edit it between runs)."""
+
+    def __init__(self, key: str, events: list[dict[str, Any]], *, ca: PrivateCA | None = None) -> None:
+        super().__init__(ca)
+        self.key = key
+        self.events: list[dict[str, Any]] = copy.deepcopy(events)
+        self._page_faults: dict[int, str] = {}
+        describe = resources.files("pymisp").joinpath("data/describeTypes.json").read_text("utf-8")
+        self._describe_types = {"result": json.loads(describe)["result"]}
+
+    def fail_page(self, page: int, mode: str) -> None:
+        """Make every restSearch for `page` (1 when none is sent) fail with `mode` until cleared."""
+        if mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; expected one of {sorted(FAULT_MODES)}")
+        with self.lock:
+            self._page_faults[page] = mode
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self._page_faults.clear()
+
+    def respond(self, request: SeenRequest) -> Reply:
+        if request.headers.get("Authorization") != self.key:
+            return _error(403, AUTH_FAILED, request.path)
+        route = (request.method, request.path)
+        if route == ("GET", "/servers/getVersion"):
+            return json_reply(200, _VERSION)
+        if route == ("GET", "/users/view/me"):
+            return json_reply(200, _ME)
+        if route == ("GET", "/attributes/describeTypes.json"):
+            return json_reply(200, self._describe_types)
+        if route == ("POST", "/events/restSearch"):
+            return self._rest_search(request)
+        return _error(404, "Not Found", request.path)
+
+    def _rest_search(self, request: SeenRequest) -> Reply:
+        body = request.json if isinstance(request.json, dict) else {}
+        body = body.get("request", body) if isinstance(body.get("request"), dict) else body
+        page = int(body.get("page") or 1)
+        with self.lock:
+            fault = self._page_faults.get(page)
+        if fault:
+            return _fault_reply(fault, request.path)
+        if str(body.get("returnFormat", "json")) != "json":
+            return _error(400, "Invalid return format.", request.path)
+        with self.lock:
+            matched = [e for e in (self._shape(event, body) for event in self.events) if e]
+        total = len(matched)
+        if body.get("limit"):
+            limit = int(body["limit"])
+            matched = matched[limit * (page - 1):limit * page]
+        return json_reply(200, {"response": matched}, {"X-Result-Count": str(total)})
+
+    def _shape(self, stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any] | None:
+        """The event as restSearch would return it, or None when the filters exclude it."""
+        event = stored["Event"]
+        now = time.time()
+        if body.get("published") is not None and (
+                _truthy(event.get("published")) != _truthy(body["published"])):
+            return None
+        for key, field in (("eventid", "id"), ("uuid", "uuid")):
+            if body.get(key) not in (None, "", []) and str(event.get(field)).lower() not in {
+                    v.lower() for v in _as_list(body[key])}:
+                return None
+        for key in ("publish_timestamp", "timestamp"):
+            if body.get(key) not in (None, "", 0, []):
+                low, high = _time_range(body[key], now)
+                if not low <= int(event.get(key) or 0) <= high:
+                    return None
+        to_ids, deleted = _truthy(body.get("to_ids")), _truthy(body.get("deleted"))
+        shaped = copy.deepcopy(event)
+        shaped["Attribute"] = [a for a in shaped.get("Attribute", []) if _kept(a, to_ids, deleted)]
+        objects = []
+        for obj in shaped.get("Object", []):
+            if _truthy(obj.get("deleted")) and not deleted:
+                continue
+            obj["Attribute"] = [a for a in obj.get("Attribute", []) if _kept(a, to_ids, deleted)]
+            if obj["Attribute"]:
+                objects.append(obj)
+        shaped["Object"] = objects
+        if to_ids and not shaped["Attribute"] and not objects:
+            return None
+        return {"Event": shaped}
+
+
+def _error(status: int, message: str, path: str) -> Reply:
+    """MISP's RestResponseComponent::throwException shape."""
+    return json_reply(status, {"name": message, "message": message, "url": path})
+
+
+def _fault_reply(mode: str, path: str) -> Reply:
+    if mode == "500":
+        return json_reply(500, {"name": "Internal error",
+                                "message": "An internal error has occurred.", "url": path})
+    if mode == "502-html":
+        return html_reply(502, _BAD_GATEWAY)
+    if mode == "html-200":
+        return html_reply(200, _LOGIN_PAGE)
+    if mode == "403":
+        return _error(403, AUTH_FAILED, path)
+    if mode == "errors-200":
+        return json_reply(200, {"errors": "something went wrong"})
+    return Reply(0, reset=True)
