@@ -1,0 +1,274 @@
+"""The mapping contract (mapping.md), row by row, on the pure transformer."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from constants import SkipReason
+from misp_transformer import GraphPolicy, GraphTransformer
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def attribute(misp_type: str, value: str, to_ids=True, **extra) -> dict:
+    return {"uuid": str(uuid.uuid4()), "type": misp_type, "value": value, "to_ids": to_ids, **extra}
+
+
+def event(*attributes: dict, tags: list[str] = (), **extra) -> dict:
+    return {"Event": {
+        "uuid": "5a0d5bf4-99c8-4f15-9879-22b1950d210f", "info": "Test event", "timestamp": "1510922092",
+        "Attribute": list(attributes), "Tag": [{"name": name} for name in tags], **extra,
+    }}
+
+
+def run(*attributes: dict, policy: GraphPolicy = GraphPolicy(), **event_kw):
+    return GraphTransformer(policy, NOW).transform(event(*attributes, **event_kw))
+
+
+def one(misp_type: str, value: str, policy: GraphPolicy = GraphPolicy(), **extra) -> dict:
+    result = run(attribute(misp_type, value, **extra), policy=policy)
+    assert result.skips == [], result.skips
+    (indicator,) = result.indicators
+    return indicator
+
+
+def skip_reason(misp_type: str, value: str, policy: GraphPolicy = GraphPolicy()) -> SkipReason:
+    result = run(attribute(misp_type, value), policy=policy)
+    assert result.indicators == []
+    return result.skips[0].reason
+
+
+def observable(indicator: dict) -> dict:
+    common = {"action", "targetProduct", "passiveOnly", "isActive", "externalId", "description",
+              "additionalInformation", "expirationDateTime", "tlpLevel", "threatType", "confidence",
+              "lastReportedDateTime", "tags", "killChain", "diamondModel", "activityGroupNames", "malwareFamilyNames"}
+    return {key: value for key, value in indicator.items() if key not in common}
+
+
+SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+SHA1 = "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+
+MAPPING_ROWS = [
+    ("ip-dst", "198.51.100.7", {"networkDestinationIPv4": "198.51.100.7"}),
+    ("ip-dst", "2001:db8::1", {"networkDestinationIPv6": "2001:db8::1"}),
+    ("ip-dst", "10.0.0.0/8", {"networkDestinationCidrBlock": "10.0.0.0/8"}),
+    ("ip-dst", "2001:db8::/32", {"networkDestinationCidrBlock": "2001:db8::/32"}),
+    ("ip-dst", "::ffff:1.2.3.4", {"networkDestinationIPv6": "::ffff:102:304"}),
+    ("ip-src", "203.0.113.9", {"networkSourceIPv4": "203.0.113.9"}),
+    ("ip-src", "192.0.2.0/24", {"networkSourceCidrBlock": "192.0.2.0/24"}),
+    ("ip-dst|port", "198.51.100.7|443", {"networkDestinationIPv4": "198.51.100.7", "networkDestinationPort": 443}),
+    ("ip-src|port", "2001:db8::5|8080", {"networkSourceIPv6": "2001:db8::5", "networkSourcePort": 8080}),
+    ("domain", "Evil.Example.COM.", {"domainName": "evil.example.com"}),
+    ("hostname", " mail.example.org ", {"domainName": "mail.example.org"}),
+    ("domain", "bücher.example", {"domainName": "xn--bcher-kva.example"}),
+    ("domain|ip", "evil.example.com|198.51.100.7", {"domainName": "evil.example.com", "networkIPv4": "198.51.100.7"}),
+    ("domain|ip", "evil.example.com|2001:db8::7", {"domainName": "evil.example.com", "networkIPv6": "2001:db8::7"}),
+    ("hostname|port", "c2.example.net|8443", {"domainName": "c2.example.net", "networkDestinationPort": 8443}),
+    ("url", "https://evil.example.com/a?b=c", {"url": "https://evil.example.com/a?b=c"}),
+    ("url", "evil.example.com/path", {"url": "http://evil.example.com/path"}),
+    ("email-src", "bad@Phish.Example", {"emailSenderAddress": "bad@Phish.Example", "emailSourceDomain": "phish.example"}),
+    ("email-dst", "victim@example.org", {"emailRecipient": "victim@example.org"}),
+    ("email-subject", "Invoice overdue", {"emailSubject": "Invoice overdue"}),
+    ("email-x-mailer", "EvilMailer 1.0", {"emailXMailer": "EvilMailer 1.0"}),
+    ("email-src-display-name", "Accounts Team", {"emailSenderName": "Accounts Team"}),
+    ("filename", "invoice.pdf.exe", {"fileName": "invoice.pdf.exe"}),
+    ("md5", MD5.upper(), {"fileHashType": "md5", "fileHashValue": MD5}),
+    ("sha1", SHA1, {"fileHashType": "sha1", "fileHashValue": SHA1}),
+    ("sha256", SHA256, {"fileHashType": "sha256", "fileHashValue": SHA256}),
+    ("authentihash", SHA256, {"fileHashType": "authenticodeHash256", "fileHashValue": SHA256}),
+    ("ssdeep", "96:s4Ud1Lj96tHHlZDrwciQmA:s4Ud1Lj96tHHlZDrwciQmA",
+     {"fileHashType": "ctph", "fileHashValue": "96:s4Ud1Lj96tHHlZDrwciQmA:s4Ud1Lj96tHHlZDrwciQmA"}),
+    ("sha512", "a" * 128, {"fileHashType": "unknown", "fileHashValue": "a" * 128}),
+    ("sha224", "b" * 56, {"fileHashType": "unknown", "fileHashValue": "b" * 56}),
+    ("sha384", "c" * 96, {"fileHashType": "unknown", "fileHashValue": "c" * 96}),
+    ("sha512/224", "d" * 56, {"fileHashType": "unknown", "fileHashValue": "d" * 56}),
+    ("sha512/256", "e" * 64, {"fileHashType": "unknown", "fileHashValue": "e" * 64}),
+    ("sha3-256", "f" * 64, {"fileHashType": "unknown", "fileHashValue": "f" * 64}),
+    ("imphash", MD5, {"fileHashType": "unknown", "fileHashValue": MD5}),
+    ("impfuzzy", "48:ABC/def:ghi+JKL", {"fileHashType": "unknown", "fileHashValue": "48:ABC/def:ghi+JKL"}),
+    ("pehash", SHA1, {"fileHashType": "unknown", "fileHashValue": SHA1}),
+    ("tlsh", "T1" + "A" * 70, {"fileHashType": "unknown", "fileHashValue": "t1" + "a" * 70}),
+    ("vhash", "0150366d1570", {"fileHashType": "unknown", "fileHashValue": "0150366d1570"}),
+    ("telfhash", "1" * 70, {"fileHashType": "unknown", "fileHashValue": "1" * 70}),
+    ("cdhash", SHA1, {"fileHashType": "unknown", "fileHashValue": SHA1}),
+    ("filename|sha256", f"evil.exe|{SHA256}", {"fileName": "evil.exe", "fileHashType": "sha256", "fileHashValue": SHA256}),
+    ("filename|md5", f"evil.exe|{MD5}", {"fileName": "evil.exe", "fileHashType": "md5", "fileHashValue": MD5}),
+    ("filename|authentihash", f"a.dll|{SHA256}", {"fileName": "a.dll", "fileHashType": "authenticodeHash256", "fileHashValue": SHA256}),
+    ("malware-sample", f"dropper.bin|{MD5}", {"fileName": "dropper.bin", "fileHashType": "md5", "fileHashValue": MD5}),
+    ("mutex", "Global\\EvilMutex", {"fileMutexName": "Global\\EvilMutex"}),
+    ("user-agent", "Mozilla/5.0 (EvilBot)", {"userAgent": "Mozilla/5.0 (EvilBot)"}),
+    ("AS", "AS64500", {"networkSourceAsn": 64500}),
+    ("AS", "64501", {"networkSourceAsn": 64501}),
+]
+
+
+@pytest.mark.parametrize(("misp_type", "value", "expected"), MAPPING_ROWS, ids=[f"{t}:{v[:20]}" for t, v, _ in MAPPING_ROWS])
+def test_every_mapping_row_fills_exactly_its_fields(misp_type, value, expected):
+    assert observable(one(misp_type, value)) == expected
+
+
+def test_network_ignore_direction_also_fills_directionless_fields():
+    policy = GraphPolicy(network_ignore_direction=True)
+    assert observable(one("ip-dst|port", "198.51.100.7|443", policy)) == {
+        "networkDestinationIPv4": "198.51.100.7", "networkIPv4": "198.51.100.7",
+        "networkDestinationPort": 443, "networkPort": 443,
+    }
+    assert observable(one("ip-src", "10.1.0.0/16", policy)) == {"networkSourceCidrBlock": "10.1.0.0/16", "networkCidrBlock": "10.1.0.0/16"}
+
+
+@pytest.mark.parametrize(("misp_type", "value"), [
+    ("ip-dst", "1.2.3"), ("ip-dst", "999.1.1.1"), ("ip-src", "not an ip"), ("ip-dst|port", "1.2.3.4"),
+    ("ip-dst|port", "1.2.3.4|70000"), ("ip-dst|port", "1.2.3.4|http"), ("domain", "-bad-.example"),
+    ("domain", "198.51.100.7"), ("domain", ""), ("hostname", "a b.example"), ("domain|ip", "example.com"),
+    ("domain|ip", "example.com|10.0.0.0/8"), ("url", "   "), ("url", "http://a b"), ("email-src", "nobody"),
+    ("email-dst", "@example.com"), ("md5", "xyz"), ("sha256", MD5), ("sha1", "g" * 40), ("ssdeep", "not-fuzzy"),
+    ("filename|sha256", "evil.exe"), ("filename|sha256", f"evil.exe|{MD5}"), ("malware-sample", "x.bin"),
+    ("AS", "AS-ONE"), ("AS", "4294967296"), ("AS", "3000000000"), ("email-subject", "  "), ("mutex", ""),
+])
+def test_invalid_values_are_counted_not_sent(misp_type, value):
+    assert skip_reason(misp_type, value) is SkipReason.INVALID_VALUE
+
+
+@pytest.mark.parametrize("misp_type", ["regkey", "yara", "link", "text", "btc", "email-body", "vulnerability"])
+def test_types_without_a_graph_field_are_unsupported(misp_type):
+    assert skip_reason(misp_type, "anything") is SkipReason.UNSUPPORTED_TYPE
+
+
+def test_port_and_size_are_weak_unless_allowed():
+    assert skip_reason("port", "443") is SkipReason.WEAK_OBSERVABLE
+    assert skip_reason("size-in-bytes", "1024") is SkipReason.WEAK_OBSERVABLE
+    allowed = GraphPolicy(allow_weak_observables=True)
+    assert observable(one("port", "443", allowed)) == {"networkPort": 443}
+    assert observable(one("size-in-bytes", "1024", allowed)) == {"fileSize": 1024}
+
+
+def test_defender_target_keeps_only_its_observables():
+    defender = GraphPolicy(target_product="Microsoft Defender ATP")
+    assert observable(one("ip-dst", "198.51.100.7", defender)) == {"networkDestinationIPv4": "198.51.100.7"}
+    assert observable(one("filename|sha1", f"a.exe|{SHA1}", defender)) == {"fileHashType": "sha1", "fileHashValue": SHA1}
+    assert skip_reason("ip-src", "198.51.100.7", defender) is SkipReason.NOT_FOR_TARGET
+    assert skip_reason("email-subject", "hi", defender) is SkipReason.NOT_FOR_TARGET
+    assert skip_reason("sha512", "a" * 128, defender) is SkipReason.NOT_FOR_TARGET
+
+
+def test_common_fields_follow_config_and_event():
+    policy = GraphPolicy(action="block", passive_only=True, days_to_expire=10, default_confidence=40)
+    a = attribute("domain", "evil.example.com")
+    indicator = one("domain", "evil.example.com", policy) | {}
+    indicator = GraphTransformer(policy, NOW).transform(event(a)).indicators[0]
+    assert indicator["externalId"] == a["uuid"]
+    assert indicator["action"] == "block" and indicator["passiveOnly"] is True
+    assert indicator["targetProduct"] == "Azure Sentinel" and indicator["isActive"] is True
+    assert indicator["expirationDateTime"] == "2026-12-08T12:00:00Z"
+    assert indicator["lastReportedDateTime"] == "2017-11-17T12:34:52Z"
+    assert indicator["confidence"] == 40
+    assert indicator["tlpLevel"] == "red" and indicator["threatType"] == "WatchList"
+    assert indicator["description"] == "Test event"
+
+
+def test_description_adds_comment_and_is_cut_to_100_characters():
+    long_info = "OSINT - " + "x" * 150
+    result = GraphTransformer(GraphPolicy(), NOW).transform(event(attribute("domain", "a.example", comment="C2 server"), info=long_info))
+    indicator = result.indicators[0]
+    assert len(indicator["description"]) == 100 and indicator["description"].endswith("\u2026")
+    assert indicator["additionalInformation"].startswith(long_info + " - C2 server")
+    short = one("domain", "a.example", comment="C2 server")
+    assert short["description"] == "Test event - C2 server"
+
+
+def test_tlp_most_restrictive_and_attribute_wins():
+    result = run(
+        attribute("domain", "a.example"),
+        attribute("domain", "b.example", Tag=[{"name": "TLP:GREEN"}]),
+        tags=["tlp:clear", "tlp:amber+strict"],
+    )
+    assert [i["tlpLevel"] for i in result.indicators] == ["amber", "green"]
+    assert [i["tlpLevel"] for i in run(attribute("ip-dst", "1.2.3.4"), tags=["tlp:clear"]).indicators] == ["white"]
+    assert all("tags" not in i for i in result.indicators)
+
+
+def test_taxonomies_map_and_are_not_repeated_as_tags():
+    result = run(
+        attribute("url", "http://x.example/", Tag=[
+            {"name": "sentinel-threattype:Phishing"}, {"name": "misp:confidence-level=\"rarely-confident\""},
+            {"name": "kill-chain:Delivery"}, {"name": "custom:attr"},
+        ]),
+        attribute("url", "http://y.example/"),
+        tags=["sentinel-threattype:botnet", "kill-chain:Command and Control", "kill-chain:Actions on Objectives",
+              "diamond-model:Infrastructure", "misp:confidence-level=\"usually-confident\"", "type:OSINT"],
+    )
+    own, inherited = result.indicators
+    assert own["threatType"] == "Phishing" and own["confidence"] == 25 and own["killChain"] == ["Delivery"]
+    assert inherited["threatType"] == "Botnet" and inherited["confidence"] == 75
+    assert inherited["killChain"] == ["C2", "Actions"] and inherited["diamondModel"] == "infrastructure"
+    assert own["diamondModel"] == "infrastructure"
+    assert own["tags"] == ["type:OSINT", "custom:attr"] and inherited["tags"] == ["type:OSINT"]
+
+
+def test_local_tags_ignored_only_when_configured():
+    a = attribute("domain", "a.example", Tag=[{"name": "tlp:green", "local": 1}, {"name": "secret-case", "local": "1"}])
+    ignored = GraphTransformer(GraphPolicy(), NOW).transform(event(a, tags=[])).indicators[0]
+    assert ignored["tlpLevel"] == "red" and "tags" not in ignored
+    kept = GraphTransformer(GraphPolicy(ignore_local_tags=False), NOW).transform(event(a)).indicators[0]
+    assert kept["tlpLevel"] == "green" and kept["tags"] == ["secret-case"]
+
+
+def test_context_attributes_and_galaxies_name_groups_and_families():
+    result = run(
+        attribute("threat-actor", "APT28", to_ids=False),
+        attribute("malware-type", "Sednit", to_ids=False),
+        attribute("comment", "Seen in phishing wave", to_ids=False),
+        attribute("domain", "a.example", Tag=[{"name": 'misp-galaxy:tool="Mimikatz"'}]),
+        tags=['misp-galaxy:threat-actor="Sofacy"', 'misp-galaxy:mitre-intrusion-set="APT28"',
+              'misp-galaxy:malpedia="X-Agent"', 'misp-galaxy:ransomware="Locky"', 'misp-galaxy:rat="FALLCHILL"'],
+    )
+    (indicator,) = result.indicators
+    assert indicator["activityGroupNames"] == ["Sofacy", "APT28"]
+    assert indicator["malwareFamilyNames"] == ["X-Agent", "Locky", "Sednit", "Mimikatz"]
+    assert indicator["tags"] == ['misp-galaxy:rat="FALLCHILL"']
+    assert "Seen in phishing wave" in indicator["additionalInformation"]
+    assert sorted(s.reason for s in result.skips) == [SkipReason.CONTEXT] * 3
+
+
+def test_object_attributes_deleted_and_not_ids_are_accounted():
+    objects = [
+        {"name": "file", "Attribute": [attribute("sha256", SHA256), attribute("filename", "a.exe", to_ids=False)]},
+        {"name": "file", "deleted": True, "Attribute": [attribute("md5", MD5)]},
+    ]
+    result = run(attribute("domain", "a.example", deleted=True), attribute("ip-dst", "1.2.3.4", to_ids="1"), Object=objects)
+    assert result.attributes == 5
+    assert [observable(i) for i in result.indicators] == [
+        {"networkDestinationIPv4": "1.2.3.4"}, {"fileHashType": "sha256", "fileHashValue": SHA256},
+    ]
+    assert sorted(s.reason.value for s in result.skips) == ["deleted", "deleted", "not-to-ids"]
+
+
+def test_same_attribute_twice_in_a_run_is_a_duplicate():
+    transformer = GraphTransformer(GraphPolicy(), NOW)
+    a = attribute("domain", "a.example")
+    assert len(transformer.transform(event(a)).indicators) == 1
+    again = transformer.transform(event(dict(a, uuid=a["uuid"].upper())))
+    assert again.indicators == [] and again.skips[0].reason is SkipReason.DUPLICATE
+
+
+@pytest.mark.parametrize("broken", [
+    None, [], "event", {"Event": None}, {"Event": {"Attribute": "nope"}},
+    {"Event": {"Attribute": [None, 1, {"type": "domain"}, {"uuid": "x", "type": 5}], "Tag": "x"}},
+    {"Event": {"Attribute": [{"uuid": "u1", "type": "domain", "value": ["a"], "to_ids": True}], "Tag": [None, {"name": 3}]}},
+    {"Event": {"Object": [{"Attribute": None}, None], "Galaxy": [{"GalaxyCluster": [None, {"tag_name": 5}]}]}},
+])
+def test_malformed_events_never_raise(broken):
+    result = GraphTransformer(GraphPolicy(), NOW).transform(broken)
+    assert result.indicators == []
+    assert all(skip.reason in (SkipReason.MALFORMED, SkipReason.INVALID_VALUE) for skip in result.skips)
+
+
+def test_real_public_events_transform_with_every_attribute_accounted(fixture_events):
+    transformer = GraphTransformer(GraphPolicy(), NOW)
+    for wrapped in fixture_events:
+        result = transformer.transform(wrapped)
+        assert len(result.indicators) + len(result.skips) == result.attributes > 0
+        assert all(i["tlpLevel"] == "white" for i in result.indicators if wrapped["Event"].get("Tag"))
