@@ -32,6 +32,24 @@ def _first_line(text: str, limit: int = 200) -> str:
     return line[:limit]
 
 
+# Causes buried in PyMISP's long connection errors, in the words an operator needs.
+_CAUSES = (
+    ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (trust its CA with REQUESTS_CA_BUNDLE or misp_verifycert)"),
+    ("Authentication failed", "MISP refused the API key (HTTP 403)"),
+    ("Unable to get the user settings", "MISP refused the API key"),
+    ("Connection refused", "connection refused"),
+    ("Name or service not known", "host name not found"),
+    ("timed out", "timed out"),
+    ("SSLError", "TLS handshake failed"),
+)
+
+
+def _explain(error: object) -> str:
+    """The cause of a PyMISP/requests error in one short phrase, else its first line."""
+    text = str(error)
+    return next((phrase for marker, phrase in _CAUSES if marker in text), _first_line(text))
+
+
 def _describe_errors(errors: Any) -> str:
     """PyMISP's `{'errors': (status, body)}` or `{'errors': 'text'}` as one line."""
     if isinstance(errors, tuple) and len(errors) == 2:
@@ -58,7 +76,7 @@ class MispSource:
                     timeout=self.settings.http_timeout, tool="misp2sentinel",
                 )
             except PyMISPError as exc:
-                raise MispError(f"cannot connect to MISP at {self.settings.misp_url}: {_first_line(exc)}") from None
+                raise MispError(f"cannot connect to MISP at {self.settings.misp_url}: {_explain(exc)}") from None
         return self._misp
 
     def pages(self) -> Iterator[list[dict[str, Any]]]:
@@ -86,7 +104,7 @@ class MispSource:
         except (PyMISPError, ValueError) as exc:
             raise MispError(f"{where}: {_first_line(exc)}") from None
         except requests.RequestException as exc:
-            raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {_first_line(exc)}") from None
+            raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {_explain(exc)}") from None
         self.log.request(
             "misp-restSearch", "POST", f"{self.settings.misp_url}events/restSearch",
             {**filters, "limit": limit, "page": page}, 200,

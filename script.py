@@ -97,7 +97,7 @@ class RunReport:
             + f"events read: {data['events']}\nattributes read: {data['attributes']}\n"
             f"candidates: {data['candidates']}\nindicators: {data['indicators']}\n"
             f"sent: {data['sent']}\naccepted: {data['accepted']}\nrejected: {data['rejected']}\n"
-            f"failed (not delivered): {data['failed']}\nskipped: {skipped}\ntime: {data['seconds']:.1f} s\n"
+            f"failed (not delivered): {data['failed']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
         )
 
 
