@@ -72,6 +72,21 @@ DEFENDER_HASH_TYPES = frozenset({"md5", "sha1", "sha256"})
 MISP_DEFAULT_PAGE_SIZE = 100
 # Filter keys the tool owns; an operator setting them in misp_event_filters would break paging.
 MISP_RESERVED_FILTERS = frozenset({"limit", "page", "controller", "return_format", "returnFormat", "pythonify"})
+# Keywords PyMISP 2.5 search() knows, plus events/restSearch parameters it passes through (misp.md §2).
+MISP_SEARCH_KEYWORDS = frozenset({
+    "value", "type_attribute", "category", "org", "tags", "event_tags", "quick_filter", "quickFilter",
+    "date_from", "date_to", "eventid", "with_attachments", "withAttachments", "metadata", "uuid",
+    "publish_timestamp", "last", "timestamp", "published", "enforce_warninglist", "enforceWarninglist",
+    "to_ids", "deleted", "include_event_uuid", "includeEventUuid", "include_event_tags", "includeEventTags",
+    "event_timestamp", "sg_reference_only", "eventinfo", "searchall", "requested_attributes",
+    "include_context", "includeContext", "headerless", "include_sightings", "includeSightings",
+    "include_correlations", "includeCorrelations", "include_decay_score", "includeDecayScore",
+    "object_name", "exclude_decayed", "sharinggroup",
+    "order", "threat_level_id", "distribution", "excludeLocalTags", "includeAllTags", "event_uuid",
+})
+# Names the 2018 Microsoft sample's config used with the PyMISP of its day.
+MISP_LEGACY_FILTERS = {"values": "value", "type": "type_attribute"}
+MISP_LEGACY_NEGATED_FILTERS = {"not_values": "value", "not_tags": "tags"}
 
 # --- Taxonomies (mapping.md "Tags and taxonomies") -------------------------------------------
 TLP_TAGS = {

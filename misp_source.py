@@ -59,6 +59,12 @@ def _describe_errors(errors: Any) -> str:
     return _first_line(errors)
 
 
+def _event_uuid(wrapped: Any) -> str:
+    event = wrapped.get("Event", wrapped) if isinstance(wrapped, dict) else None
+    uuid = event.get("uuid") if isinstance(event, dict) else None
+    return uuid.lower() if isinstance(uuid, str) else ""
+
+
 class MispSource:
     """Connects once, then yields pages of `{"Event": ...}` dicts until MISP returns an empty page."""
 
@@ -80,21 +86,40 @@ class MispSource:
         return self._misp
 
     def pages(self) -> Iterator[list[dict[str, Any]]]:
-        """Pages of events as restSearch returns them; memory holds one page at a time."""
+        """Pages of events as restSearch returns them; memory holds one page at a time.
+
+        With several filters (the seed's list form) an event must match all of them: the
+        others are read first as lightweight metadata, keeping only the event UUIDs.
+        """
         misp = self.connect()
+        primary, *others = self.settings.misp_event_filters
+        allowed = self._uuids_matching_all(misp, others) if others else None
+        for events in self._search(misp, primary, "MISP events"):
+            if allowed is not None:
+                events = [event for event in events if _event_uuid(event) in allowed]
+            if events:
+                yield events
+
+    def _uuids_matching_all(self, misp: PyMISP, filters: list[dict[str, Any]]) -> set[str]:
+        matching = [
+            {_event_uuid(event) for events in self._search(misp, {**one, "metadata": True}, f"MISP filter {index}") for event in events}
+            for index, one in enumerate(filters, start=1)
+        ]
+        return set.intersection(*matching) - {""}
+
+    def _search(self, misp: PyMISP, filters: dict[str, Any], label: str) -> Iterator[list[dict[str, Any]]]:
         page = 1
         while True:
-            events = self._page(misp, page)
+            events = self._page(misp, filters, page, label)
             if not events:
                 return
             yield events
             page += 1
 
-    def _page(self, misp: PyMISP, page: int) -> list[dict[str, Any]]:
-        filters = dict(self.settings.misp_event_filters)
+    def _page(self, misp: PyMISP, filters: dict[str, Any], page: int, label: str) -> list[dict[str, Any]]:
         limit = self.settings.misp_page_size
         started = time.monotonic()
-        where = f"MISP events page {page}"
+        where = f"{label} page {page}"
         try:
             result = misp.search(controller="events", return_format="json", limit=limit, page=page, **filters)
         except PyMISPUnexpectedResponse:

@@ -59,9 +59,10 @@ class RequestLog:
         return self.write("error", {"time": _now_iso(), "context": context, "error": message, **details})
 
     def write(self, name: str, payload: Any) -> Path:
-        """A JSON file named by UTC time, a sequence number and `name`; owner-only permissions."""
+        """A JSON file named by UTC time, `name` and a sequence number (so `cat logs/*_error_*`
+        works as it did with the 2018 sample); owner-only permissions."""
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        path = self.directory / f"{stamp}-{next(self._sequence):05d}-{name}.json"
+        path = self.directory / f"{stamp}_{name}_{next(self._sequence):05d}.json"
         text = self.scrub(_dump(payload))
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)

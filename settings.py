@@ -56,7 +56,7 @@ class Settings:
     misp_url: str
     misp_key: str = dataclasses.field(repr=False)
     misp_verifycert: bool | str
-    misp_event_filters: dict[str, Any]
+    misp_event_filters: tuple[dict[str, Any], ...]
     misp_page_size: int
     ignore_local_tags: bool
     log_dir: Path
@@ -190,17 +190,47 @@ def _verifycert(raw: Mapping[str, Any], base: Path, source: str) -> bool | str:
     raise ConfigError(f"misp_verifycert must be True, False or the path of a CA bundle, not {value!r} (in {source})")
 
 
-def _event_filters(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
-    filters = raw.get("misp_event_filters", {"published": True})
-    if not isinstance(filters, dict) or not all(isinstance(key, str) for key in filters):
-        raise ConfigError(f"misp_event_filters must be a dict of PyMISP search() keywords (in {source})")
-    reserved = sorted(C.MISP_RESERVED_FILTERS & filters.keys())
+def _filter(entry: Any, index: int, source: str) -> dict[str, Any]:
+    """One search() keyword dict: legacy seed names translated, unknown names refused."""
+    where = f"misp_event_filters[{index}]"
+    if not isinstance(entry, dict) or not all(isinstance(key, str) for key in entry):
+        raise ConfigError(f"{where} must be a dict of PyMISP search() keywords (in {source})")
+    reserved = sorted(C.MISP_RESERVED_FILTERS & entry.keys())
     if reserved:
-        raise ConfigError(
-            f"misp_event_filters must not set {', '.join(reserved)}: the tool pages by itself "
-            f"(use misp_event_limit_per_page) (in {source})"
-        )
-    return {"published": True, **filters}
+        raise ConfigError(f"{where} must not set {', '.join(reserved)}: the tool pages by itself (use misp_event_limit_per_page) (in {source})")
+    result: dict[str, Any] = {}
+    negated: dict[str, list[Any]] = {}
+    for key, value in entry.items():
+        if key in C.MISP_LEGACY_NEGATED_FILTERS:
+            negated[C.MISP_LEGACY_NEGATED_FILTERS[key]] = value if isinstance(value, list) else [value]
+        elif key in C.MISP_SEARCH_KEYWORDS or key in C.MISP_LEGACY_FILTERS:
+            result[C.MISP_LEGACY_FILTERS.get(key, key)] = value
+        else:
+            raise ConfigError(f"{where}: {key!r} is not a MISP search keyword; MISP would ignore it silently (in {source})")
+    for target, excluded in negated.items():
+        included = result.get(target)
+        if included is not None and not isinstance(included, (str, list)):
+            raise ConfigError(f"{where}: cannot combine not_{target} with a complex {target} query (in {source})")
+        query: dict[str, Any] = {"NOT": excluded}
+        if included is not None:
+            query["OR"] = included if isinstance(included, list) else [included]
+        result[target] = query
+    return result
+
+
+def _event_filters(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], ...]:
+    """A dict (one search) or the seed's list of dicts (events matching every one of them).
+
+    Published events only unless a filter says otherwise: PyMISP sends no `published` itself.
+    """
+    value = raw.get("misp_event_filters", {})
+    entries = [value] if isinstance(value, dict) else value
+    if not isinstance(entries, list):
+        raise ConfigError(f"misp_event_filters must be a dict or a list of dicts (in {source})")
+    filters = [_filter(entry, index, source) for index, entry in enumerate(entries)] or [{}]
+    if not any("published" in entry for entry in filters):
+        filters[0] = {"published": True, **filters[0]}
+    return tuple(filters)
 
 
 def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -> Settings:

@@ -28,8 +28,8 @@ class Run:
     log_dir: Path
 
     def logs(self, name: str) -> list[Any]:
-        """Parsed JSON files in the log directory whose name ends with `-{name}.json`."""
-        return [json.loads(p.read_text()) for p in sorted(self.log_dir.glob(f"*-{name}.json"))]
+        """Parsed JSON files in the log directory of one kind (`<time>_<name>_<sequence>.json`)."""
+        return [json.loads(p.read_text()) for p in sorted(self.log_dir.glob(f"*_{name}_*.json"))]
 
     def log_text(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.log_dir.glob("*.json")))

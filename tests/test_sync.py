@@ -213,3 +213,15 @@ def test_cron_style_process_uses_config_dir_and_prints_no_traceback(standins, tm
     (tmp_path / ".env").write_text(f"MISP_KEY={standins.misp.key}\nAZURE_CLIENT_SECRET=bad\n")
     bad = run_process(config)
     assert bad.code == ExitCode.MICROSOFT and "Traceback" not in bad.err
+
+
+def test_seed_style_filter_list_keeps_events_matching_every_filter(standins, tmp_path, capsys):
+    uuids = [e["Event"]["uuid"] for e in standins.misp.events if e["Event"].get("published") is True]
+    filters = [{"uuid": uuids[:3]}, {"uuid": uuids[1:]}]
+    run = run_cli(write_config(tmp_path, standins, misp_event_filters=filters), capsys=capsys)
+    assert run.code == ExitCode.OK, run.err
+    kept = [e for e in standins.misp.events if e["Event"]["uuid"] in uuids[1:3]]
+    assert held_external_ids(standins) == expected_external_ids(kept)
+    bodies = search_bodies(standins)
+    assert any(body.get("metadata") == 1 for body in bodies)
+    assert all(body.get("published") is True for body in bodies if body.get("metadata") == 0)
