@@ -23,7 +23,7 @@ class LogWriteError(Exception):
 class RequestLog:
     """Writes request/response and error records as JSON files; never writes a secret."""
 
-    def __init__(self, directory: Path, write_requests: bool, verbose: bool, secrets: tuple[str, ...] = (), out: TextIO = sys.stdout) -> None:
+    def __init__(self, directory: Path, write_requests: bool, verbose: bool, secrets: tuple[str, ...] = (), out: TextIO = sys.stderr) -> None:
         self.directory = directory
         self.write_requests = write_requests
         self.verbose = verbose
@@ -43,7 +43,8 @@ class RequestLog:
         return text
 
     def request(self, name: str, method: str, url: str, body: Any, status: int | None, response: Any, seconds: float) -> None:
-        """Record one HTTP exchange: to a file when write_post_json, to the terminal when verbose."""
+        """Record one HTTP exchange: to a file when write_post_json, to stderr when verbose
+        (stdout stays machine-readable for `-r`)."""
         record = {
             "time": _now_iso(), "method": method, "url": url, "request_body": body,
             "status": status, "response_body": response, "seconds": round(seconds, 3),

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         return fail(ExitCode.CONFIG, f"configuration: {exc}")
     for warning in settings.warnings:
         sys.stderr.write(f"misp2sentinel: warning: {warning}\n")
-    log = RequestLog(settings.log_dir, settings.write_post_json, settings.verbose_log or args.verbose, settings.secrets(), out)
+    log = RequestLog(settings.log_dir, settings.write_post_json, settings.verbose_log or args.verbose, settings.secrets())
     try:
         if args.read:
             return read_indicators(settings, log, out)

@@ -62,7 +62,7 @@ def test_request_and_error_files_hold_no_secret(standins, tmp_path, capsys):
     everything = run.log_text() + run.out + run.err
     for secret in (standins.misp.key, standins.client_secret, *tokens):
         assert secret not in everything
-    assert '"value"' in run.out  # verbose printed the bodies
+    assert '"value"' in run.err and "submitTiIndicators -> 200" in run.err  # verbose printed the bodies
 
 
 def test_dry_run_sends_nothing_and_needs_no_microsoft_credentials(standins, tmp_path, capsys):
