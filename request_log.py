@@ -23,7 +23,7 @@ class LogWriteError(Exception):
 class RequestLog:
     """Writes request/response and error records as JSON files; never writes a secret."""
 
-    def __init__(self, directory: Path, write_requests: bool, verbose: bool, secrets: tuple[str, ...] = (), out: TextIO = sys.stderr) -> None:
+    def __init__(self, directory: Path, write_requests: bool, verbose: bool, secrets: tuple[str, ...] = (), out: TextIO | None = None) -> None:
         self.directory = directory
         self.write_requests = write_requests
         self.verbose = verbose
@@ -50,7 +50,7 @@ class RequestLog:
             "status": status, "response_body": response, "seconds": round(seconds, 3),
         }
         if self.verbose:
-            self._out.write(self.scrub(f"{method} {url} -> {status}\n{_dump(body)}\n{_dump(response)}\n"))
+            (self._out or sys.stderr).write(self.scrub(f"{method} {url} -> {status}\n{_dump(body)}\n{_dump(response)}\n"))
         if self.write_requests:
             self.write(name, record)
 
