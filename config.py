@@ -41,8 +41,15 @@ misp_event_filters = {
 misp_event_limit_per_page = 100
 misp_ignore_localtags = True
 
+# --- Reconciliation ---
+state_dir = "state"                   # one SQLite file per target tenant; relative to this file
+max_delete_fraction = 0.2             # refuse to delete more than this share of what we own
+# renew_days = 15                     # extend the expiry of unchanged indicators this many days
+                                      # before it (default: a quarter of days_to_expire)
+
 # --- Output ---
 log_dir = "logs"                      # relative paths are beside this file
 write_post_json = True                # one JSON file per request in log_dir
 verbose_log = False                   # print every request body and response
 http_timeout = 60                     # seconds, for every HTTP request
+log_retention_days = 30               # files in log_dir older than this are removed

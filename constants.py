@@ -18,6 +18,8 @@ class ExitCode(enum.IntEnum):
     MISP = 3
     MICROSOFT = 4
     INTERNAL = 5
+    SAFETY_VALVE = 6
+    LOCKED = 7
     INTERRUPTED = 130
 
 
@@ -61,6 +63,16 @@ GRAPH_TLP_LEVELS = ("white", "green", "amber", "red")
 DEFAULT_TLP = "red"
 GRAPH_DIAMOND_MODEL = ("adversary", "capability", "infrastructure", "victim")
 
+# Fields updateTiIndicators may change (microsoft-apis.md §1.2, Azure Sentinel update rules);
+# a change to any other field (an observable, threatType, targetProduct) needs delete + submit.
+GRAPH_UPDATABLE = frozenset({
+    "action", "activityGroupNames", "additionalInformation", "confidence", "description",
+    "diamondModel", "expirationDateTime", "externalId", "isActive", "killChain", "knownFalsePositives",
+    "lastReportedDateTime", "malwareFamilyNames", "passiveOnly", "severity", "tags", "tlpLevel",
+})
+GRAPH_UPDATE_PATH = GRAPH_TI_PATH + "/updateTiIndicators"
+GRAPH_DELETE_BY_EXTERNAL_ID_PATH = GRAPH_TI_PATH + "/deleteTiIndicatorsByExternalId"
+
 # Observable fields Defender ATP accepts (microsoft-apis.md §1.2, per-target rules).
 DEFENDER_OBSERVABLE_FIELDS = frozenset({
     "domainName", "url", "networkDestinationIPv4", "networkDestinationIPv6",
@@ -72,6 +84,8 @@ DEFENDER_HASH_TYPES = frozenset({"md5", "sha1", "sha256"})
 MISP_DEFAULT_PAGE_SIZE = 100
 # Filter keys the tool owns; an operator setting them in misp_event_filters would break paging.
 MISP_RESERVED_FILTERS = frozenset({"limit", "page", "controller", "return_format", "returnFormat", "pythonify"})
+# Filters that select a time window: an event outside it is not gone, it just expires.
+MISP_TIME_FILTERS = frozenset({"publish_timestamp", "last", "timestamp", "event_timestamp", "date_from", "date_to"})
 # Keywords PyMISP 2.5 search() knows, plus events/restSearch parameters it passes through (misp.md §2).
 MISP_SEARCH_KEYWORDS = frozenset({
     "value", "type_attribute", "category", "org", "tags", "event_tags", "quick_filter", "quickFilter",

@@ -34,9 +34,9 @@ class GraphError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ItemResult:
-    """What Graph said about one indicator of a bulk request."""
+    """What Graph said about one item of a bulk request; `key` is what the item was sent under."""
 
-    external_id: str
+    key: str
     graph_id: str | None
     error: str | None = None
 
@@ -164,17 +164,23 @@ class GraphClient:
 
     # --- operations -------------------------------------------------------------------------
     def submit(self, indicators: list[dict[str, Any]]) -> list[ItemResult]:
-        """submitTiIndicators for ≤100 indicators; one ItemResult per indicator, in order."""
-        if len(indicators) > C.GRAPH_MAX_BATCH:
-            raise ValueError(f"a Graph batch holds at most {C.GRAPH_MAX_BATCH} indicators")
-        url = self.settings.graph_endpoint + C.GRAPH_SUBMIT_PATH
-        response = self._call("submitTiIndicators", "POST", url, {"value": indicators})
+        """submitTiIndicators for ≤100 indicators; one ItemResult per indicator (keyed by externalId)."""
+        return self._bulk("submitTiIndicators", C.GRAPH_SUBMIT_PATH, indicators, "externalId")
+
+    def update(self, bodies: list[dict[str, Any]]) -> list[ItemResult]:
+        """updateTiIndicators for ≤100 partial indicators; one ItemResult per body (keyed by id)."""
+        return self._bulk("updateTiIndicators", C.GRAPH_UPDATE_PATH, bodies, "id")
+
+    def _bulk(self, name: str, path: str, items: list[dict[str, Any]], key: str) -> list[ItemResult]:
+        if len(items) > C.GRAPH_MAX_BATCH:
+            raise ValueError(f"a Graph batch holds at most {C.GRAPH_MAX_BATCH} items")
+        response = self._call(name, "POST", self.settings.graph_endpoint + path, {"value": items})
         if response.status_code == 400:
             reason = _graph_error_text(_response_body(response), "HTTP 400")
-            return [ItemResult(item["externalId"], None, f"batch refused: {reason}") for item in indicators]
-        body = self._check("submitTiIndicators", response, (200, 206))
+            return [ItemResult(item[key], None, f"batch refused: {reason}") for item in items]
+        body = self._check(name, response, (200, 206))
         returned = body.get("value") if isinstance(body, dict) else None
-        return _match_items(indicators, returned if isinstance(returned, list) else [])
+        return _match_items(items, returned if isinstance(returned, list) else [], key)
 
     def list_pages(self) -> Iterator[dict[str, Any]]:
         """Pages of this app's indicators, following @odata.nextLink and refusing to loop."""
@@ -192,16 +198,22 @@ class GraphClient:
 
     def delete(self, graph_ids: list[str]) -> list[ItemResult]:
         """deleteTiIndicators in batches of 100; one ItemResult per id."""
+        return self._delete("deleteTiIndicators", C.GRAPH_DELETE_PATH, graph_ids)
+
+    def delete_by_external_id(self, external_ids: list[str]) -> list[ItemResult]:
+        """deleteTiIndicatorsByExternalId: removes every copy Graph holds under each externalId."""
+        return self._delete("deleteTiIndicatorsByExternalId", C.GRAPH_DELETE_BY_EXTERNAL_ID_PATH, external_ids)
+
+    def _delete(self, name: str, path: str, keys: list[str]) -> list[ItemResult]:
         results: list[ItemResult] = []
-        url = self.settings.graph_endpoint + C.GRAPH_DELETE_PATH
-        for start in range(0, len(graph_ids), C.GRAPH_MAX_BATCH):
-            chunk = graph_ids[start:start + C.GRAPH_MAX_BATCH]
-            body = self._check("deleteTiIndicators", self._call("deleteTiIndicators", "POST", url, {"value": chunk}), (200,))
+        for start in range(0, len(keys), C.GRAPH_MAX_BATCH):
+            chunk = keys[start:start + C.GRAPH_MAX_BATCH]
+            body = self._check(name, self._call(name, "POST", self.settings.graph_endpoint + path, {"value": chunk}), (200,))
             infos = body.get("value") if isinstance(body, dict) else None
             infos = infos if isinstance(infos, list) else []
-            for index, graph_id in enumerate(chunk):
+            for index, key in enumerate(chunk):
                 info = infos[index] if index < len(infos) and isinstance(infos[index], dict) else None
-                results.append(ItemResult(graph_id, graph_id, _delete_error(info)))
+                results.append(ItemResult(key, key, _delete_error(info)))
         return results
 
 
@@ -215,21 +227,19 @@ def _delete_error(info: dict[str, Any] | None) -> str | None:
     return f"{code}: {info.get('message', '')}".strip()
 
 
-def _match_items(sent: list[dict[str, Any]], returned: list[Any]) -> list[ItemResult]:
-    """Pair each sent indicator with its answer, by position and checked by externalId."""
-    by_external_id = {
-        item.get("externalId"): item for item in returned if isinstance(item, dict) and item.get("externalId")
-    }
+def _match_items(sent: list[dict[str, Any]], returned: list[Any], key: str) -> list[ItemResult]:
+    """Pair each sent item with its answer, by position and checked by `key` (externalId or id)."""
+    by_key = {item.get(key): item for item in returned if isinstance(item, dict) and item.get(key)}
     results = []
-    for index, indicator in enumerate(sent):
-        external_id = indicator["externalId"]
+    for index, sent_item in enumerate(sent):
+        wanted = sent_item[key]
         item = returned[index] if index < len(returned) and isinstance(returned[index], dict) else None
-        if item is None or item.get("externalId") not in (None, external_id):
-            item = by_external_id.get(external_id)
+        if item is None or item.get(key) not in (None, wanted):
+            item = by_key.get(wanted)
         if item is None:
-            results.append(ItemResult(external_id, None, "Graph returned no result for this indicator"))
+            results.append(ItemResult(wanted, None, "Graph returned no result for this item"))
         elif "Error" in item:
-            results.append(ItemResult(external_id, None, _graph_error_text(item["Error"], "rejected without a reason")))
+            results.append(ItemResult(wanted, None, _graph_error_text(item["Error"], "rejected without a reason")))
         else:
-            results.append(ItemResult(external_id, item.get("id"), None))
+            results.append(ItemResult(wanted, item.get("id"), None))
     return results

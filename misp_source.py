@@ -14,6 +14,7 @@ import requests
 from pymisp import PyMISP, PyMISPError
 from pymisp.exceptions import MISPServerError, PyMISPUnexpectedResponse
 
+import constants as C
 from request_log import RequestLog
 from settings import Settings
 
@@ -99,6 +100,16 @@ class MispSource:
                 events = [event for event in events if _event_uuid(event) in allowed]
             if events:
                 yield events
+
+    def alive_event_uuids(self) -> set[str] | None:
+        """Events the filters select when their time window is ignored: still published and
+        still matching, so their indicators are left to expire. None when the filters have no
+        time window (then the fetch itself saw every such event)."""
+        filters = self.settings.misp_event_filters
+        if not any(C.MISP_TIME_FILTERS & one.keys() for one in filters):
+            return None
+        timeless = [{k: v for k, v in one.items() if k not in C.MISP_TIME_FILTERS} for one in filters]
+        return self._uuids_matching_all(self.connect(), timeless)
 
     def _uuids_matching_all(self, misp: PyMISP, filters: list[dict[str, Any]]) -> set[str]:
         matching = [

@@ -52,6 +52,7 @@ class EventResult:
     indicators: list[dict[str, Any]]
     skips: list[Skip]
     attributes: int
+    event_uuid: str = ""
 
 
 # --- small parsers that accept what real MISP servers and feeds send -------------------------
@@ -504,7 +505,7 @@ class GraphTransformer:
             return EventResult([], [Skip(SkipReason.MALFORMED, "", "", "", "event is not a JSON object")], 0)
         pairs = list(event_attributes(event))
         context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
-        result = EventResult([], [], len(pairs))
+        result = EventResult([], [], len(pairs), context.uuid.strip().lower())
         for attribute, object_deleted in pairs:
             outcome = self._attribute(context, attribute, object_deleted)
             if isinstance(outcome, Skip):
@@ -555,7 +556,7 @@ class GraphTransformer:
             "isActive": True,
             "externalId": uuid,
             "description": description,
-            "additionalInformation": "\n".join((full_text, *context.comments)),
+            "additionalInformation": "\n".join((full_text, *context.comments, f"MISP event: {context.uuid}")),
             "expirationDateTime": self.expiration,
             "tlpLevel": own.tlp or event.tlp or self.policy.default_tlp,
             "threatType": own.threat_type or event.threat_type or C.DEFAULT_THREAT_TYPE,

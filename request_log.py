@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,6 +32,16 @@ class RequestLog:
         self._sequence = itertools.count(1)
         self._out = out
         self.errors_written = 0
+
+    def prune(self, retention_days: int) -> int:
+        """Remove this tool's JSON files older than the retention period; returns how many."""
+        if not self.directory.is_dir():
+            return 0
+        cutoff = time.time() - retention_days * 86400
+        old = [path for path in self.directory.glob("*_*_*.json") if path.stat().st_mtime < cutoff]
+        for path in old:
+            path.unlink(missing_ok=True)
+        return len(old)
 
     def add_secret(self, value: str) -> None:
         """Register a value learnt at run time (an access token) for scrubbing."""

@@ -7,35 +7,34 @@ batches -> Graph, print the summary and return a documented exit code.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import datetime as dt
 import json
 import sys
-import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-import constants as C
-from constants import ExitCode, SkipReason
+from constants import ExitCode
 from graph_client import GraphClient, GraphError, ItemResult
 from misp_source import MispError, MispSource
-from misp_transformer import EventResult, GraphPolicy, GraphTransformer, Skip
+from misp_transformer import GraphTransformer, Skip
 from request_log import LogWriteError, RequestLog
 from settings import ConfigError, Settings, load_settings
+from state_store import StateStore, StoreError, StoreLocked, target_lock
+from sync import ROUTINE_SKIPS, GraphTarget, RunReport, policy_from, rebuild_rows, skipped_records, state_name
 
 HERE = Path(__file__).resolve().parent
-# Skips that only confirm MISP's own filtering; the others are listed one by one in the logs.
-ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
 
 EPILOG = """exit codes:
   0  all good
   1  some indicators were rejected by Graph (see logs/)
   2  configuration or usage error
   3  MISP unreachable, refused the key, or answered something that is not events
-  4  Microsoft authentication or Graph API failure
+  4  Microsoft authentication or Graph API failure, or batches not delivered after retries
   5  internal error (a bug: please report it with the error file from logs/)
+  6  safety valve: the run would delete more than max_delete_fraction of what it owns;
+     nothing was deleted (re-run with --allow-mass-delete if that is really wanted)
+  7  another run holds the lock for this target (cron overlap); nothing was done
   130 interrupted
 """
 
@@ -49,151 +48,88 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("-r", "--read", action="store_true", help="list the indicators this app owns in Graph, as JSON")
     action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id")
-    action.add_argument("--dry-run", action="store_true", help="fetch and transform, write what would be sent to the log directory, send nothing")
+    action.add_argument("--dry-run", action="store_true", help="fetch, transform and plan against the state; write what would be sent to the log directory, send nothing")
+    action.add_argument("--rebuild-state", action="store_true", help="recreate the local state from what Graph holds (after the state was lost)")
+    parser.add_argument("--allow-mass-delete", action="store_true", help="let this run delete more than max_delete_fraction of the owned indicators")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every request body and response")
     parser.add_argument("--config", type=Path, default=HERE / "config.py", metavar="PATH", help="settings file (default: config.py beside script.py)")
     return parser.parse_args(argv)
 
 
-@dataclasses.dataclass
-class RunReport:
-    """Counts of one sync run; printed as the summary and written as JSON."""
-
-    events: int = 0
-    attributes: int = 0
-    indicators: int = 0
-    sent: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    failed: int = 0
-    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    started: float = dataclasses.field(default_factory=time.monotonic)
-
-    def add_event(self, result: EventResult) -> None:
-        self.events += 1
-        self.attributes += result.attributes
-        self.indicators += len(result.indicators)
-        self.skipped.update(skip.reason.value for skip in result.skips)
-
-    @property
-    def candidates(self) -> int:
-        """to_ids attributes that could have become indicators (routine skips excluded)."""
-        return self.indicators + sum(n for reason, n in self.skipped.items() if SkipReason(reason) not in ROUTINE_SKIPS)
-
-    def as_dict(self, dry_run: bool) -> dict[str, Any]:
-        return {
-            "dry_run": dry_run, "events": self.events, "attributes": self.attributes,
-            "candidates": self.candidates, "indicators": self.indicators, "sent": self.sent,
-            "accepted": self.accepted, "rejected": self.rejected, "failed": self.failed,
-            "skipped": dict(sorted(self.skipped.items())),
-            "seconds": round(time.monotonic() - self.started, 3),
-        }
-
-    def print(self, out: TextIO, dry_run: bool) -> None:
-        data = self.as_dict(dry_run)
-        skipped = ", ".join(f"{reason} {count}" for reason, count in data["skipped"].items()) or "none"
-        out.write(
-            ("Dry run (nothing sent)\n" if dry_run else "")
-            + f"events read: {data['events']}\nattributes read: {data['attributes']}\n"
-            f"candidates: {data['candidates']}\nindicators: {data['indicators']}\n"
-            f"sent: {data['sent']}\naccepted: {data['accepted']}\nrejected: {data['rejected']}\n"
-            f"failed (not delivered): {data['failed']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
-        )
-
-
-def policy_from(settings: Settings) -> GraphPolicy:
-    return GraphPolicy(
-        target_product=settings.target_product, action=settings.action, passive_only=settings.passive_only,
-        days_to_expire=settings.days_to_expire, network_ignore_direction=settings.network_ignore_direction,
-        ignore_local_tags=settings.ignore_local_tags, default_confidence=settings.default_confidence,
-        allow_weak_observables=settings.allow_weak_observables,
-    )
-
-
-def batches(indicators: Iterable[dict[str, Any]], size: int = C.GRAPH_MAX_BATCH) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for indicator in indicators:
-        batch.append(indicator)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-class Sync:
-    """One run: MISP pages -> transform -> batches -> Graph (or the dry-run log) -> report."""
-
-    def __init__(self, settings: Settings, log: RequestLog, client: GraphClient | None) -> None:
-        self.settings = settings
-        self.log = log
-        self.client = client
-        self.report = RunReport()
-        self.notable_skips: list[Skip] = []
-
-    def indicators(self, source: MispSource) -> Iterator[dict[str, Any]]:
-        transformer = GraphTransformer(policy_from(self.settings), dt.datetime.now(dt.timezone.utc))
-        for page in source.pages():
-            for event in page:
-                result = transformer.transform(event)
-                self.report.add_event(result)
-                self.notable_skips.extend(skip for skip in result.skips if skip.reason not in ROUTINE_SKIPS)
-                yield from result.indicators
-
-    def run(self, source: MispSource) -> None:
-        for batch in batches(self.indicators(source)):
-            if self.client is None:
-                url = self.settings.graph_endpoint + C.GRAPH_SUBMIT_PATH
-                self.log.write("dry-run-submitTiIndicators", {"method": "POST", "url": url, "body": {"value": batch}})
-                continue
-            self.deliver(batch)
-
-    def deliver(self, batch: list[dict[str, Any]]) -> None:
-        """Submit one batch; a non-fatal failure marks it failed and the run goes on."""
-        assert self.client is not None
-        self.report.sent += len(batch)
-        try:
-            results = self.client.submit(batch)
-        except GraphError as exc:
-            if exc.fatal:
-                raise
-            self.report.failed += len(batch)
-            self.log.error("submitTiIndicators", str(exc), external_ids=[item["externalId"] for item in batch])
-            return
-        rejected = [result for result in results if not result.accepted]
-        self.report.accepted += len(results) - len(rejected)
-        self.report.rejected += len(rejected)
-        if rejected:
-            self.log.error("submitTiIndicators", f"Graph rejected {len(rejected)} of {len(batch)} indicators", rejected=[
-                {"externalId": r.external_id, "reason": r.error, "indicator": _find(batch, r.external_id)} for r in rejected
-            ])
-
-    def finish(self, dry_run: bool, out: TextIO) -> None:
-        if self.notable_skips:
-            self.log.write("skipped", [dataclasses.asdict(skip) | {"reason": skip.reason.value} for skip in self.notable_skips])
-        self.log.write("run-report", self.report.as_dict(dry_run))
-        self.report.print(out, dry_run)
-
-
-def _find(batch: list[dict[str, Any]], external_id: str) -> dict[str, Any] | None:
-    return next((item for item in batch if item["externalId"] == external_id), None)
-
-
-def sync(settings: Settings, log: RequestLog, dry_run: bool, out: TextIO) -> ExitCode:
+def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: TextIO) -> ExitCode:
+    """Reconcile MISP's desired indicators with what this app owns in Graph."""
     settings.require_misp()
     client = None
-    if not dry_run:
+    if not args.dry_run:
         settings.require_microsoft()
         client = GraphClient(settings, log)
         client.token()
-    job = Sync(settings, log, client)
-    try:
-        job.run(MispSource(settings, log))
-    finally:
-        job.finish(dry_run, out)
-    if job.report.failed:
+    name = state_name(settings)
+    now = dt.datetime.now(dt.timezone.utc)
+    with target_lock(settings.state_dir / f"{name}.lock"):
+        path = settings.state_dir / f"{name}.sqlite"
+        store = StateStore(None if args.dry_run and not path.exists() else path)
+        report = RunReport(target=f"graph {settings.graph_endpoint} tenant {settings.tenant or '(dry run)'}")
+        target = GraphTarget(settings, client, store, log, report, now)
+        try:
+            if client is not None:
+                target.recover()
+            source = MispSource(settings, log)
+            fetched = fetch_and_plan(settings, source, target, report, log, now)
+            target.remove_gone(fetched, source.alive_event_uuids, args.allow_mass_delete)
+        finally:
+            report.requests = client.requests_sent if client else 0
+            log.write("run-report", report.as_dict(args.dry_run))
+            out.write(report.summary(args.dry_run))
+            store.close()
+    if report.failed:
         return ExitCode.MICROSOFT
-    return ExitCode.REJECTED if job.report.rejected else ExitCode.OK
+    if report.deletions_blocked:
+        return ExitCode.SAFETY_VALVE
+    return ExitCode.REJECTED if report.rejected else ExitCode.OK
+
+
+def fetch_and_plan(settings: Settings, source: MispSource, target: GraphTarget, report: RunReport,
+                   log: RequestLog, now: dt.datetime) -> set[str]:
+    """Stream MISP pages through the transformer into the target; the fetched event UUIDs."""
+    transformer = GraphTransformer(policy_from(settings), now)
+    fetched: set[str] = set()
+    notable: list[Skip] = []
+    try:
+        for page in source.pages():
+            for event in page:
+                result = transformer.transform(event)
+                report.add_event(result)
+                fetched.add(result.event_uuid)
+                notable.extend(skip for skip in result.skips if skip.reason not in ROUTINE_SKIPS)
+                for indicator in result.indicators:
+                    target.offer(indicator, result.event_uuid)
+            target.commit_seen()
+    except MispError:
+        target.flush_all()  # send what was planned; nothing is removed after a partial fetch
+        raise
+    finally:
+        if notable:
+            log.write("skipped", skipped_records(notable))
+    target.flush_all()
+    return fetched
+
+
+def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
+    """Recreate the state store from Graph's own listing, removing duplicate copies."""
+    settings.require_microsoft()
+    client = GraphClient(settings, log)
+    items = [item for page in client.list_pages() for item in page["value"]]
+    rows, duplicates, anonymous = rebuild_rows(items, dt.datetime.now(dt.timezone.utc))
+    name = state_name(settings)
+    with target_lock(settings.state_dir / f"{name}.lock"):
+        store = StateStore(settings.state_dir / f"{name}.sqlite")
+        store.replace_all(rows)
+        store.close()
+    failed = [r for r in client.delete(duplicates) if not r.accepted] if duplicates else []
+    out.write(f"state rebuilt from Graph: {len(rows)} indicators; duplicate copies deleted: "
+              f"{len(duplicates) - len(failed)}; without externalId (left alone): {anonymous}\n")
+    return ExitCode.REJECTED if failed else ExitCode.OK
 
 
 def read_indicators(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
@@ -243,18 +179,25 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     for warning in settings.warnings:
         sys.stderr.write(f"misp2sentinel: warning: {warning}\n")
     log = RequestLog(settings.log_dir, settings.write_post_json, settings.verbose_log or args.verbose, settings.secrets())
+    log.prune(settings.log_retention_days)
     try:
         if args.read:
             return read_indicators(settings, log, out)
         if args.delete:
             return delete_indicators(settings, log, args.delete, out)
-        return sync(settings, log, args.dry_run, out)
+        if args.rebuild_state:
+            return rebuild_state(settings, log, out)
+        return sync(settings, log, args, out)
     except ConfigError as exc:
         return fail(ExitCode.CONFIG, f"configuration: {exc}")
     except MispError as exc:
         return fail(ExitCode.MISP, str(exc), log, "misp")
     except GraphError as exc:
         return fail(ExitCode.MICROSOFT, str(exc), log, "graph")
+    except StoreLocked as exc:
+        return fail(ExitCode.LOCKED, f"{exc}; nothing done")
+    except StoreError as exc:
+        return fail(ExitCode.CONFIG, f"state_dir: {exc}", log, "state")
     except LogWriteError as exc:
         return fail(ExitCode.CONFIG, f"log_dir: {exc}")
     except KeyboardInterrupt:

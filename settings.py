@@ -21,6 +21,7 @@ KNOWN_SETTINGS = frozenset({
     "days_to_expire", "defaultConfidenceLevel", "network_ignore_direction", "allow_weak_observables",
     "misp_domain", "misp_key", "misp_verifycert", "misp_event_filters", "misp_event_limit_per_page",
     "misp_ignore_localtags", "log_dir", "write_post_json", "verbose_log", "http_timeout",
+    "state_dir", "max_delete_fraction", "renew_days", "log_retention_days",
 })
 
 ENV_OVERRIDES = {
@@ -63,6 +64,10 @@ class Settings:
     write_post_json: bool
     verbose_log: bool
     http_timeout: float
+    state_dir: Path
+    max_delete_fraction: float
+    renew_days: float
+    log_retention_days: int
     warnings: tuple[str, ...] = ()
 
     def secrets(self) -> tuple[str, ...]:
@@ -245,6 +250,8 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
     if misp_url and not misp_url.startswith(("https://", "http://")):
         raise ConfigError(f"misp_domain must start with https:// (or http://), not {misp_url!r} (in {source})")
     log_dir = Path(read.text("log_dir", "logs") or "logs")
+    state_dir = Path(read.text("state_dir", "state") or "state")
+    days_to_expire = read.integer("days_to_expire", 60, 1, 3650)
     return Settings(
         config_path=config_path,
         tenant=auth["tenant"],
@@ -255,7 +262,7 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         target_product=read.choice("targetProduct", C.TARGET_SENTINEL, C.GRAPH_TARGET_PRODUCTS),
         action=read.choice("action", "alert", C.GRAPH_ACTIONS),
         passive_only=read.boolean("passiveOnly", False),
-        days_to_expire=read.integer("days_to_expire", 60, 1, 3650),
+        days_to_expire=days_to_expire,
         default_confidence=read.integer("defaultConfidenceLevel", 50, 0, 100),
         network_ignore_direction=read.boolean("network_ignore_direction", False),
         allow_weak_observables=read.boolean("allow_weak_observables", False),
@@ -269,6 +276,10 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         write_post_json=read.boolean("write_post_json", True),
         verbose_log=read.boolean("verbose_log", False),
         http_timeout=read.number("http_timeout", 60, 1, 3600),
+        state_dir=state_dir if state_dir.is_absolute() else config_path.parent / state_dir,
+        max_delete_fraction=read.number("max_delete_fraction", 0.2, 0, 1),
+        renew_days=read.number("renew_days", days_to_expire / 4, 0, days_to_expire),
+        log_retention_days=read.integer("log_retention_days", 30, 1, 3650),
         warnings=tuple(
             f"{source}: setting {name!r} is not used by this version and is ignored"
             for name in sorted(raw.keys() - KNOWN_SETTINGS)

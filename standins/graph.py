@@ -66,6 +66,13 @@ _NETWORK = frozenset({
 _OBSERVABLES = (_EMAIL | _FILE | _NETWORK) - {"fileHashType"}
 _PROPERTIES = (_EMAIL | _FILE | _NETWORK | _STRINGS | _BOOLEANS | _STRING_LISTS | _DATETIMES
                | set(_ENUMS) | set(_INTEGERS))
+_UPDATE_REQUIRED = ("id", "expirationDateTime", "targetProduct")
+# Properties updateTiIndicators may change for Azure Sentinel (microsoft-apis.md §1.2).
+_UPDATABLE = frozenset({
+    "id", "targetProduct", "action", "activityGroupNames", "additionalInformation", "confidence",
+    "description", "diamondModel", "expirationDateTime", "externalId", "isActive", "killChain",
+    "knownFalsePositives", "lastReportedDateTime", "malwareFamilyNames", "passiveOnly", "severity",
+    "tags", "tlpLevel"})
 _REQUIRED = ("action", "description", "expirationDateTime", "targetProduct", "threatType",
              "tlpLevel")
 _DEFENDER = "Microsoft Defender ATP"
@@ -183,6 +190,8 @@ class GraphStandIn(HttpsStandIn):
         path = request.path.lower().rstrip("/")  # Graph URL segments are case-insensitive
         if request.method == "POST" and path == f"{BASE_PATH}/submittiindicators":
             return self._submit(request, grant)
+        if request.method == "POST" and path == f"{BASE_PATH}/updatetiindicators":
+            return self._update(request, client_id)
         if request.method == "POST" and path == f"{BASE_PATH}/deletetiindicators":
             return self._delete(request, client_id, "id")
         if request.method == "POST" and path == f"{BASE_PATH}/deletetiindicatorsbyexternalid":
@@ -255,6 +264,35 @@ class GraphStandIn(HttpsStandIn):
             self.owners[stored["id"]] = client_id
             self._sequence[stored["id"]] = len(self._sequence) + 1
         return dict(stored)
+
+    def _update(self, request: SeenRequest, client_id: str) -> Reply:
+        """updateTiIndicators: only the documented editable properties of owned indicators."""
+        values = self._body_values(request)
+        if isinstance(values, str) or not all(isinstance(item, dict) for item in values):
+            return _graph_error(request, 400, "BadRequest", values if isinstance(values, str) else
+                                "Every item of 'value' must be an object.")
+        results = [self._apply_update(item, client_id) for item in values]
+        status = 206 if any("Error" in result for result in results) else 200
+        return _graph_reply(request, status, {"@odata.context": _COLLECTION_CONTEXT, "value": results})
+
+    def _apply_update(self, item: dict[str, Any], client_id: str) -> dict[str, Any]:
+        problem = next((f"Missing required property '{name}'." for name in _UPDATE_REQUIRED
+                        if item.get(name) in (None, "")), None)
+        problem = problem or next((f"Property '{name}' cannot be updated." for name in item
+                                   if name not in _UPDATABLE), None)
+        problem = problem or next((_value_error(n, v) for n, v in item.items()
+                                   if v is not None and _value_error(n, v)), None)
+        with self.lock:
+            stored = self.indicators.get(item.get("id")) if self.owners.get(item.get("id")) == client_id else None
+            if problem is None and stored is None:
+                problem = f"Indicator {item.get('id')} not found."
+            if problem is None:
+                stored.update({k: v for k, v in item.items() if v is not None})
+                for name in [k for k, v in item.items() if v is None]:
+                    stored.pop(name, None)
+                return dict(stored)
+        error = {"code": "InvalidInput" if "not found" not in problem else "NotFound", "message": problem}
+        return {**item, "Error": json.dumps({"error": error})}
 
     def _delete(self, request: SeenRequest, client_id: str, key: str) -> Reply:
         values = self._body_values(request)

@@ -41,7 +41,7 @@ def test_sync_sends_every_indicator_of_published_events(standins, tmp_path, caps
     published = sum(1 for e in standins.misp.events if e["Event"].get("published") is True)
     assert [body["page"] for body in bodies] == list(range(1, (published + 1) // 2 + 2))
     report = run.logs("run-report")[0]
-    assert report["accepted"] == report["sent"] == report["indicators"] == len(expected)
+    assert report["accepted"] == report["new"] == report["indicators"] == len(expected)
     assert report["events"] == published and report["rejected"] == report["failed"] == 0
     assert "accepted: %d" % len(expected) in run.out and "skipped:" in run.out
     assert report["attributes"] == report["indicators"] + sum(report["skipped"].values())
@@ -71,7 +71,7 @@ def test_dry_run_sends_nothing_and_needs_no_microsoft_credentials(standins, tmp_
     run = run_cli(config, "--dry-run", capsys=capsys)
     assert run.code == ExitCode.OK, run.err
     assert standins.graph.requests_seen == [] and standins.entra.requests_seen == []
-    would_send = [item for record in run.logs("dry-run-submitTiIndicators") for item in record["body"]["value"]]
+    would_send = [item for record in run.logs("dry-run-new") for item in record]
     assert {item["externalId"] for item in would_send} == expected_external_ids(standins.misp.events)
     assert "Dry run" in run.out
 
@@ -201,7 +201,7 @@ def test_graph_down_marks_batches_failed_and_exit_4(standins, tmp_path, capsys, 
     run = run_cli(write_config(tmp_path, standins), capsys=capsys)
     assert run.code == ExitCode.MICROSOFT
     report = run.logs("run-report")[0]
-    assert report["failed"] == report["sent"] > 0 and report["accepted"] == 0
+    assert report["failed"] == report["new"] > 0 and report["accepted"] == 0
     assert "HTTP 503" in run.logs("error")[0]["error"]
 
 

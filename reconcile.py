@@ -1,0 +1,96 @@
+"""Decide, per indicator, what a run must do in Graph: pure functions over hashes and dates.
+
+The state store remembers what was sent; this module compares it with what MISP wants now.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import constants as C
+
+# Fields that change without the indicator changing, or that Graph stamps itself.
+_NOT_CONTENT = frozenset({"expirationDateTime", "id", "azureTenantId", "ingestedDateTime", "Error"})
+_EVENT_UUID_RE = re.compile(r"^MISP event: ([0-9a-fA-F-]{36})$", re.MULTILINE)
+
+
+class Action(enum.Enum):
+    NEW = "new"
+    UPDATE = "update"
+    REPLACE = "replace"
+    RENEW = "renew"
+    UNCHANGED = "unchanged"
+
+
+def _digest(fields: Mapping[str, Any]) -> str:
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def content_hash(indicator: Mapping[str, Any]) -> str:
+    """Hash of everything we send except the expiry; the same for our dict and Graph's echo."""
+    return _digest({k: v for k, v in indicator.items() if k not in _NOT_CONTENT and not k.startswith("@")})
+
+
+def fixed_hash(indicator: Mapping[str, Any]) -> str:
+    """Hash of the fields updateTiIndicators cannot change (observables, threatType, target)."""
+    return _digest({k: v for k, v in indicator.items() if k not in C.GRAPH_UPDATABLE and k not in _NOT_CONTENT and not k.startswith("@")})
+
+
+def parse_expiry(value: Any) -> dt.datetime | None:
+    """Graph's expirationDateTime (with Z or an offset) as an aware datetime."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def event_uuid_of(indicator: Mapping[str, Any]) -> str:
+    """The MISP event an indicator came from, as written in its additionalInformation."""
+    match = _EVENT_UUID_RE.search(str(indicator.get("additionalInformation", "")))
+    return match.group(1).lower() if match else ""
+
+
+def plan(known: Any, indicator: Mapping[str, Any], renew_before: dt.datetime) -> Action:
+    """What to do with one desired indicator, given its state row (or None)."""
+    if known is None:
+        return Action.NEW
+    if fixed_hash(indicator) != known.fixed_hash:
+        return Action.REPLACE
+    if content_hash(indicator) != known.content_hash:
+        return Action.UPDATE
+    expires = parse_expiry(known.expires_at)
+    if expires is None or expires <= renew_before:
+        return Action.RENEW
+    return Action.UNCHANGED
+
+
+def update_body(graph_id: str, indicator: Mapping[str, Any]) -> dict[str, Any]:
+    """Every editable field, with null for the optional ones the indicator no longer has."""
+    body: dict[str, Any] = {"id": graph_id, "targetProduct": indicator["targetProduct"]}
+    for name in sorted(C.GRAPH_UPDATABLE):
+        body[name] = indicator.get(name)
+    return body
+
+
+def renew_body(graph_id: str, indicator: Mapping[str, Any]) -> dict[str, Any]:
+    """The smallest update Graph accepts: a new expiry."""
+    return {"id": graph_id, "expirationDateTime": indicator["expirationDateTime"], "targetProduct": indicator["targetProduct"]}
+
+
+def renewal_threshold(now: dt.datetime, renew_days: float) -> dt.datetime:
+    """Indicators expiring before this moment are extended on this run."""
+    return now + dt.timedelta(days=renew_days)
+
+
+def mass_delete_blocked(to_delete: int, owned: int, max_fraction: float) -> bool:
+    """The safety valve: deleting more than this share of what we own looks like a broken fetch."""
+    return owned > 0 and to_delete > max_fraction * owned

@@ -1,0 +1,201 @@
+"""What this tool owns in one target: an SQLite file per target, written transactionally.
+
+A row is written as `pending` before its indicator is submitted and as `sent` once Graph has
+answered, and as `deleting` before a delete: after a crash (kill -9 at any point) the next run
+finds those rows and finishes or undoes the work, so Graph never ends with a duplicate.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+SENT, PENDING, DELETING = "sent", "pending", "deleting"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS indicators (
+    external_id TEXT PRIMARY KEY,
+    graph_id TEXT,
+    content_hash TEXT NOT NULL,
+    fixed_hash TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    sent_at TEXT NOT NULL,
+    event_uuid TEXT NOT NULL,
+    status TEXT NOT NULL,
+    seen_run INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS indicators_seen ON indicators (seen_run);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class StoreLocked(Exception):
+    """Another run (an overlapping cron job) holds this target's lock."""
+
+
+class StoreError(Exception):
+    """The state file cannot be opened or is not ours."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """One indicator this tool owns, as last sent."""
+
+    external_id: str
+    graph_id: str
+    content_hash: str
+    fixed_hash: str
+    expires_at: str
+    event_uuid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A row a crashed run left half done."""
+
+    external_id: str
+    graph_id: str | None
+    status: str
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def target_lock(path: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock: a second cron run fails fast instead of interleaving."""
+    _private_dir(path.parent)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StoreLocked(f"another misp2sentinel run holds {path}") from None
+            raise
+        yield
+    finally:
+        os.close(descriptor)
+
+
+class StateStore:
+    """Rows of owned indicators plus a run counter, in one SQLite file."""
+
+    def __init__(self, path: Path | None) -> None:
+        """Open (creating owner-only) the file at `path`; None gives an empty in-memory store."""
+        try:
+            if path is not None and not path.exists():
+                _private_dir(path.parent)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            self.db = sqlite3.connect(":memory:" if path is None else path, isolation_level=None)
+            self.db.execute("PRAGMA synchronous = FULL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"state file {path} is unusable ({exc}); move it away and run --rebuild-state") from None
+        self.path = path
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing: a crash inside leaves the file as it was before."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- runs ----------------------------------------------------------------------------
+    def next_run(self) -> int:
+        """The number the next run will get, without taking it (for a dry run)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'run'").fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    def begin_run(self) -> int:
+        with self.transaction():
+            run = self.next_run()
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('run', ?)", (str(run),))
+        return run
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # --- reads ---------------------------------------------------------------------------
+    def known(self, external_id: str) -> Known | None:
+        row = self.db.execute(
+            "SELECT external_id, graph_id, content_hash, fixed_hash, expires_at, event_uuid FROM indicators "
+            "WHERE external_id = ? AND status = ?", (external_id, SENT),
+        ).fetchone()
+        return Known(*row) if row else None
+
+    def owned_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM indicators WHERE status = ?", (SENT,)).fetchone()[0]
+
+    def unfinished(self) -> list[Pending]:
+        rows = self.db.execute("SELECT external_id, graph_id, status FROM indicators WHERE status != ?", (SENT,))
+        return [Pending(*row) for row in rows]
+
+    def unseen(self, run: int) -> Iterator[Known]:
+        """Owned rows no desired indicator touched in this run: candidates for removal."""
+        rows = self.db.execute(
+            "SELECT external_id, graph_id, content_hash, fixed_hash, expires_at, event_uuid FROM indicators "
+            "WHERE status = ? AND seen_run != ? ORDER BY external_id", (SENT, run),
+        )
+        return (Known(*row) for row in rows.fetchall())
+
+    # --- writes --------------------------------------------------------------------------
+    def mark_seen(self, external_ids: Iterable[str], run: int) -> None:
+        with self.transaction():
+            self.db.executemany("UPDATE indicators SET seen_run = ? WHERE external_id = ?", ((run, e) for e in external_ids))
+
+    def mark_pending(self, rows: Iterable[tuple[str, str, str, str, str, str]], run: int) -> None:
+        """Before a submit: (external_id, content_hash, fixed_hash, expires_at, sent_at, event_uuid)."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO indicators VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+                ((e, c, f, x, s, u, PENDING, run) for e, c, f, x, s, u in rows),
+            )
+
+    def mark_deleting(self, external_ids: Iterable[str]) -> None:
+        with self.transaction():
+            self.db.executemany("UPDATE indicators SET status = ? WHERE external_id = ?", ((DELETING, e) for e in external_ids))
+
+    def record_sent(self, sent: Iterable[tuple[str, str]], failed: Iterable[str]) -> None:
+        """After a submit: (external_id, graph_id) became owned; failed ones are forgotten."""
+        with self.transaction():
+            self.db.executemany("UPDATE indicators SET graph_id = ?, status = ? WHERE external_id = ?", ((g, SENT, e) for e, g in sent))
+            self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in failed))
+
+    def record_updated(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
+        """After an update or renewal: (external_id, content_hash, fixed_hash, expires_at, sent_at)."""
+        with self.transaction():
+            self.db.executemany(
+                "UPDATE indicators SET content_hash = ?, fixed_hash = ?, expires_at = ?, sent_at = ? WHERE external_id = ?",
+                ((c, f, x, s, e) for e, c, f, x, s in rows),
+            )
+
+    def remove(self, external_ids: Iterable[str]) -> None:
+        with self.transaction():
+            self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in external_ids))
+
+    def replace_all(self, rows: Iterable[tuple[str, str, str, str, str, str, str]]) -> None:
+        """--rebuild-state: (external_id, graph_id, content_hash, fixed_hash, expires_at, sent_at, event_uuid)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM indicators")
+            self.db.executemany(
+                "INSERT INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                ((e, g, c, f, x, s, u, SENT) for e, g, c, f, x, s, u in rows),
+            )
