@@ -170,4 +170,8 @@ HOSTNAME_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 HOSTNAME_MAX = 253
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 ASN_MAX = 2**32 - 1
+# No documented Graph limit; longer values are almost always pasted blobs, not observables.
+MAX_VALUE_LENGTH = 4096
+# Lone surrogates (undecodable bytes) and NUL cannot be sent as JSON text to Microsoft.
+BROKEN_TEXT_RE = re.compile("[\ud800-\udfff\x00]")
 PORT_MAX = 65535

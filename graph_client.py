@@ -77,10 +77,9 @@ def _retry_after(response: requests.Response | None, attempt: int) -> float:
 class GraphClient:
     """Submit, list and delete tiIndicators for one Entra app."""
 
-    def __init__(self, settings: Settings, log: RequestLog, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, settings: Settings, log: RequestLog) -> None:
         self.settings = settings
         self.log = log
-        self.sleep = sleep
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "misp2sentinel"
         self._app: msal.ConfidentialClientApplication | None = None
@@ -122,8 +121,14 @@ class GraphClient:
         return self.log.scrub(f"Microsoft Entra refused the token request ({result.get('error', 'error')}, {code}): {description}")
 
     # --- HTTP with retries ------------------------------------------------------------------
-    def _call(self, name: str, method: str, url: str, body: Any = None) -> requests.Response:
-        """One logical call: retried on 429/5xx/network, re-authenticated once on 401."""
+    def _call(self, name: str, method: str, url: str, body: Any = None,
+              before_retry: Callable[[], None] | None = None) -> requests.Response:
+        """One logical call: retried on 429/5xx/network, re-authenticated once on 401.
+
+        `before_retry` runs before a retry whose first try may have reached Graph (a timeout,
+        a reset, a 5xx): a submit uses it to remove any copy Graph made, so a retry never
+        leaves a duplicate. A 429 was not processed, so it is simply resent.
+        """
         reauthenticated = False
         for attempt in range(1, MAX_ATTEMPTS + 1):
             response, failure = self._attempt(name, method, url, body)
@@ -133,7 +138,9 @@ class GraphClient:
             if response is not None and response.status_code not in RETRY_STATUSES:
                 return response
             if attempt < MAX_ATTEMPTS:
-                self.sleep(_retry_after(response, attempt))
+                time.sleep(_retry_after(response, attempt))
+                if before_retry is not None and (response is None or response.status_code != 429):
+                    before_retry()
         if response is not None:
             return response
         raise GraphError(f"{name}: Graph unreachable after {MAX_ATTEMPTS} attempts: {failure}")
@@ -165,16 +172,19 @@ class GraphClient:
     # --- operations -------------------------------------------------------------------------
     def submit(self, indicators: list[dict[str, Any]]) -> list[ItemResult]:
         """submitTiIndicators for ≤100 indicators; one ItemResult per indicator (keyed by externalId)."""
-        return self._bulk("submitTiIndicators", C.GRAPH_SUBMIT_PATH, indicators, "externalId")
+        external_ids = [indicator["externalId"] for indicator in indicators]
+        return self._bulk("submitTiIndicators", C.GRAPH_SUBMIT_PATH, indicators, "externalId",
+                          before_retry=lambda: self.delete_by_external_id(external_ids))
 
     def update(self, bodies: list[dict[str, Any]]) -> list[ItemResult]:
         """updateTiIndicators for ≤100 partial indicators; one ItemResult per body (keyed by id)."""
         return self._bulk("updateTiIndicators", C.GRAPH_UPDATE_PATH, bodies, "id")
 
-    def _bulk(self, name: str, path: str, items: list[dict[str, Any]], key: str) -> list[ItemResult]:
+    def _bulk(self, name: str, path: str, items: list[dict[str, Any]], key: str,
+              before_retry: Callable[[], None] | None = None) -> list[ItemResult]:
         if len(items) > C.GRAPH_MAX_BATCH:
             raise ValueError(f"a Graph batch holds at most {C.GRAPH_MAX_BATCH} items")
-        response = self._call(name, "POST", self.settings.graph_endpoint + path, {"value": items})
+        response = self._call(name, "POST", self.settings.graph_endpoint + path, {"value": items}, before_retry)
         if response.status_code == 400:
             reason = _graph_error_text(_response_body(response), "HTTP 400")
             return [ItemResult(item[key], None, f"batch refused: {reason}") for item in items]

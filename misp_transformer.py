@@ -70,11 +70,22 @@ def is_true(value: Any) -> bool:
 
 def as_text(value: Any) -> str:
     """Attribute values are strings in MISP; tolerate plain numbers, refuse anything else."""
-    if isinstance(value, str):
-        return value.strip()
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise InvalidValue(f"value is a {type(value).__name__}, not text")
+    if not isinstance(value, str):
+        raise InvalidValue(f"value is a {type(value).__name__}, not text")
+    if len(value) > C.MAX_VALUE_LENGTH:
+        raise InvalidValue(f"value longer than {C.MAX_VALUE_LENGTH} characters")
+    if C.BROKEN_TEXT_RE.search(value):
+        raise InvalidValue("value is not valid Unicode text")
+    return value.strip()
+
+
+def clean_text(value: Any) -> str:
+    """Free text (event info, comments) as valid Unicode: broken bytes become U+FFFD."""
+    if not isinstance(value, str):
+        return ""
+    return C.BROKEN_TEXT_RE.sub("\ufffd", value).strip()
 
 
 def _dicts(value: Any) -> list[Mapping[str, Any]]:
@@ -447,20 +458,19 @@ def _context_values(attributes: Iterable[Mapping[str, Any]], misp_type: str) -> 
     values = []
     for attribute in attributes:
         if attribute.get("type") == misp_type and not is_true(attribute.get("deleted")):
-            value = attribute.get("value")
-            if isinstance(value, str) and value.strip():
-                values.append(value.strip())
+            value = clean_text(attribute.get("value"))
+            if value:
+                values.append(value[: C.MAX_VALUE_LENGTH])
     return values
 
 
 def event_context(event: Mapping[str, Any], attributes: list[Mapping[str, Any]], policy: GraphPolicy) -> EventContext:
     """Event tags, galaxies and context attributes (threat-actor, malware-type, comment)."""
     facts = read_tags(tag_names(event.get("Tag"), policy.ignore_local_tags) + galaxy_tag_names(event))
-    info = event.get("info")
     uuid = event.get("uuid")
     return EventContext(
         uuid=uuid if isinstance(uuid, str) else "",
-        info=info.strip() if isinstance(info, str) else "",
+        info=clean_text(event.get("info")),
         last_reported=epoch_to_iso(event.get("timestamp")),
         tags=facts,
         activity_groups=tuple(_merge_unique(facts.activity_groups, _context_values(attributes, "threat-actor"))),
@@ -547,8 +557,7 @@ class GraphTransformer:
     def _indicator(self, context: EventContext, attribute: Mapping[str, Any], uuid: str, observable: dict[str, Any]) -> dict[str, Any]:
         own = read_tags(tag_names(attribute.get("Tag"), self.policy.ignore_local_tags) + galaxy_tag_names(attribute))
         event = context.tags
-        comment = attribute.get("comment")
-        description, full_text = describe(context, comment.strip() if isinstance(comment, str) else "")
+        description, full_text = describe(context, clean_text(attribute.get("comment")))
         indicator: dict[str, Any] = {
             "action": self.policy.action,
             "targetProduct": self.policy.target_product,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 import uuid
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -157,6 +158,20 @@ class GraphStandIn(HttpsStandIn):
         self.owners: dict[str, str] = {}
         self._sequence: dict[str, int] = {}  # creation number, the stable paging key
         self._rejected: dict[object, str] = {}  # observable value -> provider's refusal
+        self.latency = 0.0  # seconds added to every answer, after the work is done
+        self._slow_answers: list[float] = []  # one-off extra delays, after the work is done
+        self._expire_tokens_at: int | None = None
+
+    def delay_next(self, seconds: float, times: int = 1) -> None:
+        """Do the next requests' work, then wait before answering: a client that times out
+        cannot know whether Graph acted (the ambiguous case retries must handle)."""
+        with self.lock:
+            self._slow_answers.extend([seconds] * times)
+
+    def expire_tokens_after(self, requests: int) -> None:
+        """Revoke every issued token once this many more requests were answered (mid-run expiry)."""
+        with self.lock:
+            self._expire_tokens_at = len(self.requests_seen) + requests
 
     def fail_next(self, status: int, body: dict[str, Any] | str | None = None,
                   headers: dict[str, str] | None = None, times: int = 1,
@@ -173,6 +188,17 @@ class GraphStandIn(HttpsStandIn):
             self._rejected[value] = message
 
     def respond(self, request: SeenRequest) -> Reply:
+        reply = self._answer(request)
+        with self.lock:
+            delay = self.latency + (self._slow_answers.pop(0) if self._slow_answers else 0.0)
+            if self._expire_tokens_at is not None and len(self.requests_seen) >= self._expire_tokens_at:
+                self._expire_tokens_at = None
+                self.entra.expire_all()
+        if delay:
+            time.sleep(delay)
+        return reply
+
+    def _answer(self, request: SeenRequest) -> Reply:
         fault = self._take_fault(request.path)
         if fault:
             if isinstance(fault.body, str):

@@ -272,3 +272,11 @@ def test_real_public_events_transform_with_every_attribute_accounted(fixture_eve
         result = transformer.transform(wrapped)
         assert len(result.indicators) + len(result.skips) == result.attributes > 0
         assert all(i["tlpLevel"] == "white" for i in result.indicators if wrapped["Event"].get("Tag"))
+
+
+def test_unicode_junk_and_huge_values_are_invalid_not_crashes():
+    assert skip_reason("domain", "bad\udcffhost.example") is SkipReason.INVALID_VALUE
+    assert skip_reason("url", "http://x.example/" + "a" * 5000) is SkipReason.INVALID_VALUE
+    indicator = GraphTransformer(GraphPolicy(), NOW).transform(
+        event(attribute("domain", "ok.example", comment="broken \udcff byte"), info="info\x00")).indicators[0]
+    assert indicator["description"] == "info\ufffd - broken \ufffd byte"

@@ -1,0 +1,88 @@
+"""Generated MISP events, shaped and misshaped: the transformer never raises, and everything it
+produces passes the Graph stand-in's tiIndicator rules."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from misp_transformer import GraphPolicy, GraphTransformer
+from standins.graph import validate_indicator
+
+TYPES = (Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "misp-attribute-types.txt")
+MISP_TYPES = sorted(set(TYPES.read_text().split())) if TYPES.exists() else []
+KNOWN = ["ip-dst", "ip-src", "ip-dst|port", "domain", "hostname", "domain|ip", "url", "email-src", "md5",
+         "sha256", "filename|sha1", "ssdeep", "AS", "port", "mutex", "user-agent", "malware-sample", "tlsh"]
+TAGS = ["tlp:red", "TLP:Amber+Strict", "tlp:clear", "tlp:ex:chr", "sentinel-threattype:c2", "kill-chain:Delivery",
+        "kill-chain:bogus", "diamond-model:Victim", 'misp:confidence-level="unconfident"', 'misp-galaxy:tool="X"',
+        "misp-galaxy:malware=", "plain", ""]
+
+junk = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.lists(st.integers(), max_size=2),
+                 st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+text = st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=80)
+long_text = st.text(min_size=40, max_size=160)
+values = st.one_of(
+    text,
+    st.sampled_from(["1.2.3.4", "2001:db8::1", "10.0.0.0/8", "evil.example.", "a|b", "1.2.3.4|99999", "AS64500",
+                     "d41d8cd98f00b204e9800998ecf8427e", "x|d41d8cd98f00b204e9800998ecf8427e", "http://x/ y", "\udcff",
+                     "ex\u00e4mple.com", "-.example", "a" * 5000]),
+    st.integers(min_value=-10, max_value=70000), junk,
+)
+tags = st.lists(st.one_of(st.fixed_dictionaries({"name": st.one_of(st.sampled_from(TAGS), text, junk)},
+                                                 optional={"local": st.one_of(junk, st.sampled_from([0, 1, "0", "1"]))}),
+                          junk), max_size=4)
+attribute = st.fixed_dictionaries(
+    {},
+    optional={
+        "uuid": st.one_of(st.uuids().map(str), text, junk),
+        "type": st.one_of(st.sampled_from(KNOWN + MISP_TYPES), text, junk),
+        "value": values,
+        "to_ids": st.one_of(st.sampled_from([True, False, 1, 0, "1", "0", "true"]), junk),
+        "deleted": st.one_of(st.booleans(), junk),
+        "comment": st.one_of(text, long_text, junk),
+        "Tag": st.one_of(tags, junk),
+    },
+)
+SAMPLES = [("ip-dst", "1.2.3.4"), ("ip-src", "2001:db8::/48"), ("ip-dst|port", "1.2.3.4|443"), ("domain", "evil.example"),
+           ("hostname|port", "h.example|8080"), ("domain|ip", "d.example|::1"), ("url", "x.example/a"),
+           ("email-src", "a@b.example"), ("email-subject", "hello"), ("md5", "d41d8cd98f00b204e9800998ecf8427e"),
+           ("filename|sha1", "a.exe|da39a3ee5e6b4b0d3255bfef95601890afd80709"), ("AS", "AS1"), ("port", "80"),
+           ("size-in-bytes", "100"), ("mutex", "m"), ("user-agent", "ua"), ("sha512", "a" * 128)]
+plausible = st.builds(
+    lambda sample, uuid, comment, tags: {"type": sample[0], "value": sample[1], "uuid": uuid, "to_ids": True,
+                                         "comment": comment, "Tag": tags},
+    st.sampled_from(SAMPLES), st.uuids().map(str), st.one_of(text, long_text), tags,
+)
+attribute = st.one_of(attribute, plausible)
+event_body = st.fixed_dictionaries({
+    "Attribute": st.lists(attribute, max_size=6),
+}, optional={
+    "uuid": st.one_of(st.uuids().map(str), junk),
+    "info": st.one_of(text, long_text, junk),
+    "timestamp": st.one_of(st.integers(min_value=-2**40, max_value=2**40).map(str), text, junk),
+    "Object": st.one_of(st.lists(st.fixed_dictionaries({"Attribute": st.lists(attribute, max_size=3)},
+                                                       optional={"deleted": st.one_of(st.booleans(), junk)}), max_size=2), junk),
+    "Tag": st.one_of(tags, junk),
+    "Galaxy": st.one_of(st.lists(st.fixed_dictionaries({"GalaxyCluster": st.lists(
+        st.fixed_dictionaries({"tag_name": st.one_of(st.sampled_from(TAGS), junk)}), max_size=2)}), max_size=2), junk),
+})
+events = st.one_of(
+    st.fixed_dictionaries({"Event": event_body}),
+    event_body,
+    st.fixed_dictionaries({"Event": st.one_of(junk, event_body.map(lambda body: {**body, "Attribute": "junk"}))}),
+    junk,
+)
+
+POLICIES = [GraphPolicy(), GraphPolicy(target_product="Microsoft Defender ATP", network_ignore_direction=True,
+                                        allow_weak_observables=True, ignore_local_tags=False)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wrapped=events, policy=st.sampled_from(POLICIES))
+def test_generated_events_never_raise_and_every_indicator_passes_graph_rules(wrapped, policy):
+    result = GraphTransformer(policy, dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)).transform(wrapped)
+    assert len(result.indicators) + len(result.skips) == max(result.attributes, len(result.skips))
+    for indicator in result.indicators:
+        assert validate_indicator(indicator) is None, (indicator, validate_indicator(indicator))
