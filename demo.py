@@ -37,6 +37,10 @@ def main() -> int:
         sync = run_tool(config, env)
         print(sync.stdout + sync.stderr, end="")
         print(f"exit code {sync.returncode}\n")
+        print("$ python script.py   # again: MISP unchanged, so nothing to send")
+        again = run_tool(config, env)
+        print(again.stdout + again.stderr, end="")
+        print(f"exit code {again.returncode}\n")
         print(f"$ python script.py -r --config {config.relative_to(HERE)}")
         listing = run_tool(config, env, "-r")
         if listing.returncode != 0:
