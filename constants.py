@@ -80,6 +80,48 @@ DEFENDER_OBSERVABLE_FIELDS = frozenset({
 })
 DEFENDER_HASH_TYPES = frozenset({"md5", "sha1", "sha256"})
 
+# --- Microsoft Sentinel STIX objects upload API (microsoft-apis.md §3) ---------------------------
+TARGET_KINDS = ("graph", "sentinel")
+DEFAULT_SENTINEL_ENDPOINT = "https://api.ti.sentinel.azure.com"
+DEFAULT_SENTINEL_API_VERSION = "2024-02-01-preview"
+DEFAULT_MANAGEMENT_ENDPOINT = "https://management.azure.com"
+DEFAULT_MANAGEMENT_API_VERSION = "2025-09-01"
+DEFAULT_SOURCESYSTEM = "MISP"
+RESERVED_SOURCESYSTEM = "microsoft sentinel"
+SENTINEL_UPLOAD_PATH = "/workspaces/{workspace_id}/threat-intelligence-stix-objects:upload"
+SENTINEL_QUERY_PATH = (
+    "/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/Microsoft.OperationalInsights"
+    "/workspaces/{workspace_name}/providers/Microsoft.SecurityInsights/threatIntelligence/main/queryIndicators"
+)
+SENTINEL_MAX_BATCH = 100
+SENTINEL_REQUESTS_PER_MINUTE = 100
+SENTINEL_QUERY_PAGE_SIZE = 100
+SENTINEL_DEFAULT_RETRY_SECONDS = 60.0
+SENTINEL_RETRY_TEXT_RE = re.compile(r"[Tt]ry again in (\d+) seconds?")
+
+# --- STIX 2.1 (mapping.md "STIX 2.1 indicator") -------------------------------------------------
+# Deterministic ids: uuid5 of this namespace and the MISP attribute UUID (+ part for domain|ip).
+STIX_ID_NAMESPACE = "6b1c5e3a-5f0e-4e1f-9a51-3d2b6c7f8e90"
+STIX_TLP_MARKINGS = {
+    "white": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
+    "green": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
+    "amber": "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82",
+    "red": "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed",
+}
+STIX_KILL_CHAIN_NAME = "lockheed-martin-cyber-kill-chain"
+STIX_KILL_CHAIN_PHASES = {
+    "Reconnaissance": "reconnaissance", "Weaponization": "weaponization", "Delivery": "delivery",
+    "Exploitation": "exploitation", "Installation": "installation", "C2": "command-and-control",
+    "Actions": "actions-on-objectives",
+}
+STIX_HASH_NAMES = {
+    "md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256", "sha512": "SHA-512", "sha3-256": "SHA3-256",
+    "sha3-512": "SHA3-512", "ssdeep": "SSDEEP", "tlsh": "TLSH", "sha224": "SHA-224", "sha384": "SHA-384",
+    "sha512/224": "SHA-512/224", "sha512/256": "SHA-512/256", "sha3-224": "SHA3-224", "sha3-384": "SHA3-384",
+}
+X509_FINGERPRINTS = {"x509-fingerprint-md5": "md5", "x509-fingerprint-sha1": "sha1", "x509-fingerprint-sha256": "sha256"}
+MAC_ADDRESS_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
 # --- MISP ------------------------------------------------------------------------------------
 MISP_DEFAULT_PAGE_SIZE = 100
 # Filter keys the tool owns; an operator setting them in misp_event_filters would break paging.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import uuid as uuid_module
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -20,8 +21,8 @@ class InvalidValue(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class GraphPolicy:
-    """The settings that shape a Graph indicator (a slice of the validated Settings)."""
+class MappingPolicy:
+    """The settings that shape an indicator (a slice of the validated Settings)."""
 
     target_product: str = C.TARGET_SENTINEL
     action: str = "alert"
@@ -32,6 +33,7 @@ class GraphPolicy:
     default_confidence: int = 50
     default_tlp: str = C.DEFAULT_TLP
     allow_weak_observables: bool = False
+    misp_url: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,14 +220,14 @@ def require_text(value: str) -> str:
 
 # --- MISP type -> Graph observable fields (mapping.md "Graph tiIndicator") -------------------
 
-Builder = Callable[[str, GraphPolicy], dict[str, Any]]
+Builder = Callable[[str, MappingPolicy], dict[str, Any]]
 
 _IP_FIELD_SUFFIX = {
     (4, False): "IPv4", (6, False): "IPv6", (4, True): "CidrBlock", (6, True): "CidrBlock",
 }
 
 
-def _ip_fields(value: str, direction: str, policy: GraphPolicy) -> dict[str, Any]:
+def _ip_fields(value: str, direction: str, policy: MappingPolicy) -> dict[str, Any]:
     ip = parse_ip(value)
     suffix = _IP_FIELD_SUFFIX[(ip.version, isinstance(ip, (ipaddress.IPv4Network, ipaddress.IPv6Network)))]
     fields: dict[str, Any] = {f"network{direction}{suffix}": str(ip)}
@@ -234,7 +236,7 @@ def _ip_fields(value: str, direction: str, policy: GraphPolicy) -> dict[str, Any
     return fields
 
 
-def _port_fields(port: int, direction: str, policy: GraphPolicy) -> dict[str, Any]:
+def _port_fields(port: int, direction: str, policy: MappingPolicy) -> dict[str, Any]:
     fields: dict[str, Any] = {f"network{direction}Port": port}
     if policy.network_ignore_direction:
         fields["networkPort"] = port
@@ -246,24 +248,24 @@ def _ip(direction: str) -> Builder:
 
 
 def _ip_port(direction: str) -> Builder:
-    def build(value: str, policy: GraphPolicy) -> dict[str, Any]:
+    def build(value: str, policy: MappingPolicy) -> dict[str, Any]:
         address, port = split_composite(value)
         return {**_ip_fields(address, direction, policy), **_port_fields(parse_port(port), direction, policy)}
     return build
 
 
-def _domain_ip(value: str, policy: GraphPolicy) -> dict[str, Any]:
+def _domain_ip(value: str, policy: MappingPolicy) -> dict[str, Any]:
     host, address = split_composite(value)
     ip = parse_address(address)
     return {"domainName": normalize_hostname(host), f"networkIPv{ip.version}": str(ip)}
 
 
-def _hostname_port(value: str, policy: GraphPolicy) -> dict[str, Any]:
+def _hostname_port(value: str, policy: MappingPolicy) -> dict[str, Any]:
     host, port = split_composite(value)
     return {"domainName": normalize_hostname(host), **_port_fields(parse_port(port), "Destination", policy)}
 
 
-def _email_src(value: str, policy: GraphPolicy) -> dict[str, Any]:
+def _email_src(value: str, policy: MappingPolicy) -> dict[str, Any]:
     address, domain = split_email(value)
     return {"emailSenderAddress": address, "emailSourceDomain": domain}
 
@@ -284,7 +286,7 @@ def _hash(hash_type: str) -> Builder:
 
 
 def _filename_hash(hash_type: str) -> Builder:
-    def build(value: str, policy: GraphPolicy) -> dict[str, Any]:
+    def build(value: str, policy: MappingPolicy) -> dict[str, Any]:
         name, digest = split_composite(value)
         return {"fileName": name, **_hash_fields(hash_type, digest)}
     return build
@@ -292,25 +294,21 @@ def _filename_hash(hash_type: str) -> Builder:
 
 def _weak(build: Builder) -> Builder:
     """Port and size alone match far too much; send them only when the operator allows it."""
-    def guarded(value: str, policy: GraphPolicy) -> dict[str, Any]:
+    def guarded(value: str, policy: MappingPolicy) -> dict[str, Any]:
         if not policy.allow_weak_observables:
-            raise _WeakObservable()
+            raise _Refused(SkipReason.WEAK_OBSERVABLE, "too weak alone (allow_weak_observables)")
         return build(value, policy)
     return guarded
 
 
-class _WeakObservable(Exception):
-    """Raised by weak builders when the policy does not allow them."""
-
-
-def _size(value: str, policy: GraphPolicy) -> dict[str, Any]:
+def _size(value: str, policy: MappingPolicy) -> dict[str, Any]:
     text = value.strip()
     if not text.isdigit():
         raise InvalidValue("size is not a whole number of bytes")
     return {"fileSize": int(text)}
 
 
-def _asn(value: str, policy: GraphPolicy) -> dict[str, Any]:
+def _asn(value: str, policy: MappingPolicy) -> dict[str, Any]:
     asn = parse_asn(value)
     if asn > C.GRAPH_INT32_MAX:
         raise InvalidValue("AS number above Graph's Int32 range")
@@ -464,7 +462,7 @@ def _context_values(attributes: Iterable[Mapping[str, Any]], misp_type: str) -> 
     return values
 
 
-def event_context(event: Mapping[str, Any], attributes: list[Mapping[str, Any]], policy: GraphPolicy) -> EventContext:
+def event_context(event: Mapping[str, Any], attributes: list[Mapping[str, Any]], policy: MappingPolicy) -> EventContext:
     """Event tags, galaxies and context attributes (threat-actor, malware-type, comment)."""
     facts = read_tags(tag_names(event.get("Tag"), policy.ignore_local_tags) + galaxy_tag_names(event))
     uuid = event.get("uuid")
@@ -500,12 +498,40 @@ def event_attributes(event: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, An
             yield attribute, object_deleted
 
 
-class GraphTransformer:
-    """Turns MISP events into Graph tiIndicators; remembers attribute UUIDs to drop duplicates."""
+class _Refused(Exception):
+    """A candidate that yields no indicator for this target, with the reason to count it under."""
 
-    def __init__(self, policy: GraphPolicy, now: dt.datetime) -> None:
+    def __init__(self, reason: SkipReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def merged_facts(context: EventContext, attribute: Mapping[str, Any], ignore_local: bool) -> TagFacts:
+    """The attribute's own tags over the event's, taxonomy by taxonomy; names and labels merged."""
+    own = read_tags(tag_names(attribute.get("Tag"), ignore_local) + galaxy_tag_names(attribute))
+    event = context.tags
+    return TagFacts(
+        tlp=own.tlp or event.tlp,
+        threat_type=own.threat_type or event.threat_type,
+        kill_chain=own.kill_chain or event.kill_chain,
+        diamond_model=own.diamond_model or event.diamond_model,
+        confidence=_first_set(own.confidence, event.confidence, None),
+        activity_groups=tuple(_merge_unique(context.activity_groups, own.activity_groups)),
+        malware_families=tuple(_merge_unique(context.malware_families, own.malware_families)),
+        labels=tuple(_merge_unique(event.labels, own.labels)),
+    )
+
+
+class Transformer:
+    """What every target shares: candidates, context, skip accounting and in-run duplicates.
+
+    Subclasses say how one candidate becomes the target's indicator(s) in `build`.
+    """
+
+    def __init__(self, policy: MappingPolicy, now: dt.datetime) -> None:
         self.policy = policy
-        self.expiration = iso_utc(now + dt.timedelta(days=policy.days_to_expire))
+        self.now = now
+        self.valid_until = now + dt.timedelta(days=policy.days_to_expire)
         self._seen: set[str] = set()
 
     def transform(self, wrapped: Any) -> EventResult:
@@ -521,10 +547,10 @@ class GraphTransformer:
             if isinstance(outcome, Skip):
                 result.skips.append(outcome)
             else:
-                result.indicators.append(outcome)
+                result.indicators.extend(outcome)
         return result
 
-    def _attribute(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> dict[str, Any] | Skip:
+    def _attribute(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
         misp_type = attribute.get("type")
         uuid = attribute.get("uuid")
         skip = _Skipper(context.uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "")
@@ -536,27 +562,36 @@ class GraphTransformer:
             return skip(SkipReason.CONTEXT, "used as event context")
         if not is_true(attribute.get("to_ids")):
             return skip(SkipReason.NOT_TO_IDS)
-        builder = GRAPH_BUILDERS.get(misp_type)
-        if builder is None:
-            return skip(SkipReason.UNSUPPORTED_TYPE, f"no Graph mapping for MISP type {misp_type}")
+        key = uuid.strip().lower()
         try:
-            fields = builder(as_text(attribute.get("value")), self.policy)
+            indicators = self.build(context, attribute, misp_type, as_text(attribute.get("value")), key)
         except InvalidValue as exc:
             return skip(SkipReason.INVALID_VALUE, str(exc))
-        except _WeakObservable:
-            return skip(SkipReason.WEAK_OBSERVABLE, f"{misp_type} alone is too weak (allow_weak_observables)")
-        fields = restrict_to_target(fields, self.policy.target_product)
-        if not fields:
-            return skip(SkipReason.NOT_FOR_TARGET, f"{self.policy.target_product} takes no {misp_type} observable")
-        key = uuid.strip().lower()
+        except _Refused as refused:
+            return skip(refused.reason, str(refused))
         if key in self._seen:
             return skip(SkipReason.DUPLICATE, "attribute uuid already sent in this run")
         self._seen.add(key)
-        return self._indicator(context, attribute, key, fields)
+        return indicators
+
+    def build(self, context: EventContext, attribute: Mapping[str, Any], misp_type: str, value: str, key: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class GraphTransformer(Transformer):
+    """MISP events to Graph tiIndicators (mapping.md "Graph tiIndicator")."""
+
+    def build(self, context: EventContext, attribute: Mapping[str, Any], misp_type: str, value: str, key: str) -> list[dict[str, Any]]:
+        builder = GRAPH_BUILDERS.get(misp_type)
+        if builder is None:
+            raise _Refused(SkipReason.UNSUPPORTED_TYPE, f"no Graph mapping for MISP type {misp_type}")
+        fields = restrict_to_target(builder(value, self.policy), self.policy.target_product)
+        if not fields:
+            raise _Refused(SkipReason.NOT_FOR_TARGET, f"{self.policy.target_product} takes no {misp_type} observable")
+        return [self._indicator(context, attribute, key, fields)]
 
     def _indicator(self, context: EventContext, attribute: Mapping[str, Any], uuid: str, observable: dict[str, Any]) -> dict[str, Any]:
-        own = read_tags(tag_names(attribute.get("Tag"), self.policy.ignore_local_tags) + galaxy_tag_names(attribute))
-        event = context.tags
+        facts = merged_facts(context, attribute, self.policy.ignore_local_tags)
         description, full_text = describe(context, clean_text(attribute.get("comment")))
         indicator: dict[str, Any] = {
             "action": self.policy.action,
@@ -566,22 +601,157 @@ class GraphTransformer:
             "externalId": uuid,
             "description": description,
             "additionalInformation": "\n".join((full_text, *context.comments, f"MISP event: {context.uuid}")),
-            "expirationDateTime": self.expiration,
-            "tlpLevel": own.tlp or event.tlp or self.policy.default_tlp,
-            "threatType": own.threat_type or event.threat_type or C.DEFAULT_THREAT_TYPE,
-            "confidence": _first_set(own.confidence, event.confidence, self.policy.default_confidence),
+            "expirationDateTime": iso_utc(self.valid_until),
+            "tlpLevel": facts.tlp or self.policy.default_tlp,
+            "threatType": facts.threat_type or C.DEFAULT_THREAT_TYPE,
+            "confidence": _first_set(facts.confidence, self.policy.default_confidence),
             **observable,
         }
         optional = {
             "lastReportedDateTime": context.last_reported,
-            "killChain": list(own.kill_chain or event.kill_chain),
-            "diamondModel": own.diamond_model or event.diamond_model,
-            "activityGroupNames": _merge_unique(context.activity_groups, own.activity_groups),
-            "malwareFamilyNames": _merge_unique(context.malware_families, own.malware_families),
-            "tags": _merge_unique(event.labels, own.labels),
+            "killChain": list(facts.kill_chain),
+            "diamondModel": facts.diamond_model,
+            "activityGroupNames": list(facts.activity_groups),
+            "malwareFamilyNames": list(facts.malware_families),
+            "tags": list(facts.labels),
         }
         indicator.update({key: value for key, value in optional.items() if value})
         return indicator
+
+
+# --- MISP type -> STIX pattern (mapping.md "STIX 2.1 indicator") ------------------------------
+
+StixBuilder = Callable[[str], list[tuple[str, str]]]
+
+
+def stix_quote(value: str) -> str:
+    """A STIX pattern string literal: backslash and quote escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _comparison(path: str, value: str) -> str:
+    return f"[{path} = {stix_quote(value)}]"
+
+
+def _stix_ip(value: str) -> str:
+    ip = parse_ip(value)
+    return _comparison(f"ipv{ip.version}-addr:value", str(ip))
+
+
+def _stix_host(value: str) -> str:
+    return _comparison("domain-name:value", normalize_hostname(value))
+
+
+def _stix_hash(hash_type: str, value: str) -> str:
+    name = C.STIX_HASH_NAMES.get(hash_type, hash_type.upper())
+    return _comparison(f"file:hashes.{stix_quote(name)}", normalize_hash(hash_type, value))
+
+
+def _stix_domain_ip(value: str) -> list[tuple[str, str]]:
+    """One attribute, two indicators: Sentinel reads one observable per pattern."""
+    host, address = split_composite(value)
+    return [("|domain", _stix_host(host)), ("|ip", _comparison(f"ipv{parse_address(address).version}-addr:value", str(parse_address(address))))]
+
+
+def _stix_mac(value: str) -> str:
+    mac = value.strip().lower()
+    if not C.MAC_ADDRESS_RE.match(mac):
+        raise InvalidValue("not a MAC address")
+    return _comparison("mac-addr:value", mac.replace("-", ":"))
+
+
+def _one(build: Callable[[str], str]) -> StixBuilder:
+    return lambda value: [("", build(value))]
+
+
+def _left(build: Callable[[str], str]) -> StixBuilder:
+    """Composite whose first part is the observable (`ip|port`, `hostname|port`)."""
+    return lambda value: [("", build(split_composite(value)[0]))]
+
+
+def _stix_filename_hash(hash_type: str) -> StixBuilder:
+    return lambda value: [("", _stix_hash(hash_type, split_composite(value)[1]))]
+
+
+STIX_BUILDERS: dict[str, StixBuilder] = {
+    "ip-dst": _one(_stix_ip),
+    "ip-src": _one(_stix_ip),
+    "ip-dst|port": _left(_stix_ip),
+    "ip-src|port": _left(_stix_ip),
+    "domain": _one(_stix_host),
+    "hostname": _one(_stix_host),
+    "hostname|port": _left(_stix_host),
+    "domain|ip": _stix_domain_ip,
+    "url": _one(lambda value: _comparison("url:value", normalize_url(value))),
+    "email-src": _one(lambda value: _comparison("email-addr:value", split_email(value)[0])),
+    "email-dst": _one(lambda value: _comparison("email-addr:value", split_email(value)[0])),
+    "email-subject": _one(lambda value: _comparison("email-message:subject", require_text(value))),
+    "filename": _one(lambda value: _comparison("file:name", require_text(value))),
+    "malware-sample": _stix_filename_hash("md5"),
+    "mutex": _one(lambda value: _comparison("mutex:name", require_text(value))),
+    "AS": _one(lambda value: f"[autonomous-system:number = {parse_asn(value)}]"),
+    "mac-address": _one(_stix_mac),
+    "regkey": _one(lambda value: _comparison("windows-registry-key:key", require_text(value))),
+    "user-agent": _one(lambda value: _comparison(
+        "network-traffic:extensions.'http-request-ext'.request_header.'User-Agent'", require_text(value))),
+    **{misp_type: _one(lambda value, algo=algo: _comparison(
+        f"x509-certificate:hashes.{stix_quote(C.STIX_HASH_NAMES[algo])}", normalize_hash(algo, value)))
+       for misp_type, algo in C.X509_FINGERPRINTS.items()},
+    **{hash_type: _one(lambda value, hash_type=hash_type: _stix_hash(hash_type, value)) for hash_type in C.HASH_TYPES},
+    **{f"filename|{hash_type}": _stix_filename_hash(hash_type) for hash_type in C.HASH_TYPES},
+}
+
+
+def stix_time(moment: dt.datetime) -> str:
+    """RFC 3339 UTC with milliseconds, as STIX 2.1 timestamps are written."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def stix_id(key: str) -> str:
+    """The same MISP attribute (and part) gives the same id on every machine."""
+    return f"indicator--{uuid_module.uuid5(uuid_module.UUID(C.STIX_ID_NAMESPACE), key)}"
+
+
+class StixTransformer(Transformer):
+    """MISP events to STIX 2.1 indicators with single-comparison patterns, for Sentinel.
+
+    `created`, `modified` and `valid_from` are this run's time; the Sentinel target keeps the
+    first upload's `created` and `valid_from` for indicators it already owns.
+    """
+
+    def build(self, context: EventContext, attribute: Mapping[str, Any], misp_type: str, value: str, key: str) -> list[dict[str, Any]]:
+        builder = STIX_BUILDERS.get(misp_type)
+        if builder is None:
+            raise _Refused(SkipReason.UNSUPPORTED_TYPE, f"no STIX pattern for MISP type {misp_type}")
+        facts = merged_facts(context, attribute, self.policy.ignore_local_tags)
+        return [self._indicator(context, attribute, key, suffix, pattern, value, facts) for suffix, pattern in builder(value)]
+
+    def _indicator(self, context: EventContext, attribute: Mapping[str, Any], uuid: str, suffix: str, pattern: str,
+                   value: str, facts: TagFacts) -> dict[str, Any]:
+        now = stix_time(self.now)
+        _, full_text = describe(context, clean_text(attribute.get("comment")))
+        indicator: dict[str, Any] = {
+            "type": "indicator", "spec_version": "2.1", "id": stix_id(uuid + suffix),
+            "created": now, "modified": now, "valid_from": now, "valid_until": stix_time(self.valid_until),
+            "name": value, "description": full_text, "pattern": pattern, "pattern_type": "stix", "pattern_version": "2.1",
+            "indicator_types": [(facts.threat_type or C.DEFAULT_THREAT_TYPE).lower()],
+            "confidence": _first_set(facts.confidence, self.policy.default_confidence),
+            "object_marking_refs": [C.STIX_TLP_MARKINGS[facts.tlp or self.policy.default_tlp]],
+            "external_references": [self._reference(context, uuid)],
+        }
+        labels = _merge_unique(
+            facts.labels, [f"diamond-model:{facts.diamond_model}"] if facts.diamond_model else [],
+            [f"threat-actor:{name}" for name in facts.activity_groups], [f"malware:{name}" for name in facts.malware_families],
+        )
+        phases = [{"kill_chain_name": C.STIX_KILL_CHAIN_NAME, "phase_name": C.STIX_KILL_CHAIN_PHASES[p]} for p in facts.kill_chain]
+        indicator.update({key: val for key, val in (("labels", labels), ("kill_chain_phases", phases)) if val})
+        return indicator
+
+    def _reference(self, context: EventContext, uuid: str) -> dict[str, str]:
+        reference = {"source_name": "MISP", "external_id": uuid}
+        if self.policy.misp_url and context.uuid:
+            reference["url"] = f"{self.policy.misp_url}events/view/{context.uuid}"
+        return reference
 
 
 def galaxy_tag_names(holder: Mapping[str, Any]) -> list[str]:
@@ -594,8 +764,8 @@ def galaxy_tag_names(holder: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _first_set(*values: int | None) -> int:
-    return next(value for value in values if value is not None)
+def _first_set(*values: int | None) -> int | None:
+    return next((value for value in values if value is not None), None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,10 @@ from typing import Any
 import constants as C
 
 # Fields that change without the indicator changing, or that Graph stamps itself.
-_NOT_CONTENT = frozenset({"expirationDateTime", "id", "azureTenantId", "ingestedDateTime", "Error"})
+_NOT_CONTENT = frozenset({
+    "expirationDateTime", "id", "azureTenantId", "ingestedDateTime", "Error",
+    "created", "modified", "valid_from", "valid_until", "revoked",
+})
 _EVENT_UUID_RE = re.compile(r"^MISP event: ([0-9a-fA-F-]{36})$", re.MULTILINE)
 
 

@@ -1,29 +1,35 @@
 #!/usr/bin/env python3
-"""misp2sentinel: sync published MISP events to Microsoft Graph tiIndicators.
+"""misp2sentinel: sync published MISP events to Microsoft Graph tiIndicators and Sentinel.
 
-The thin shell: parse the command line, load settings, wire MISP pages -> transformer ->
-batches -> Graph, print the summary and return a documented exit code.
+The thin shell: parse the command line, load settings, wire MISP pages -> transformers ->
+targets, print the summaries and return a documented exit code.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import dataclasses
 import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from constants import ExitCode
-from graph_client import GraphClient, GraphError, ItemResult
+from graph_client import GraphClient
 from misp_source import MispError, MispSource
-from misp_transformer import GraphTransformer, Skip
+from ms_client import ItemResult, MicrosoftError
 from request_log import LogWriteError, RequestLog
-from settings import ConfigError, Settings, load_settings
+from sentinel_client import SentinelClient
+from settings import ConfigError, Settings, TargetSettings, load_settings
 from state_store import StateStore, StoreError, StoreLocked, target_lock
-from sync import ROUTINE_SKIPS, GraphTarget, RunReport, policy_from, rebuild_rows, skipped_records, state_name
+from sync import open_run, rebuild_rows, run_all, state_name
 
 HERE = Path(__file__).resolve().parent
+# When targets end differently, the exit code reports the most serious outcome.
+EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.MICROSOFT]
 
 EPILOG = """exit codes:
   0  all good
@@ -57,71 +63,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: TextIO) -> ExitCode:
-    """Reconcile MISP's desired indicators with what this app owns in Graph."""
+    """Reconcile MISP's desired indicators with what each target holds; MISP is read once."""
     settings.require_misp()
-    client = None
     if not args.dry_run:
         settings.require_microsoft()
-        client = GraphClient(settings, log)
-        client.token()
-    name = state_name(settings)
     now = dt.datetime.now(dt.timezone.utc)
-    with target_lock(settings.state_dir / f"{name}.lock"):
-        path = settings.state_dir / f"{name}.sqlite"
-        store = StateStore(None if args.dry_run and not path.exists() else path)
-        report = RunReport(target=f"graph {settings.graph_endpoint} tenant {settings.tenant or '(dry run)'}")
-        target = GraphTarget(settings, client, store, log, report, now)
+    with contextlib.ExitStack() as stack:
+        runs = [open_run(settings, spec, log, args.dry_run, now, stack) for spec in settings.targets]
         try:
-            if client is not None:
-                target.recover()
-            source = MispSource(settings, log)
-            fetched = fetch_and_plan(settings, source, target, report, log, now)
-            target.remove_gone(fetched, source.alive_event_uuids, args.allow_mass_delete)
+            run_all(runs, MispSource(settings, log), log, args.allow_mass_delete)
         finally:
-            report.requests = client.requests_sent if client else 0
-            log.write("run-report", report.as_dict(args.dry_run))
-            out.write(report.summary(args.dry_run))
-            store.close()
-    if report.failed:
-        return ExitCode.MICROSOFT
-    if report.deletions_blocked:
-        return ExitCode.SAFETY_VALVE
-    return ExitCode.REJECTED if report.rejected else ExitCode.OK
+            for run in runs:
+                run.report.requests = run.target.client.requests_sent if run.target.client else 0
+                log.write("run-report", run.report.as_dict(args.dry_run) | {"error": run.failure or None})
+                out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
+    for run in runs:
+        if run.failure:
+            sys.stderr.write(f"misp2sentinel: error: {run.spec.label}: {run.failure}\n")
+    return max((run.exit_code() for run in runs), key=EXIT_SEVERITY.index)
 
 
-def fetch_and_plan(settings: Settings, source: MispSource, target: GraphTarget, report: RunReport,
-                   log: RequestLog, now: dt.datetime) -> set[str]:
-    """Stream MISP pages through the transformer into the target; the fetched event UUIDs."""
-    transformer = GraphTransformer(policy_from(settings), now)
-    fetched: set[str] = set()
-    notable: list[Skip] = []
-    try:
-        for page in source.pages():
-            for event in page:
-                result = transformer.transform(event)
-                report.add_event(result)
-                fetched.add(result.event_uuid)
-                notable.extend(skip for skip in result.skips if skip.reason not in ROUTINE_SKIPS)
-                for indicator in result.indicators:
-                    target.offer(indicator, result.event_uuid)
-            target.commit_seen()
-    except MispError:
-        target.flush_all()  # send what was planned; nothing is removed after a partial fetch
-        raise
-    finally:
-        if notable:
-            log.write("skipped", skipped_records(notable))
-    target.flush_all()
-    return fetched
+def graph_target(settings: Settings) -> TargetSettings:
+    """The Graph target, for the commands only Graph has (-d, --rebuild-state)."""
+    spec = next((spec for spec in settings.targets if spec.kind == "graph"), None)
+    if spec is None:
+        raise ConfigError("this command needs the graph target in `target`; Sentinel ids are deterministic "
+                          "STIX ids, so a lost Sentinel state only means one full re-upload without duplicates")
+    return spec
 
 
 def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
-    """Recreate the state store from Graph's own listing, removing duplicate copies."""
+    """Recreate the Graph state store from Graph's own listing, removing duplicate copies."""
     settings.require_microsoft()
+    name = state_name(settings, graph_target(settings))
     client = GraphClient(settings, log)
     items = [item for page in client.list_pages() for item in page["value"]]
     rows, duplicates, anonymous = rebuild_rows(items, dt.datetime.now(dt.timezone.utc))
-    name = state_name(settings)
     with target_lock(settings.state_dir / f"{name}.lock"):
         store = StateStore(settings.state_dir / f"{name}.sqlite")
         store.replace_all(rows)
@@ -133,27 +110,38 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
 
 
 def read_indicators(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
-    """Stream every owned indicator as one JSON document, like Graph's own list answer."""
+    """Each target's holdings as one JSON document (Graph's list answer, or the workspace's
+    queryIndicators items from our sourcesystem), streamed page by page."""
     settings.require_microsoft()
-    client = GraphClient(settings, log)
-    context = None
+    for spec in settings.targets:
+        if spec.kind == "graph":
+            pages = GraphClient(settings, log).list_pages()
+        else:
+            spec.require_management(settings.config_path.name)
+            pages = SentinelClient(settings, spec, log).query_pages()
+        write_listing(pages, out)
+    return ExitCode.OK
+
+
+def write_listing(pages: Iterator[dict[str, Any]], out: TextIO) -> None:
+    """`{"@odata.context": ..., "value": [...]}` across all pages, one item per line."""
+    first_page = next(pages, None)
+    context = first_page.get("@odata.context") if first_page else None
+    out.write("{" + (f'"@odata.context": {json.dumps(context)}, ' if context else "") + '"value": [')
     first = True
-    for page in client.list_pages():
-        if context is None:
-            context = page.get("@odata.context")
-            out.write("{" + f'"@odata.context": {json.dumps(context)}, "value": [')
+    for page in itertools.chain([first_page] if first_page else [], pages):
         for item in page["value"]:
             out.write(("" if first else ",") + "\n  " + json.dumps(item, ensure_ascii=False))
             first = False
-    out.write(("{\"value\": [" if context is None else "") + "\n]}\n")
-    return ExitCode.OK
+    out.write("\n]}\n")
 
 
 def delete_indicators(settings: Settings, log: RequestLog, graph_ids: list[str], out: TextIO) -> ExitCode:
     settings.require_microsoft()
+    graph_target(settings)
     results: list[ItemResult] = GraphClient(settings, log).delete(graph_ids)
     for result in results:
-        out.write(f"{result.graph_id}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
+        out.write(f"{result.key}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
     failed = [r for r in results if not r.accepted]
     if failed:
         log.error("deleteTiIndicators", f"{len(failed)} of {len(results)} ids not deleted", results=[dataclasses.asdict(r) for r in failed])
@@ -192,8 +180,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         return fail(ExitCode.CONFIG, f"configuration: {exc}")
     except MispError as exc:
         return fail(ExitCode.MISP, str(exc), log, "misp")
-    except GraphError as exc:
-        return fail(ExitCode.MICROSOFT, str(exc), log, "graph")
+    except MicrosoftError as exc:
+        return fail(ExitCode.MICROSOFT, str(exc), log, "microsoft")
     except StoreLocked as exc:
         return fail(ExitCode.LOCKED, f"{exc}; nothing done")
     except StoreError as exc:

@@ -22,7 +22,11 @@ KNOWN_SETTINGS = frozenset({
     "misp_domain", "misp_key", "misp_verifycert", "misp_event_filters", "misp_event_limit_per_page",
     "misp_ignore_localtags", "log_dir", "write_post_json", "verbose_log", "http_timeout",
     "state_dir", "max_delete_fraction", "renew_days", "log_retention_days",
+    "target", "workspace_id", "subscription_id", "resource_group", "workspace_name", "sentinel_endpoint",
+    "sentinel_api_version", "management_endpoint", "management_api_version", "sourcesystem",
+    "max_requests_per_minute",
 })
+_WORKSPACE_FIELDS = ("workspace_id", "subscription_id", "resource_group", "workspace_name")
 
 ENV_OVERRIDES = {
     "MISP_KEY": "misp_key",
@@ -35,6 +39,28 @@ ENV_OVERRIDES = {
 
 class ConfigError(Exception):
     """A setting is missing, of the wrong type or out of range; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSettings:
+    """One place indicators go: the Graph tenant, or one Sentinel workspace."""
+
+    kind: str
+    workspace_id: str = ""
+    subscription_id: str = ""
+    resource_group: str = ""
+    workspace_name: str = ""
+
+    @property
+    def label(self) -> str:
+        return "graph" if self.kind == "graph" else f"sentinel workspace {self.workspace_id}"
+
+    def require_management(self, config_name: str) -> None:
+        """Reading back a workspace goes through ARM, which names it differently from the upload API."""
+        missing = [name for name in ("subscription_id", "resource_group", "workspace_name") if not getattr(self, name)]
+        if missing:
+            raise ConfigError(f"listing {self.label} needs {', '.join(missing)} in {config_name} (the management API "
+                              "addresses a workspace by subscription, resource group and name)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +94,13 @@ class Settings:
     max_delete_fraction: float
     renew_days: float
     log_retention_days: int
+    targets: tuple[TargetSettings, ...]
+    sentinel_endpoint: str
+    sentinel_api_version: str
+    management_endpoint: str
+    management_api_version: str
+    sourcesystem: str
+    max_requests_per_minute: int
     warnings: tuple[str, ...] = ()
 
     def secrets(self) -> tuple[str, ...]:
@@ -238,6 +271,37 @@ def _event_filters(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any],
     return tuple(filters)
 
 
+def _targets(raw: Mapping[str, Any], read: _Reader, source: str) -> tuple[TargetSettings, ...]:
+    """`target` is "graph", "sentinel", or a list of those and of dicts naming other workspaces."""
+    value = raw.get("target", "graph")
+    entries = value if isinstance(value, list) else [value]
+    defaults = {name: read.text(name, "") for name in _WORKSPACE_FIELDS}
+    targets = []
+    for index, entry in enumerate(entries):
+        where = "target" if not isinstance(value, list) else f"target[{index}]"
+        spec = {"type": entry} if isinstance(entry, str) else entry
+        if not isinstance(spec, dict) or spec.get("type") not in C.TARGET_KINDS:
+            raise ConfigError(f"{where} must be 'graph', 'sentinel' or a dict with type 'sentinel', not {entry!r} (in {source})")
+        unknown = sorted(spec.keys() - {"type", *_WORKSPACE_FIELDS})
+        if unknown or not all(isinstance(spec.get(name, ""), str) for name in _WORKSPACE_FIELDS):
+            raise ConfigError(f"{where}: only string {', '.join(_WORKSPACE_FIELDS)} may be set, not {unknown or spec} (in {source})")
+        fields = {name: spec.get(name, defaults[name]).strip() for name in _WORKSPACE_FIELDS} if spec["type"] == "sentinel" else {}
+        if spec["type"] == "sentinel" and not fields["workspace_id"]:
+            raise ConfigError(f"{where} is sentinel but workspace_id is empty: set the Log Analytics workspace id (a GUID) (in {source})")
+        targets.append(TargetSettings(spec["type"], **fields))
+    labels = [target.label for target in targets]
+    if not targets or len(set(labels)) != len(labels):
+        raise ConfigError(f"target must name at least one target, each once, not {value!r} (in {source})")
+    return tuple(targets)
+
+
+def _sourcesystem(read: _Reader) -> str:
+    value = read.text("sourcesystem", C.DEFAULT_SOURCESYSTEM)
+    if not value or value.lower() == C.RESERVED_SOURCESYSTEM:
+        raise ConfigError(f"sourcesystem must be a name of your own: {value!r} is reserved by Microsoft (in {read.source})")
+    return value
+
+
 def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, merge and validate every setting; raise ConfigError naming the first bad one."""
     config_path = config_path.resolve()
@@ -280,6 +344,13 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         max_delete_fraction=read.number("max_delete_fraction", 0.2, 0, 1),
         renew_days=read.number("renew_days", days_to_expire / 4, 0, days_to_expire),
         log_retention_days=read.integer("log_retention_days", 30, 1, 3650),
+        targets=_targets(raw, read, source),
+        sentinel_endpoint=read.https_url("sentinel_endpoint", C.DEFAULT_SENTINEL_ENDPOINT),
+        sentinel_api_version=read.text("sentinel_api_version", C.DEFAULT_SENTINEL_API_VERSION),
+        management_endpoint=read.https_url("management_endpoint", C.DEFAULT_MANAGEMENT_ENDPOINT),
+        management_api_version=read.text("management_api_version", C.DEFAULT_MANAGEMENT_API_VERSION),
+        sourcesystem=_sourcesystem(read),
+        max_requests_per_minute=read.integer("max_requests_per_minute", C.SENTINEL_REQUESTS_PER_MINUTE, 1, 10000),
         warnings=tuple(
             f"{source}: setting {name!r} is not used by this version and is ignored"
             for name in sorted(raw.keys() - KNOWN_SETTINGS)

@@ -1,8 +1,11 @@
 """What this tool owns in one target: an SQLite file per target, written transactionally.
 
-A row is written as `pending` before its indicator is submitted and as `sent` once Graph has
-answered, and as `deleting` before a delete: after a crash (kill -9 at any point) the next run
-finds those rows and finishes or undoes the work, so Graph never ends with a duplicate.
+A row is written as `pending` before its indicator is sent and as `sent` once the service has
+answered, and as `deleting` before a delete or revocation: after a crash (kill -9 at any point)
+the next run finds those rows and finishes or undoes the work, so no duplicate is left behind.
+`external_id` is our key (the MISP attribute UUID, or the base STIX id); `remote_id` is the
+service's id (Graph's id, or the STIX id in use); `body` keeps the last STIX object sent, which a
+revocation must repeat. Revoked STIX ids stay as `revoked` rows: they can never be reused.
 """
 from __future__ import annotations
 
@@ -15,23 +18,27 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-SENT, PENDING, DELETING = "sent", "pending", "deleting"
+SENT, PENDING, DELETING, REVOKED = "sent", "pending", "deleting", "revoked"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS indicators (
     external_id TEXT PRIMARY KEY,
-    graph_id TEXT,
+    remote_id TEXT,
     content_hash TEXT NOT NULL,
     fixed_hash TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     sent_at TEXT NOT NULL,
     event_uuid TEXT NOT NULL,
     status TEXT NOT NULL,
-    seen_run INTEGER NOT NULL DEFAULT 0
+    seen_run INTEGER NOT NULL DEFAULT 0,
+    body TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS indicators_seen ON indicators (seen_run);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+_KNOWN = "external_id, remote_id, content_hash, fixed_hash, expires_at, event_uuid, sent_at, body"
 
 
 class StoreLocked(Exception):
@@ -47,11 +54,13 @@ class Known:
     """One indicator this tool owns, as last sent."""
 
     external_id: str
-    graph_id: str
+    remote_id: str
     content_hash: str
     fixed_hash: str
     expires_at: str
     event_uuid: str
+    sent_at: str
+    body: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +68,7 @@ class Pending:
     """A row a crashed run left half done."""
 
     external_id: str
-    graph_id: str | None
+    remote_id: str | None
     status: str
 
 
@@ -135,24 +144,32 @@ class StateStore:
 
     # --- reads ---------------------------------------------------------------------------
     def known(self, external_id: str) -> Known | None:
-        row = self.db.execute(
-            "SELECT external_id, graph_id, content_hash, fixed_hash, expires_at, event_uuid FROM indicators "
-            "WHERE external_id = ? AND status = ?", (external_id, SENT),
-        ).fetchone()
+        row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ? AND status = ?", (external_id, SENT)).fetchone()
+        return Known(*row) if row else None
+
+    def revoked_id(self, external_id: str) -> str | None:
+        """The STIX id last revoked for this key: a revived indicator must not reuse it."""
+        row = self.db.execute("SELECT remote_id FROM indicators WHERE external_id = ? AND status = ?", (external_id, REVOKED)).fetchone()
+        return row[0] if row else None
+
+    def rows(self, external_ids: Iterable[str]) -> list[Known]:
+        return [row for key in external_ids if (row := self._any(key)) is not None]
+
+    def _any(self, external_id: str) -> Known | None:
+        row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ?", (external_id,)).fetchone()
         return Known(*row) if row else None
 
     def owned_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM indicators WHERE status = ?", (SENT,)).fetchone()[0]
 
     def unfinished(self) -> list[Pending]:
-        rows = self.db.execute("SELECT external_id, graph_id, status FROM indicators WHERE status != ?", (SENT,))
+        rows = self.db.execute("SELECT external_id, remote_id, status FROM indicators WHERE status NOT IN (?, ?)", (SENT, REVOKED))
         return [Pending(*row) for row in rows]
 
     def unseen(self, run: int) -> Iterator[Known]:
         """Owned rows no desired indicator touched in this run: candidates for removal."""
         rows = self.db.execute(
-            "SELECT external_id, graph_id, content_hash, fixed_hash, expires_at, event_uuid FROM indicators "
-            "WHERE status = ? AND seen_run != ? ORDER BY external_id", (SENT, run),
+            f"SELECT {_KNOWN} FROM indicators WHERE status = ? AND seen_run != ? ORDER BY external_id", (SENT, run),
         )
         return (Known(*row) for row in rows.fetchall())
 
@@ -161,12 +178,13 @@ class StateStore:
         with self.transaction():
             self.db.executemany("UPDATE indicators SET seen_run = ? WHERE external_id = ?", ((run, e) for e in external_ids))
 
-    def mark_pending(self, rows: Iterable[tuple[str, str, str, str, str, str]], run: int) -> None:
-        """Before a submit: (external_id, content_hash, fixed_hash, expires_at, sent_at, event_uuid)."""
+    def mark_pending(self, rows: Iterable[Known], run: int) -> None:
+        """Before a submit or upload of new indicators."""
         with self.transaction():
             self.db.executemany(
-                "INSERT OR REPLACE INTO indicators VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?)",
-                ((e, c, f, x, s, u, PENDING, run) for e, c, f, x, s, u in rows),
+                "INSERT OR REPLACE INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((k.external_id, k.remote_id or None, k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.event_uuid,
+                  PENDING, run, k.body) for k in rows),
             )
 
     def mark_deleting(self, external_ids: Iterable[str]) -> None:
@@ -174,28 +192,38 @@ class StateStore:
             self.db.executemany("UPDATE indicators SET status = ? WHERE external_id = ?", ((DELETING, e) for e in external_ids))
 
     def record_sent(self, sent: Iterable[tuple[str, str]], failed: Iterable[str]) -> None:
-        """After a submit: (external_id, graph_id) became owned; failed ones are forgotten."""
+        """After a submit: (external_id, remote_id) became owned; failed ones are forgotten."""
         with self.transaction():
-            self.db.executemany("UPDATE indicators SET graph_id = ?, status = ? WHERE external_id = ?", ((g, SENT, e) for e, g in sent))
+            self.db.executemany("UPDATE indicators SET remote_id = ?, status = ? WHERE external_id = ?", ((r, SENT, e) for e, r in sent))
             self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in failed))
 
-    def record_updated(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
-        """After an update or renewal: (external_id, content_hash, fixed_hash, expires_at, sent_at)."""
+    def record_updated(self, rows: Iterable[Known]) -> None:
+        """After an update, renewal or re-upload of indicators already owned."""
         with self.transaction():
             self.db.executemany(
-                "UPDATE indicators SET content_hash = ?, fixed_hash = ?, expires_at = ?, sent_at = ? WHERE external_id = ?",
-                ((c, f, x, s, e) for e, c, f, x, s in rows),
+                "UPDATE indicators SET content_hash = ?, fixed_hash = ?, expires_at = ?, sent_at = ?, body = ? WHERE external_id = ?",
+                ((k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.body, k.external_id) for k in rows),
             )
+
+    def record_revoked(self, external_ids: Iterable[str]) -> None:
+        with self.transaction():
+            self.db.executemany("UPDATE indicators SET status = ? WHERE external_id = ?", ((REVOKED, e) for e in external_ids))
+
+    def restore_sent(self, external_ids: Iterable[str]) -> None:
+        """An interrupted revocation: back to owned, so this run decides again."""
+        with self.transaction():
+            self.db.executemany("UPDATE indicators SET status = ? WHERE external_id = ?", ((SENT, e) for e in external_ids))
 
     def remove(self, external_ids: Iterable[str]) -> None:
         with self.transaction():
             self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in external_ids))
 
-    def replace_all(self, rows: Iterable[tuple[str, str, str, str, str, str, str]]) -> None:
-        """--rebuild-state: (external_id, graph_id, content_hash, fixed_hash, expires_at, sent_at, event_uuid)."""
+    def replace_all(self, rows: Iterable[Known]) -> None:
+        """--rebuild-state: exactly these owned rows."""
         with self.transaction():
             self.db.execute("DELETE FROM indicators")
             self.db.executemany(
-                "INSERT INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                ((e, g, c, f, x, s, u, SENT) for e, g, c, f, x, s, u in rows),
+                "INSERT INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                ((k.external_id, k.remote_id, k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.event_uuid, SENT, k.body)
+                 for k in rows),
             )

@@ -1,4 +1,4 @@
-"""One reconciling run for the Graph target: MISP pages -> transform -> plan -> batches -> report.
+"""One reconciling run per target: MISP pages -> transform -> plan -> batches -> report.
 
 The state store says what we own; `reconcile.plan` says what each desired indicator needs; this
 module batches the work, writes state around every Graph call so a crash can be recovered, and
@@ -7,22 +7,28 @@ removes what MISP no longer wants once (and only once) the whole fetch has succe
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
+import json
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import constants as C
-from constants import SkipReason
-from graph_client import GraphClient, GraphError, ItemResult
-from misp_transformer import EventResult, GraphPolicy, Skip, iso_utc
+from constants import ExitCode, SkipReason
+from graph_client import GraphClient
+from misp_source import MispSource
+from misp_transformer import (EventResult, GraphTransformer, MappingPolicy, Skip, StixTransformer, Transformer, iso_utc,
+                              stix_id, stix_time)
+from ms_client import ItemResult, MicrosoftError
 from reconcile import (Action, content_hash, event_uuid_of, fixed_hash, mass_delete_blocked, parse_expiry, plan,
                        renew_body, renewal_threshold, update_body)
 from request_log import RequestLog
-from settings import Settings
-from state_store import DELETING, PENDING, Known, StateStore
+from sentinel_client import SentinelClient
+from settings import Settings, TargetSettings
+from state_store import DELETING, PENDING, Known, StateStore, target_lock
 
 # Skips that only confirm MISP's own filtering; the others are listed one by one in the logs.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
@@ -86,37 +92,40 @@ class RunReport:
             f"{data['kept_outside_window']}\n"
             + (f"DELETIONS BLOCKED by the safety valve: {data['deletions_blocked']}\n" if data["deletions_blocked"] else "")
             + (f"recovered from an interrupted run: {data['recovered']}\n" if data["recovered"] else "")
-            + f"Graph requests: {data['requests']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
+            + f"requests to the service: {data['requests']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
         )
 
 
-def policy_from(settings: Settings) -> GraphPolicy:
-    return GraphPolicy(
+def policy_from(settings: Settings) -> MappingPolicy:
+    return MappingPolicy(
         target_product=settings.target_product, action=settings.action, passive_only=settings.passive_only,
         days_to_expire=settings.days_to_expire, network_ignore_direction=settings.network_ignore_direction,
         ignore_local_tags=settings.ignore_local_tags, default_confidence=settings.default_confidence,
-        allow_weak_observables=settings.allow_weak_observables,
+        allow_weak_observables=settings.allow_weak_observables, misp_url=settings.misp_url,
     )
 
 
-def state_name(settings: Settings) -> str:
-    """One store per target tenant and app, so two tenants never share state."""
-    return "graph_" + re.sub(r"[^A-Za-z0-9-]+", "-", f"{settings.tenant}_{settings.client_id}")
+def state_name(settings: Settings, target: TargetSettings) -> str:
+    """One store per target: per tenant and app for Graph, per workspace for Sentinel."""
+    raw = f"graph_{settings.tenant}_{settings.client_id}" if target.kind == "graph" else f"sentinel_{target.workspace_id}"
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", raw)
 
 
 @dataclasses.dataclass
 class _Queued:
-    """A desired indicator waiting for its batch, with what the plan needs to finish it."""
+    """A desired indicator waiting for its batch: our key, what to send, the service's id."""
 
+    key: str
     indicator: dict[str, Any]
     event_uuid: str
-    graph_id: str | None = None
+    remote_id: str | None = None
 
 
-class GraphTarget:
-    """Applies plans to one Graph tenant in batches of 100, writing state around every call."""
+class Target:
+    """Plans desired indicators against the state and applies them in batches, writing state
+    around every call. Subclasses speak their service's operations."""
 
-    def __init__(self, settings: Settings, client: GraphClient | None, store: StateStore, log: RequestLog,
+    def __init__(self, settings: Settings, client: Any, store: StateStore, log: RequestLog,
                  report: RunReport, now: dt.datetime) -> None:
         self.settings = settings
         self.client = client
@@ -135,36 +144,36 @@ class GraphTarget:
     def dry_run(self) -> bool:
         return self.client is None
 
-    # --- recovery -----------------------------------------------------------------------
-    def recover(self) -> None:
-        """Finish what a killed run left: undo unconfirmed submits, redo interrupted deletes."""
-        unfinished = self.store.unfinished()
-        pending = [row.external_id for row in unfinished if row.status == PENDING]
-        deleting = {row.graph_id: row.external_id for row in unfinished if row.status == DELETING and row.graph_id}
-        if pending:
-            self._forget_deleted(self.client.delete_by_external_id(pending), {key: key for key in pending})
-        if deleting:
-            self._forget_deleted(self.client.delete(list(deleting)), deleting)
-        stray = [row.external_id for row in unfinished if row.status == DELETING and not row.graph_id]
-        self.store.remove(stray)
-        self.report.recovered = len(unfinished)
+    # --- what subclasses define ---------------------------------------------------------
+    def key_of(self, indicator: dict[str, Any]) -> str:
+        raise NotImplementedError
 
-    def _forget_deleted(self, results: list[ItemResult], external_ids: dict[str, str]) -> list[str]:
-        """Drop the rows Graph no longer holds (deleted now, or already gone: 404)."""
-        gone = [external_ids[r.key] for r in results if r.accepted or str(r.error).startswith("404")]
-        self.store.remove(gone)
-        return gone
+    def expiry_of(self, indicator: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def prepare(self, key: str, indicator: dict[str, Any], event_uuid: str, known: Known | None) -> _Queued:
+        return _Queued(key, indicator, event_uuid, known.remote_id if known else None)
+
+    def recover(self) -> None:
+        raise NotImplementedError
+
+    def send(self, action: Action, batch: list[_Queued]) -> None:
+        raise NotImplementedError
+
+    def remove(self, rows: list[Known]) -> None:
+        raise NotImplementedError
 
     # --- planning -----------------------------------------------------------------------
     def offer(self, indicator: dict[str, Any], event_uuid: str) -> None:
-        known = self.store.known(indicator["externalId"])
+        key = self.key_of(indicator)
+        known = self.store.known(key)
         action = plan(known, indicator, self.renew_before)
         self.report.actions[action.value] += 1
-        self._seen.append(indicator["externalId"])
+        self._seen.append(key)
         if action is Action.UNCHANGED:
             return
         queue = self.queues[action]
-        queue.append(_Queued(indicator, event_uuid, known.graph_id if known else None))
+        queue.append(self.prepare(key, indicator, event_uuid, known))
         if len(queue) >= C.GRAPH_MAX_BATCH:
             self._flush(action)
 
@@ -188,82 +197,40 @@ class GraphTarget:
             return
         if self.dry_run:
             self.log.write(f"dry-run-{action.value}", [item.indicator for item in batch])
-        elif action is Action.NEW:
-            self._submit(batch)
-        elif action is Action.REPLACE:
-            self._replace(batch)
         else:
-            self._update(batch, renew=action is Action.RENEW)
+            self.send(action, batch)
 
-    # --- Graph calls with state around them -----------------------------------------------
-    def _guarded(self, operation: str, batch: list[_Queued], call: Callable[[], list[ItemResult]]) -> list[ItemResult] | None:
-        """Run one Graph call; a non-fatal failure marks the batch failed and the run goes on."""
+    # --- shared bookkeeping -------------------------------------------------------------
+    def row(self, queued: _Queued, remote_id: str | None = None) -> Known:
+        """The state row for a queued indicator once sent."""
+        indicator = queued.indicator
+        body = json.dumps(indicator, sort_keys=True) if "pattern" in indicator else ""
+        return Known(external_id=queued.key, remote_id=remote_id or queued.remote_id or "",
+                     content_hash=content_hash(indicator), fixed_hash=fixed_hash(indicator),
+                     expires_at=self.expiry_of(indicator), event_uuid=queued.event_uuid, sent_at=iso_utc(self.now), body=body)
+
+    def guarded(self, operation: str, keys: list[str], call: Callable[[], list[ItemResult]]) -> list[ItemResult] | None:
+        """Run one call; a non-fatal failure marks those indicators failed and the run goes on."""
         try:
             return call()
-        except GraphError as exc:
+        except MicrosoftError as exc:
             if exc.fatal:
                 raise
-            self.report.failed += len(batch)
-            self.log.error(operation, str(exc), external_ids=[item.indicator["externalId"] for item in batch])
+            self.report.failed += len(keys)
+            self.log.error(operation, str(exc), keys=keys)
             return None
 
-    def _submit(self, batch: list[_Queued]) -> None:
-        now = iso_utc(self.now)
-        self.store.mark_pending([
-            (q.indicator["externalId"], content_hash(q.indicator), fixed_hash(q.indicator),
-             q.indicator["expirationDateTime"], now, q.event_uuid) for q in batch
-        ], self.run)
-        results = self._guarded("submitTiIndicators", batch, lambda: self.client.submit([q.indicator for q in batch]))
-        if results is None:
-            return  # rows stay pending: the next run removes any copy Graph made, then resubmits
-        accepted = [(r.key, r.graph_id) for r in results if r.accepted]
-        rejected = [r for r in results if not r.accepted]
-        self.store.record_sent(accepted, [r.key for r in rejected])
-        self._count(batch, "submitTiIndicators", len(accepted), rejected, lambda r: r.key)
-
-    def _replace(self, batch: list[_Queued]) -> None:
-        """Graph cannot update observables: delete the old indicator, then submit the new one."""
-        self.store.mark_deleting(q.indicator["externalId"] for q in batch)
-        results = self._guarded("deleteTiIndicators", batch, lambda: self.client.delete([q.graph_id for q in batch]))
-        if results is None:
-            return
-        by_graph_id = {q.graph_id: q for q in batch}
-        removed = set(self._forget_deleted(results, {q.graph_id: q.indicator["externalId"] for q in batch}))
-        self._submit([by_graph_id[r.key] for r in results if by_graph_id[r.key].indicator["externalId"] in removed])
-
-    def _update(self, batch: list[_Queued], renew: bool) -> None:
-        body = renew_body if renew else update_body
-        operation = "updateTiIndicators"
-        results = self._guarded(operation, batch, lambda: self.client.update([body(q.graph_id, q.indicator) for q in batch]))
-        if results is None:
-            return
-        by_graph_id = {q.graph_id: q for q in batch}
-        now = iso_utc(self.now)
-        done = [by_graph_id[r.key] for r in results if r.accepted]
-        self.store.record_updated([
-            (q.indicator["externalId"], content_hash(q.indicator), fixed_hash(q.indicator), q.indicator["expirationDateTime"], now)
-            for q in done
-        ])
-        vanished = [by_graph_id[r.key] for r in results if not r.accepted and "not found" in str(r.error).lower()]
-        rejected = [r for r in results if not r.accepted and by_graph_id[r.key] not in vanished]
-        self._count(batch, operation, len(done), rejected, lambda r: by_graph_id[r.key].indicator["externalId"])
-        if vanished:  # deleted or purged on the Graph side: submit it again
-            self.store.remove(q.indicator["externalId"] for q in vanished)
-            self._submit(vanished)
-
-    def _count(self, batch: list[_Queued], operation: str, accepted: int, rejected: list[ItemResult],
-               external_id: Callable[[ItemResult], str]) -> None:
+    def count(self, batch: list[_Queued], operation: str, accepted: int, rejected: list[tuple[_Queued, str | None]]) -> None:
         self.report.accepted += accepted
         self.report.rejected += len(rejected)
         if rejected:
-            by_id = {q.indicator["externalId"]: q.indicator for q in batch}
-            self.log.error(operation, f"Graph rejected {len(rejected)} of {len(batch)} indicators", rejected=[
-                {"externalId": external_id(r), "reason": r.error, "indicator": by_id.get(external_id(r))} for r in rejected
+            self.log.error(operation, f"{len(rejected)} of {len(batch)} indicators rejected", rejected=[
+                {"key": queued.key, "reason": reason, "indicator": queued.indicator} for queued, reason in rejected
             ])
 
     # --- removal ------------------------------------------------------------------------
     def remove_gone(self, fetched_events: set[str], alive_events: Callable[[], set[str] | None], allow_mass_delete: bool) -> None:
-        """Delete what MISP no longer wants; keep what merely left the filter window (it expires)."""
+        """Remove what MISP no longer wants; keep what merely left the filter window (it expires)."""
         unseen = [row for row in self.store.unseen(self.run) if row.external_id not in self._seen_in_dry_run]
         elsewhere = [row for row in unseen if row.event_uuid not in fetched_events]
         alive = (alive_events() if elsewhere else None) or set()
@@ -277,35 +244,166 @@ class GraphTarget:
         if mass_delete_blocked(len(gone), self.owned_at_start, self.settings.max_delete_fraction) and not allow_mass_delete:
             self.report.deletions_blocked = len(gone)
             self.log.error("safety-valve", (
-                f"would delete {len(gone)} of {self.owned_at_start} owned indicators, more than "
-                f"max_delete_fraction {self.settings.max_delete_fraction:.0%}; deleted nothing (use --allow-mass-delete)"
-            ), external_ids=[row.external_id for row in gone])
+                f"would remove {len(gone)} of {self.owned_at_start} owned indicators, more than "
+                f"max_delete_fraction {self.settings.max_delete_fraction:.0%}; removed nothing (use --allow-mass-delete)"
+            ), keys=[row.external_id for row in gone])
             return
-        self._delete(gone)
-
-    def _delete(self, gone: list[Known]) -> None:
-        if not gone:
-            return
-        if self.dry_run:
+        if gone and self.dry_run:
             self.report.deleted = len(gone)
             self.log.write("dry-run-delete", [row.external_id for row in gone])
+        elif gone:
+            for start in range(0, len(gone), C.GRAPH_MAX_BATCH):
+                self.remove(gone[start:start + C.GRAPH_MAX_BATCH])
+
+
+class GraphTarget(Target):
+    """Graph tiIndicators: submit, update in place when Graph allows it, delete by Graph id."""
+
+    client: GraphClient
+
+    def key_of(self, indicator: dict[str, Any]) -> str:
+        return indicator["externalId"]
+
+    def expiry_of(self, indicator: dict[str, Any]) -> str:
+        return indicator["expirationDateTime"]
+
+    def recover(self) -> None:
+        """Finish what a killed run left: undo unconfirmed submits, redo interrupted deletes."""
+        unfinished = self.store.unfinished()
+        pending = [row.external_id for row in unfinished if row.status == PENDING]
+        deleting = {row.remote_id: row.external_id for row in unfinished if row.status == DELETING and row.remote_id}
+        if pending:
+            self._forget_deleted(self.client.delete_by_external_id(pending), {key: key for key in pending})
+        if deleting:
+            self._forget_deleted(self.client.delete(list(deleting)), deleting)
+        self.store.remove(row.external_id for row in unfinished if row.status == DELETING and not row.remote_id)
+        self.report.recovered = len(unfinished)
+
+    def _forget_deleted(self, results: list[ItemResult], keys: dict[str, str]) -> list[str]:
+        """Drop the rows Graph no longer holds (deleted now, or already gone: 404)."""
+        gone = [keys[r.key] for r in results if r.accepted or str(r.error).startswith("404")]
+        self.store.remove(gone)
+        return gone
+
+    def send(self, action: Action, batch: list[_Queued]) -> None:
+        if action is Action.NEW:
+            self._submit(batch)
+        elif action is Action.REPLACE:
+            self._replace(batch)
+        else:
+            self._update(batch, renew=action is Action.RENEW)
+
+    def _submit(self, batch: list[_Queued]) -> None:
+        self.store.mark_pending([self.row(q) for q in batch], self.run)
+        results = self.guarded("submitTiIndicators", [q.key for q in batch], lambda: self.client.submit([q.indicator for q in batch]))
+        if results is None:
+            return  # rows stay pending: the next run removes any copy Graph made, then resubmits
+        by_key = {q.key: q for q in batch}
+        self.store.record_sent([(r.key, r.remote_id) for r in results if r.accepted], [r.key for r in results if not r.accepted])
+        self.count(batch, "submitTiIndicators", sum(r.accepted for r in results),
+                   [(by_key[r.key], r.error) for r in results if not r.accepted])
+
+    def _replace(self, batch: list[_Queued]) -> None:
+        """Graph cannot update observables: delete the old indicator, then submit the new one."""
+        self.store.mark_deleting(q.key for q in batch)
+        results = self.guarded("deleteTiIndicators", [q.key for q in batch], lambda: self.client.delete([q.remote_id for q in batch]))
+        if results is None:
             return
-        for start in range(0, len(gone), C.GRAPH_MAX_BATCH):
-            chunk = gone[start:start + C.GRAPH_MAX_BATCH]
-            self.store.mark_deleting(row.external_id for row in chunk)
-            queued = [_Queued({"externalId": row.external_id}, row.event_uuid, row.graph_id) for row in chunk]
-            results = self._guarded("deleteTiIndicators", queued, lambda: self.client.delete([row.graph_id for row in chunk]))
-            if results is not None:
-                self.report.deleted += len(self._forget_deleted(results, {row.graph_id: row.external_id for row in chunk}))
+        removed = set(self._forget_deleted(results, {q.remote_id: q.key for q in batch}))
+        self._submit([q for q in batch if q.key in removed])
+
+    def _update(self, batch: list[_Queued], renew: bool) -> None:
+        body = renew_body if renew else update_body
+        results = self.guarded("updateTiIndicators", [q.key for q in batch],
+                               lambda: self.client.update([body(q.remote_id, q.indicator) for q in batch]))
+        if results is None:
+            return
+        by_remote = {q.remote_id: q for q in batch}
+        self.store.record_updated([self.row(by_remote[r.key]) for r in results if r.accepted])
+        vanished = [by_remote[r.key] for r in results if not r.accepted and "not found" in str(r.error).lower()]
+        rejected = [(by_remote[r.key], r.error) for r in results if not r.accepted and by_remote[r.key] not in vanished]
+        self.count(batch, "updateTiIndicators", sum(r.accepted for r in results), rejected)
+        if vanished:  # deleted or purged on the Graph side: submit it again
+            self.store.remove(q.key for q in vanished)
+            self._submit(vanished)
+
+    def remove(self, rows: list[Known]) -> None:
+        self.store.mark_deleting(row.external_id for row in rows)
+        results = self.guarded("deleteTiIndicators", [row.external_id for row in rows],
+                               lambda: self.client.delete([row.remote_id for row in rows]))
+        if results is not None:
+            self.report.deleted += len(self._forget_deleted(results, {row.remote_id: row.external_id for row in rows}))
+
+
+class SentinelTarget(Target):
+    """A Sentinel workspace: every change is an upload of the same STIX id with a newer
+    `modified`; removal re-uploads it with `revoked: true` (revocation is permanent)."""
+
+    client: SentinelClient
+
+    def key_of(self, indicator: dict[str, Any]) -> str:
+        return indicator["id"]
+
+    def expiry_of(self, indicator: dict[str, Any]) -> str:
+        return indicator["valid_until"]
+
+    def prepare(self, key: str, indicator: dict[str, Any], event_uuid: str, known: Known | None) -> _Queued:
+        """Keep the first upload's id, `created` and `valid_from`; a key whose id was revoked
+        gets a new id derived from the revoked one (still the same on every machine)."""
+        if known is not None:
+            first = json.loads(known.body) if known.body else indicator
+            indicator = {**indicator, "id": known.remote_id, "created": first["created"], "valid_from": first["valid_from"]}
+        elif (revoked := self.store.revoked_id(key)) is not None:
+            indicator = {**indicator, "id": stix_id(revoked)}
+        return _Queued(key, indicator, event_uuid, indicator["id"])
+
+    def recover(self) -> None:
+        """Uploads are idempotent (same id, newer modified): forget unconfirmed ones, they are
+        planned again; finish interrupted revocations."""
+        unfinished = self.store.unfinished()
+        self.store.remove(row.external_id for row in unfinished if row.status == PENDING)
+        revoking = self.store.rows(row.external_id for row in unfinished if row.status == DELETING)
+        if revoking:
+            self.remove(revoking)
+        self.report.recovered = len(unfinished)
+
+    def send(self, action: Action, batch: list[_Queued]) -> None:
+        if action is Action.NEW:
+            self.store.mark_pending([self.row(q) for q in batch], self.run)
+        results = self.guarded("upload", [q.key for q in batch], lambda: self.client.upload([q.indicator for q in batch]))
+        if results is None:
+            return
+        by_remote = {q.remote_id: q for q in batch}
+        accepted = [by_remote[r.key] for r in results if r.accepted]
+        if action is Action.NEW:
+            self.store.record_sent([(q.key, q.remote_id) for q in accepted], [by_remote[r.key].key for r in results if not r.accepted])
+        else:
+            self.store.record_updated([self.row(q) for q in accepted])
+        self.count(batch, "upload", len(accepted), [(by_remote[r.key], r.error) for r in results if not r.accepted])
+
+    def remove(self, rows: list[Known]) -> None:
+        """Revoke: the last object sent, again, with `revoked: true` and a newer `modified`."""
+        self.store.mark_deleting(row.external_id for row in rows)
+        objects = [{**json.loads(row.body), "revoked": True, "modified": stix_time(self.now)} for row in rows]
+        results = self.guarded("upload", [row.external_id for row in rows], lambda: self.client.upload(objects))
+        if results is None:
+            return
+        key_of_remote = {row.remote_id: row.external_id for row in rows}
+        revoked = {r.key for r in results if r.accepted or "revoked" in str(r.error).lower()}
+        self.store.record_revoked(key_of_remote[remote] for remote in revoked)
+        self.report.deleted += len(revoked)
+        failed = [r for r in results if r.key not in revoked]
+        if failed:
+            self.log.error("revoke", f"{len(failed)} revocations rejected", rejected=[{"id": r.key, "reason": r.error} for r in failed])
 
 
 def skipped_records(skips: list[Skip]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(skip) | {"reason": skip.reason.value} for skip in skips]
 
 
-def rebuild_rows(items: list[dict[str, Any]], now: dt.datetime) -> tuple[list[tuple[str, ...]], list[str], int]:
-    """State rows from Graph's listing: (rows, ids of surplus duplicates, items without externalId)."""
-    rows: dict[str, tuple[str, ...]] = {}
+def rebuild_rows(items: list[dict[str, Any]], now: dt.datetime) -> tuple[list[Known], list[str], int]:
+    """Graph state rows from Graph's listing: (rows, ids of surplus duplicates, items without externalId)."""
+    rows: dict[str, Known] = {}
     duplicates: list[str] = []
     anonymous = 0
     for item in items:
@@ -315,7 +413,99 @@ def rebuild_rows(items: list[dict[str, Any]], now: dt.datetime) -> tuple[list[tu
         elif external_id in rows:
             duplicates.append(item["id"])
         else:
-            rows[external_id] = (external_id, item["id"], content_hash(item), fixed_hash(item),
-                                 str(item.get("expirationDateTime", "")), iso_utc(now), event_uuid_of(item))
+            rows[external_id] = Known(external_id, item["id"], content_hash(item), fixed_hash(item),
+                                      str(item.get("expirationDateTime", "")), event_uuid_of(item), iso_utc(now), "")
     return list(rows.values()), duplicates, anonymous
 
+
+@dataclasses.dataclass
+class TargetRun:
+    """One target's part of a run; a fatal error stops this target and lets the others go on."""
+
+    spec: TargetSettings
+    target: Target
+    transformer: Transformer
+    report: RunReport
+    notable: list[Skip] = dataclasses.field(default_factory=list)
+    failure: str = ""
+
+    def guard(self, log: RequestLog, step: Callable[[], None]) -> None:
+        if self.failure:
+            return
+        try:
+            step()
+        except MicrosoftError as exc:
+            self.failure = str(exc)
+            log.error(self.spec.label, self.failure)
+
+    def exit_code(self) -> ExitCode:
+        if self.failure or self.report.failed:
+            return ExitCode.MICROSOFT
+        if self.report.deletions_blocked:
+            return ExitCode.SAFETY_VALVE
+        return ExitCode.REJECTED if self.report.rejected else ExitCode.OK
+
+
+def open_run(settings: Settings, spec: TargetSettings, log: RequestLog, dry_run: bool, now: dt.datetime,
+             stack: contextlib.ExitStack) -> TargetRun:
+    """Lock and open the target's state, and check its token before MISP is read."""
+    name = state_name(settings, spec)
+    stack.enter_context(target_lock(settings.state_dir / f"{name}.lock"))
+    path = settings.state_dir / f"{name}.sqlite"
+    store = StateStore(None if dry_run and not path.exists() else path)
+    stack.callback(store.close)
+    policy = policy_from(settings)
+    if spec.kind == "graph":
+        client: Any = None if dry_run else GraphClient(settings, log)
+        target: Target = GraphTarget(settings, client, store, log, RunReport(f"graph tenant {settings.tenant}"), now)
+        transformer: Transformer = GraphTransformer(policy, now)
+    else:
+        client = None if dry_run else SentinelClient(settings, spec, log)
+        target = SentinelTarget(settings, client, store, log, RunReport(spec.label), now)
+        transformer = StixTransformer(policy, now)
+    if client is not None:
+        client.token()
+    return TargetRun(spec, target, transformer, target.report)
+
+
+def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_mass_delete: bool) -> None:
+    """Fetch MISP once and feed every target; remove only after the whole fetch succeeded."""
+    for run in runs:
+        if not run.target.dry_run:
+            run.guard(log, run.target.recover)
+    fetched: set[str] = set()
+    try:
+        for page in source.pages():
+            for event in page:
+                for run in runs:
+                    fetched.add(_feed(run, event, log))
+            for run in runs:
+                run.guard(log, run.target.commit_seen)
+    finally:
+        for run in runs:
+            run.guard(log, run.target.flush_all)  # what was planned is sent even after a MISP error
+            if run.notable:
+                log.write("skipped", skipped_records(run.notable))
+    alive = _once(source.alive_event_uuids)
+    for run in runs:
+        run.guard(log, lambda run=run: run.target.remove_gone(fetched, alive, allow_mass_delete))
+
+
+def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
+    result = run.transformer.transform(event)
+    run.report.add_event(result)
+    run.notable.extend(skip for skip in result.skips if skip.reason not in ROUTINE_SKIPS)
+    for indicator in result.indicators:
+        run.guard(log, lambda indicator=indicator: run.target.offer(indicator, result.event_uuid))
+    return result.event_uuid
+
+
+def _once(compute: Callable[[], set[str] | None]) -> Callable[[], set[str] | None]:
+    """The alive-event search is asked by each target; MISP answers it once."""
+    cache: list[set[str] | None] = []
+
+    def cached() -> set[str] | None:
+        if not cache:
+            cache.append(compute())
+        return cache[0]
+    return cached

@@ -20,7 +20,7 @@ INDICATOR = {
 
 
 def known(indicator=INDICATOR, expires="2027-01-27T00:00:00Z") -> Known:
-    return Known("a1", "g1", content_hash(indicator), fixed_hash(indicator), expires, "e1")
+    return Known("a1", "g1", content_hash(indicator), fixed_hash(indicator), expires, "e1", "2026-11-28T00:00:00Z", "")
 
 
 def test_plan_covers_every_case():
@@ -63,12 +63,13 @@ def test_store_rows_move_pending_to_sent_and_survive_reopening(tmp_path):
     path = tmp_path / "state" / "graph_t.sqlite"
     store = StateStore(path)
     run = store.begin_run()
-    store.mark_pending([("a1", "c", "f", "2027-01-01T00:00:00Z", "now", "e1"), ("a2", "c", "f", "x", "now", "e1")], run)
+    store.mark_pending([Known("a1", "", "c", "f", "2027-01-01T00:00:00Z", "e1", "now", ""),
+                        Known("a2", "", "c", "f", "x", "e1", "now", "")], run)
     assert [(p.external_id, p.status) for p in store.unfinished()] == [("a1", PENDING), ("a2", PENDING)]
     store.record_sent([("a1", "g1")], failed=["a2"])
     store.close()
     reopened = StateStore(path)
-    assert reopened.known("a1") == Known("a1", "g1", "c", "f", "2027-01-01T00:00:00Z", "e1")
+    assert reopened.known("a1") == Known("a1", "g1", "c", "f", "2027-01-01T00:00:00Z", "e1", "now", "")
     assert reopened.known("a2") is None and reopened.unfinished() == []
     assert reopened.begin_run() == run + 1
     assert [row.external_id for row in reopened.unseen(run + 1)] == ["a1"]
@@ -80,7 +81,7 @@ def test_store_rows_move_pending_to_sent_and_survive_reopening(tmp_path):
 
 def test_a_failed_transaction_leaves_the_store_as_it_was(tmp_path):
     store = StateStore(tmp_path / "s.sqlite")
-    store.mark_pending([("a1", "c", "f", "x", "now", "e1")], 1)
+    store.mark_pending([Known("a1", "", "c", "f", "x", "e1", "now", "")], 1)
     with pytest.raises(RuntimeError):
         with store.transaction():
             store.db.execute("DELETE FROM indicators")

@@ -10,6 +10,7 @@ import sys
 import time
 
 from constants import ExitCode
+from settings import load_settings
 from state_store import target_lock
 from sync import state_name
 from tests.support import ROOT, run_cli, run_process, write_config
@@ -158,7 +159,7 @@ def test_rebuild_state_after_loss_duplicates_nothing(standins, tmp_path, capsys)
 
 
 def test_ambiguous_timeout_on_submit_leaves_no_duplicate(standins, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("graph_client.MAX_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr("ms_client.MAX_WAIT_SECONDS", 0.0)
     standins.graph.delay_next(2.5)
     run = run_cli(write_config(tmp_path, standins, http_timeout=1), capsys=capsys)
     assert run.code == ExitCode.OK, run.err
@@ -169,7 +170,7 @@ def test_ambiguous_timeout_on_submit_leaves_no_duplicate(standins, tmp_path, cap
 
 def test_throttling_without_retry_after_backs_off_and_loses_nothing(standins, tmp_path, capsys, monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr("graph_client.time.sleep", waits.append)
+    monkeypatch.setattr("ms_client.time.sleep", waits.append)
     standins.graph.fail_next(429, times=3, path_suffix="submitTiIndicators")
     run = run_cli(write_config(tmp_path, standins), capsys=capsys)
     assert run.code == ExitCode.OK
@@ -194,16 +195,11 @@ def test_token_endpoint_error_is_reported_once(standins, tmp_path, capsys):
 
 def test_second_run_while_first_holds_the_lock_exits_7(standins, tmp_path, capsys):
     config = write_config(tmp_path, standins)
-    with target_lock(tmp_path / "state" / f"{state_name_for(standins)}.lock"):
+    settings = load_settings(config, environ={})
+    with target_lock(tmp_path / "state" / f"{state_name(settings, settings.targets[0])}.lock"):
         run = run_cli(config, capsys=capsys)
     assert run.code == ExitCode.LOCKED and "another misp2sentinel run" in run.err
     assert standins.misp.requests_seen == []
-
-
-def state_name_for(standins) -> str:
-    class _S:
-        tenant, client_id = standins.tenant, standins.client_id
-    return state_name(_S)
 
 
 def test_overlapping_cron_runs(standins, tmp_path):

@@ -7,13 +7,13 @@ import json
 import pytest
 
 from constants import ExitCode
-from misp_transformer import GraphPolicy, GraphTransformer
+from misp_transformer import MappingPolicy, GraphTransformer
 from tests.support import run_cli, run_process, write_config
 
 
 def expected_external_ids(events: list[dict]) -> set[str]:
     """What Graph should hold after a sync: indicators of the published events only."""
-    transformer = GraphTransformer(GraphPolicy(), dt.datetime.now(dt.timezone.utc))
+    transformer = GraphTransformer(MappingPolicy(), dt.datetime.now(dt.timezone.utc))
     return {
         indicator["externalId"]
         for wrapped in events if wrapped["Event"].get("published") is True
@@ -90,7 +90,7 @@ def test_rejected_indicator_is_logged_with_graphs_reason_and_exit_1(standins, tm
     assert run.code == ExitCode.REJECTED
     assert "11111111-0000-4000-8000-0000000000a2" in held_external_ids(standins)
     rejected = [item for error in run.logs("error") for item in error.get("rejected", [])]
-    assert [(r["externalId"], r["reason"]) for r in rejected] == [
+    assert [(r["key"], r["reason"]) for r in rejected] == [
         ("11111111-0000-4000-8000-0000000000a1", "InvalidInput: Indicator value is on the allow list"),
     ]
     assert "rejected: 1" in run.out
@@ -196,7 +196,7 @@ def test_graph_permission_refused_is_exit_4(standins, tmp_path, capsys):
 
 
 def test_graph_down_marks_batches_failed_and_exit_4(standins, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("graph_client.MAX_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr("ms_client.MAX_WAIT_SECONDS", 0.0)
     standins.graph.fail_next(503, {"error": {"code": "ServiceUnavailable", "message": "down"}}, times=1000)
     run = run_cli(write_config(tmp_path, standins), capsys=capsys)
     assert run.code == ExitCode.MICROSOFT

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from constants import SkipReason
-from misp_transformer import GraphPolicy, GraphTransformer
+from misp_transformer import MappingPolicy, GraphTransformer
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -23,18 +23,18 @@ def event(*attributes: dict, tags: list[str] = (), **extra) -> dict:
     }}
 
 
-def run(*attributes: dict, policy: GraphPolicy = GraphPolicy(), **event_kw):
+def run(*attributes: dict, policy: MappingPolicy = MappingPolicy(), **event_kw):
     return GraphTransformer(policy, NOW).transform(event(*attributes, **event_kw))
 
 
-def one(misp_type: str, value: str, policy: GraphPolicy = GraphPolicy(), **extra) -> dict:
+def one(misp_type: str, value: str, policy: MappingPolicy = MappingPolicy(), **extra) -> dict:
     result = run(attribute(misp_type, value, **extra), policy=policy)
     assert result.skips == [], result.skips
     (indicator,) = result.indicators
     return indicator
 
 
-def skip_reason(misp_type: str, value: str, policy: GraphPolicy = GraphPolicy()) -> SkipReason:
+def skip_reason(misp_type: str, value: str, policy: MappingPolicy = MappingPolicy()) -> SkipReason:
     result = run(attribute(misp_type, value), policy=policy)
     assert result.indicators == []
     return result.skips[0].reason
@@ -111,7 +111,7 @@ def test_every_mapping_row_fills_exactly_its_fields(misp_type, value, expected):
 
 
 def test_network_ignore_direction_also_fills_directionless_fields():
-    policy = GraphPolicy(network_ignore_direction=True)
+    policy = MappingPolicy(network_ignore_direction=True)
     assert observable(one("ip-dst|port", "198.51.100.7|443", policy)) == {
         "networkDestinationIPv4": "198.51.100.7", "networkIPv4": "198.51.100.7",
         "networkDestinationPort": 443, "networkPort": 443,
@@ -140,13 +140,13 @@ def test_types_without_a_graph_field_are_unsupported(misp_type):
 def test_port_and_size_are_weak_unless_allowed():
     assert skip_reason("port", "443") is SkipReason.WEAK_OBSERVABLE
     assert skip_reason("size-in-bytes", "1024") is SkipReason.WEAK_OBSERVABLE
-    allowed = GraphPolicy(allow_weak_observables=True)
+    allowed = MappingPolicy(allow_weak_observables=True)
     assert observable(one("port", "443", allowed)) == {"networkPort": 443}
     assert observable(one("size-in-bytes", "1024", allowed)) == {"fileSize": 1024}
 
 
 def test_defender_target_keeps_only_its_observables():
-    defender = GraphPolicy(target_product="Microsoft Defender ATP")
+    defender = MappingPolicy(target_product="Microsoft Defender ATP")
     assert observable(one("ip-dst", "198.51.100.7", defender)) == {"networkDestinationIPv4": "198.51.100.7"}
     assert observable(one("filename|sha1", f"a.exe|{SHA1}", defender)) == {"fileHashType": "sha1", "fileHashValue": SHA1}
     assert skip_reason("ip-src", "198.51.100.7", defender) is SkipReason.NOT_FOR_TARGET
@@ -155,7 +155,7 @@ def test_defender_target_keeps_only_its_observables():
 
 
 def test_common_fields_follow_config_and_event():
-    policy = GraphPolicy(action="block", passive_only=True, days_to_expire=10, default_confidence=40)
+    policy = MappingPolicy(action="block", passive_only=True, days_to_expire=10, default_confidence=40)
     a = attribute("domain", "evil.example.com")
     indicator = one("domain", "evil.example.com", policy) | {}
     indicator = GraphTransformer(policy, NOW).transform(event(a)).indicators[0]
@@ -171,7 +171,7 @@ def test_common_fields_follow_config_and_event():
 
 def test_description_adds_comment_and_is_cut_to_100_characters():
     long_info = "OSINT - " + "x" * 150
-    result = GraphTransformer(GraphPolicy(), NOW).transform(event(attribute("domain", "a.example", comment="C2 server"), info=long_info))
+    result = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example", comment="C2 server"), info=long_info))
     indicator = result.indicators[0]
     assert len(indicator["description"]) == 100 and indicator["description"].endswith("\u2026")
     assert indicator["additionalInformation"].startswith(long_info + " - C2 server")
@@ -210,9 +210,9 @@ def test_taxonomies_map_and_are_not_repeated_as_tags():
 
 def test_local_tags_ignored_only_when_configured():
     a = attribute("domain", "a.example", Tag=[{"name": "tlp:green", "local": 1}, {"name": "secret-case", "local": "1"}])
-    ignored = GraphTransformer(GraphPolicy(), NOW).transform(event(a, tags=[])).indicators[0]
+    ignored = GraphTransformer(MappingPolicy(), NOW).transform(event(a, tags=[])).indicators[0]
     assert ignored["tlpLevel"] == "red" and "tags" not in ignored
-    kept = GraphTransformer(GraphPolicy(ignore_local_tags=False), NOW).transform(event(a)).indicators[0]
+    kept = GraphTransformer(MappingPolicy(ignore_local_tags=False), NOW).transform(event(a)).indicators[0]
     assert kept["tlpLevel"] == "green" and kept["tags"] == ["secret-case"]
 
 
@@ -247,7 +247,7 @@ def test_object_attributes_deleted_and_not_ids_are_accounted():
 
 
 def test_same_attribute_twice_in_a_run_is_a_duplicate():
-    transformer = GraphTransformer(GraphPolicy(), NOW)
+    transformer = GraphTransformer(MappingPolicy(), NOW)
     a = attribute("domain", "a.example")
     assert len(transformer.transform(event(a)).indicators) == 1
     again = transformer.transform(event(dict(a, uuid=a["uuid"].upper())))
@@ -261,13 +261,13 @@ def test_same_attribute_twice_in_a_run_is_a_duplicate():
     {"Event": {"Object": [{"Attribute": None}, None], "Galaxy": [{"GalaxyCluster": [None, {"tag_name": 5}]}]}},
 ])
 def test_malformed_events_never_raise(broken):
-    result = GraphTransformer(GraphPolicy(), NOW).transform(broken)
+    result = GraphTransformer(MappingPolicy(), NOW).transform(broken)
     assert result.indicators == []
     assert all(skip.reason in (SkipReason.MALFORMED, SkipReason.INVALID_VALUE) for skip in result.skips)
 
 
 def test_real_public_events_transform_with_every_attribute_accounted(fixture_events):
-    transformer = GraphTransformer(GraphPolicy(), NOW)
+    transformer = GraphTransformer(MappingPolicy(), NOW)
     for wrapped in fixture_events:
         result = transformer.transform(wrapped)
         assert len(result.indicators) + len(result.skips) == result.attributes > 0
@@ -277,6 +277,6 @@ def test_real_public_events_transform_with_every_attribute_accounted(fixture_eve
 def test_unicode_junk_and_huge_values_are_invalid_not_crashes():
     assert skip_reason("domain", "bad\udcffhost.example") is SkipReason.INVALID_VALUE
     assert skip_reason("url", "http://x.example/" + "a" * 5000) is SkipReason.INVALID_VALUE
-    indicator = GraphTransformer(GraphPolicy(), NOW).transform(
+    indicator = GraphTransformer(MappingPolicy(), NOW).transform(
         event(attribute("domain", "ok.example", comment="broken \udcff byte"), info="info\x00")).indicators[0]
     assert indicator["description"] == "info\ufffd - broken \ufffd byte"

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from misp_transformer import GraphPolicy, GraphTransformer
+from misp_transformer import MappingPolicy, GraphTransformer
 from standins.graph import validate_indicator
 
 TYPES = (Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "misp-attribute-types.txt")
@@ -75,7 +75,7 @@ events = st.one_of(
     junk,
 )
 
-POLICIES = [GraphPolicy(), GraphPolicy(target_product="Microsoft Defender ATP", network_ignore_direction=True,
+POLICIES = [MappingPolicy(), MappingPolicy(target_product="Microsoft Defender ATP", network_ignore_direction=True,
                                         allow_weak_observables=True, ignore_local_tags=False)]
 
 

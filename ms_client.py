@@ -1,0 +1,182 @@
+"""What every Microsoft API call shares: an MSAL client-credentials token, a requests.Session,
+retries with backoff, one re-authentication on 401, and one error type with the service's reason.
+
+Only HTTP lives here and in the clients built on it (graph_client, sentinel_client).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msal
+import requests
+
+import constants as C
+from request_log import RequestLog
+from settings import Settings
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 5
+MAX_WAIT_SECONDS = 120.0
+
+
+class MicrosoftError(Exception):
+    """A call failed for good; `fatal` means no later call can succeed either (auth, permission)."""
+
+    def __init__(self, message: str, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemResult:
+    """What the service said about one item of a bulk request; `key` is what it was sent under."""
+
+    key: str
+    remote_id: str | None
+    error: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None
+
+
+def error_text(body: Any, fallback: str) -> str:
+    """`{"error": {"code", "message"}}` (possibly JSON inside a string) or
+    `{"statusCode", "message"}` as one line."""
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return body.strip()[:300] or fallback
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return f"{error.get('code', 'Error')}: {error.get('message', '')}".strip()
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return fallback
+
+
+def response_body(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:2000]
+
+
+def retry_after(response: requests.Response | None, attempt: int) -> float:
+    """Retry-After, else the "Try again in N seconds" of Sentinel's 429 text, else capped
+    exponential backoff with jitter."""
+    if response is not None:
+        header = response.headers.get("Retry-After", "")
+        if header.strip().isdigit():
+            return min(float(header), MAX_WAIT_SECONDS)
+        hinted = C.SENTINEL_RETRY_TEXT_RE.search(response.text or "")
+        if hinted:
+            return min(float(hinted.group(1)), MAX_WAIT_SECONDS)
+    return min(2.0 ** attempt, MAX_WAIT_SECONDS) * (0.5 + random.random() / 2)
+
+
+class MicrosoftClient:
+    """An Entra app calling one Microsoft resource (`resource` is the token audience)."""
+
+    service = "Microsoft"
+    permission_hint = ""
+
+    def __init__(self, settings: Settings, log: RequestLog, resource: str) -> None:
+        self.settings = settings
+        self.log = log
+        self.resource = resource
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "misp2sentinel"
+        self._app: msal.ConfidentialClientApplication | None = None
+        self.requests_sent = 0
+
+    # --- token ------------------------------------------------------------------------------
+    def _new_app(self) -> msal.ConfidentialClientApplication:
+        authority = f"{self.settings.authority_host}/{self.settings.tenant}"
+        try:
+            return msal.ConfidentialClientApplication(
+                self.settings.client_id, client_credential=self.settings.client_secret, authority=authority,
+                instance_discovery=False, azure_region=False, timeout=self.settings.http_timeout,
+            )
+        except ValueError as exc:
+            raise MicrosoftError(f"Microsoft Entra authority {authority} refused discovery: {self.log.scrub(str(exc))[:300]}", fatal=True) from None
+        except requests.RequestException as exc:
+            raise MicrosoftError(f"cannot reach Microsoft Entra at {self.settings.authority_host}: {type(exc).__name__}", fatal=True) from None
+
+    def token(self) -> str:
+        """A valid access token; MSAL's cache answers until five minutes before expiry."""
+        if self._app is None:
+            self._app = self._new_app()
+        try:
+            result = self._app.acquire_token_for_client([f"{self.resource}/.default"])
+        except msal.exceptions.MsalServiceError as exc:
+            raise MicrosoftError(f"Microsoft Entra token endpoint failed: {exc}", fatal=True) from None
+        except requests.RequestException as exc:
+            raise MicrosoftError(f"cannot reach Microsoft Entra token endpoint: {type(exc).__name__}", fatal=True) from None
+        if "access_token" not in result:
+            raise MicrosoftError(self._token_error(result), fatal=True)
+        self.log.add_secret(result["access_token"])
+        return result["access_token"]
+
+    def _token_error(self, result: dict[str, Any]) -> str:
+        codes = result.get("error_codes") or []
+        description = str(result.get("error_description", "")).split("\n")[0]
+        code = f"AADSTS{codes[0]}" if codes else description.split(":")[0]
+        self.log.error("token", "token request refused", error=result.get("error"), error_codes=codes, error_description=description)
+        return self.log.scrub(f"Microsoft Entra refused the token request ({result.get('error', 'error')}, {code}): {description}")
+
+    # --- HTTP with retries ------------------------------------------------------------------
+    def _call(self, name: str, method: str, url: str, body: Any = None,
+              before_retry: Callable[[], None] | None = None) -> requests.Response:
+        """One logical call: retried on 429/5xx/network, re-authenticated once on 401.
+
+        `before_retry` runs before a retry whose first try may have reached Graph (a timeout,
+        a reset, a 5xx): a submit uses it to remove any copy Graph made, so a retry never
+        leaves a duplicate. A 429 was not processed, so it is simply resent.
+        """
+        reauthenticated = False
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            response, failure = self._attempt(name, method, url, body)
+            if response is not None and response.status_code == 401 and not reauthenticated:
+                self._app, reauthenticated = None, True
+                continue
+            if response is not None and response.status_code not in RETRY_STATUSES:
+                return response
+            if attempt < MAX_ATTEMPTS:
+                time.sleep(retry_after(response, attempt))
+                if before_retry is not None and (response is None or response.status_code != 429):
+                    before_retry()
+        if response is not None:
+            return response
+        raise MicrosoftError(f"{name}: {self.service} unreachable after {MAX_ATTEMPTS} attempts: {failure}")
+
+    def _attempt(self, name: str, method: str, url: str, body: Any) -> tuple[requests.Response | None, str]:
+        headers = {"Authorization": f"Bearer {self.token()}"}
+        started = time.monotonic()
+        self.requests_sent += 1
+        try:
+            response = self.session.request(method, url, json=body, headers=headers, timeout=self.settings.http_timeout)
+        except requests.RequestException as exc:
+            failure = f"{type(exc).__name__}"
+            self.log.request(name, method, url, body, None, {"exception": failure}, time.monotonic() - started)
+            return None, failure
+        self.log.request(name, method, url, body, response.status_code, response_body(response), time.monotonic() - started)
+        return response, ""
+
+    def _check(self, name: str, response: requests.Response, ok: tuple[int, ...]) -> Any:
+        """The JSON body of a successful answer, or MicrosoftError with the service's reason."""
+        body = response_body(response)
+        if response.status_code in ok:
+            return body
+        reason = error_text(body, f"HTTP {response.status_code}")
+        if response.status_code in (401, 403):
+            raise MicrosoftError(f"{name}: {self.service} refused access (HTTP {response.status_code}, {reason}); "
+                                 f"{self.permission_hint}", fatal=True)
+        raise MicrosoftError(f"{name}: {self.service} answered HTTP {response.status_code}: {reason}")
+

@@ -1,0 +1,103 @@
+"""Microsoft Sentinel: the STIX objects upload API, and the management API to read a workspace back.
+
+Uploads are paced by a sliding-window limiter so the documented per-minute limit is never
+exceeded, and a 429 still gets the same objects resent after the wait it names.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import constants as C
+from ms_client import ItemResult, MicrosoftClient, MicrosoftError, error_text, response_body
+from request_log import RequestLog
+from settings import Settings, TargetSettings
+
+
+class RateLimiter:
+    """At most `per_minute` calls in any 60 seconds; waits only when the window is full."""
+
+    def __init__(self, per_minute: int, window: float = 60.0) -> None:
+        self.per_minute = per_minute
+        self.window = window
+        self._sent: collections.deque[float] = collections.deque()
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        while self._sent and now - self._sent[0] >= self.window:
+            self._sent.popleft()
+        if len(self._sent) >= self.per_minute:
+            time.sleep(self._sent[0] + self.window - now)
+            self._sent.popleft()
+        self._sent.append(time.monotonic())
+
+
+class SentinelClient(MicrosoftClient):
+    """One workspace: upload STIX objects, list what our sourcesystem holds there."""
+
+    service = "Sentinel"
+    permission_hint = "check the app has the Microsoft Sentinel Contributor role on the workspace"
+
+    def __init__(self, settings: Settings, target: TargetSettings, log: RequestLog) -> None:
+        super().__init__(settings, log, settings.management_endpoint)
+        self.target = target
+        self.limiter = RateLimiter(settings.max_requests_per_minute)
+
+    def upload(self, objects: list[dict[str, Any]]) -> list[ItemResult]:
+        """≤100 objects; every index the service does not list in `errors` was accepted."""
+        if len(objects) > C.SENTINEL_MAX_BATCH:
+            raise ValueError(f"a Sentinel upload holds at most {C.SENTINEL_MAX_BATCH} objects")
+        path = C.SENTINEL_UPLOAD_PATH.format(workspace_id=self.target.workspace_id)
+        url = f"{self.settings.sentinel_endpoint}{path}?api-version={self.settings.sentinel_api_version}"
+        body = {"sourcesystem": self.settings.sourcesystem, "stixobjects": objects}
+        response = self._call("upload", "POST", url, body)
+        answer = response_body(response)
+        errors = answer.get("errors") if isinstance(answer, dict) else None
+        if response.status_code in (200, 400) and isinstance(errors, list):
+            return _results(objects, errors)
+        if response.status_code == 400:
+            reason = error_text(answer, "HTTP 400")
+            return [ItemResult(obj["id"], None, f"upload refused: {reason}") for obj in objects]
+        self._check("upload", response, (200,))
+        return [ItemResult(obj["id"], obj["id"]) for obj in objects]
+
+    def _attempt(self, name: str, method: str, url: str, body: Any) -> tuple[Any, str]:
+        """Every upload attempt, retries included, waits for a slot in the per-minute window."""
+        if name == "upload":
+            self.limiter.wait()
+        return super()._attempt(name, method, url, body)
+
+    def query_pages(self) -> Iterator[dict[str, Any]]:
+        """Pages of the workspace's indicators from our sourcesystem; nextLink read with GET,
+        and a repeated nextLink (a known Azure paging bug) stops the listing with an error."""
+        self.target.require_management(self.settings.config_path.name)
+        path = C.SENTINEL_QUERY_PATH.format(
+            subscription_id=self.target.subscription_id, resource_group=self.target.resource_group,
+            workspace_name=self.target.workspace_name,
+        )
+        url: str | None = f"{self.settings.management_endpoint}{path}?api-version={self.settings.management_api_version}"
+        criteria = {"pageSize": C.SENTINEL_QUERY_PAGE_SIZE, "sources": [self.settings.sourcesystem]}
+        seen: set[str] = set()
+        method, body = "POST", criteria
+        while url:
+            if url in seen:
+                raise MicrosoftError(f"queryIndicators: the management API returned the same nextLink twice ({url})")
+            seen.add(url)
+            page = self._check("queryIndicators", self._call("queryIndicators", method, url, body), (200,))
+            if not isinstance(page, dict) or not isinstance(page.get("value"), list):
+                raise MicrosoftError("queryIndicators: answer without a value list")
+            yield page
+            url, method, body = page.get("nextLink"), "GET", None
+
+
+def _results(objects: list[dict[str, Any]], errors: list[Any]) -> list[ItemResult]:
+    """recordIndex is 0-based into the uploaded list."""
+    messages: dict[int, str] = {}
+    for error in errors:
+        if isinstance(error, dict) and isinstance(error.get("recordIndex"), int):
+            texts = error.get("errorMessages") or ["rejected without a reason"]
+            messages[error["recordIndex"]] = "; ".join(str(text) for text in texts)
+    return [ItemResult(obj["id"], None if index in messages else obj["id"], messages.get(index))
+            for index, obj in enumerate(objects)]
