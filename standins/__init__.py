@@ -1,10 +1,12 @@
-"""Local HTTPS stand-ins for MISP, Entra ID and Microsoft Graph, for tests and the demo.
+"""Local HTTPS stand-ins for MISP, Entra ID, Microsoft Graph and Microsoft Sentinel, for tests
+and the demo.
 
-`StandIns` starts all three behind one private CA:
+`StandIns` starts all four behind one private CA:
 
     with StandIns(tmp_dir, events=seed_events("tests/fixtures/misp_events")) as s:
         os.environ["REQUESTS_CA_BUNDLE"] = str(s.ca_bundle_path)
-        ...  # point the tool at s.misp.url, s.entra.authority_host, s.graph.url
+        ...  # point the tool at s.misp.url, s.entra.authority_host, s.graph.url,
+             # s.sentinel.url (upload and management API)
 """
 
 from __future__ import annotations
@@ -15,15 +17,21 @@ from typing import Any
 from .entra import EntraStandIn, TokenInfo
 from .graph import GraphStandIn
 from .misp import MispStandIn, load_event_file
+from .sentinel import SentinelStandIn
 from .tls import HttpsStandIn, PrivateCA, SeenRequest
 
 __all__ = ["EntraStandIn", "GraphStandIn", "HttpsStandIn", "MispStandIn", "PrivateCA",
-           "SeenRequest", "StandIns", "TokenInfo", "load_event_file", "seed_events"]
+           "SeenRequest", "SentinelStandIn", "StandIns", "TokenInfo", "load_event_file",
+           "seed_events"]
 
 DEFAULT_MISP_KEY = "demo-misp-key-0123456789abcdef0123456789"
 DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
 DEFAULT_CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 DEFAULT_CLIENT_SECRET = "demo-secret-value"
+DEFAULT_WORKSPACE_ID = "99999999-8888-7777-6666-555555555555"
+DEFAULT_SUBSCRIPTION_ID = "00000000-1111-2222-3333-444444444444"
+DEFAULT_RESOURCE_GROUP = "rg-soc"
+DEFAULT_WORKSPACE_NAME = "law-soc"
 
 
 def seed_events(directory: Path | str) -> list[dict[str, Any]]:
@@ -32,7 +40,8 @@ def seed_events(directory: Path | str) -> list[dict[str, Any]]:
 
 
 class StandIns:
-    """MISP, Entra and Graph stand-ins sharing one CA; the Graph URL is an Entra resource.
+    """MISP, Entra, Graph and Sentinel stand-ins sharing one CA; the Graph and Sentinel URLs
+    are Entra resources (Sentinel serves both the upload and the management API).
 
     The CA bundle is written to `directory` at construction; servers listen from then on
     and answer once started (`start()` or `with`).
@@ -41,7 +50,11 @@ class StandIns:
     def __init__(self, directory: Path | str, *, events: list[dict[str, Any]] | None = None,
                  misp_key: str = DEFAULT_MISP_KEY, tenant: str = DEFAULT_TENANT,
                  client_id: str = DEFAULT_CLIENT_ID,
-                 client_secret: str = DEFAULT_CLIENT_SECRET) -> None:
+                 client_secret: str = DEFAULT_CLIENT_SECRET,
+                 workspace_id: str = DEFAULT_WORKSPACE_ID,
+                 subscription_id: str = DEFAULT_SUBSCRIPTION_ID,
+                 resource_group: str = DEFAULT_RESOURCE_GROUP,
+                 workspace_name: str = DEFAULT_WORKSPACE_NAME) -> None:
         self.misp_key, self.tenant = misp_key, tenant
         self.client_id, self.client_secret = client_id, client_secret
         self.ca = PrivateCA()
@@ -50,6 +63,9 @@ class StandIns:
         self.entra = EntraStandIn(tenant, {client_id: client_secret}, ca=self.ca)
         self.graph = GraphStandIn(self.entra)
         self.entra.resources.add(self.graph.url)
+        self.sentinel = SentinelStandIn(self.entra, workspace_id, subscription_id, resource_group,
+                                        workspace_name)
+        self.entra.resources.add(self.sentinel.url)
 
     def write_tool_config(self, directory: Path, **overrides: Any) -> Path:
         """A misp2sentinel config.py aimed at these stand-ins; secrets go to .env beside it,
@@ -61,6 +77,12 @@ class StandIns:
             "misp_domain": self.misp.url,
             "misp_verifycert": True,
             "log_dir": "logs",
+            "sentinel_endpoint": self.sentinel.url,
+            "management_endpoint": self.sentinel.url,
+            "workspace_id": self.sentinel.workspace_id,
+            "subscription_id": self.sentinel.subscription_id,
+            "resource_group": self.sentinel.resource_group,
+            "workspace_name": self.sentinel.workspace_name,
             **overrides,
         }
         path = Path(directory) / "config.py"
@@ -70,13 +92,17 @@ class StandIns:
         return path
 
     def start(self) -> StandIns:
-        for server in (self.misp, self.entra, self.graph):
+        for server in self._servers:
             server.start()
         return self
 
     def close(self) -> None:
-        for server in (self.misp, self.entra, self.graph):
+        for server in self._servers:
             server.close()
+
+    @property
+    def _servers(self) -> tuple[HttpsStandIn, ...]:
+        return (self.misp, self.entra, self.graph, self.sentinel)
 
     def __enter__(self) -> StandIns:
         return self.start()

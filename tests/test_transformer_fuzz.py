@@ -49,7 +49,8 @@ SAMPLES = [("ip-dst", "1.2.3.4"), ("ip-src", "2001:db8::/48"), ("ip-dst|port", "
            ("hostname|port", "h.example|8080"), ("domain|ip", "d.example|::1"), ("url", "x.example/a"),
            ("email-src", "a@b.example"), ("email-subject", "hello"), ("md5", "d41d8cd98f00b204e9800998ecf8427e"),
            ("filename|sha1", "a.exe|da39a3ee5e6b4b0d3255bfef95601890afd80709"), ("AS", "AS1"), ("port", "80"),
-           ("size-in-bytes", "100"), ("mutex", "m"), ("user-agent", "ua"), ("sha512", "a" * 128)]
+           ("size-in-bytes", "100"), ("mutex", "m\\'"), ("user-agent", "ua"), ("sha512", "a" * 128),
+           ("filename", "it's \\ evil.exe"), ("regkey", "HKLM\\Run")]
 plausible = st.builds(
     lambda sample, uuid, comment, tags: {"type": sample[0], "value": sample[1], "uuid": uuid, "to_ids": True,
                                          "comment": comment, "Tag": tags},
