@@ -16,21 +16,32 @@ from request_log import RequestLog
 from settings import Settings, TargetSettings
 
 
-class RateLimiter:
-    """At most `per_minute` calls in any 60 seconds; waits only when the window is full."""
+WINDOW_SECONDS = 60.0
 
-    def __init__(self, per_minute: int, window: float = 60.0) -> None:
+
+class RateLimiter:
+    """At most `per_minute` calls in any window (60 s); waits only when the window is full.
+
+    A call counts from when its answer arrived: the service saw it no later than that, so the
+    client's window never runs ahead of the service's and provokes a 429.
+    """
+
+    def __init__(self, per_minute: int, window: float = WINDOW_SECONDS) -> None:
         self.per_minute = per_minute
         self.window = window
         self._sent: collections.deque[float] = collections.deque()
 
     def wait(self) -> None:
+        """Block until one more call fits in the window."""
         now = time.monotonic()
         while self._sent and now - self._sent[0] >= self.window:
             self._sent.popleft()
         if len(self._sent) >= self.per_minute:
             time.sleep(self._sent[0] + self.window - now)
             self._sent.popleft()
+
+    def done(self) -> None:
+        """Count a call whose answer just arrived."""
         self._sent.append(time.monotonic())
 
 
@@ -43,7 +54,7 @@ class SentinelClient(MicrosoftClient):
     def __init__(self, settings: Settings, target: TargetSettings, log: RequestLog) -> None:
         super().__init__(settings, log, settings.management_endpoint)
         self.target = target
-        self.limiter = RateLimiter(settings.max_requests_per_minute)
+        self.limiter = RateLimiter(settings.max_requests_per_minute, WINDOW_SECONDS)
 
     def upload(self, objects: list[dict[str, Any]]) -> list[ItemResult]:
         """≤100 objects; every index the service does not list in `errors` was accepted."""
@@ -60,14 +71,20 @@ class SentinelClient(MicrosoftClient):
         if response.status_code == 400:
             reason = error_text(answer, "HTTP 400")
             return [ItemResult(obj["id"], None, f"upload refused: {reason}") for obj in objects]
+        if response.status_code == 404:
+            raise MicrosoftError(f"upload: {error_text(answer, 'HTTP 404')} (check workspace_id)", fatal=True)
         self._check("upload", response, (200,))
         return [ItemResult(obj["id"], obj["id"]) for obj in objects]
 
     def _attempt(self, name: str, method: str, url: str, body: Any) -> tuple[Any, str]:
         """Every upload attempt, retries included, waits for a slot in the per-minute window."""
-        if name == "upload":
-            self.limiter.wait()
-        return super()._attempt(name, method, url, body)
+        if name != "upload":
+            return super()._attempt(name, method, url, body)
+        self.limiter.wait()
+        try:
+            return super()._attempt(name, method, url, body)
+        finally:
+            self.limiter.done()
 
     def query_pages(self) -> Iterator[dict[str, Any]]:
         """Pages of the workspace's indicators from our sourcesystem; nextLink read with GET,
