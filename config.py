@@ -8,6 +8,13 @@
 # AZURE_CLIENT_SECRET from the environment, or from a `.env` file beside this one, override
 # the values below.
 
+# --- Where indicators go ---
+# "graph" (Microsoft Graph tiIndicators, retired by Microsoft for new Sentinel customers),
+# "sentinel" (the Sentinel STIX objects upload API), or a list of targets, for example
+# ["graph", "sentinel"] or ["sentinel", {"type": "sentinel", "workspace_id": "...", "workspace_name": "..."}].
+# MISP is read once per run; each target keeps its own state and report.
+target = "graph"
+
 # --- Microsoft Entra app (client credentials) ---
 graph_auth = {
     "tenant": "",
@@ -18,6 +25,18 @@ graph_auth = {
 # https://login.microsoftonline.us).
 graph_endpoint = "https://graph.microsoft.com"
 authority_host = "https://login.microsoftonline.com"
+
+# --- Sentinel workspace (target "sentinel") ---
+workspace_id = ""                     # the Log Analytics workspace id (a GUID), for uploads
+subscription_id = ""                  # these three only for `script.py -r` (management API)
+resource_group = ""
+workspace_name = ""
+sourcesystem = "MISP"                 # "Microsoft Sentinel" is reserved by Microsoft
+sentinel_endpoint = "https://api.ti.sentinel.azure.com"
+sentinel_api_version = "2024-02-01-preview"
+management_endpoint = "https://management.azure.com"   # also the token scope for Sentinel
+management_api_version = "2025-09-01"
+max_requests_per_minute = 100         # the upload API allows 100 requests per minute
 
 # --- Graph tiIndicator fields ---
 targetProduct = "Azure Sentinel"      # or "Microsoft Defender ATP"
