@@ -194,7 +194,7 @@ HEX_HASH_LENGTHS = {
     "md5": (32,), "sha1": (40,), "sha224": (56,), "sha256": (64,), "sha384": (96,),
     "sha512": (128,), "sha512/224": (56,), "sha512/256": (64,), "sha3-224": (56,),
     "sha3-256": (64,), "sha3-384": (96,), "sha3-512": (128,), "authentihash": (64,),
-    "imphash": (32,), "pehash": (40,), "cdhash": (40,), "tlsh": (70, 72), "telfhash": (70, 72),
+    "imphash": (32,), "pehash": (40,), "cdhash": (40,), "tlsh": (70,), "telfhash": (70,),
 }
 FUZZY_HASH_PATTERNS = {
     "ssdeep": re.compile(r"^\d+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+(,\S*)?$"),
@@ -206,10 +206,16 @@ GRAPH_HASH_TYPES = {
     "authentihash": "authenticodeHash256", "ssdeep": "ctph",
 }
 HASH_TYPES = frozenset(HEX_HASH_LENGTHS) | frozenset(FUZZY_HASH_PATTERNS)
-TLSH_PREFIX = re.compile(r"^[tT]1")
-HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+# One exact regex per hex hash type (TLSH-style hashes may carry a "T1" version prefix).
+HEX_HASH_RES = {
+    name: re.compile("^" + ("(?:[tT]1)?" if name in ("tlsh", "telfhash") else "")
+                     + "(?:" + "|".join(f"[0-9a-fA-F]{{{n}}}" for n in lengths) + ")$")
+    for name, lengths in HEX_HASH_LENGTHS.items()
+}
 HOSTNAME_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 HOSTNAME_MAX = 253
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 ASN_MAX = 2**32 - 1
 # No documented Graph limit; longer values are almost always pasted blobs, not observables.

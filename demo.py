@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Demo: the whole sync against local HTTPS stand-ins of MISP, Entra ID and Graph.
+"""Demo: the whole sync against local HTTPS stand-ins of MISP, Entra ID, Graph and Sentinel.
 
 MISP is seeded with real CIRCL OSINT events. script.py runs as a separate process, exactly as
 cron would start it, trusting the stand-ins' private CA through REQUESTS_CA_BUNDLE.

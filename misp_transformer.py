@@ -6,6 +6,7 @@ contract (../shared/reference/mapping.md) lives; the clients only move the resul
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime as dt
 import ipaddress
 import uuid as uuid_module
@@ -72,6 +73,8 @@ def is_true(value: Any) -> bool:
 
 def as_text(value: Any) -> str:
     """Attribute values are strings in MISP; tolerate plain numbers, refuse anything else."""
+    if type(value) is str and len(value) <= C.MAX_VALUE_LENGTH and not C.BROKEN_TEXT_RE.search(value):
+        return value.strip()
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
@@ -130,6 +133,16 @@ def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | ipad
         return ipaddress.ip_address(text)
     except ValueError as exc:
         raise InvalidValue(f"not an IP address or CIDR block: {exc}") from None
+
+
+def classify_ip(value: str) -> tuple[str, int, bool]:
+    """(canonical text, IP version, is a CIDR block). Plain dotted-quad IPv4, most of what MISP
+    holds, is recognised by one exact regex; everything else goes through `ipaddress`."""
+    text = value.strip()
+    if C.IPV4_RE.match(text):
+        return text, 4, False
+    ip = parse_ip(text)
+    return str(ip), ip.version, isinstance(ip, (ipaddress.IPv4Network, ipaddress.IPv6Network))
 
 
 def parse_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -200,12 +213,12 @@ def split_email(value: str) -> tuple[str, str]:
 def normalize_hash(hash_type: str, value: str) -> str:
     """Check a hash against its algorithm's length and alphabet."""
     text = value.strip()
-    lengths = C.HEX_HASH_LENGTHS.get(hash_type)
-    if lengths is not None:
-        digits = C.TLSH_PREFIX.sub("", text) if hash_type in ("tlsh", "telfhash") else text
-        if len(text) in lengths and C.HEX_RE.match(digits):
+    pattern = C.HEX_HASH_RES.get(hash_type)
+    if pattern is not None:
+        if pattern.match(text):
             return text.lower()
-        raise InvalidValue(f"not a {hash_type} hash ({' or '.join(map(str, lengths))} hex digits)")
+        lengths = " or ".join(map(str, C.HEX_HASH_LENGTHS[hash_type]))
+        raise InvalidValue(f"not a {hash_type} hash ({lengths} hex digits)")
     if C.FUZZY_HASH_PATTERNS[hash_type].match(text):
         return text
     raise InvalidValue(f"not a {hash_type} hash")
@@ -228,11 +241,11 @@ _IP_FIELD_SUFFIX = {
 
 
 def _ip_fields(value: str, direction: str, policy: MappingPolicy) -> dict[str, Any]:
-    ip = parse_ip(value)
-    suffix = _IP_FIELD_SUFFIX[(ip.version, isinstance(ip, (ipaddress.IPv4Network, ipaddress.IPv6Network)))]
-    fields: dict[str, Any] = {f"network{direction}{suffix}": str(ip)}
+    text, version, is_network = classify_ip(value)
+    suffix = _IP_FIELD_SUFFIX[(version, is_network)]
+    fields: dict[str, Any] = {f"network{direction}{suffix}": text}
     if policy.network_ignore_direction:
-        fields[f"network{suffix}"] = str(ip)
+        fields[f"network{suffix}"] = text
     return fields
 
 
@@ -452,13 +465,15 @@ class EventContext:
     comments: tuple[str, ...]
 
 
-def _context_values(attributes: Iterable[Mapping[str, Any]], misp_type: str) -> list[str]:
-    values = []
+def _context_values(attributes: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Values of the context attributes (threat-actor, malware-type, comment), in one pass."""
+    values: dict[str, list[str]] = {misp_type: [] for misp_type in C.CONTEXT_TYPES}
     for attribute in attributes:
-        if attribute.get("type") == misp_type and not is_true(attribute.get("deleted")):
+        misp_type = attribute.get("type")
+        if isinstance(misp_type, str) and misp_type in C.CONTEXT_TYPES and not is_true(attribute.get("deleted")):
             value = clean_text(attribute.get("value"))
             if value:
-                values.append(value[: C.MAX_VALUE_LENGTH])
+                values[misp_type].append(value[: C.MAX_VALUE_LENGTH])
     return values
 
 
@@ -466,14 +481,15 @@ def event_context(event: Mapping[str, Any], attributes: list[Mapping[str, Any]],
     """Event tags, galaxies and context attributes (threat-actor, malware-type, comment)."""
     facts = read_tags(tag_names(event.get("Tag"), policy.ignore_local_tags) + galaxy_tag_names(event))
     uuid = event.get("uuid")
+    context = _context_values(attributes)
     return EventContext(
         uuid=uuid if isinstance(uuid, str) else "",
         info=clean_text(event.get("info")),
         last_reported=epoch_to_iso(event.get("timestamp")),
         tags=facts,
-        activity_groups=tuple(_merge_unique(facts.activity_groups, _context_values(attributes, "threat-actor"))),
-        malware_families=tuple(_merge_unique(facts.malware_families, _context_values(attributes, "malware-type"))),
-        comments=tuple(_context_values(attributes, "comment")),
+        activity_groups=tuple(_merge_unique(facts.activity_groups, context["threat-actor"])),
+        malware_families=tuple(_merge_unique(facts.malware_families, context["malware-type"])),
+        comments=tuple(context["comment"]),
     )
 
 
@@ -506,9 +522,9 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def merged_facts(context: EventContext, attribute: Mapping[str, Any], ignore_local: bool) -> TagFacts:
+def merged_facts(context: EventContext, own_tag_names: Iterable[str]) -> TagFacts:
     """The attribute's own tags over the event's, taxonomy by taxonomy; names and labels merged."""
-    own = read_tags(tag_names(attribute.get("Tag"), ignore_local) + galaxy_tag_names(attribute))
+    own = read_tags(own_tag_names)
     event = context.tags
     return TagFacts(
         tlp=own.tlp or event.tlp,
@@ -533,6 +549,19 @@ class Transformer:
         self.now = now
         self.valid_until = now + dt.timedelta(days=policy.days_to_expire)
         self._seen: set[str] = set()
+        self._facts: dict[tuple[str, ...], TagFacts] = {}  # per event, by the attribute's own tags
+        self._common: dict[int, dict[str, Any]] = {}  # per event, by id() of those facts
+        self._described: dict[str, tuple[str, str]] = {}  # per event, by comment
+
+    def facts(self, context: EventContext, attribute: Mapping[str, Any]) -> TagFacts:
+        """An event's attributes mostly share the same few tag sets (often none): each set is
+        folded once per event."""
+        tags, galaxies = attribute.get("Tag"), attribute.get("Galaxy")
+        own = tuple(tag_names(tags, self.policy.ignore_local_tags) + galaxy_tag_names(attribute)) if tags or galaxies else ()
+        facts = self._facts.get(own)
+        if facts is None:
+            facts = self._facts[own] = merged_facts(context, own)
+        return facts
 
     def transform(self, wrapped: Any) -> EventResult:
         """One restSearch item (`{"Event": {...}}` or a bare event) to indicators and skips."""
@@ -541,6 +570,7 @@ class Transformer:
             return EventResult([], [Skip(SkipReason.MALFORMED, "", "", "", "event is not a JSON object")], 0)
         pairs = list(event_attributes(event))
         context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
+        self._facts, self._common, self._described = {}, {}, {}
         result = EventResult([], [], len(pairs), context.uuid.strip().lower())
         for attribute, object_deleted in pairs:
             outcome = self._attribute(context, attribute, object_deleted)
@@ -553,24 +583,25 @@ class Transformer:
     def _attribute(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
         misp_type = attribute.get("type")
         uuid = attribute.get("uuid")
-        skip = _Skipper(context.uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "")
         if not isinstance(misp_type, str) or not isinstance(uuid, str) or not uuid.strip():
-            return skip(SkipReason.MALFORMED, "attribute without a type or uuid")
-        if object_deleted or is_true(attribute.get("deleted")):
-            return skip(SkipReason.DELETED)
+            return _skip(context, attribute, SkipReason.MALFORMED, "attribute without a type or uuid")
+        deleted = attribute.get("deleted")
+        if object_deleted or (deleted is not False and is_true(deleted)):
+            return _skip(context, attribute, SkipReason.DELETED)
         if misp_type in C.CONTEXT_TYPES:
-            return skip(SkipReason.CONTEXT, "used as event context")
-        if not is_true(attribute.get("to_ids")):
-            return skip(SkipReason.NOT_TO_IDS)
+            return _skip(context, attribute, SkipReason.CONTEXT, "used as event context")
+        to_ids = attribute.get("to_ids")
+        if to_ids is not True and not is_true(to_ids):
+            return _skip(context, attribute, SkipReason.NOT_TO_IDS)
         key = uuid.strip().lower()
         try:
             indicators = self.build(context, attribute, misp_type, as_text(attribute.get("value")), key)
         except InvalidValue as exc:
-            return skip(SkipReason.INVALID_VALUE, str(exc))
+            return _skip(context, attribute, SkipReason.INVALID_VALUE, str(exc))
         except _Refused as refused:
-            return skip(refused.reason, str(refused))
+            return _skip(context, attribute, refused.reason, str(refused))
         if key in self._seen:
-            return skip(SkipReason.DUPLICATE, "attribute uuid already sent in this run")
+            return _skip(context, attribute, SkipReason.DUPLICATE, "attribute uuid already sent in this run")
         self._seen.add(key)
         return indicators
 
@@ -585,27 +616,49 @@ class GraphTransformer(Transformer):
         builder = GRAPH_BUILDERS.get(misp_type)
         if builder is None:
             raise _Refused(SkipReason.UNSUPPORTED_TYPE, f"no Graph mapping for MISP type {misp_type}")
-        fields = restrict_to_target(builder(value, self.policy), self.policy.target_product)
+        fields = builder(value, self.policy)
+        if self.policy.target_product == C.TARGET_DEFENDER:
+            fields = restrict_to_target(fields, C.TARGET_DEFENDER)
         if not fields:
             raise _Refused(SkipReason.NOT_FOR_TARGET, f"{self.policy.target_product} takes no {misp_type} observable")
         return [self._indicator(context, attribute, key, fields)]
 
     def _indicator(self, context: EventContext, attribute: Mapping[str, Any], uuid: str, observable: dict[str, Any]) -> dict[str, Any]:
-        facts = merged_facts(context, attribute, self.policy.ignore_local_tags)
-        description, full_text = describe(context, clean_text(attribute.get("comment")))
-        indicator: dict[str, Any] = {
+        facts = self.facts(context, attribute)
+        common = self._common.get(id(facts))
+        if common is None:
+            common = self._common[id(facts)] = self._common_fields(context, facts)
+        comment = clean_text(attribute.get("comment"))
+        texts = self._texts(context, comment)
+        indicator = dict(common)
+        indicator["externalId"] = uuid
+        indicator["description"], indicator["additionalInformation"] = texts
+        indicator.update(observable)
+        return indicator
+
+    def _texts(self, context: EventContext, comment: str) -> tuple[str, str]:
+        """Description and additionalInformation; per event, by comment (usually empty)."""
+        texts = self._described.get(comment)
+        if texts is None:
+            texts = self._described[comment] = self._describe(context, comment)
+        return texts
+
+    @staticmethod
+    def _describe(context: EventContext, comment: str) -> tuple[str, str]:
+        description, full_text = describe(context, comment)
+        return description, "\n".join((full_text, *context.comments, f"MISP event: {context.uuid}"))
+
+    def _common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
+        """The fields that depend on the event and the tags, not on the attribute's value."""
+        common: dict[str, Any] = {
             "action": self.policy.action,
             "targetProduct": self.policy.target_product,
             "passiveOnly": self.policy.passive_only,
             "isActive": True,
-            "externalId": uuid,
-            "description": description,
-            "additionalInformation": "\n".join((full_text, *context.comments, f"MISP event: {context.uuid}")),
-            "expirationDateTime": iso_utc(self.valid_until),
+            "expirationDateTime": self._expiration,
             "tlpLevel": facts.tlp or self.policy.default_tlp,
             "threatType": facts.threat_type or C.DEFAULT_THREAT_TYPE,
             "confidence": _first_set(facts.confidence, self.policy.default_confidence),
-            **observable,
         }
         optional = {
             "lastReportedDateTime": context.last_reported,
@@ -615,8 +668,12 @@ class GraphTransformer(Transformer):
             "malwareFamilyNames": list(facts.malware_families),
             "tags": list(facts.labels),
         }
-        indicator.update({key: value for key, value in optional.items() if value})
-        return indicator
+        common.update({key: value for key, value in optional.items() if value})
+        return common
+
+    @functools.cached_property
+    def _expiration(self) -> str:
+        return iso_utc(self.valid_until)
 
 
 # --- MISP type -> STIX pattern (mapping.md "STIX 2.1 indicator") ------------------------------
@@ -634,8 +691,8 @@ def _comparison(path: str, value: str) -> str:
 
 
 def _stix_ip(value: str) -> str:
-    ip = parse_ip(value)
-    return _comparison(f"ipv{ip.version}-addr:value", str(ip))
+    text, version, _ = classify_ip(value)
+    return _comparison(f"ipv{version}-addr:value", text)
 
 
 def _stix_host(value: str) -> str:
@@ -723,7 +780,7 @@ class StixTransformer(Transformer):
         builder = STIX_BUILDERS.get(misp_type)
         if builder is None:
             raise _Refused(SkipReason.UNSUPPORTED_TYPE, f"no STIX pattern for MISP type {misp_type}")
-        facts = merged_facts(context, attribute, self.policy.ignore_local_tags)
+        facts = self.facts(context, attribute)
         return [self._indicator(context, attribute, key, suffix, pattern, value, facts) for suffix, pattern in builder(value)]
 
     def _indicator(self, context: EventContext, attribute: Mapping[str, Any], uuid: str, suffix: str, pattern: str,
@@ -768,13 +825,7 @@ def _first_set(*values: int | None) -> int | None:
     return next((value for value in values if value is not None), None)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Skipper:
-    """Builds Skip records for one attribute without repeating its identity each time."""
-
-    event_uuid: str
-    attribute_uuid: str
-    attribute_type: str
-
-    def __call__(self, reason: SkipReason, detail: str = "") -> Skip:
-        return Skip(reason, self.event_uuid, self.attribute_uuid, self.attribute_type, detail)
+def _skip(context: EventContext, attribute: Mapping[str, Any], reason: SkipReason, detail: str = "") -> Skip:
+    """A Skip naming the attribute as far as it can be named."""
+    uuid, misp_type = attribute.get("uuid"), attribute.get("type")
+    return Skip(reason, context.uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "", detail)
