@@ -158,7 +158,6 @@ class GraphStandIn(HttpsStandIn):
         self.owners: dict[str, str] = {}
         self._sequence: dict[str, int] = {}  # creation number, the stable paging key
         self._rejected: dict[object, str] = {}  # observable value -> provider's refusal
-        self.latency = 0.0  # seconds added to every answer, after the work is done
         self._slow_answers: list[float] = []  # one-off extra delays, after the work is done
         self._expire_tokens_at: int | None = None
 
@@ -190,7 +189,7 @@ class GraphStandIn(HttpsStandIn):
     def respond(self, request: SeenRequest) -> Reply:
         reply = self._answer(request)
         with self.lock:
-            delay = self.latency + (self._slow_answers.pop(0) if self._slow_answers else 0.0)
+            delay = self._slow_answers.pop(0) if self._slow_answers else 0.0
             if self._expire_tokens_at is not None and len(self.requests_seen) >= self._expire_tokens_at:
                 self._expire_tokens_at = None
                 self.entra.expire_all()

@@ -283,7 +283,6 @@ class SentinelStandIn(HttpsStandIn):
         self.window_seconds, self.clock = window_seconds, clock
         self.retry_after_header = False  # also send `Retry-After: N` with a 429 (undocumented)
         self.repeat_next_link = False  # every page's nextLink is the same URL (Azure paging bug)
-        self.latency = 0.0  # seconds added to every answer, after the work is done
         self.throttled = 0
         self.objects: dict[str, dict[str, Any]] = {}
         self.sources: dict[str, str] = {}
@@ -317,10 +316,7 @@ class SentinelStandIn(HttpsStandIn):
 
     def respond(self, request: SeenRequest) -> Reply:
         fault = self._take_fault(request.path)
-        reply = _fault_reply(fault) if fault else self._serve(request)
-        if self.latency:  # after the work is done, like GraphStandIn.latency
-            time.sleep(self.latency)
-        return reply
+        return _fault_reply(fault) if fault else self._serve(request)
 
     def _serve(self, request: SeenRequest) -> Reply:
         grant = self._authenticate(request)

@@ -14,6 +14,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -146,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
         stand_in = self.server.stand_in
         stand_in._record(seen)
         reply = stand_in.respond(seen)
+        if stand_in.latency:  # a slow service: the work is done, the answer comes late
+            time.sleep(stand_in.latency)
         if reply.reset:
             # SO_LINGER 0 turns the close into a TCP RST: the client sees a reset connection.
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -188,6 +191,7 @@ class HttpsStandIn:
     def __init__(self, ca: PrivateCA | None = None) -> None:
         self.ca = ca or PrivateCA()
         self.lock = threading.RLock()  # guards subclass state touched by handler threads
+        self.latency = 0.0  # seconds every answer waits after the work is done (a slow service)
         self._seen: list[SeenRequest] = []
         self._open: set[socket.socket] = set()
         self._faults: list[Fault] = []
