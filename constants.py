@@ -45,6 +45,9 @@ GRAPH_LIST_PAGE_SIZE = 100
 GRAPH_MAX_BATCH = 100
 GRAPH_DESCRIPTION_MAX = 100
 GRAPH_INT32_MAX = 2**31 - 1
+GRAPH_REQUESTS_PER_MINUTE = 1000  # "any operation on tiIndicator", per app and tenant
+# Requests in flight per target: 1000/min at 300 ms latency needs 5; 8 leaves room.
+DEFAULT_CONCURRENT_REQUESTS = 8
 GRAPH_FAILED_ITEM_ID = "Failed to create, check Error element for reason"
 
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"

@@ -21,7 +21,7 @@ class GraphClient(MicrosoftClient):
     permission_hint = "check the app has ThreatIndicators.ReadWrite.OwnedBy with admin consent"
 
     def __init__(self, settings: Settings, log: RequestLog) -> None:
-        super().__init__(settings, log, settings.graph_endpoint)
+        super().__init__(settings, log, settings.graph_endpoint, settings.graph_requests_per_minute)
 
     # --- operations -------------------------------------------------------------------------
     def submit(self, indicators: list[dict[str, Any]]) -> list[ItemResult]:

@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msal
 import requests
+import requests.adapters
 
 import constants as C
 from request_log import RequestLog
 from settings import Settings
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+WINDOW_SECONDS = 60.0
 MAX_ATTEMPTS = 5
 MAX_WAIT_SECONDS = 120.0
 
@@ -81,19 +85,55 @@ def retry_after(response: requests.Response | None, attempt: int) -> float:
     return min(2.0 ** attempt, MAX_WAIT_SECONDS) * (0.5 + random.random() / 2)
 
 
+class RateLimiter:
+    """At most `per_minute` calls in any window (60 s), shared by all worker threads; a caller
+    waits only when the window is full.
+
+    A call holds its slot while in flight and counts from when its answer arrived: the service
+    saw it no later than that, so this window never runs ahead of the service's (no 429).
+    """
+
+    def __init__(self, per_minute: int, window: float) -> None:
+        self.per_minute = per_minute
+        self.window = window
+        self._times: list[float] = []  # answer times in the window; inf while in flight
+        self._changed = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                self._times = [t for t in self._times if t > now - self.window]
+                if len(self._times) < self.per_minute:
+                    self._times.append(math.inf)
+                    return
+                earliest = min(self._times)
+                self._changed.wait(None if earliest == math.inf else earliest + self.window - now)
+
+    def release(self) -> None:
+        with self._changed:
+            self._times.remove(math.inf)
+            self._times.append(time.monotonic())
+            self._changed.notify_all()
+
+
 class MicrosoftClient:
     """An Entra app calling one Microsoft resource (`resource` is the token audience)."""
 
     service = "Microsoft"
     permission_hint = ""
+    limited_operations: frozenset[str] | None = None  # calls the per-minute limit covers (None: all)
 
-    def __init__(self, settings: Settings, log: RequestLog, resource: str) -> None:
+    def __init__(self, settings: Settings, log: RequestLog, resource: str, per_minute: int) -> None:
         self.settings = settings
         self.log = log
         self.resource = resource
+        self.limiter = RateLimiter(per_minute, WINDOW_SECONDS)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "misp2sentinel"
+        self.session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=settings.max_concurrent_requests))
         self._app: msal.ConfidentialClientApplication | None = None
+        self._lock = threading.Lock()  # one token request at a time; counters
         self.requests_sent = 0
 
     # --- token ------------------------------------------------------------------------------
@@ -111,6 +151,10 @@ class MicrosoftClient:
 
     def token(self) -> str:
         """A valid access token; MSAL's cache answers until five minutes before expiry."""
+        with self._lock:
+            return self._token()
+
+    def _token(self) -> str:
         if self._app is None:
             self._app = self._new_app()
         try:
@@ -158,14 +202,21 @@ class MicrosoftClient:
 
     def _attempt(self, name: str, method: str, url: str, body: Any) -> tuple[requests.Response | None, str]:
         headers = {"Authorization": f"Bearer {self.token()}"}
+        limited = self.limited_operations is None or name in self.limited_operations
+        if limited:
+            self.limiter.acquire()
         started = time.monotonic()
-        self.requests_sent += 1
+        with self._lock:
+            self.requests_sent += 1
         try:
             response = self.session.request(method, url, json=body, headers=headers, timeout=self.settings.http_timeout)
         except requests.RequestException as exc:
             failure = f"{type(exc).__name__}"
             self.log.request(name, method, url, body, None, {"exception": failure}, time.monotonic() - started)
             return None, failure
+        finally:
+            if limited:
+                self.limiter.release()
         self.log.request(name, method, url, body, response.status_code, response_body(response), time.monotonic() - started)
         return response, ""
 

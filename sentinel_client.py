@@ -1,12 +1,10 @@
 """Microsoft Sentinel: the STIX objects upload API, and the management API to read a workspace back.
 
-Uploads are paced by a sliding-window limiter so the documented per-minute limit is never
-exceeded, and a 429 still gets the same objects resent after the wait it names.
+Uploads are paced by the shared sliding-window limiter so the documented per-minute limit is
+never exceeded, and a 429 still gets the same objects resent after the wait it names.
 """
 from __future__ import annotations
 
-import collections
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,45 +14,16 @@ from request_log import RequestLog
 from settings import Settings, TargetSettings
 
 
-WINDOW_SECONDS = 60.0
-
-
-class RateLimiter:
-    """At most `per_minute` calls in any window (60 s); waits only when the window is full.
-
-    A call counts from when its answer arrived: the service saw it no later than that, so the
-    client's window never runs ahead of the service's and provokes a 429.
-    """
-
-    def __init__(self, per_minute: int, window: float = WINDOW_SECONDS) -> None:
-        self.per_minute = per_minute
-        self.window = window
-        self._sent: collections.deque[float] = collections.deque()
-
-    def wait(self) -> None:
-        """Block until one more call fits in the window."""
-        now = time.monotonic()
-        while self._sent and now - self._sent[0] >= self.window:
-            self._sent.popleft()
-        if len(self._sent) >= self.per_minute:
-            time.sleep(self._sent[0] + self.window - now)
-            self._sent.popleft()
-
-    def done(self) -> None:
-        """Count a call whose answer just arrived."""
-        self._sent.append(time.monotonic())
-
-
 class SentinelClient(MicrosoftClient):
     """One workspace: upload STIX objects, list what our sourcesystem holds there."""
 
     service = "Sentinel"
     permission_hint = "check the app has the Microsoft Sentinel Contributor role on the workspace"
+    limited_operations = frozenset({"upload"})  # the management API has its own, separate limits
 
     def __init__(self, settings: Settings, target: TargetSettings, log: RequestLog) -> None:
-        super().__init__(settings, log, settings.management_endpoint)
+        super().__init__(settings, log, settings.management_endpoint, settings.max_requests_per_minute)
         self.target = target
-        self.limiter = RateLimiter(settings.max_requests_per_minute, WINDOW_SECONDS)
 
     def upload(self, objects: list[dict[str, Any]]) -> list[ItemResult]:
         """≤100 objects; every index the service does not list in `errors` was accepted."""
@@ -75,16 +44,6 @@ class SentinelClient(MicrosoftClient):
             raise MicrosoftError(f"upload: {error_text(answer, 'HTTP 404')} (check workspace_id)", fatal=True)
         self._check("upload", response, (200,))
         return [ItemResult(obj["id"], obj["id"]) for obj in objects]
-
-    def _attempt(self, name: str, method: str, url: str, body: Any) -> tuple[Any, str]:
-        """Every upload attempt, retries included, waits for a slot in the per-minute window."""
-        if name != "upload":
-            return super()._attempt(name, method, url, body)
-        self.limiter.wait()
-        try:
-            return super()._attempt(name, method, url, body)
-        finally:
-            self.limiter.done()
 
     def query_pages(self) -> Iterator[dict[str, Any]]:
         """Pages of the workspace's indicators from our sourcesystem; nextLink read with GET,

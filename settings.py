@@ -24,7 +24,7 @@ KNOWN_SETTINGS = frozenset({
     "state_dir", "max_delete_fraction", "renew_days", "log_retention_days",
     "target", "workspace_id", "subscription_id", "resource_group", "workspace_name", "sentinel_endpoint",
     "sentinel_api_version", "management_endpoint", "management_api_version", "sourcesystem",
-    "max_requests_per_minute",
+    "max_requests_per_minute", "graph_requests_per_minute", "max_concurrent_requests",
 })
 _WORKSPACE_FIELDS = ("workspace_id", "subscription_id", "resource_group", "workspace_name")
 
@@ -101,6 +101,8 @@ class Settings:
     management_api_version: str
     sourcesystem: str
     max_requests_per_minute: int
+    graph_requests_per_minute: int
+    max_concurrent_requests: int
     warnings: tuple[str, ...] = ()
 
     def secrets(self) -> tuple[str, ...]:
@@ -350,7 +352,9 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         management_endpoint=read.https_url("management_endpoint", C.DEFAULT_MANAGEMENT_ENDPOINT),
         management_api_version=read.text("management_api_version", C.DEFAULT_MANAGEMENT_API_VERSION),
         sourcesystem=_sourcesystem(read),
-        max_requests_per_minute=read.integer("max_requests_per_minute", C.SENTINEL_REQUESTS_PER_MINUTE, 1, 10000),
+        max_requests_per_minute=read.integer("max_requests_per_minute", C.SENTINEL_REQUESTS_PER_MINUTE, 1, 100000),
+        graph_requests_per_minute=read.integer("graph_requests_per_minute", C.GRAPH_REQUESTS_PER_MINUTE, 1, 100000),
+        max_concurrent_requests=read.integer("max_concurrent_requests", C.DEFAULT_CONCURRENT_REQUESTS, 1, 64),
         warnings=tuple(
             f"{source}: setting {name!r} is not used by this version and is ignored"
             for name in sorted(raw.keys() - KNOWN_SETTINGS)

@@ -13,7 +13,7 @@ import pytest
 
 from constants import ExitCode
 from misp_transformer import MappingPolicy, StixTransformer
-from sentinel_client import RateLimiter
+from ms_client import RateLimiter
 from tests.support import ROOT, run_cli, run_process, write_config
 from tests.test_reconciliation import wait_for
 from tests.test_sync import expected_external_ids, held_external_ids
@@ -77,7 +77,7 @@ def test_throttled_uploads_wait_as_told_and_lose_nothing(standins, tmp_path, cap
 
 
 def test_client_limiter_keeps_to_the_service_limit(standins, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("sentinel_client.WINDOW_SECONDS", 0.6)
+    monkeypatch.setattr("ms_client.WINDOW_SECONDS", 0.6)
     standins.sentinel.per_minute, standins.sentinel.window_seconds = 2, 0.6
     run = run_cli(sentinel_config(tmp_path, standins, max_requests_per_minute=2), capsys=capsys)
     assert run.code == ExitCode.OK
@@ -89,10 +89,10 @@ def test_rate_limiter_sleeps_only_when_the_window_is_full():
     limiter = RateLimiter(per_minute=3, window=0.3)
     started = time.monotonic()
     for _ in range(3):
-        limiter.wait()
-        limiter.done()
+        limiter.acquire()
+        limiter.release()
     assert time.monotonic() - started < 0.05
-    limiter.wait()
+    limiter.acquire()
     assert 0.25 < time.monotonic() - started < 0.6
 
 
