@@ -6,6 +6,8 @@ MispError with a one-line message, so the run stops loudly instead of syncing "0
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -60,6 +62,46 @@ def _describe_errors(errors: Any) -> str:
     return _first_line(errors)
 
 
+def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    """Fetch page k+1 on a helper thread while page k is transformed and uploaded. At most one
+    page waits in the hand-over, so memory stays bounded by a few pages; an error on the
+    helper thread is raised here, in order."""
+    handover: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(kind: str, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handover.put((kind, item), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                if not hand_over("page", page):
+                    return
+            hand_over("end", None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the consuming thread
+            hand_over("error", exc)
+
+    helper = threading.Thread(target=fetch, name="misp-prefetch", daemon=True)
+    helper.start()
+    try:
+        while True:
+            kind, item = handover.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        helper.join(timeout=5)
+
+
 def _event_uuid(wrapped: Any) -> str:
     event = wrapped.get("Event", wrapped) if isinstance(wrapped, dict) else None
     uuid = event.get("uuid") if isinstance(event, dict) else None
@@ -95,7 +137,7 @@ class MispSource:
         misp = self.connect()
         primary, *others = self.settings.misp_event_filters
         allowed = self._uuids_matching_all(misp, others) if others else None
-        for events in self._search(misp, primary, "MISP events"):
+        for events in prefetched(self._search(misp, primary, "MISP events")):
             if allowed is not None:
                 events = [event for event in events if _event_uuid(event) in allowed]
             if events:

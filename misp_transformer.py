@@ -539,7 +539,8 @@ def merged_facts(context: EventContext, own_tag_names: Iterable[str]) -> TagFact
 
 
 class Transformer:
-    """What every target shares: candidates, context, skip accounting and in-run duplicates.
+    """What every target shares: candidates, context and skip accounting. It keeps nothing
+    from one event to the next (the target's state store spots an attribute seen twice).
 
     Subclasses say how one candidate becomes the target's indicator(s) in `build`.
     """
@@ -548,7 +549,6 @@ class Transformer:
         self.policy = policy
         self.now = now
         self.valid_until = now + dt.timedelta(days=policy.days_to_expire)
-        self._seen: set[str] = set()
         self._facts: dict[tuple[str, ...], TagFacts] = {}  # per event, by the attribute's own tags
         self._common: dict[int, dict[str, Any]] = {}  # per event, by id() of those facts
         self._described: dict[str, tuple[str, str]] = {}  # per event, by comment
@@ -600,9 +600,6 @@ class Transformer:
             return _skip(context, attribute, SkipReason.INVALID_VALUE, str(exc))
         except _Refused as refused:
             return _skip(context, attribute, refused.reason, str(refused))
-        if key in self._seen:
-            return _skip(context, attribute, SkipReason.DUPLICATE, "attribute uuid already sent in this run")
-        self._seen.add(key)
         return indicators
 
     def build(self, context: EventContext, attribute: Mapping[str, Any], misp_type: str, value: str, key: str) -> list[dict[str, Any]]:

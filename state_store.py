@@ -159,6 +159,10 @@ class StateStore:
         row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ?", (external_id,)).fetchone()
         return Known(*row) if row else None
 
+    def seen_in_run(self, external_id: str, run: int) -> bool:
+        row = self.db.execute("SELECT 1 FROM indicators WHERE external_id = ? AND seen_run = ?", (external_id, run)).fetchone()
+        return row is not None
+
     def owned_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM indicators WHERE status = ?", (SENT,)).fetchone()[0]
 
@@ -167,11 +171,21 @@ class StateStore:
         return [Pending(*row) for row in rows]
 
     def unseen(self, run: int) -> Iterator[Known]:
-        """Owned rows no desired indicator touched in this run: candidates for removal."""
+        """Owned rows no desired indicator touched in this run: candidates for removal, read
+        row by row (most are usually outside the filter window and only counted)."""
         rows = self.db.execute(
             f"SELECT {_KNOWN} FROM indicators WHERE status = ? AND seen_run != ? ORDER BY external_id", (SENT, run),
         )
-        return (Known(*row) for row in rows.fetchall())
+        return (Known(*row) for row in rows)
+
+    def forget_expired(self, run: int, now: str, dry_run: bool) -> int:
+        """Unseen rows whose expiry has passed: the service has expired them, nothing to do
+        but forget them. Returns how many (a dry run only counts)."""
+        where = "FROM indicators WHERE status = ? AND seen_run != ? AND expires_at <= ?"
+        if dry_run:
+            return self.db.execute(f"SELECT COUNT(*) {where}", (SENT, run, now)).fetchone()[0]
+        with self.transaction():
+            return self.db.execute(f"DELETE {where}", (SENT, run, now)).rowcount
 
     # --- writes --------------------------------------------------------------------------
     def mark_seen(self, external_ids: Iterable[str], run: int) -> None:

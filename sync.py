@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import re
 import time
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,15 @@ def state_name(settings: Settings, target: TargetSettings) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", raw)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What to do on this thread once a worker's call returns."""
+
+    operation: str
+    keys: list[str]
+    finish: Callable[[Any], None]
+
+
 @dataclasses.dataclass
 class _Queued:
     """A desired indicator waiting for its batch: our key, what to send, the service's id."""
@@ -137,8 +147,12 @@ class Target:
         self.queues: dict[Action, list[_Queued]] = {action: [] for action in Action if action is not Action.UNCHANGED}
         self.run = store.next_run() if client is None else store.begin_run()
         self.owned_at_start = store.owned_count()
-        self._seen: list[str] = []
+        self._seen: list[str] = []  # this page's desired keys, marked in the store per page
+        self._page_keys: set[str] = set()
         self._seen_in_dry_run: set[str] = set()
+        self.concurrency = settings.max_concurrent_requests
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload") if client is not None else None
+        self._in_flight: list[tuple[Future[Any], _Job]] = []
 
     @property
     def dry_run(self) -> bool:
@@ -166,16 +180,30 @@ class Target:
     # --- planning -----------------------------------------------------------------------
     def offer(self, indicator: dict[str, Any], event_uuid: str) -> None:
         key = self.key_of(indicator)
+        if self._already_offered(key):
+            self.report.indicators -= 1
+            self.report.skipped[SkipReason.DUPLICATE.value] += 1
+            return
         known = self.store.known(key)
         action = plan(known, indicator, self.renew_before)
         self.report.actions[action.value] += 1
         self._seen.append(key)
+        self._page_keys.add(key)
         if action is Action.UNCHANGED:
             return
         queue = self.queues[action]
         queue.append(self.prepare(key, indicator, event_uuid, known))
         if len(queue) >= C.GRAPH_MAX_BATCH:
             self._flush(action)
+
+    def _already_offered(self, key: str) -> bool:
+        """The same attribute twice in one run (in two events): the store remembers what this
+        run has seen, so memory does not grow with the size of the MISP."""
+        if key in self._page_keys or key in self._seen_in_dry_run:
+            return True
+        if any(queued.key == key for queue in self.queues.values() for queued in queue):
+            return True
+        return self.store.seen_in_run(key, self.run)
 
     def commit_seen(self) -> None:
         """Mark this page's desired indicators as seen (what is unseen at the end is removed);
@@ -185,11 +213,47 @@ class Target:
         else:
             self.store.mark_seen(self._seen, self.run)
         self._seen = []
+        self._page_keys = set()
 
     def flush_all(self) -> None:
+        """Send every queued batch and wait for all answers."""
         self.commit_seen()
         for action in list(self.queues):
             self._flush(action)
+        self.drain()
+
+    # --- requests in flight -------------------------------------------------------------
+    def dispatch(self, operation: str, keys: list[str], call: Callable[[], Any], finish: Callable[[Any], None]) -> None:
+        """Run `call` (HTTP only) on a worker thread; `finish` (state, counts) runs later on this
+        thread. At most `max_concurrent_requests` calls are in flight."""
+        while len(self._in_flight) >= self.concurrency:
+            self._complete(wait_for_all=False)
+        self._in_flight.append((self._pool.submit(call), _Job(operation, keys, finish)))
+
+    def drain(self) -> None:
+        while self._in_flight:
+            self._complete(wait_for_all=True)
+
+    def _complete(self, wait_for_all: bool) -> None:
+        futures = [future for future, _ in self._in_flight]
+        done, _ = wait(futures, return_when=ALL_COMPLETED if wait_for_all else FIRST_COMPLETED)
+        finished = [(future, job) for future, job in self._in_flight if future in done]
+        self._in_flight = [(future, job) for future, job in self._in_flight if future not in done]
+        for future, job in finished:
+            try:
+                outcome = future.result()
+            except MicrosoftError as exc:
+                if exc.fatal:
+                    raise
+                self.report.failed += len(job.keys)
+                self.log.error(job.operation, str(exc), keys=job.keys)
+                continue
+            job.finish(outcome)
+
+    def close(self) -> None:
+        """Stop the workers; answers still in flight after a fatal error are not waited for."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _flush(self, action: Action) -> None:
         batch, self.queues[action] = self.queues[action], []
@@ -209,17 +273,6 @@ class Target:
                      content_hash=content_hash(indicator), fixed_hash=fixed_hash(indicator),
                      expires_at=self.expiry_of(indicator), event_uuid=queued.event_uuid, sent_at=iso_utc(self.now), body=body)
 
-    def guarded(self, operation: str, keys: list[str], call: Callable[[], list[ItemResult]]) -> list[ItemResult] | None:
-        """Run one call; a non-fatal failure marks those indicators failed and the run goes on."""
-        try:
-            return call()
-        except MicrosoftError as exc:
-            if exc.fatal:
-                raise
-            self.report.failed += len(keys)
-            self.log.error(operation, str(exc), keys=keys)
-            return None
-
     def count(self, batch: list[_Queued], operation: str, accepted: int, rejected: list[tuple[_Queued, str | None]]) -> None:
         self.report.accepted += accepted
         self.report.rejected += len(rejected)
@@ -231,16 +284,21 @@ class Target:
     # --- removal ------------------------------------------------------------------------
     def remove_gone(self, fetched_events: set[str], alive_events: Callable[[], set[str] | None], allow_mass_delete: bool) -> None:
         """Remove what MISP no longer wants; keep what merely left the filter window (it expires)."""
-        unseen = [row for row in self.store.unseen(self.run) if row.external_id not in self._seen_in_dry_run]
-        elsewhere = [row for row in unseen if row.event_uuid not in fetched_events]
-        alive = (alive_events() if elsewhere else None) or set()
-        gone = [row for row in unseen if row.event_uuid in fetched_events or row.event_uuid not in alive]
-        kept = [row for row in unseen if row.event_uuid not in fetched_events and row.event_uuid in alive]
-        expired = [row for row in kept if (parse_expiry(row.expires_at) or self.now) <= self.now]
-        self.report.kept_outside_window = len(kept) - len(expired)
-        self.report.forgotten_expired = len(expired)
-        if not self.dry_run:
-            self.store.remove(row.external_id for row in expired)
+        self.report.forgotten_expired = self.store.forget_expired(self.run, iso_utc(self.now), dry_run=self.dry_run)
+        gone: list[Known] = []
+        alive: set[str] | None = None
+        for row in self.store.unseen(self.run):
+            if row.external_id in self._seen_in_dry_run:
+                continue
+            if row.event_uuid in fetched_events:
+                gone.append(row)
+                continue
+            if alive is None:
+                alive = alive_events() or set()
+            if row.event_uuid in alive:
+                self.report.kept_outside_window += 1
+            else:
+                gone.append(row)
         if mass_delete_blocked(len(gone), self.owned_at_start, self.settings.max_delete_fraction) and not allow_mass_delete:
             self.report.deletions_blocked = len(gone)
             self.log.error("safety-valve", (
@@ -254,6 +312,7 @@ class Target:
         elif gone:
             for start in range(0, len(gone), C.GRAPH_MAX_BATCH):
                 self.remove(gone[start:start + C.GRAPH_MAX_BATCH])
+            self.drain()
 
 
 class GraphTarget(Target):
@@ -268,15 +327,11 @@ class GraphTarget(Target):
         return indicator["expirationDateTime"]
 
     def recover(self) -> None:
-        """Finish what a killed run left: undo unconfirmed submits, redo interrupted deletes."""
-        unfinished = self.store.unfinished()
-        pending = [row.external_id for row in unfinished if row.status == PENDING]
-        deleting = {row.remote_id: row.external_id for row in unfinished if row.status == DELETING and row.remote_id}
-        if pending:
-            self._forget_deleted(self.client.delete_by_external_id(pending), {key: key for key in pending})
-        if deleting:
-            self._forget_deleted(self.client.delete(list(deleting)), deleting)
-        self.store.remove(row.external_id for row in unfinished if row.status == DELETING and not row.remote_id)
+        """Finish what a killed run left: remove every copy Graph may hold of an unconfirmed
+        submit, replacement or delete; those indicators are then planned afresh."""
+        unfinished = [row.external_id for row in self.store.unfinished()]
+        if unfinished:
+            self._forget_deleted(self.client.delete_by_external_id(unfinished), {key: key for key in unfinished})
         self.report.recovered = len(unfinished)
 
     def _forget_deleted(self, results: list[ItemResult], keys: dict[str, str]) -> list[str]:
@@ -294,30 +349,45 @@ class GraphTarget(Target):
             self._update(batch, renew=action is Action.RENEW)
 
     def _submit(self, batch: list[_Queued]) -> None:
+        """Rows are `pending` until Graph answers; a failed batch stays pending, and the next run
+        removes any copy Graph made before submitting again."""
         self.store.mark_pending([self.row(q) for q in batch], self.run)
-        results = self.guarded("submitTiIndicators", [q.key for q in batch], lambda: self.client.submit([q.indicator for q in batch]))
-        if results is None:
-            return  # rows stay pending: the next run removes any copy Graph made, then resubmits
+        self.dispatch("submitTiIndicators", [q.key for q in batch],
+                      lambda: self.client.submit([q.indicator for q in batch]),
+                      lambda results: self._submitted(batch, results))
+
+    def _submitted(self, batch: list[_Queued], results: list[ItemResult]) -> None:
         by_key = {q.key: q for q in batch}
         self.store.record_sent([(r.key, r.remote_id) for r in results if r.accepted], [r.key for r in results if not r.accepted])
         self.count(batch, "submitTiIndicators", sum(r.accepted for r in results),
                    [(by_key[r.key], r.error) for r in results if not r.accepted])
 
     def _replace(self, batch: list[_Queued]) -> None:
-        """Graph cannot update observables: delete the old indicator, then submit the new one."""
+        """Graph cannot update observables: delete the old indicator, then submit the new one
+        (both on the worker; the rows stay `deleting` until this thread records the outcome)."""
         self.store.mark_deleting(q.key for q in batch)
-        results = self.guarded("deleteTiIndicators", [q.key for q in batch], lambda: self.client.delete([q.remote_id for q in batch]))
-        if results is None:
-            return
-        removed = set(self._forget_deleted(results, {q.remote_id: q.key for q in batch}))
-        self._submit([q for q in batch if q.key in removed])
+
+        def call() -> tuple[list[ItemResult], list[_Queued], list[ItemResult]]:
+            deleted = self.client.delete([q.remote_id for q in batch])
+            gone = {r.key for r in deleted if r.accepted or str(r.error).startswith("404")}
+            fresh = [q for q in batch if q.remote_id in gone]
+            return deleted, fresh, self.client.submit([q.indicator for q in fresh]) if fresh else []
+
+        def finish(outcome: tuple[list[ItemResult], list[_Queued], list[ItemResult]]) -> None:
+            deleted, fresh, submitted = outcome
+            self._forget_deleted(deleted, {q.remote_id: q.key for q in batch})
+            self.store.mark_pending([self.row(q) for q in fresh], self.run)
+            self._submitted(fresh, submitted)
+
+        self.dispatch("replace", [q.key for q in batch], call, finish)
 
     def _update(self, batch: list[_Queued], renew: bool) -> None:
         body = renew_body if renew else update_body
-        results = self.guarded("updateTiIndicators", [q.key for q in batch],
-                               lambda: self.client.update([body(q.remote_id, q.indicator) for q in batch]))
-        if results is None:
-            return
+        self.dispatch("updateTiIndicators", [q.key for q in batch],
+                      lambda: self.client.update([body(q.remote_id, q.indicator) for q in batch]),
+                      lambda results: self._updated(batch, results))
+
+    def _updated(self, batch: list[_Queued], results: list[ItemResult]) -> None:
         by_remote = {q.remote_id: q for q in batch}
         self.store.record_updated([self.row(by_remote[r.key]) for r in results if r.accepted])
         vanished = [by_remote[r.key] for r in results if not r.accepted and "not found" in str(r.error).lower()]
@@ -329,10 +399,12 @@ class GraphTarget(Target):
 
     def remove(self, rows: list[Known]) -> None:
         self.store.mark_deleting(row.external_id for row in rows)
-        results = self.guarded("deleteTiIndicators", [row.external_id for row in rows],
-                               lambda: self.client.delete([row.remote_id for row in rows]))
-        if results is not None:
+
+        def finish(results: list[ItemResult]) -> None:
             self.report.deleted += len(self._forget_deleted(results, {row.remote_id: row.external_id for row in rows}))
+
+        self.dispatch("deleteTiIndicators", [row.external_id for row in rows],
+                      lambda: self.client.delete([row.remote_id for row in rows]), finish)
 
 
 class SentinelTarget(Target):
@@ -365,14 +437,16 @@ class SentinelTarget(Target):
         revoking = self.store.rows(row.external_id for row in unfinished if row.status == DELETING)
         if revoking:
             self.remove(revoking)
+            self.drain()
         self.report.recovered = len(unfinished)
 
     def send(self, action: Action, batch: list[_Queued]) -> None:
         if action is Action.NEW:
             self.store.mark_pending([self.row(q) for q in batch], self.run)
-        results = self.guarded("upload", [q.key for q in batch], lambda: self.client.upload([q.indicator for q in batch]))
-        if results is None:
-            return
+        self.dispatch("upload", [q.key for q in batch], lambda: self.client.upload([q.indicator for q in batch]),
+                      lambda results: self._uploaded(action, batch, results))
+
+    def _uploaded(self, action: Action, batch: list[_Queued], results: list[ItemResult]) -> None:
         by_remote = {q.remote_id: q for q in batch}
         accepted = [by_remote[r.key] for r in results if r.accepted]
         if action is Action.NEW:
@@ -385,9 +459,10 @@ class SentinelTarget(Target):
         """Revoke: the last object sent, again, with `revoked: true` and a newer `modified`."""
         self.store.mark_deleting(row.external_id for row in rows)
         objects = [{**json.loads(row.body), "revoked": True, "modified": stix_time(self.now)} for row in rows]
-        results = self.guarded("upload", [row.external_id for row in rows], lambda: self.client.upload(objects))
-        if results is None:
-            return
+        self.dispatch("upload", [row.external_id for row in rows], lambda: self.client.upload(objects),
+                      lambda results: self._revoked(rows, results))
+
+    def _revoked(self, rows: list[Known], results: list[ItemResult]) -> None:
         key_of_remote = {row.remote_id: row.external_id for row in rows}
         revoked = {r.key for r in results if r.accepted or "revoked" in str(r.error).lower()}
         self.store.record_revoked(key_of_remote[remote] for remote in revoked)
@@ -463,6 +538,7 @@ def open_run(settings: Settings, spec: TargetSettings, log: RequestLog, dry_run:
         client = None if dry_run else SentinelClient(settings, spec, log)
         target = SentinelTarget(settings, client, store, log, RunReport(spec.label), now)
         transformer = StixTransformer(policy, now)
+    stack.callback(target.close)
     if client is not None:
         client.token()
     return TargetRun(spec, target, transformer, target.report)

@@ -172,7 +172,7 @@ def test_throttling_without_retry_after_backs_off_and_loses_nothing(standins, tm
     waits: list[float] = []
     monkeypatch.setattr("ms_client.time.sleep", waits.append)
     standins.graph.fail_next(429, times=3, path_suffix="submitTiIndicators")
-    run = run_cli(write_config(tmp_path, standins), capsys=capsys)
+    run = run_cli(write_config(tmp_path, standins, max_concurrent_requests=1), capsys=capsys)
     assert run.code == ExitCode.OK
     assert len(waits) == 3 and waits[0] < waits[1] < waits[2] <= 120
     assert held_external_ids(standins) == expected_external_ids(standins.misp.events)

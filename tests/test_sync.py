@@ -225,3 +225,15 @@ def test_seed_style_filter_list_keeps_events_matching_every_filter(standins, tmp
     bodies = search_bodies(standins)
     assert any(body.get("metadata") == 1 for body in bodies)
     assert all(body.get("published") is True for body in bodies if body.get("metadata") == 0)
+
+
+def test_an_attribute_in_two_events_is_sent_once_and_counted_as_duplicate(standins, tmp_path, capsys):
+    copy = json.loads(json.dumps(standins.misp.events[0]))
+    copy["Event"]["uuid"] = "33333333-0000-4000-8000-000000000001"
+    standins.misp.events.append(copy)
+    run = run_cli(write_config(tmp_path, standins), capsys=capsys)
+    assert run.code == ExitCode.OK
+    report = run.logs("run-report")[-1]
+    duplicates = len(expected_external_ids([standins.misp.events[0]]))
+    assert report["skipped"]["duplicate"] == duplicates > 0
+    assert report["new"] == report["indicators"] == len(standins.graph.indicators)

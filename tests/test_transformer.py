@@ -246,14 +246,6 @@ def test_object_attributes_deleted_and_not_ids_are_accounted():
     assert sorted(s.reason.value for s in result.skips) == ["deleted", "deleted", "not-to-ids"]
 
 
-def test_same_attribute_twice_in_a_run_is_a_duplicate():
-    transformer = GraphTransformer(MappingPolicy(), NOW)
-    a = attribute("domain", "a.example")
-    assert len(transformer.transform(event(a)).indicators) == 1
-    again = transformer.transform(event(dict(a, uuid=a["uuid"].upper())))
-    assert again.indicators == [] and again.skips[0].reason is SkipReason.DUPLICATE
-
-
 @pytest.mark.parametrize("broken", [
     None, [], "event", {"Event": None}, {"Event": {"Attribute": "nope"}},
     {"Event": {"Attribute": [None, 1, {"type": "domain"}, {"uuid": "x", "type": 5}], "Tag": "x"}},
