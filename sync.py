@@ -24,7 +24,7 @@ from misp_source import MispSource
 from misp_transformer import (EventResult, GraphTransformer, MappingPolicy, Skip, StixTransformer, Transformer, iso_utc,
                               stix_id, stix_time)
 from ms_client import ItemResult, MicrosoftError
-from reconcile import (Action, content_hash, event_uuid_of, fixed_hash, mass_delete_blocked, parse_expiry, plan,
+from reconcile import (Action, content_hash, event_uuid_of, fixed_hash, mass_delete_blocked, plan,
                        renew_body, renewal_threshold, update_body)
 from request_log import RequestLog
 from sentinel_client import SentinelClient

@@ -212,6 +212,9 @@ class GraphStandIn(HttpsStandIn):
             return _graph_error(request, 401, "InvalidAuthenticationToken", grant, {
                 "WWW-Authenticate": f'Bearer realm="", authorization_uri="{self.entra.authority}"'})
         client_id = grant.client_id
+        wait = self.admit(client_id)
+        if wait:  # Graph: 1000 requests per minute per app and tenant on tiIndicator
+            return _graph_error(request, 429, "TooManyRequests", "Too many requests.", {"Retry-After": str(wait)})
         path = request.path.lower().rstrip("/")  # Graph URL segments are case-insensitive
         if request.method == "POST" and path == f"{BASE_PATH}/submittiindicators":
             return self._submit(request, grant)

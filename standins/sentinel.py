@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import copy
 import functools
 import json
-import math
 import re
 import time
 import uuid
@@ -283,12 +281,10 @@ class SentinelStandIn(HttpsStandIn):
         self.window_seconds, self.clock = window_seconds, clock
         self.retry_after_header = False  # also send `Retry-After: N` with a 429 (undocumented)
         self.repeat_next_link = False  # every page's nextLink is the same URL (Azure paging bug)
-        self.throttled = 0
         self.objects: dict[str, dict[str, Any]] = {}
         self.sources: dict[str, str] = {}
         self._versions: dict[str, tuple[int, str]] = {}  # id -> (etag number, lastUpdatedTimeUtc)
         self._etag = 0
-        self._admitted: dict[str, collections.deque[float]] = {}  # client_id -> request times
         self._rejected: dict[str, str] = {}  # comparison value -> provider's refusal
 
     @property
@@ -350,20 +346,6 @@ class SentinelStandIn(HttpsStandIn):
             "WWW-Authenticate": f'Bearer authorization_uri="{self.entra.authority}", '
                                 f'error="invalid_token", error_description="{message}"'})
 
-    def _admit(self, client_id: str) -> int:
-        """0 when the request fits the per-minute budget (and is counted), else the whole
-        seconds until a slot frees."""
-        with self.lock:
-            now = self.clock()
-            admitted = self._admitted.setdefault(client_id, collections.deque())
-            while admitted and admitted[0] <= now - self.window_seconds:
-                admitted.popleft()
-            if len(admitted) < self.per_minute:
-                admitted.append(now)
-                return 0
-            self.throttled += 1
-            return max(1, math.ceil(admitted[0] + self.window_seconds - now))
-
     def _upload(self, request: SeenRequest, grant: TokenInfo, workspace: str) -> Reply:
         if workspace.lower() != self.workspace_id.lower():
             return _arm_error(404, "WorkspaceNotFound", f"Workspace '{workspace}' was not found.")
@@ -371,7 +353,7 @@ class SentinelStandIn(HttpsStandIn):
         if version != UPLOAD_API_VERSION:
             return _status_reply(400, f"Unsupported api-version '{version}'; "
                                       f"use '{UPLOAD_API_VERSION}'.")
-        wait = self._admit(grant.client_id)
+        wait = self.admit(grant.client_id)
         if wait:
             headers = {"Retry-After": str(wait)} if self.retry_after_header else None
             return _status_reply(429, _rate_limit_message(wait), headers)

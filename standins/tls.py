@@ -7,7 +7,9 @@ production. Subclasses only implement `respond(request) -> Reply`.
 
 from __future__ import annotations
 
+import collections
 import json
+import math
 import socket
 import socketserver
 import ssl
@@ -15,6 +17,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -192,6 +195,11 @@ class HttpsStandIn:
         self.ca = ca or PrivateCA()
         self.lock = threading.RLock()  # guards subclass state touched by handler threads
         self.latency = 0.0  # seconds every answer waits after the work is done (a slow service)
+        self.per_minute: int | None = None  # requests per client and window; None = no limit
+        self.window_seconds = 60.0
+        self.clock: Callable[[], float] = time.monotonic
+        self.throttled = 0  # 429s the limit sent (injected faults excluded)
+        self._admitted: dict[str, collections.deque[float]] = {}
         self._seen: list[SeenRequest] = []
         self._open: set[socket.socket] = set()
         self._faults: list[Fault] = []
@@ -261,6 +269,22 @@ class HttpsStandIn:
                     fault.times -= 1
                     return fault
         return None
+
+    def admit(self, client_id: str) -> int:
+        """0 when the request fits the client's per-minute budget (and is counted), else the
+        whole seconds until a slot frees, for the 429."""
+        if self.per_minute is None:
+            return 0
+        with self.lock:
+            now = self.clock()
+            admitted = self._admitted.setdefault(client_id, collections.deque())
+            while admitted and admitted[0] <= now - self.window_seconds:
+                admitted.popleft()
+            if len(admitted) < self.per_minute:
+                admitted.append(now)
+                return 0
+            self.throttled += 1
+            return max(1, math.ceil(admitted[0] + self.window_seconds - now))
 
     def _record(self, request: SeenRequest) -> None:
         with self.lock:
