@@ -135,32 +135,42 @@ class MispStandIn(HttpsStandIn):
             return _fault_reply(fault, request.path)
         if str(body.get("returnFormat", "json")) != "json":
             return _error(400, "Invalid return format.", request.path)
-        with self.lock:
-            matched = [e for e in (self._shape(event, body) for event in self.events) if e]
-        total = len(matched)
+        with self.lock:  # like MISP: select events first, page them, then fetch and trim the page
+            selected = [event for event in self.events if self._selects(event["Event"], body)]
+        total = len(selected)
         if body.get("limit"):
             limit = int(body["limit"])
-            matched = matched[limit * (page - 1):limit * page]
-        return json_reply(200, {"response": matched}, {"X-Result-Count": str(total)})
+            selected = selected[limit * (page - 1):limit * page]
+        shaped = [self._shape(event, body) for event in selected]
+        return json_reply(200, {"response": shaped}, {"X-Result-Count": str(total)})
 
-    def _shape(self, stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any] | None:
-        """The event as restSearch would return it, or None when the filters exclude it."""
-        event = stored["Event"]
+    @staticmethod
+    def _selects(event: dict[str, Any], body: dict[str, Any]) -> bool:
+        """Phase 1 of MISP's restSearch: does the event match the filters (no copying)?"""
         now = time.time()
         if body.get("published") is not None and (
                 _truthy(event.get("published")) != _truthy(body["published"])):
-            return None
+            return False
         for key, field in (("eventid", "id"), ("uuid", "uuid")):
             if body.get(key) not in (None, "", []) and str(event.get(field)).lower() not in {
                     v.lower() for v in _as_list(body[key])}:
-                return None
+                return False
         for key in ("publish_timestamp", "timestamp"):
             if body.get(key) not in (None, "", 0, []):
                 low, high = _time_range(body[key], now)
                 if not low <= int(event.get(key) or 0) <= high:
-                    return None
+                    return False
         to_ids, deleted = _truthy(body.get("to_ids")), _truthy(body.get("deleted"))
-        shaped = copy.deepcopy(event)
+        attributes = event.get("Attribute", []) + [a for o in event.get("Object", [])
+                                                   if deleted or not _truthy(o.get("deleted"))
+                                                   for a in o.get("Attribute", [])]
+        return not to_ids or any(_kept(a, to_ids, deleted) for a in attributes)
+
+    @staticmethod
+    def _shape(stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """Phase 2: the selected event as restSearch returns it, trimmed by to_ids/deleted."""
+        to_ids, deleted = _truthy(body.get("to_ids")), _truthy(body.get("deleted"))
+        shaped = copy.deepcopy(stored["Event"])
         shaped["Attribute"] = [a for a in shaped.get("Attribute", []) if _kept(a, to_ids, deleted)]
         objects = []
         for obj in shaped.get("Object", []):
@@ -170,8 +180,6 @@ class MispStandIn(HttpsStandIn):
             if obj["Attribute"]:
                 objects.append(obj)
         shaped["Object"] = objects
-        if to_ids and not shaped["Attribute"] and not objects:
-            return None
         return {"Event": shaped}
 
 

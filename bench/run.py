@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Performance benchmark: prints one Markdown table (README "Performance").
+
+    .venv/bin/python bench/run.py            # full run, a few minutes on 2 cores
+    .venv/bin/python bench/run.py --quick    # smaller sizes, to check the script itself
+
+The stand-ins run in this process; script.py runs as a separate process, as cron starts it,
+so its peak RSS (bench/measure.py) and wall time are its own.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.corpus import generate  # noqa: E402
+from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer  # noqa: E402
+from standins import StandIns  # noqa: E402
+
+LATENCY = 0.3
+
+
+def transform_rate(attributes: int) -> dict[str, float]:
+    """Attributes per second through each transformer, one thread."""
+    events = list(generate(attributes, seed=7))
+    rates = {}
+    for name, cls in (("graph", GraphTransformer), ("sentinel", StixTransformer)):
+        transformer = cls(MappingPolicy(misp_url="https://misp.example/"), dt.datetime.now(dt.timezone.utc))
+        started = time.perf_counter()
+        for event in events:
+            transformer.transform(event)
+        rates[name] = attributes / (time.perf_counter() - started)
+    return rates
+
+
+def run_tool(config: Path, env: dict[str, str]) -> tuple[float, int, int]:
+    """(seconds, peak RSS in MB, exit code) of one `script.py` run."""
+    started = time.perf_counter()
+    command = [sys.executable, str(ROOT / "bench" / "measure.py"), sys.executable, str(ROOT / "script.py"), "--config", str(config)]
+    finished = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - started
+    *messages, peak = finished.stderr.rstrip().split("\n")
+    if finished.returncode != 0:
+        sys.stderr.write("\n".join(messages) + "\n")
+    return seconds, int(peak.split()[-1]) // 1024, finished.returncode
+
+
+def service_requests(servers: StandIns, target: str, since: int = 0) -> int:
+    server = servers.graph if target == "graph" else servers.sentinel
+    return sum(1 for r in server.requests_seen[since:] if r.method == "POST")
+
+
+def misp_pages(servers: StandIns, since: int = 0) -> int:
+    return sum(1 for r in servers.misp.requests_seen[since:] if r.path == "/events/restSearch")
+
+
+class Bench:
+    """One set of stand-ins and a config directory per measurement."""
+
+    def __init__(self, attributes: int, latency: float, limits: bool) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="misp2sentinel-bench-"))
+        self.servers = StandIns(self.directory, events=list(generate(attributes)))
+        if limits:
+            self.servers.graph.per_minute = 1000
+            self.servers.sentinel.per_minute = 100
+        for server in (self.servers.misp, self.servers.graph, self.servers.sentinel):
+            server.latency = latency
+        self.servers.start()
+        self.env = {**os.environ, "REQUESTS_CA_BUNDLE": str(self.servers.ca_bundle_path), "NO_PROXY": "127.0.0.1,localhost"}
+
+    def config(self, **settings: Any) -> Path:
+        return self.servers.write_tool_config(self.directory, misp_event_limit_per_page=100, write_post_json=False, **settings)
+
+    def close(self) -> None:
+        self.servers.close()
+
+
+def end_to_end(attributes: int, target: str) -> dict[str, Any]:
+    """New indicators at 300 ms latency and the documented limits, against the floor they allow."""
+    bench = Bench(attributes, LATENCY, limits=True)
+    try:
+        seconds, rss, code = run_tool(bench.config(target=target), bench.env)
+        report = _last_report(bench.directory)
+        per_minute = 1000 if target == "graph" else 100
+        floor = report["new"] / (per_minute * 100) * 60
+        server = bench.servers.graph if target == "graph" else bench.servers.sentinel
+        return {"indicators": report["new"], "accepted": report["accepted"], "seconds": seconds, "floor": floor,
+                "requests": service_requests(bench.servers, target), "throttled": server.throttled, "code": code}
+    finally:
+        bench.close()
+
+
+def second_run(attributes: int, changed_share: float) -> dict[str, Any]:
+    """A run after 1% of the indicators changed in MISP (comments edited)."""
+    bench = Bench(attributes, LATENCY, limits=True)
+    try:
+        config = bench.config(target="graph")
+        run_tool(config, bench.env)
+        candidates = [a for e in bench.servers.misp.events for a in e["Event"]["Attribute"] if a["to_ids"]]
+        changed = random.Random(3).sample(candidates, math.ceil(len(candidates) * changed_share))
+        for attribute in changed:
+            attribute["comment"] = "edited for the benchmark"
+        graph_before, misp_before = len(bench.servers.graph.requests_seen), len(bench.servers.misp.requests_seen)
+        seconds, _, code = run_tool(config, bench.env)
+        report = _last_report(bench.directory)
+        return {"changed": len(changed), "updated": report["update"], "seconds": seconds, "code": code,
+                "graph_requests": service_requests(bench.servers, "graph", graph_before),
+                "misp_pages": misp_pages(bench.servers, misp_before)}
+    finally:
+        bench.close()
+
+
+def peak_rss(attributes: int) -> dict[str, Any]:
+    """Peak RSS of a whole sync (Graph target), services fast and unthrottled so it ends soon."""
+    bench = Bench(attributes, 0.0, limits=False)
+    try:
+        seconds, rss, code = run_tool(bench.config(target="graph", graph_requests_per_minute=100000), bench.env)
+        return {"attributes": attributes, "rss_mb": rss, "seconds": seconds, "code": code,
+                "indicators": _last_report(bench.directory)["accepted"]}
+    finally:
+        bench.close()
+
+
+def _last_report(directory: Path) -> dict[str, Any]:
+    return json.loads(sorted((directory / "logs").glob("*_run-report_*.json"))[-1].read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the script")
+    quick = parser.parse_args().quick
+    scale = 0.1 if quick else 1.0
+    started = time.perf_counter()
+    rates = transform_rate(int(200_000 * scale))
+    graph = end_to_end(int(70_000 * scale), "graph")
+    sentinel = end_to_end(int(28_000 * scale), "sentinel")
+    second = second_run(int(70_000 * scale), 0.01)
+    small, large = peak_rss(int(100_000 * scale)), peak_rss(int(1_000_000 * scale))
+    rows = [
+        ("Transform, Graph target, one core", f"{rates['graph']:,.0f} attributes/s", "≥ 200,000 attributes/s"),
+        ("Transform, Sentinel (STIX) target, one core", f"{rates['sentinel']:,.0f} attributes/s", "(no target)"),
+        (f"Graph: {graph['indicators']:,} new indicators, 300 ms latency, 1000 req/min",
+         f"{graph['seconds']:.1f} s ({graph['seconds'] / graph['floor']:.2f}× the {graph['floor']:.1f} s floor), "
+         f"{graph['requests']} requests, {graph['throttled']} × 429", "≤ 1.15× floor, 0 × 429"),
+        (f"Sentinel: {sentinel['indicators']:,} new indicators, 300 ms latency, 100 req/min",
+         f"{sentinel['seconds']:.1f} s ({sentinel['seconds'] / sentinel['floor']:.2f}× the {sentinel['floor']:.1f} s floor), "
+         f"{sentinel['requests']} requests, {sentinel['throttled']} × 429", "≤ 1.15× floor, 0 × 429"),
+        (f"Second run, {second['changed']} of the indicators changed (1%)",
+         f"{second['seconds']:.1f} s, {second['graph_requests']} Graph requests + {second['misp_pages']} MISP pages",
+         f"≤ {math.ceil(second['changed'] / 100)} + MISP pages"),
+        (f"Peak RSS, sync of {small['attributes']:,} attributes", f"{small['rss_mb']} MB ({small['seconds']:.0f} s)", ""),
+        (f"Peak RSS, sync of {large['attributes']:,} attributes", f"{large['rss_mb']} MB ({large['seconds']:.0f} s), "
+         f"{large['rss_mb'] / small['rss_mb']:.2f}× the smaller", "< 200 MB, ≤ 1.2×"),
+    ]
+    print("| measurement | result | target |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    codes = {graph["code"], sentinel["code"], second["code"], small["code"], large["code"]}
+    print(f"\n{'quick ' if quick else ''}benchmark took {time.perf_counter() - started:.0f} s; tool exit codes {sorted(codes)}")
+    return 0 if codes == {0} else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
