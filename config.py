@@ -38,6 +38,10 @@ management_endpoint = "https://management.azure.com"   # also the token scope fo
 management_api_version = "2025-09-01"
 max_requests_per_minute = 100         # the upload API allows 100 requests per minute
 
+# --- Throughput ---
+graph_requests_per_minute = 1000      # Graph allows 1000 tiIndicator requests per minute per app
+max_concurrent_requests = 8           # batches in flight per target
+
 # --- Graph tiIndicator fields ---
 targetProduct = "Azure Sentinel"      # or "Microsoft Defender ATP"
 action = "alert"                      # alert, allow, block or unknown

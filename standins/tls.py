@@ -149,9 +149,16 @@ class _Handler(BaseHTTPRequestHandler):
                            Headers(self.headers.items()), body, parsed)
         stand_in = self.server.stand_in
         stand_in._record(seen)
-        reply = stand_in.respond(seen)
-        if stand_in.latency:  # a slow service: the work is done, the answer comes late
-            time.sleep(stand_in.latency)
+        with stand_in.lock:
+            stand_in.in_flight += 1
+            stand_in.max_in_flight = max(stand_in.max_in_flight, stand_in.in_flight)
+        try:
+            reply = stand_in.respond(seen)
+            if stand_in.latency:  # a slow service: the work is done, the answer comes late
+                time.sleep(stand_in.latency)
+        finally:
+            with stand_in.lock:
+                stand_in.in_flight -= 1
         if reply.reset:
             # SO_LINGER 0 turns the close into a TCP RST: the client sees a reset connection.
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -199,6 +206,8 @@ class HttpsStandIn:
         self.window_seconds = 60.0
         self.clock: Callable[[], float] = time.monotonic
         self.throttled = 0  # 429s the limit sent (injected faults excluded)
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests being answered at the same time
         self._admitted: dict[str, collections.deque[float]] = {}
         self._seen: list[SeenRequest] = []
         self._open: set[socket.socket] = set()
