@@ -38,10 +38,19 @@ class RequestLog:
         if not self.directory.is_dir():
             return 0
         cutoff = time.time() - retention_days * 86400
-        old = [path for path in self.directory.glob("*_*_*.json") if path.stat().st_mtime < cutoff]
+        old = [path for path in self.directory.glob("*_*_*.json*") if path.stat().st_mtime < cutoff]
         for path in old:
             path.unlink(missing_ok=True)
         return len(old)
+
+    def path(self, name: str, suffix: str) -> Path:
+        """A new file name in the (private) log directory: UTC time, kind, sequence number."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LogWriteError(f"cannot create {self.directory}: {exc.strerror}") from None
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        return self.directory / f"{stamp}_{name}_{next(self._sequence):05d}.{suffix}"
 
     def add_secret(self, value: str) -> None:
         """Register a value learnt at run time (an access token) for scrubbing."""
@@ -73,17 +82,40 @@ class RequestLog:
     def write(self, name: str, payload: Any) -> Path:
         """A JSON file named by UTC time, `name` and a sequence number (so `cat logs/*_error_*`
         works as it did with the 2018 sample); owner-only permissions."""
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        path = self.directory / f"{stamp}_{name}_{next(self._sequence):05d}.json"
+        path = self.path(name, "json")
         text = self.scrub(_dump(payload))
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")
         except OSError as exc:
             raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
         return path
+
+
+class JsonLines:
+    """An append-only JSON Lines file for records that come a page at a time (skipped
+    attributes): nothing accumulates in memory, the file is created on the first record."""
+
+    def __init__(self, log: RequestLog, name: str) -> None:
+        self.log = log
+        self.name = name
+        self._handle: TextIO | None = None
+
+    def write(self, records: list[Any]) -> None:
+        if not records:
+            return
+        if self._handle is None:
+            path = self.log.path(self.name, "jsonl")
+            try:
+                self._handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8")
+            except OSError as exc:
+                raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+        self._handle.writelines(self.log.scrub(json.dumps(record, ensure_ascii=False, default=str)) + "\n" for record in records)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _now_iso() -> str:

@@ -26,7 +26,7 @@ from misp_transformer import (EventResult, GraphTransformer, MappingPolicy, Skip
 from ms_client import ItemResult, MicrosoftError
 from reconcile import (Action, content_hash, event_uuid_of, fixed_hash, mass_delete_blocked, plan,
                        renew_body, renewal_threshold, update_body)
-from request_log import RequestLog
+from request_log import JsonLines, RequestLog
 from sentinel_client import SentinelClient
 from settings import Settings, TargetSettings
 from state_store import DELETING, PENDING, Known, StateStore, target_lock
@@ -501,7 +501,7 @@ class TargetRun:
     target: Target
     transformer: Transformer
     report: RunReport
-    notable: list[Skip] = dataclasses.field(default_factory=list)
+    skipped_file: JsonLines | None = None
     failure: str = ""
 
     def guard(self, log: RequestLog, step: Callable[[], None]) -> None:
@@ -560,8 +560,8 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
     finally:
         for run in runs:
             run.guard(log, run.target.flush_all)  # what was planned is sent even after a MISP error
-            if run.notable:
-                log.write("skipped", skipped_records(run.notable))
+            if run.skipped_file is not None:
+                run.skipped_file.close()
     alive = _once(source.alive_event_uuids)
     for run in runs:
         run.guard(log, lambda run=run: run.target.remove_gone(fetched, alive, allow_mass_delete))
@@ -570,7 +570,10 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
 def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
     result = run.transformer.transform(event)
     run.report.add_event(result)
-    run.notable.extend(skip for skip in result.skips if skip.reason not in ROUTINE_SKIPS)
+    notable = [skip for skip in result.skips if skip.reason not in ROUTINE_SKIPS]
+    if notable:
+        run.skipped_file = run.skipped_file or JsonLines(log, f"skipped-{run.spec.kind}")
+        run.skipped_file.write(skipped_records(notable))
     for indicator in result.indicators:
         run.guard(log, lambda indicator=indicator: run.target.offer(indicator, result.event_uuid))
     return result.event_uuid

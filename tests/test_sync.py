@@ -237,3 +237,13 @@ def test_an_attribute_in_two_events_is_sent_once_and_counted_as_duplicate(standi
     duplicates = len(expected_external_ids([standins.misp.events[0]]))
     assert report["skipped"]["duplicate"] == duplicates > 0
     assert report["new"] == report["indicators"] == len(standins.graph.indicators)
+
+
+def test_notable_skips_are_listed_line_by_line(standins, tmp_path, capsys):
+    run = run_cli(write_config(tmp_path, standins), capsys=capsys)
+    (path,) = run.log_dir.glob("*_skipped-graph_*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    report = run.logs("run-report")[0]
+    assert len(records) == report["skipped"]["unsupported-type"] > 0
+    assert {r["attribute_type"] for r in records} == {"regkey|value", "email-attachment"}
+    assert all(r["reason"] == "unsupported-type" and r["event_uuid"] and r["attribute_uuid"] for r in records)
