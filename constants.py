@@ -226,3 +226,27 @@ MAX_VALUE_LENGTH = 4096
 # Lone surrogates (undecodable bytes) and NUL cannot be sent as JSON text to Microsoft.
 BROKEN_TEXT_RE = re.compile("[\ud800-\udfff\x00]")
 PORT_MAX = 65535
+
+# --- --check: plain-language fixes --------------------------------------------------------------
+AADSTS_FIXES = {
+    7000215: "the client secret is wrong: copy the secret's Value (not its Secret ID) to AZURE_CLIENT_SECRET",
+    7000222: "the client secret has expired: create a new one under Certificates & secrets and update AZURE_CLIENT_SECRET",
+    7000218: "no credential was sent: set AZURE_CLIENT_SECRET, client_certificate_path or managed_identity",
+    700016: "no such app in this tenant: check AZURE_CLIENT_ID and AZURE_TENANT_ID (the app's Overview page)",
+    90002: "the tenant does not exist: check AZURE_TENANT_ID (Directory (tenant) ID) and authority_host",
+    900023: "the tenant id is malformed: use the Directory (tenant) ID GUID",
+    700027: "the certificate is not registered for this app: upload its public part under Certificates & secrets",
+    700024: "the certificate is expired or not yet valid: register a new one",
+    500011: "the resource is unknown in this tenant: check graph_endpoint / management_endpoint",
+    1002012: "the scope is invalid: check graph_endpoint / management_endpoint",
+}
+MISP_FIXES = (
+    ("not trusted", "trust the MISP server's CA: REQUESTS_CA_BUNDLE=/path/ca.pem or misp_verifycert = '/path/ca.pem'"),
+    ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
+    ("connection refused", "check misp_domain (scheme, host, port) and that MISP is up"),
+    ("host name not found", "check the host name in misp_domain and DNS"),
+    ("timed out", "check the network path to MISP or raise http_timeout"),
+    ("not JSON", "misp_domain points at something that is not the MISP API (a login page or a proxy)"),
+    ("misp_domain is empty", "set misp_domain in the config or MISP_URL"),
+    ("misp_key is empty", "set MISP_KEY in the environment or .env"),
+)

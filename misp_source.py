@@ -143,6 +143,10 @@ class MispSource:
             if events:
                 yield events
 
+    def count_matching(self) -> int:
+        """How many events the filters select, read as metadata only (for --check)."""
+        return len(self._uuids_matching_all(self.connect(), list(self.settings.misp_event_filters)))
+
     def alive_event_uuids(self) -> set[str] | None:
         """Events the filters select when their time window is ignored: still published and
         still matching, so their indicators are left to expire. None when the filters have no

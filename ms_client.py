@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -85,6 +86,17 @@ def retry_after(response: requests.Response | None, attempt: int) -> float:
     return min(2.0 ** attempt, MAX_WAIT_SECONDS) * (0.5 + random.random() / 2)
 
 
+def _split_pem(pem: bytes) -> tuple[str, str]:
+    """The private key block and the certificate block(s) of one PEM file."""
+    blocks = [match.group(0) for match in _PEM_BLOCK.finditer(pem.decode("ascii", "replace"))]
+    key = "".join(block + "\n" for block in blocks if "PRIVATE KEY-----" in block.split("\n", 1)[0])
+    certificate = "".join(block + "\n" for block in blocks if block.startswith("-----BEGIN CERTIFICATE-----"))
+    return key, certificate
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----", re.DOTALL)
+
+
 class RateLimiter:
     """At most `per_minute` calls in any window (60 s), shared by all worker threads; a caller
     waits only when the window is full.
@@ -137,17 +149,41 @@ class MicrosoftClient:
         self.requests_sent = 0
 
     # --- token ------------------------------------------------------------------------------
-    def _new_app(self) -> msal.ConfidentialClientApplication:
+    def _new_app(self) -> Any:
+        """MSAL for the configured credential: a managed identity (no secret anywhere), a
+        certificate, or a client secret."""
+        if self.settings.managed_identity:
+            identity = (msal.SystemAssignedManagedIdentity() if self.settings.managed_identity == "system"
+                        else msal.UserAssignedManagedIdentity(client_id=self.settings.managed_identity))
+            return msal.ManagedIdentityClient(identity, http_client=self.session)
         authority = f"{self.settings.authority_host}/{self.settings.tenant}"
         try:
             return msal.ConfidentialClientApplication(
-                self.settings.client_id, client_credential=self.settings.client_secret, authority=authority,
+                self.settings.client_id, client_credential=self._credential(), authority=authority,
                 instance_discovery=False, azure_region=False, timeout=self.settings.http_timeout,
             )
         except ValueError as exc:
-            raise MicrosoftError(f"Microsoft Entra authority {authority} refused discovery: {self.log.scrub(str(exc))[:300]}", fatal=True) from None
+            raise MicrosoftError(f"Microsoft Entra has no tenant {self.settings.tenant!r} at {self.settings.authority_host} "
+                                 f"(its OpenID configuration was refused: {self.log.scrub(str(exc))[:120]})", fatal=True) from None
         except requests.RequestException as exc:
             raise MicrosoftError(f"cannot reach Microsoft Entra at {self.settings.authority_host}: {type(exc).__name__}", fatal=True) from None
+
+    def _credential(self) -> str | dict[str, Any]:
+        """The secret, or MSAL's certificate form (private key + public certificate: PS256, x5c)."""
+        path = self.settings.client_certificate_path
+        if path is None:
+            return self.settings.client_secret
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise MicrosoftError(f"cannot read client_certificate_path {path}: {exc.strerror}", fatal=True) from None
+        key, certificate = _split_pem(pem)
+        if not key or not certificate:
+            raise MicrosoftError(f"client_certificate_path {path} must hold a PEM private key and its certificate", fatal=True)
+        credential: dict[str, Any] = {"private_key": key, "public_certificate": certificate}
+        if self.settings.client_certificate_password:
+            credential["passphrase"] = self.settings.client_certificate_password
+        return credential
 
     def token(self) -> str:
         """A valid access token; MSAL's cache answers until five minutes before expiry."""
@@ -158,7 +194,10 @@ class MicrosoftClient:
         if self._app is None:
             self._app = self._new_app()
         try:
-            result = self._app.acquire_token_for_client([f"{self.resource}/.default"])
+            if isinstance(self._app, msal.ManagedIdentityClient):
+                result = self._app.acquire_token_for_client(resource=self.resource)
+            else:
+                result = self._app.acquire_token_for_client([f"{self.resource}/.default"])
         except msal.exceptions.MsalServiceError as exc:
             raise MicrosoftError(f"Microsoft Entra token endpoint failed: {exc}", fatal=True) from None
         except requests.RequestException as exc:

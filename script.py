@@ -17,6 +17,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from check import run_checks
 from constants import ExitCode
 from graph_client import GraphClient
 from misp_source import MispError, MispSource
@@ -55,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("-r", "--read", action="store_true", help="list the indicators this app owns in Graph, as JSON")
     action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id")
     action.add_argument("--dry-run", action="store_true", help="fetch, transform and plan against the state; write what would be sent to the log directory, send nothing")
+    action.add_argument("--check", action="store_true", help="check config, MISP, token and permission for every target; print ✓/✗ per line with the fix")
     action.add_argument("--rebuild-state", action="store_true", help="recreate the local state from what Graph holds (after the state was lost)")
     parser.add_argument("--allow-mass-delete", action="store_true", help="let this run delete more than max_delete_fraction of the owned indicators")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every request body and response")
@@ -160,6 +162,8 @@ def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: s
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parse_args(argv)
+    if args.check:
+        return run_checks(args.config, out)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

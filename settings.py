@@ -25,6 +25,7 @@ KNOWN_SETTINGS = frozenset({
     "target", "workspace_id", "subscription_id", "resource_group", "workspace_name", "sentinel_endpoint",
     "sentinel_api_version", "management_endpoint", "management_api_version", "sourcesystem",
     "max_requests_per_minute", "graph_requests_per_minute", "max_concurrent_requests",
+    "client_certificate_path", "client_certificate_password", "managed_identity",
 })
 _WORKSPACE_FIELDS = ("workspace_id", "subscription_id", "resource_group", "workspace_name")
 
@@ -103,16 +104,28 @@ class Settings:
     max_requests_per_minute: int
     graph_requests_per_minute: int
     max_concurrent_requests: int
+    client_certificate_path: Path | None = None
+    client_certificate_password: str = dataclasses.field(default="", repr=False)
+    managed_identity: str = ""  # "", "system", or a user-assigned identity's client id
     warnings: tuple[str, ...] = ()
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (used to scrub error text)."""
-        return tuple(value for value in (self.client_secret, self.misp_key) if value)
+        return tuple(value for value in (self.client_secret, self.misp_key, self.client_certificate_password) if value)
+
+    @property
+    def credential_kind(self) -> str:
+        """How the app proves who it is: "managed identity", "certificate" or "secret"."""
+        if self.managed_identity:
+            return "managed identity"
+        return "certificate" if self.client_certificate_path else "secret"
 
     def require_microsoft(self) -> None:
         """Fail before any network call when the Entra app settings are missing."""
-        for name, value in (("tenant", self.tenant), ("client_id", self.client_id), ("client_secret", self.client_secret)):
-            if not value:
+        needed = {"managed identity": (), "certificate": ("tenant", "client_id")}.get(
+            self.credential_kind, ("tenant", "client_id", "client_secret"))
+        for name in needed:
+            if not getattr(self, name):
                 env = next(key for key, field in ENV_OVERRIDES.items() if field == name)
                 raise ConfigError(f"graph_auth['{name}'] is empty: set it in {self.config_path.name} or {env}")
 
@@ -297,6 +310,29 @@ def _targets(raw: Mapping[str, Any], read: _Reader, source: str) -> tuple[Target
     return tuple(targets)
 
 
+def _certificate(read: _Reader, base: Path, env: Mapping[str, str]) -> Path | None:
+    """A PEM file holding the private key and the certificate (readable by the tool's user only)."""
+    value = env.get("AZURE_CLIENT_CERTIFICATE_PATH") or read.text("client_certificate_path", "")
+    if not value:
+        return None
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise ConfigError(f"client_certificate_path: {value!r} is not a file (in {read.source})")
+    return path
+
+
+def _managed_identity(read: _Reader) -> str:
+    value = read.raw.get("managed_identity", False)
+    if value is False or value == "":
+        return ""
+    if value is True:
+        return "system"
+    if isinstance(value, str):
+        return value.strip()
+    raise ConfigError(f"managed_identity must be False, True (system-assigned) or a user-assigned identity's "
+                      f"client id, not {value!r} (in {read.source})")
+
+
 def _sourcesystem(read: _Reader) -> str:
     value = read.text("sourcesystem", C.DEFAULT_SOURCESYSTEM)
     if not value or value.lower() == C.RESERVED_SOURCESYSTEM:
@@ -355,6 +391,9 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         max_requests_per_minute=read.integer("max_requests_per_minute", C.SENTINEL_REQUESTS_PER_MINUTE, 1, 100000),
         graph_requests_per_minute=read.integer("graph_requests_per_minute", C.GRAPH_REQUESTS_PER_MINUTE, 1, 100000),
         max_concurrent_requests=read.integer("max_concurrent_requests", C.DEFAULT_CONCURRENT_REQUESTS, 1, 64),
+        client_certificate_path=_certificate(read, config_path.parent, env),
+        client_certificate_password=(env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")),
+        managed_identity=_managed_identity(read),
         warnings=tuple(
             f"{source}: setting {name!r} is not used by this version and is ignored"
             for name in sorted(raw.keys() - KNOWN_SETTINGS)
