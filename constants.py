@@ -250,3 +250,15 @@ MISP_FIXES = (
     ("misp_domain is empty", "set misp_domain in the config or MISP_URL"),
     ("misp_key is empty", "set MISP_KEY in the environment or .env"),
 )
+
+# --- `-r --format table|csv` ------------------------------------------------------------------
+GRAPH_OBSERVABLE_FIELDS = (
+    "url", "domainName", "networkDestinationIPv4", "networkDestinationIPv6", "networkSourceIPv4",
+    "networkSourceIPv6", "networkDestinationCidrBlock", "networkSourceCidrBlock", "networkIPv4", "networkIPv6",
+    "networkCidrBlock", "fileHashValue", "fileName", "emailSenderAddress", "emailRecipient", "emailSubject",
+    "emailXMailer", "emailSenderName", "fileMutexName", "userAgent", "networkSourceAsn", "networkPort", "fileSize",
+)
+LISTING_COLUMNS = {
+    "graph": ("id", "externalId", "observable", "tlpLevel", "expirationDateTime"),
+    "sentinel": ("externalId", "pattern", "validUntil", "revoked"),
+}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import itertools
 import dataclasses
 import datetime as dt
@@ -17,6 +18,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+import constants as C
 from check import run_checks
 from constants import ExitCode
 from graph_client import GraphClient
@@ -59,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("--check", action="store_true", help="check config, MISP, token and permission for every target; print ✓/✗ per line with the fix")
     action.add_argument("--rebuild-state", action="store_true", help="recreate the local state from what Graph holds (after the state was lost)")
     parser.add_argument("--allow-mass-delete", action="store_true", help="let this run delete more than max_delete_fraction of the owned indicators")
+    parser.add_argument("--event", metavar="UUID", help="sync only this MISP event (removals limited to it too)")
+    parser.add_argument("--format", choices=("json", "table", "csv"), default="json", help="output of -r (default json)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only (no summary, no progress bars)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every request body and response")
     parser.add_argument("--config", type=Path, default=HERE / "config.py", metavar="PATH", help="settings file (default: config.py beside script.py)")
     return parser.parse_args(argv)
@@ -70,15 +75,22 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
     if not args.dry_run:
         settings.require_microsoft()
     now = dt.datetime.now(dt.timezone.utc)
+    scope = None
+    if args.event:
+        scope = {args.event.strip().lower()}
+        primary, *others = settings.misp_event_filters
+        settings = dataclasses.replace(settings, misp_event_filters=({**primary, "uuid": args.event.strip()}, *others))
+    progress = sys.stderr.isatty() and not args.quiet
     with contextlib.ExitStack() as stack:
         runs = [open_run(settings, spec, log, args.dry_run, now, stack) for spec in settings.targets]
         try:
-            run_all(runs, MispSource(settings, log), log, args.allow_mass_delete)
+            run_all(runs, MispSource(settings, log), log, args.allow_mass_delete, scope, progress)
         finally:
             for run in runs:
                 run.report.requests = run.target.client.requests_sent if run.target.client else 0
                 log.write("run-report", run.report.as_dict(args.dry_run) | {"error": run.failure or None})
-                out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
+                if not args.quiet:
+                    out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
     for run in runs:
         if run.failure:
             sys.stderr.write(f"misp2sentinel: error: {run.spec.label}: {run.failure}\n")
@@ -111,9 +123,9 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
     return ExitCode.REJECTED if failed else ExitCode.OK
 
 
-def read_indicators(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
-    """Each target's holdings as one JSON document (Graph's list answer, or the workspace's
-    queryIndicators items from our sourcesystem), streamed page by page."""
+def read_indicators(settings: Settings, log: RequestLog, out: TextIO, output: str) -> ExitCode:
+    """Each target's holdings: one JSON document per target (Graph's list answer, or the
+    workspace's queryIndicators items from our sourcesystem), or a table or CSV, page by page."""
     settings.require_microsoft()
     for spec in settings.targets:
         if spec.kind == "graph":
@@ -121,7 +133,10 @@ def read_indicators(settings: Settings, log: RequestLog, out: TextIO) -> ExitCod
         else:
             spec.require_management(settings.config_path.name)
             pages = SentinelClient(settings, spec, log).query_pages()
-        write_listing(pages, out)
+        if output == "json":
+            write_listing(pages, out)
+        else:
+            write_rows(spec.kind, pages, out, output)
     return ExitCode.OK
 
 
@@ -136,6 +151,26 @@ def write_listing(pages: Iterator[dict[str, Any]], out: TextIO) -> None:
             out.write(("" if first else ",") + "\n  " + json.dumps(item, ensure_ascii=False))
             first = False
     out.write("\n]}\n")
+
+
+def write_rows(kind: str, pages: Iterator[dict[str, Any]], out: TextIO, output: str) -> None:
+    """The columns an analyst scans for, as CSV or as a fixed-width table."""
+    columns = C.LISTING_COLUMNS[kind]
+    writer = csv.writer(out) if output == "csv" else None
+    widths = (64, 44, 48, 10, 24) if kind == "graph" else (48, 72, 26, 7)
+    emit = writer.writerow if writer else lambda row: out.write("  ".join(f"{str(v)[:w]:<{w}}" for v, w in zip(row, widths)).rstrip() + "\n")
+    emit(columns)
+    for page in pages:
+        for item in page["value"]:
+            emit([listing_cell(kind, item, column) for column in columns])
+
+
+def listing_cell(kind: str, item: dict[str, Any], column: str) -> Any:
+    if kind == "sentinel":
+        return item.get("properties", {}).get(column, "")
+    if column == "observable":
+        return next((item[name] for name in C.GRAPH_OBSERVABLE_FIELDS if name in item), "")
+    return item.get(column, "")
 
 
 def delete_indicators(settings: Settings, log: RequestLog, graph_ids: list[str], out: TextIO) -> ExitCode:
@@ -174,7 +209,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     log.prune(settings.log_retention_days)
     try:
         if args.read:
-            return read_indicators(settings, log, out)
+            return read_indicators(settings, log, out, args.format)
         if args.delete:
             return delete_indicators(settings, log, args.delete, out)
         if args.rebuild_state:

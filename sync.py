@@ -17,6 +17,8 @@ from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoo
 from collections.abc import Callable
 from typing import Any
 
+from tqdm import tqdm
+
 import constants as C
 from constants import ExitCode, SkipReason
 from graph_client import GraphClient
@@ -55,6 +57,7 @@ class RunReport:
     requests: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     started: float = dataclasses.field(default_factory=time.monotonic)
+    progress: tqdm = dataclasses.field(default_factory=lambda: tqdm(disable=True), repr=False)
 
     def add_event(self, result: EventResult) -> None:
         self.events += 1
@@ -276,19 +279,23 @@ class Target:
     def count(self, batch: list[_Queued], operation: str, accepted: int, rejected: list[tuple[_Queued, str | None]]) -> None:
         self.report.accepted += accepted
         self.report.rejected += len(rejected)
+        self.report.progress.update(accepted + len(rejected))
         if rejected:
             self.log.error(operation, f"{len(rejected)} of {len(batch)} indicators rejected", rejected=[
                 {"key": queued.key, "reason": reason, "indicator": queued.indicator} for queued, reason in rejected
             ])
 
     # --- removal ------------------------------------------------------------------------
-    def remove_gone(self, fetched_events: set[str], alive_events: Callable[[], set[str] | None], allow_mass_delete: bool) -> None:
-        """Remove what MISP no longer wants; keep what merely left the filter window (it expires)."""
-        self.report.forgotten_expired = self.store.forget_expired(self.run, iso_utc(self.now), dry_run=self.dry_run)
+    def remove_gone(self, fetched_events: set[str], alive_events: Callable[[], set[str] | None], allow_mass_delete: bool,
+                    scope: set[str] | None = None) -> None:
+        """Remove what MISP no longer wants; keep what merely left the filter window (it expires).
+        With a `scope` (one event re-run), only that event's indicators are considered."""
+        if scope is None:
+            self.report.forgotten_expired = self.store.forget_expired(self.run, iso_utc(self.now), dry_run=self.dry_run)
         gone: list[Known] = []
         alive: set[str] | None = None
         for row in self.store.unseen(self.run):
-            if row.external_id in self._seen_in_dry_run:
+            if row.external_id in self._seen_in_dry_run or (scope is not None and row.event_uuid not in scope):
                 continue
             if row.event_uuid in fetched_events:
                 gone.append(row)
@@ -544,27 +551,38 @@ def open_run(settings: Settings, spec: TargetSettings, log: RequestLog, dry_run:
     return TargetRun(spec, target, transformer, target.report)
 
 
-def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_mass_delete: bool) -> None:
-    """Fetch MISP once and feed every target; remove only after the whole fetch succeeded."""
+def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_mass_delete: bool,
+            scope: set[str] | None = None, progress: bool = False) -> None:
+    """Fetch MISP once and feed every target; remove only after the whole fetch succeeded.
+
+    `scope` limits removals to those events (a `--event` run); `progress` shows a bar of
+    events read and, per target, of indicators answered (on a terminal only).
+    """
     for run in runs:
         if not run.target.dry_run:
             run.guard(log, run.target.recover)
     fetched: set[str] = set()
+    bar = tqdm(desc="MISP events", unit=" events", disable=not progress, leave=False)
+    for run in runs:
+        run.report.progress = tqdm(desc=f"{run.spec.label}", unit=" indicators", disable=not progress, leave=False)
     try:
         for page in source.pages():
             for event in page:
                 for run in runs:
                     fetched.add(_feed(run, event, log))
+            bar.update(len(page))
             for run in runs:
                 run.guard(log, run.target.commit_seen)
     finally:
+        bar.close()
         for run in runs:
             run.guard(log, run.target.flush_all)  # what was planned is sent even after a MISP error
             if run.skipped_file is not None:
                 run.skipped_file.close()
     alive = _once(source.alive_event_uuids)
     for run in runs:
-        run.guard(log, lambda run=run: run.target.remove_gone(fetched, alive, allow_mass_delete))
+        run.guard(log, lambda run=run: run.target.remove_gone(fetched, alive, allow_mass_delete, scope))
+        run.report.progress.close()
 
 
 def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
