@@ -6,11 +6,13 @@ cron would start it, trusting the stand-ins' private CA through REQUESTS_CA_BUND
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from standins import StandIns, seed_events
@@ -35,7 +37,21 @@ def json_documents(text: str) -> list[dict]:
     return documents
 
 
+def show(title: str, config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Print the command as an operator would type it, then what it printed and its exit code."""
+    command = " ".join(["$ python script.py", *args, "--config", str(config.relative_to(HERE))])
+    print(command + (f"   # {title}" if title else ""))
+    result = run_tool(config, env, *args)
+    print(result.stdout + result.stderr, end="")
+    print(f"exit code {result.returncode}\n")
+    return result
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description="Run the misp2sentinel demo against local stand-ins.")
+    parser.add_argument("--serve", action="store_true", help="after the demo, keep the stand-ins running for your own "
+                                                              "commands until Ctrl-C")
+    serve = parser.parse_args().serve
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir()
     with StandIns(WORKDIR, events=seed_events(EVENTS)) as servers:
@@ -44,14 +60,9 @@ def main() -> int:
         print(f"MISP stand-in  {servers.misp.url}  ({len(servers.misp.events)} real CIRCL OSINT events)")
         print(f"Entra stand-in {servers.entra.url}\nGraph stand-in {servers.graph.url}")
         print(f"Sentinel stand-in {servers.sentinel.url} (upload API and management API)\n")
-        print(f"$ python script.py --config {config.relative_to(HERE)}")
-        sync = run_tool(config, env)
-        print(sync.stdout + sync.stderr, end="")
-        print(f"exit code {sync.returncode}\n")
-        print(f"$ python script.py --config {config.relative_to(HERE)}   # again: MISP unchanged, nothing to send")
-        again = run_tool(config, env)
-        print(again.stdout + again.stderr, end="")
-        print(f"exit code {again.returncode}\n")
+        show("is everything set up?", config, env, "--check")
+        sync = show("", config, env)
+        show("again: MISP unchanged, nothing to send", config, env)
         print(f"$ python script.py -r --config {config.relative_to(HERE)}")
         listing = run_tool(config, env, "-r")
         if listing.returncode != 0:
@@ -61,8 +72,21 @@ def main() -> int:
         print(f"Graph holds {len(graph_listing['value'])} indicators owned by this app; the first one:")
         print(json.dumps(graph_listing["value"][:1], indent=2))
         print(f"The Sentinel workspace holds {len(sentinel_listing['value'])} indicators from source MISP; the first one:")
-        print(json.dumps(sentinel_listing["value"][:1], indent=2))
-        print(f"\nConfig, .env and logs/ are in {WORKDIR.relative_to(HERE)}/")
+        print(json.dumps(sentinel_listing["value"][:1], indent=2) + "\n")
+        dotenv = (WORKDIR / ".env").read_text()
+        (WORKDIR / ".env").write_text(dotenv.replace(f"AZURE_CLIENT_SECRET={servers.client_secret}",
+                                                     "AZURE_CLIENT_SECRET=pasted-the-secret-id-by-mistake"))
+        show("with a wrong client secret in demo-run/.env", config, env, "--check")
+        (WORKDIR / ".env").write_text(dotenv)
+        print(f"Config, .env, logs/ and state/ are in {WORKDIR.relative_to(HERE)}/")
+        if serve:
+            print(f"\nStand-ins running. In another shell:\n  export REQUESTS_CA_BUNDLE={servers.ca_bundle_path}\n"
+                  f"  .venv/bin/python script.py --config {config} --check\nCtrl-C to stop.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
         return sync.returncode
 
 
