@@ -1,7 +1,7 @@
-"""Local HTTPS stand-ins for MISP, Entra ID, Microsoft Graph and Microsoft Sentinel, for tests
-and the demo.
+"""Local HTTPS stand-ins for MISP, Entra ID, Microsoft Graph, Microsoft Sentinel and an App
+Service managed identity endpoint, for tests and the demo.
 
-`StandIns` starts all four behind one private CA:
+`StandIns` starts all five behind one private CA:
 
     with StandIns(tmp_dir, events=seed_events("tests/fixtures/misp_events")) as s:
         os.environ["REQUESTS_CA_BUNDLE"] = str(s.ca_bundle_path)
@@ -11,23 +11,27 @@ and the demo.
 
 from __future__ import annotations
 
+import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
-from .entra import EntraStandIn, TokenInfo
+from .entra import ClientCertificate, EntraStandIn, TokenInfo, make_client_certificate
 from .graph import GraphStandIn
+from .identity import ManagedIdentityStandIn
 from .misp import MispStandIn, load_event_file
 from .sentinel import SentinelStandIn
 from .tls import HttpsStandIn, PrivateCA, SeenRequest
 
-__all__ = ["EntraStandIn", "GraphStandIn", "HttpsStandIn", "MispStandIn", "PrivateCA",
-           "SeenRequest", "SentinelStandIn", "StandIns", "TokenInfo", "load_event_file",
-           "seed_events"]
+__all__ = ["ClientCertificate", "EntraStandIn", "GraphStandIn", "HttpsStandIn",
+           "ManagedIdentityStandIn", "MispStandIn", "PrivateCA", "SeenRequest", "SentinelStandIn",
+           "StandIns", "TokenInfo", "load_event_file", "make_client_certificate", "seed_events"]
 
 DEFAULT_MISP_KEY = "demo-misp-key-0123456789abcdef0123456789"
 DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
 DEFAULT_CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 DEFAULT_CLIENT_SECRET = "demo-secret-value"
+DEFAULT_USER_ASSIGNED_CLIENT_ID = "bbbbbbbb-cccc-dddd-eeee-ffffffffffff"
 DEFAULT_WORKSPACE_ID = "99999999-8888-7777-6666-555555555555"
 DEFAULT_SUBSCRIPTION_ID = "00000000-1111-2222-3333-444444444444"
 DEFAULT_RESOURCE_GROUP = "rg-soc"
@@ -41,7 +45,10 @@ def seed_events(directory: Path | str) -> list[dict[str, Any]]:
 
 class StandIns:
     """MISP, Entra, Graph and Sentinel stand-ins sharing one CA; the Graph and Sentinel URLs
-    are Entra resources (Sentinel serves both the upload and the management API).
+    are Entra resources (Sentinel serves both the upload and the management API). `identity`
+    is the managed identity endpoint of an app whose system-assigned identity is `client_id`
+    and which has one user-assigned identity, DEFAULT_USER_ASSIGNED_CLIENT_ID; its
+    IDENTITY_HEADER value is `identity.header_secret`, random per instance.
 
     The CA bundle is written to `directory` at construction; servers listen from then on
     and answer once started (`start()` or `with`).
@@ -66,6 +73,8 @@ class StandIns:
         self.sentinel = SentinelStandIn(self.entra, workspace_id, subscription_id, resource_group,
                                         workspace_name)
         self.entra.resources.add(self.sentinel.url)
+        self.identity = ManagedIdentityStandIn(
+            self.entra, client_id, {DEFAULT_USER_ASSIGNED_CLIENT_ID}, secrets.token_urlsafe(24))
 
     def write_tool_config(self, directory: Path, **overrides: Any) -> Path:
         """A misp2sentinel config.py aimed at these stand-ins; secrets go to .env beside it,
@@ -97,12 +106,16 @@ class StandIns:
         return self
 
     def close(self) -> None:
-        for server in self._servers:
-            server.close()
+        """Close the servers side by side: each waits up to one poll interval to stop."""
+        closing = [threading.Thread(target=server.close) for server in self._servers]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
 
     @property
     def _servers(self) -> tuple[HttpsStandIn, ...]:
-        return (self.misp, self.entra, self.graph, self.sentinel)
+        return (self.misp, self.entra, self.graph, self.sentinel, self.identity)
 
     def __enter__(self) -> StandIns:
         return self.start()
