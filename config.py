@@ -21,6 +21,11 @@ graph_auth = {
     "client_id": "",
     "client_secret": "",
 }
+# Instead of a client secret: a certificate (one PEM file: private key + certificate; its
+# password in AZURE_CLIENT_CERTIFICATE_PASSWORD), or a managed identity on Azure hosts
+# (True = system-assigned, or a user-assigned identity's client id).
+client_certificate_path = ""
+managed_identity = False
 # National clouds: change both (for example https://graph.microsoft.us and
 # https://login.microsoftonline.us).
 graph_endpoint = "https://graph.microsoft.com"

@@ -221,6 +221,7 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 ASN_MAX = 2**32 - 1
+MAX_EPOCH_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the last instant ISO 8601 years can write
 # No documented Graph limit; longer values are almost always pasted blobs, not observables.
 MAX_VALUE_LENGTH = 4096
 # Lone surrogates (undecodable bytes) and NUL cannot be sent as JSON text to Microsoft.

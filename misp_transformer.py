@@ -109,9 +109,11 @@ def epoch_to_iso(value: Any) -> str | None:
     """MISP timestamps are epoch seconds as strings; None when absent or unusable."""
     try:
         seconds = int(str(value).strip())
-        return iso_utc(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
-    except (ValueError, OverflowError, OSError):
+    except ValueError:
         return None
+    if not 0 <= seconds <= C.MAX_EPOCH_SECONDS:
+        return None  # before 1970 or after 9999: not a real MISP timestamp
+    return iso_utc(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
 
 
 # --- observable value rules (mapping.md "Values") ---------------------------------------------

@@ -76,10 +76,11 @@ def test_batches_go_in_parallel_up_to_the_configured_limit(standins, tmp_path, c
     assert held_external_ids(standins) == expected_external_ids(standins.misp.events)
 
 
-def test_client_pace_provokes_no_429_from_a_service_with_the_same_limit(standins, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("target", "setting"), [("graph", "graph_requests_per_minute"), ("sentinel", "max_requests_per_minute")])
+def test_client_pace_provokes_no_429_from_a_service_with_the_same_limit(standins, tmp_path, capsys, monkeypatch, target, setting):
     monkeypatch.setattr("ms_client.WINDOW_SECONDS", 0.5)
-    standins.graph.per_minute, standins.graph.window_seconds = 2, 0.5
-    run = run_cli(write_config(tmp_path, standins, graph_requests_per_minute=2), capsys=capsys)
+    service = getattr(standins, target)
+    service.per_minute, service.window_seconds = 2, 0.5
+    run = run_cli(write_config(tmp_path, standins, target=target, **{setting: 2}), capsys=capsys)
     assert run.code == ExitCode.OK
-    assert standins.graph.throttled == 0 and len([r for r in standins.graph.requests_seen if r.method == "POST"]) == 3
-    assert held_external_ids(standins) == expected_external_ids(standins.misp.events)
+    assert service.throttled == 0 and len([r for r in service.requests_seen if r.method == "POST"]) == 3

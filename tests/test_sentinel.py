@@ -76,15 +76,6 @@ def test_throttled_uploads_wait_as_told_and_lose_nothing(standins, tmp_path, cap
     assert active_ids(standins) == expected_stix_ids(standins.misp.events)
 
 
-def test_client_limiter_keeps_to_the_service_limit(standins, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("ms_client.WINDOW_SECONDS", 0.6)
-    standins.sentinel.per_minute, standins.sentinel.window_seconds = 2, 0.6
-    run = run_cli(sentinel_config(tmp_path, standins, max_requests_per_minute=2), capsys=capsys)
-    assert run.code == ExitCode.OK
-    assert len(uploads(standins)) == 3 and standins.sentinel.throttled == 0
-    assert active_ids(standins) == expected_stix_ids(standins.misp.events)
-
-
 def test_rate_limiter_sleeps_only_when_the_window_is_full():
     limiter = RateLimiter(per_minute=3, window=0.3)
     started = time.monotonic()

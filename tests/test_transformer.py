@@ -272,3 +272,9 @@ def test_unicode_junk_and_huge_values_are_invalid_not_crashes():
     indicator = GraphTransformer(MappingPolicy(), NOW).transform(
         event(attribute("domain", "ok.example", comment="broken \udcff byte"), info="info\x00")).indicators[0]
     assert indicator["description"] == "info\ufffd - broken \ufffd byte"
+
+
+@pytest.mark.parametrize("timestamp", ["-30610224001", "99999999999999", "not-a-time", ""])
+def test_out_of_range_event_timestamps_are_left_out(timestamp):
+    indicator = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example"), timestamp=timestamp)).indicators[0]
+    assert "lastReportedDateTime" not in indicator
