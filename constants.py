@@ -48,7 +48,6 @@ GRAPH_INT32_MAX = 2**31 - 1
 GRAPH_REQUESTS_PER_MINUTE = 1000  # "any operation on tiIndicator", per app and tenant
 # Requests in flight per target: 1000/min at 300 ms latency needs 5; 8 leaves room.
 DEFAULT_CONCURRENT_REQUESTS = 8
-GRAPH_FAILED_ITEM_ID = "Failed to create, check Error element for reason"
 
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
@@ -62,7 +61,6 @@ GRAPH_THREAT_TYPES = (
     "Malware", "Phishing", "Proxy", "PUA", "WatchList",
 )
 DEFAULT_THREAT_TYPE = "WatchList"
-GRAPH_TLP_LEVELS = ("white", "green", "amber", "red")
 DEFAULT_TLP = "red"
 GRAPH_DIAMOND_MODEL = ("adversary", "capability", "infrastructure", "victim")
 
@@ -99,7 +97,6 @@ SENTINEL_QUERY_PATH = (
 SENTINEL_MAX_BATCH = 100
 SENTINEL_REQUESTS_PER_MINUTE = 100
 SENTINEL_QUERY_PAGE_SIZE = 100
-SENTINEL_DEFAULT_RETRY_SECONDS = 60.0
 SENTINEL_RETRY_TEXT_RE = re.compile(r"[Tt]ry again in (\d+) seconds?")
 
 # --- STIX 2.1 (mapping.md "STIX 2.1 indicator") -------------------------------------------------

@@ -31,7 +31,6 @@ class RequestLog:
         self._secrets = [secret for secret in secrets if secret]
         self._sequence = itertools.count(1)
         self._out = out
-        self.errors_written = 0
 
     def prune(self, retention_days: int) -> int:
         """Remove this tool's JSON files older than the retention period; returns how many."""
@@ -76,7 +75,6 @@ class RequestLog:
 
     def error(self, context: str, message: str, **details: Any) -> Path:
         """Every error gets its own file, whatever write_post_json says."""
-        self.errors_written += 1
         return self.write("error", {"time": _now_iso(), "context": context, "error": message, **details})
 
     def write(self, name: str, payload: Any) -> Path:

@@ -135,14 +135,6 @@ class StateStore:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('run', ?)", (str(run),))
         return run
 
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
-    def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    # --- reads ---------------------------------------------------------------------------
     def known(self, external_id: str) -> Known | None:
         row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ? AND status = ?", (external_id, SENT)).fetchone()
         return Known(*row) if row else None
@@ -222,11 +214,6 @@ class StateStore:
     def record_revoked(self, external_ids: Iterable[str]) -> None:
         with self.transaction():
             self.db.executemany("UPDATE indicators SET status = ? WHERE external_id = ?", ((REVOKED, e) for e in external_ids))
-
-    def restore_sent(self, external_ids: Iterable[str]) -> None:
-        """An interrupted revocation: back to owned, so this run decides again."""
-        with self.transaction():
-            self.db.executemany("UPDATE indicators SET status = ? WHERE external_id = ?", ((SENT, e) for e in external_ids))
 
     def remove(self, external_ids: Iterable[str]) -> None:
         with self.transaction():
