@@ -152,6 +152,7 @@ class Target:
         self.owned_at_start = store.owned_count()
         self._seen: list[str] = []  # this page's desired keys, marked in the store per page
         self._page_keys: set[str] = set()
+        self._queued_keys: set[str] = set()  # offered on an earlier page, still waiting for a batch
         self._seen_in_dry_run: set[str] = set()
         self.concurrency = settings.max_concurrent_requests
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload") if client is not None else None
@@ -196,15 +197,14 @@ class Target:
             return
         queue = self.queues[action]
         queue.append(self.prepare(key, indicator, event_uuid, known))
+        self._queued_keys.add(key)
         if len(queue) >= C.GRAPH_MAX_BATCH:
             self._flush(action)
 
     def _already_offered(self, key: str) -> bool:
         """The same attribute twice in one run (in two events): the store remembers what this
         run has seen, so memory does not grow with the size of the MISP."""
-        if key in self._page_keys or key in self._seen_in_dry_run:
-            return True
-        if any(queued.key == key for queue in self.queues.values() for queued in queue):
+        if key in self._page_keys or key in self._queued_keys or key in self._seen_in_dry_run:
             return True
         return self.store.seen_in_run(key, self.run)
 
@@ -262,6 +262,7 @@ class Target:
         batch, self.queues[action] = self.queues[action], []
         if not batch:
             return
+        self._queued_keys.difference_update(item.key for item in batch)
         if self.dry_run:
             self.log.write(f"dry-run-{action.value}", [item.indicator for item in batch])
         else:
