@@ -198,7 +198,12 @@ def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: s
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parse_args(argv)
     if args.check:
-        return run_checks(args.config, out)
+        try:
+            return run_checks(args.config, out)
+        except KeyboardInterrupt:
+            return fail(ExitCode.INTERRUPTED, "interrupted")
+        except Exception as exc:  # noqa: BLE001 - one line and a code, never a traceback
+            return fail(ExitCode.INTERNAL, f"internal error in --check {type(exc).__name__} (please report)")
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
