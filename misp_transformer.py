@@ -1,4 +1,5 @@
-"""MISP event dict -> Graph tiIndicator dicts, plus a reason for every attribute left out.
+"""MISP event dict -> Graph tiIndicators or STIX 2.1 indicators, plus a reason for every
+attribute left out.
 
 Pure: no I/O, no clock (the caller passes `now`), no settings lookup. This is where the mapping
 contract (../shared/reference/mapping.md) lives; the clients only move the result over HTTP.
@@ -6,7 +7,6 @@ contract (../shared/reference/mapping.md) lives; the clients only move the resul
 from __future__ import annotations
 
 import dataclasses
-import functools
 import datetime as dt
 import ipaddress
 import uuid as uuid_module
@@ -73,11 +73,9 @@ def is_true(value: Any) -> bool:
 
 def as_text(value: Any) -> str:
     """Attribute values are strings in MISP; tolerate plain numbers, refuse anything else."""
-    if type(value) is str and len(value) <= C.MAX_VALUE_LENGTH and not C.BROKEN_TEXT_RE.search(value):
-        return value.strip()
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
     if not isinstance(value, str):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
         raise InvalidValue(f"value is a {type(value).__name__}, not text")
     if len(value) > C.MAX_VALUE_LENGTH:
         raise InvalidValue(f"value longer than {C.MAX_VALUE_LENGTH} characters")
@@ -551,9 +549,10 @@ class Transformer:
         self.policy = policy
         self.now = now
         self.valid_until = now + dt.timedelta(days=policy.days_to_expire)
-        self._facts: dict[tuple[str, ...], TagFacts] = {}  # per event, by the attribute's own tags
-        self._common: dict[int, dict[str, Any]] = {}  # per event, by id() of those facts
-        self._described: dict[str, tuple[str, str]] = {}  # per event, by comment
+        # Per event: what the attributes share, computed once for each distinct input.
+        self._facts: dict[tuple[str, ...], TagFacts] = {}  # by the attribute's own tag names
+        self._common: dict[int, dict[str, Any]] = {}  # by id() of those facts
+        self._texts: dict[str, Any] = {}  # by the attribute's comment (usually empty)
 
     def facts(self, context: EventContext, attribute: Mapping[str, Any]) -> TagFacts:
         """An event's attributes mostly share the same few tag sets (often none): each set is
@@ -565,6 +564,27 @@ class Transformer:
             facts = self._facts[own] = merged_facts(context, own)
         return facts
 
+    def common(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
+        """The indicator fields that depend on the event and the tags, once per tag set."""
+        common = self._common.get(id(facts))
+        if common is None:
+            common = self._common[id(facts)] = self.common_fields(context, facts)
+        return common
+
+    def texts(self, context: EventContext, attribute: Mapping[str, Any]) -> Any:
+        """The description text(s) for the attribute's comment, once per distinct comment."""
+        comment = clean_text(attribute.get("comment"))
+        texts = self._texts.get(comment)
+        if texts is None:
+            texts = self._texts[comment] = self.describe(context, comment)
+        return texts
+
+    def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self, context: EventContext, comment: str) -> Any:
+        raise NotImplementedError
+
     def transform(self, wrapped: Any) -> EventResult:
         """One restSearch item (`{"Event": {...}}` or a bare event) to indicators and skips."""
         event = wrapped.get("Event", wrapped) if isinstance(wrapped, Mapping) else None
@@ -572,7 +592,7 @@ class Transformer:
             return EventResult([], [Skip(SkipReason.MALFORMED, "", "", "", "event is not a JSON object")], 0)
         pairs = list(event_attributes(event))
         context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
-        self._facts, self._common, self._described = {}, {}, {}
+        self._facts, self._common, self._texts = {}, {}, {}
         result = EventResult([], [], len(pairs), context.uuid.strip().lower())
         for attribute, object_deleted in pairs:
             outcome = self._attribute(context, attribute, object_deleted)
@@ -623,38 +643,26 @@ class GraphTransformer(Transformer):
         return [self._indicator(context, attribute, key, fields)]
 
     def _indicator(self, context: EventContext, attribute: Mapping[str, Any], uuid: str, observable: dict[str, Any]) -> dict[str, Any]:
-        facts = self.facts(context, attribute)
-        common = self._common.get(id(facts))
-        if common is None:
-            common = self._common[id(facts)] = self._common_fields(context, facts)
-        comment = clean_text(attribute.get("comment"))
-        texts = self._texts(context, comment)
-        indicator = dict(common)
+        indicator = dict(self.common(context, self.facts(context, attribute)))
         indicator["externalId"] = uuid
-        indicator["description"], indicator["additionalInformation"] = texts
+        indicator["description"], indicator["additionalInformation"] = self.texts(context, attribute)
         indicator.update(observable)
         return indicator
 
-    def _texts(self, context: EventContext, comment: str) -> tuple[str, str]:
-        """Description and additionalInformation; per event, by comment (usually empty)."""
-        texts = self._described.get(comment)
-        if texts is None:
-            texts = self._described[comment] = self._describe(context, comment)
-        return texts
-
-    @staticmethod
-    def _describe(context: EventContext, comment: str) -> tuple[str, str]:
+    def describe(self, context: EventContext, comment: str) -> tuple[str, str]:
+        """Description (≤ 100 characters) and additionalInformation (full text, event comments,
+        and the event UUID that --rebuild-state reads back)."""
         description, full_text = describe(context, comment)
         return description, "\n".join((full_text, *context.comments, f"MISP event: {context.uuid}"))
 
-    def _common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
+    def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
         """The fields that depend on the event and the tags, not on the attribute's value."""
         common: dict[str, Any] = {
             "action": self.policy.action,
             "targetProduct": self.policy.target_product,
             "passiveOnly": self.policy.passive_only,
             "isActive": True,
-            "expirationDateTime": self._expiration,
+            "expirationDateTime": iso_utc(self.valid_until),
             "tlpLevel": facts.tlp or self.policy.default_tlp,
             "threatType": facts.threat_type or C.DEFAULT_THREAT_TYPE,
             "confidence": _first_set(facts.confidence, self.policy.default_confidence),
@@ -669,10 +677,6 @@ class GraphTransformer(Transformer):
         }
         common.update({key: value for key, value in optional.items() if value})
         return common
-
-    @functools.cached_property
-    def _expiration(self) -> str:
-        return iso_utc(self.valid_until)
 
 
 # --- MISP type -> STIX pattern (mapping.md "STIX 2.1 indicator") ------------------------------
@@ -706,7 +710,8 @@ def _stix_hash(hash_type: str, value: str) -> str:
 def _stix_domain_ip(value: str) -> list[tuple[str, str]]:
     """One attribute, two indicators: Sentinel reads one observable per pattern."""
     host, address = split_composite(value)
-    return [("|domain", _stix_host(host)), ("|ip", _comparison(f"ipv{parse_address(address).version}-addr:value", str(parse_address(address))))]
+    ip = parse_address(address)
+    return [("|domain", _stix_host(host)), ("|ip", _comparison(f"ipv{ip.version}-addr:value", str(ip)))]
 
 
 def _stix_mac(value: str) -> str:
@@ -779,29 +784,35 @@ class StixTransformer(Transformer):
         builder = STIX_BUILDERS.get(misp_type)
         if builder is None:
             raise _Refused(SkipReason.UNSUPPORTED_TYPE, f"no STIX pattern for MISP type {misp_type}")
-        facts = self.facts(context, attribute)
-        return [self._indicator(context, attribute, key, suffix, pattern, value, facts) for suffix, pattern in builder(value)]
+        common = self.common(context, self.facts(context, attribute))
+        description = self.texts(context, attribute)
+        return [
+            {**common, "id": stix_id(key + suffix), "name": value, "description": description, "pattern": pattern,
+             "external_references": [self._reference(context, key)]}
+            for suffix, pattern in builder(value)
+        ]
 
-    def _indicator(self, context: EventContext, attribute: Mapping[str, Any], uuid: str, suffix: str, pattern: str,
-                   value: str, facts: TagFacts) -> dict[str, Any]:
+    def describe(self, context: EventContext, comment: str) -> str:
+        return describe(context, comment)[1]
+
+    def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
+        """Everything but the id, name, description, pattern and reference; once per tag set."""
         now = stix_time(self.now)
-        _, full_text = describe(context, clean_text(attribute.get("comment")))
-        indicator: dict[str, Any] = {
-            "type": "indicator", "spec_version": "2.1", "id": stix_id(uuid + suffix),
+        common: dict[str, Any] = {
+            "type": "indicator", "spec_version": "2.1",
             "created": now, "modified": now, "valid_from": now, "valid_until": stix_time(self.valid_until),
-            "name": value, "description": full_text, "pattern": pattern, "pattern_type": "stix", "pattern_version": "2.1",
+            "pattern_type": "stix", "pattern_version": "2.1",
             "indicator_types": [(facts.threat_type or C.DEFAULT_THREAT_TYPE).lower()],
             "confidence": _first_set(facts.confidence, self.policy.default_confidence),
             "object_marking_refs": [C.STIX_TLP_MARKINGS[facts.tlp or self.policy.default_tlp]],
-            "external_references": [self._reference(context, uuid)],
         }
         labels = _merge_unique(
             facts.labels, [f"diamond-model:{facts.diamond_model}"] if facts.diamond_model else [],
             [f"threat-actor:{name}" for name in facts.activity_groups], [f"malware:{name}" for name in facts.malware_families],
         )
         phases = [{"kill_chain_name": C.STIX_KILL_CHAIN_NAME, "phase_name": C.STIX_KILL_CHAIN_PHASES[p]} for p in facts.kill_chain]
-        indicator.update({key: val for key, val in (("labels", labels), ("kill_chain_phases", phases)) if val})
-        return indicator
+        common.update({key: val for key, val in (("labels", labels), ("kill_chain_phases", phases)) if val})
+        return common
 
     def _reference(self, context: EventContext, uuid: str) -> dict[str, str]:
         reference = {"source_name": "MISP", "external_id": uuid}
