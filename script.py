@@ -28,7 +28,7 @@ from request_log import LogWriteError, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings, load_settings
 from state_store import StateStore, StoreError, StoreLocked, target_lock
-from sync import open_run, rebuild_rows, run_all, state_name
+from sync import open_run, rebuild_rows, run_all, state_paths
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
@@ -109,12 +109,12 @@ def graph_target(settings: Settings) -> TargetSettings:
 def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
     """Recreate the Graph state store from Graph's own listing, removing duplicate copies."""
     settings.require_microsoft()
-    name = state_name(settings, graph_target(settings))
+    lock, path = state_paths(settings, graph_target(settings))
     client = GraphClient(settings, log)
     items = [item for page in client.list_pages() for item in page["value"]]
     rows, duplicates, anonymous = rebuild_rows(items, dt.datetime.now(dt.timezone.utc))
-    with target_lock(settings.state_dir / f"{name}.lock"):
-        store = StateStore(settings.state_dir / f"{name}.sqlite")
+    with target_lock(lock):
+        store = StateStore(path)
         store.replace_all(rows)
         store.close()
     failed = [r for r in client.delete(duplicates) if not r.accepted] if duplicates else []

@@ -15,6 +15,7 @@ import re
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -109,10 +110,12 @@ def policy_from(settings: Settings) -> MappingPolicy:
     )
 
 
-def state_name(settings: Settings, target: TargetSettings) -> str:
-    """One store per target: per tenant and app for Graph, per workspace for Sentinel."""
+def state_paths(settings: Settings, target: TargetSettings) -> tuple[Path, Path]:
+    """The lock and the store of one target: per tenant and app for Graph, per workspace for
+    Sentinel, so two targets never share state."""
     raw = f"graph_{settings.tenant}_{settings.client_id}" if target.kind == "graph" else f"sentinel_{target.workspace_id}"
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", raw)
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", raw)
+    return settings.state_dir / f"{name}.lock", settings.state_dir / f"{name}.sqlite"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -532,9 +535,8 @@ class TargetRun:
 def open_run(settings: Settings, spec: TargetSettings, log: RequestLog, dry_run: bool, now: dt.datetime,
              stack: contextlib.ExitStack) -> TargetRun:
     """Lock and open the target's state, and check its token before MISP is read."""
-    name = state_name(settings, spec)
-    stack.enter_context(target_lock(settings.state_dir / f"{name}.lock"))
-    path = settings.state_dir / f"{name}.sqlite"
+    lock, path = state_paths(settings, spec)
+    stack.enter_context(target_lock(lock))
     store = StateStore(None if dry_run and not path.exists() else path)
     stack.callback(store.close)
     policy = policy_from(settings)

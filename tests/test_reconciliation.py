@@ -12,7 +12,7 @@ import time
 from constants import ExitCode
 from settings import load_settings
 from state_store import target_lock
-from sync import state_name
+from sync import state_paths
 from tests.support import ROOT, run_cli, run_process, write_config
 from tests.test_sync import expected_external_ids, held_external_ids
 
@@ -196,7 +196,9 @@ def test_token_endpoint_error_is_reported_once(standins, tmp_path, capsys):
 def test_second_run_while_first_holds_the_lock_exits_7(standins, tmp_path, capsys):
     config = write_config(tmp_path, standins)
     settings = load_settings(config, environ={})
-    with target_lock(tmp_path / "state" / f"{state_name(settings, settings.targets[0])}.lock"):
+    lock, _ = state_paths(settings, settings.targets[0])
+    assert lock.parent == tmp_path / "state"
+    with target_lock(lock):
         run = run_cli(config, capsys=capsys)
     assert run.code == ExitCode.LOCKED and "another misp2sentinel run" in run.err
     assert standins.misp.requests_seen == []
