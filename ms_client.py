@@ -208,10 +208,10 @@ class MicrosoftClient:
         return result["access_token"]
 
     def _token_error(self, result: dict[str, Any]) -> str:
+        """One line with the AADSTS code; whoever catches the error writes its error file."""
         codes = result.get("error_codes") or []
         description = str(result.get("error_description", "")).split("\n")[0]
         code = f"AADSTS{codes[0]}" if codes else description.split(":")[0]
-        self.log.error("token", "token request refused", error=result.get("error"), error_codes=codes, error_description=description)
         return self.log.scrub(f"Microsoft Entra refused the token request ({result.get('error', 'error')}, {code}): {description}")
 
     # --- HTTP with retries ------------------------------------------------------------------

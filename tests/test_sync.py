@@ -184,6 +184,8 @@ def test_wrong_client_secret_names_the_aadsts_code_and_hides_the_secret(standins
     run = run_cli(config, capsys=capsys)
     assert run.code == ExitCode.MICROSOFT
     assert "AADSTS7000215" in run.err and "invalid_client" in run.err
+    (error,) = run.logs("error")  # reported once
+    assert "AADSTS7000215" in error["error"]
     assert "not-the-secret" not in run.err + run.out + run.log_text()
     assert standins.misp.requests_seen == []  # the token is checked before MISP is read
 
