@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import constants as C
-from ms_client import ItemResult, MicrosoftClient, MicrosoftError, error_text, response_body
+from ms_client import ItemResult, MicrosoftClient, error_text, response_body
 from request_log import RequestLog
 from settings import Settings
 
@@ -48,17 +48,8 @@ class GraphClient(MicrosoftClient):
 
     def list_pages(self) -> Iterator[dict[str, Any]]:
         """Pages of this app's indicators, following @odata.nextLink and refusing to loop."""
-        url: str | None = f"{self.settings.graph_endpoint}{C.GRAPH_TI_PATH}?$top={C.GRAPH_LIST_PAGE_SIZE}"
-        seen: set[str] = set()
-        while url:
-            if url in seen:
-                raise MicrosoftError(f"list: Graph returned the same @odata.nextLink twice ({url})")
-            seen.add(url)
-            body = self._check("list", self._call("list", "GET", url), (200,))
-            if not isinstance(body, dict) or not isinstance(body.get("value"), list):
-                raise MicrosoftError("list: Graph answered without a value list")
-            yield body
-            url = body.get("@odata.nextLink")
+        url = f"{self.settings.graph_endpoint}{C.GRAPH_TI_PATH}?$top={C.GRAPH_LIST_PAGE_SIZE}"
+        return self.pages("list", url, "@odata.nextLink")
 
     def delete(self, graph_ids: list[str]) -> list[ItemResult]:
         """deleteTiIndicators in batches of 100; one ItemResult per id."""

@@ -12,7 +12,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msal
@@ -213,6 +213,21 @@ class MicrosoftClient:
         description = str(result.get("error_description", "")).split("\n")[0]
         code = f"AADSTS{codes[0]}" if codes else description.split(":")[0]
         return self.log.scrub(f"Microsoft Entra refused the token request ({result.get('error', 'error')}, {code}): {description}")
+
+    def pages(self, name: str, url: str, next_key: str, method: str = "GET", body: Any = None) -> Iterator[dict[str, Any]]:
+        """Pages of a listing, following `next_key` with GET. A link seen twice (a known Azure
+        paging bug) stops the listing with an error instead of looping."""
+        seen: set[str] = set()
+        next_url: str | None = url
+        while next_url:
+            if next_url in seen:
+                raise MicrosoftError(f"{name}: {self.service} returned the same {next_key} twice ({next_url})")
+            seen.add(next_url)
+            page = self._check(name, self._call(name, method, next_url, body), (200,))
+            if not isinstance(page, dict) or not isinstance(page.get("value"), list):
+                raise MicrosoftError(f"{name}: {self.service} answered without a value list")
+            yield page
+            next_url, method, body = page.get(next_key), "GET", None
 
     # --- HTTP with retries ------------------------------------------------------------------
     def _call(self, name: str, method: str, url: str, body: Any = None,

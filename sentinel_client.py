@@ -53,19 +53,9 @@ class SentinelClient(MicrosoftClient):
             subscription_id=self.target.subscription_id, resource_group=self.target.resource_group,
             workspace_name=self.target.workspace_name,
         )
-        url: str | None = f"{self.settings.management_endpoint}{path}?api-version={self.settings.management_api_version}"
+        url = f"{self.settings.management_endpoint}{path}?api-version={self.settings.management_api_version}"
         criteria = {"pageSize": C.SENTINEL_QUERY_PAGE_SIZE, "sources": [self.settings.sourcesystem]}
-        seen: set[str] = set()
-        method, body = "POST", criteria
-        while url:
-            if url in seen:
-                raise MicrosoftError(f"queryIndicators: the management API returned the same nextLink twice ({url})")
-            seen.add(url)
-            page = self._check("queryIndicators", self._call("queryIndicators", method, url, body), (200,))
-            if not isinstance(page, dict) or not isinstance(page.get("value"), list):
-                raise MicrosoftError("queryIndicators: answer without a value list")
-            yield page
-            url, method, body = page.get("nextLink"), "GET", None
+        return self.pages("queryIndicators", url, "nextLink", "POST", criteria)
 
 
 def _results(objects: list[dict[str, Any]], errors: list[Any]) -> list[ItemResult]:
