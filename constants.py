@@ -97,11 +97,15 @@ SENTINEL_QUERY_PATH = (
 SENTINEL_MAX_BATCH = 100
 SENTINEL_REQUESTS_PER_MINUTE = 100
 SENTINEL_QUERY_PAGE_SIZE = 100
+# STIX external_references keys -> their names in the management API's read-back.
+STIX_REFERENCE_FIELDS = {"source_name": "sourceName", "description": "description", "url": "url",
+                         "external_id": "externalId", "hashes": "hashes"}
 SENTINEL_RETRY_TEXT_RE = re.compile(r"[Tt]ry again in (\d+) seconds?")
 
 # --- STIX 2.1 (mapping.md "STIX 2.1 indicator") -------------------------------------------------
 # Deterministic ids: uuid5 of this namespace and the MISP attribute UUID (+ part for domain|ip).
 STIX_ID_NAMESPACE = "6b1c5e3a-5f0e-4e1f-9a51-3d2b6c7f8e90"
+STIX_INDICATOR_ID_RE = re.compile(r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STIX_TLP_MARKINGS = {
     "white": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
     "green": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import constants as C
+from misp_transformer import stix_time
+from state_store import SENT
 
 # Fields that change without the indicator changing, or that Graph stamps itself.
 _NOT_CONTENT = frozenset({
@@ -63,8 +65,9 @@ def event_uuid_of(indicator: Mapping[str, Any]) -> str:
 
 
 def plan(known: Any, indicator: Mapping[str, Any], renew_before: dt.datetime) -> Action:
-    """What to do with one desired indicator, given its state row (or None)."""
-    if known is None:
+    """What to do with one desired indicator, given its state row (or None). A row still
+    `pending` may never have arrived, so it is sent again as new."""
+    if known is None or known.status != SENT:
         return Action.NEW
     if fixed_hash(indicator) != known.fixed_hash:
         return Action.REPLACE
@@ -92,6 +95,31 @@ def renew_body(graph_id: str, indicator: Mapping[str, Any]) -> dict[str, Any]:
 def renewal_threshold(now: dt.datetime, renew_days: float) -> dt.datetime:
     """Indicators expiring before this moment are extended on this run."""
     return now + dt.timedelta(days=renew_days)
+
+
+def clock_problem(previous_start: str | None, now: dt.datetime, days_to_expire: int) -> str:
+    """Why this run must not forget or remove anything because the clock moved (else "").
+
+    A clock that went backwards, or forward by more than an indicator lives, would make every
+    removal and expiry decision wrong: the run still sends, but forgets and removes nothing."""
+    previous = parse_expiry(previous_start)
+    if previous is None:
+        return ""
+    if now < previous:
+        return f"the clock is behind the previous run's start ({previous_start}) by {previous - now}"
+    if now - previous > dt.timedelta(days=days_to_expire):
+        return (f"the clock is {(now - previous).days} days past the previous run's start ({previous_start}), "
+                f"more than days_to_expire {days_to_expire}")
+    return ""
+
+
+def next_modified(candidate: str, previous: str | None) -> str:
+    """A STIX `modified` later than the last version sent, even when the local clock is behind
+    (the service refuses a version that is not newer)."""
+    last = parse_expiry(previous)
+    if last is None or (parse_expiry(candidate) or last) > last:
+        return candidate
+    return stix_time(last + dt.timedelta(milliseconds=1))
 
 
 def mass_delete_blocked(to_delete: int, owned: int, max_fraction: float) -> bool:

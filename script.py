@@ -23,16 +23,16 @@ from check import run_checks
 from constants import ExitCode
 from graph_client import GraphClient
 from misp_source import MispError, MispSource
-from ms_client import ItemResult, MicrosoftError
+from ms_client import MicrosoftError
 from request_log import LogWriteError, RequestLog
 from sentinel_client import SentinelClient
-from settings import ConfigError, Settings, TargetSettings, load_settings
+from settings import ConfigError, Settings, load_settings
 from state_store import StateStore, StoreError, StoreLocked, target_lock
-from sync import open_run, rebuild_rows, run_all, state_paths
+from sync import make_target, open_run, run_all, state_paths, target_label
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
-EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.MICROSOFT]
+EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT, ExitCode.CONFIG]
 
 EPILOG = """exit codes:
   0  all good
@@ -56,10 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("-r", "--read", action="store_true", help="list the indicators this app owns in Graph, as JSON")
-    action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id")
+    action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id, or revoke them by STIX id (indicator--…)")
     action.add_argument("--dry-run", action="store_true", help="fetch, transform and plan against the state; write what would be sent to the log directory, send nothing")
     action.add_argument("--check", action="store_true", help="check config, MISP, token and permission for every target; print ✓/✗ per line with the fix")
-    action.add_argument("--rebuild-state", action="store_true", help="recreate the local state from what Graph holds (after the state was lost)")
+    action.add_argument("--rebuild-state", action="store_true", help="recreate each target's local state from what the service holds")
     parser.add_argument("--allow-mass-delete", action="store_true", help="let this run delete more than max_delete_fraction of the owned indicators")
     parser.add_argument("--event", metavar="UUID", help="sync only this MISP event (removals limited to it too)")
     parser.add_argument("--format", choices=("json", "table", "csv"), default="json", help="output of -r (default json)")
@@ -87,40 +87,35 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
             run_all(runs, MispSource(settings, log), log, args.allow_mass_delete, scope, progress)
         finally:
             for run in runs:
-                run.report.requests = run.target.client.requests_sent if run.target.client else 0
+                client = run.target.client if run.target else None
+                run.report.requests = client.requests_sent if client else 0
                 log.write("run-report", run.report.as_dict(args.dry_run) | {"error": run.failure or None})
                 if not args.quiet:
                     out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
     for run in runs:
+        if run.report.clock_problem:
+            sys.stderr.write(f"misp2sentinel: warning: {run.spec.label}: {run.report.clock_problem}; nothing was forgotten or removed\n")
         if run.failure:
             sys.stderr.write(f"misp2sentinel: error: {run.spec.label}: {run.failure}\n")
     return max((run.exit_code() for run in runs), key=EXIT_SEVERITY.index)
 
 
-def graph_target(settings: Settings) -> TargetSettings:
-    """The Graph target, for the commands only Graph has (-d, --rebuild-state)."""
-    spec = next((spec for spec in settings.targets if spec.kind == "graph"), None)
-    if spec is None:
-        raise ConfigError("this command needs the graph target in `target`; Sentinel ids are deterministic "
-                          "STIX ids, so a lost Sentinel state only means one full re-upload without duplicates")
-    return spec
-
-
 def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
-    """Recreate the Graph state store from Graph's own listing, removing duplicate copies."""
+    """Recreate every target's state store from the service's own listing (Graph: removing
+    duplicate copies; Sentinel: recovering revoked ids and first-upload times)."""
     settings.require_microsoft()
-    lock, path = state_paths(settings, graph_target(settings))
-    client = GraphClient(settings, log)
-    items = [item for page in client.list_pages() for item in page["value"]]
-    rows, duplicates, anonymous = rebuild_rows(items, dt.datetime.now(dt.timezone.utc))
-    with target_lock(lock):
-        store = StateStore(path)
-        store.replace_all(rows)
-        store.close()
-    failed = [r for r in client.delete(duplicates) if not r.accepted] if duplicates else []
-    out.write(f"state rebuilt from Graph: {len(rows)} indicators; duplicate copies deleted: "
-              f"{len(duplicates) - len(failed)}; without externalId (left alone): {anonymous}\n")
-    return ExitCode.REJECTED if failed else ExitCode.OK
+    now = dt.datetime.now(dt.timezone.utc)
+    for spec in settings.targets:
+        lock, path = state_paths(settings, spec)
+        with target_lock(lock):
+            store = StateStore(path)
+            try:
+                target = make_target(settings, spec, log, store, now)
+                target.adopt("--rebuild-state")
+            finally:
+                store.close()
+        out.write(f"{target.report.target}: state rebuilt from the service: {target.report.rebuilt}\n")
+    return ExitCode.OK
 
 
 def read_indicators(settings: Settings, log: RequestLog, out: TextIO, output: str) -> ExitCode:
@@ -173,17 +168,35 @@ def listing_cell(kind: str, item: dict[str, Any], column: str) -> Any:
     return item.get(column, "")
 
 
-def delete_indicators(settings: Settings, log: RequestLog, graph_ids: list[str], out: TextIO) -> ExitCode:
+def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: TextIO) -> ExitCode:
+    """-d: Graph ids are deleted, STIX ids (indicator--…) revoked, each on the targets of its
+    kind, and the state is updated so the next sync re-creates what MISP still wants."""
     settings.require_microsoft()
-    graph_target(settings)
-    results: list[ItemResult] = GraphClient(settings, log).delete(graph_ids)
-    for result in results:
-        out.write(f"{result.key}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
-    failed = [r for r in results if not r.accepted]
-    if failed:
-        log.error("deleteTiIndicators", f"{len(failed)} of {len(results)} ids not deleted", results=[dataclasses.asdict(r) for r in failed])
-        return ExitCode.REJECTED
-    return ExitCode.OK
+    by_kind = {"sentinel": [i for i in ids if C.STIX_INDICATOR_ID_RE.fullmatch(i)]}
+    by_kind["graph"] = [i for i in ids if i not in by_kind["sentinel"]]
+    for kind, wanted in by_kind.items():
+        if wanted and not any(spec.kind == kind for spec in settings.targets):
+            raise ConfigError(f"-d {wanted[0]} needs a {kind} target in `target`")
+    done: set[str] = set()
+    now = dt.datetime.now(dt.timezone.utc)
+    for spec in settings.targets:
+        if not by_kind[spec.kind]:
+            continue
+        lock, path = state_paths(settings, spec)
+        with target_lock(lock):
+            store = StateStore(path)
+            try:
+                results = make_target(settings, spec, log, store, now).delete_ids(by_kind[spec.kind])
+            finally:
+                store.close()
+        label = target_label(settings, spec)
+        for result in results:
+            out.write(f"{label}: {result.key}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
+        done.update(r.key for r in results if r.accepted)
+        failed = [r for r in results if not r.accepted]
+        if failed:
+            log.error(f"delete {label}", f"{len(failed)} of {len(results)} ids not deleted", results=[dataclasses.asdict(r) for r in failed])
+    return ExitCode.OK if done == set(ids) else ExitCode.REJECTED
 
 
 def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: str = "") -> ExitCode:

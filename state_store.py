@@ -5,7 +5,9 @@ answered, and as `deleting` before a delete or revocation: after a crash (kill -
 the next run finds those rows and finishes or undoes the work, so no duplicate is left behind.
 `external_id` is our key (the MISP attribute UUID, or the base STIX id); `remote_id` is the
 service's id (Graph's id, or the STIX id in use); `body` keeps the last STIX object sent, which a
-revocation must repeat. Revoked STIX ids stay as `revoked` rows: they can never be reused.
+revocation must repeat. A `pending` row may or may not have reached the service, so it is still
+owned: planning sends it again and removal revokes or deletes it. Revoked STIX ids are kept per key
+in their own table: they can never be reused, whatever happens to the key's row.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-SENT, PENDING, DELETING, REVOKED = "sent", "pending", "deleting", "revoked"
+SENT, PENDING, DELETING = "sent", "pending", "deleting"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS indicators (
@@ -35,10 +37,13 @@ CREATE TABLE IF NOT EXISTS indicators (
 );
 CREATE INDEX IF NOT EXISTS indicators_seen ON indicators (seen_run);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revoked (external_id TEXT PRIMARY KEY, remote_id TEXT NOT NULL);
+INSERT OR REPLACE INTO revoked SELECT external_id, remote_id FROM indicators WHERE status = 'revoked';
+DELETE FROM indicators WHERE status = 'revoked';
 """
 
-
-_KNOWN = "external_id, remote_id, content_hash, fixed_hash, expires_at, event_uuid, sent_at, body"
+_KNOWN = "external_id, remote_id, content_hash, fixed_hash, expires_at, event_uuid, sent_at, body, status"
+_OWNED = "status IN ('sent', 'pending')"
 
 
 class StoreLocked(Exception):
@@ -61,6 +66,7 @@ class Known:
     event_uuid: str
     sent_at: str
     body: str
+    status: str = SENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +110,12 @@ class StateStore:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             self.db = sqlite3.connect(":memory:" if path is None else path, isolation_level=None)
             self.db.execute("PRAGMA synchronous = FULL")
+            damage = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if damage != "ok":
+                raise sqlite3.DatabaseError(damage)
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"state file {path} is unusable ({exc}); move it away and run --rebuild-state") from None
+            raise StoreError(f"state file {path} is unreadable ({exc})") from None
         self.path = path
 
     def close(self) -> None:
@@ -126,22 +135,37 @@ class StateStore:
     # --- runs ----------------------------------------------------------------------------
     def next_run(self) -> int:
         """The number the next run will get, without taking it (for a dry run)."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'run'").fetchone()
-        return int(row[0]) + 1 if row else 1
+        run = self.meta("run")
+        return int(run) + 1 if run else 1
 
-    def begin_run(self) -> int:
+    def begin_run(self, started: str) -> tuple[int, str | None]:
+        """Take the next run number and record when it started; returns the number and when
+        the previous run started (None on a first run), for the clock check."""
         with self.transaction():
-            run = self.next_run()
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('run', ?)", (str(run),))
-        return run
+            run, previous = self.next_run(), self.meta("started")
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", (("run", str(run)), ("started", started)))
+        return run, previous
+
+    def is_fresh(self) -> bool:
+        """No run was ever recorded and nothing is owned: a first run, or a lost state file."""
+        return self.meta("run") is None and self.db.execute("SELECT 1 FROM indicators LIMIT 1").fetchone() is None
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def known(self, external_id: str) -> Known | None:
-        row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ? AND status = ?", (external_id, SENT)).fetchone()
+        """The owned row of a key, sent or maybe sent (`pending`)."""
+        row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ? AND {_OWNED}", (external_id,)).fetchone()
         return Known(*row) if row else None
 
     def revoked_id(self, external_id: str) -> str | None:
         """The STIX id last revoked for this key: a revived indicator must not reuse it."""
-        row = self.db.execute("SELECT remote_id FROM indicators WHERE external_id = ? AND status = ?", (external_id, REVOKED)).fetchone()
+        row = self.db.execute("SELECT remote_id FROM revoked WHERE external_id = ?", (external_id,)).fetchone()
         return row[0] if row else None
 
     def rows(self, external_ids: Iterable[str]) -> list[Known]:
@@ -156,28 +180,26 @@ class StateStore:
         return row is not None
 
     def owned_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM indicators WHERE status = ?", (SENT,)).fetchone()[0]
+        return self.db.execute(f"SELECT COUNT(*) FROM indicators WHERE {_OWNED}").fetchone()[0]
 
     def unfinished(self) -> list[Pending]:
-        rows = self.db.execute("SELECT external_id, remote_id, status FROM indicators WHERE status NOT IN (?, ?)", (SENT, REVOKED))
+        rows = self.db.execute("SELECT external_id, remote_id, status FROM indicators WHERE status != ?", (SENT,))
         return [Pending(*row) for row in rows]
 
     def unseen(self, run: int) -> Iterator[Known]:
         """Owned rows no desired indicator touched in this run: candidates for removal, read
         row by row (most are usually outside the filter window and only counted)."""
-        rows = self.db.execute(
-            f"SELECT {_KNOWN} FROM indicators WHERE status = ? AND seen_run != ? ORDER BY external_id", (SENT, run),
-        )
+        rows = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE {_OWNED} AND seen_run != ? ORDER BY external_id", (run,))
         return (Known(*row) for row in rows)
 
     def forget_expired(self, run: int, now: str, dry_run: bool) -> int:
         """Unseen rows whose expiry has passed: the service has expired them, nothing to do
         but forget them. Returns how many (a dry run only counts)."""
-        where = "FROM indicators WHERE status = ? AND seen_run != ? AND expires_at <= ?"
+        where = f"FROM indicators WHERE {_OWNED} AND seen_run != ? AND expires_at <= ?"
         if dry_run:
-            return self.db.execute(f"SELECT COUNT(*) {where}", (SENT, run, now)).fetchone()[0]
+            return self.db.execute(f"SELECT COUNT(*) {where}", (run, now)).fetchone()[0]
         with self.transaction():
-            return self.db.execute(f"DELETE {where}", (SENT, run, now)).rowcount
+            return self.db.execute(f"DELETE {where}", (run, now)).rowcount
 
     # --- writes --------------------------------------------------------------------------
     def mark_seen(self, external_ids: Iterable[str], run: int) -> None:
@@ -211,20 +233,34 @@ class StateStore:
                 ((k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.body, k.external_id) for k in rows),
             )
 
-    def record_revoked(self, external_ids: Iterable[str]) -> None:
+    def record_revoked(self, revoked: Iterable[tuple[str, str]]) -> None:
+        """(key, STIX id) pairs now revoked: the rows go, the ids are remembered for good."""
         with self.transaction():
-            self.db.executemany("UPDATE indicators SET status = ? WHERE external_id = ?", ((REVOKED, e) for e in external_ids))
+            for external_id, remote_id in revoked:
+                self.db.execute("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (external_id, remote_id))
+                self.db.execute("DELETE FROM indicators WHERE external_id = ?", (external_id,))
+
+    def keys_of_remote(self, remote_ids: Iterable[str]) -> dict[str, str]:
+        """Service id -> our key, for the owned rows among `remote_ids` (-d by service id)."""
+        found = {}
+        for remote_id in remote_ids:
+            row = self.db.execute(f"SELECT external_id FROM indicators WHERE remote_id = ? AND {_OWNED}", (remote_id,)).fetchone()
+            if row:
+                found[remote_id] = row[0]
+        return found
 
     def remove(self, external_ids: Iterable[str]) -> None:
         with self.transaction():
             self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in external_ids))
 
-    def replace_all(self, rows: Iterable[Known]) -> None:
-        """--rebuild-state: exactly these owned rows."""
+    def replace_all(self, rows: Iterable[Known], revoked: Iterable[tuple[str, str]] = ()) -> None:
+        """A rebuild from the service's listing: exactly these owned rows and revoked ids."""
         with self.transaction():
             self.db.execute("DELETE FROM indicators")
+            self.db.execute("DELETE FROM revoked")
             self.db.executemany(
                 "INSERT INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 ((k.external_id, k.remote_id, k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.event_uuid, SENT, k.body)
                  for k in rows),
             )
+            self.db.executemany("INSERT OR REPLACE INTO revoked VALUES (?, ?)", revoked)

@@ -27,12 +27,13 @@ from misp_source import MispSource
 from misp_transformer import (EventResult, GraphTransformer, MappingPolicy, Skip, StixTransformer, Transformer, iso_utc,
                               stix_id, stix_time)
 from ms_client import ItemResult, MicrosoftError
-from reconcile import (Action, content_hash, event_uuid_of, fixed_hash, mass_delete_blocked, plan,
+from rebuild import Rebuilt, graph_rows, sentinel_rows
+from reconcile import (Action, clock_problem, content_hash, fixed_hash, mass_delete_blocked, next_modified, plan,
                        renew_body, renewal_threshold, update_body)
 from request_log import JsonLines, RequestLog
 from sentinel_client import SentinelClient
-from settings import Settings, TargetSettings
-from state_store import DELETING, PENDING, Known, StateStore, target_lock
+from settings import ConfigError, Settings, TargetSettings
+from state_store import DELETING, Known, StateStore, StoreError, StoreLocked, target_lock
 
 # Skips that only confirm MISP's own filtering; the others are listed one by one in the logs.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
@@ -54,6 +55,8 @@ class RunReport:
     kept_outside_window: int = 0
     forgotten_expired: int = 0
     recovered: int = 0
+    rebuilt: str = ""
+    clock_problem: str = ""
     deletions_blocked: int = 0
     requests: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -78,7 +81,8 @@ class RunReport:
             **{action.value: self.actions[action.value] for action in Action},
             "accepted": self.accepted, "rejected": self.rejected, "failed": self.failed, "deleted": self.deleted,
             "kept_outside_window": self.kept_outside_window, "forgotten_expired": self.forgotten_expired,
-            "recovered": self.recovered, "deletions_blocked": self.deletions_blocked, "requests": self.requests,
+            "recovered": self.recovered, "state_rebuilt": self.rebuilt or None, "clock_problem": self.clock_problem or None,
+            "deletions_blocked": self.deletions_blocked, "requests": self.requests,
             "skipped": dict(sorted(self.skipped.items())), "seconds": round(time.monotonic() - self.started, 3),
         }
 
@@ -97,6 +101,8 @@ class RunReport:
             f"{data['kept_outside_window']}\n"
             + (f"DELETIONS BLOCKED by the safety valve: {data['deletions_blocked']}\n" if data["deletions_blocked"] else "")
             + (f"recovered from an interrupted run: {data['recovered']}\n" if data["recovered"] else "")
+            + (f"STATE REBUILT from the service: {data['state_rebuilt']}\n" if data["state_rebuilt"] else "")
+            + (f"NOTHING FORGOTTEN OR REMOVED: {data['clock_problem']}\n" if data["clock_problem"] else "")
             + f"requests to the service: {data['requests']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
         )
 
@@ -112,10 +118,36 @@ def policy_from(settings: Settings) -> MappingPolicy:
 
 def state_paths(settings: Settings, target: TargetSettings) -> tuple[Path, Path]:
     """The lock and the store of one target: per tenant and app for Graph, per workspace for
-    Sentinel, so two targets never share state."""
+    Sentinel, so two targets never share state. Ids are GUIDs, compared without case: a client
+    id written in capitals finds the same store (a file an older version named in capitals is
+    taken over)."""
     raw = f"graph_{settings.tenant}_{settings.client_id}" if target.kind == "graph" else f"sentinel_{target.workspace_id}"
-    name = re.sub(r"[^A-Za-z0-9_-]+", "-", raw)
-    return settings.state_dir / f"{name}.lock", settings.state_dir / f"{name}.sqlite"
+    name = re.sub(r"[^a-z0-9_-]+", "-", raw.lower())
+    lock, store = settings.state_dir / f"{name}.lock", settings.state_dir / f"{name}.sqlite"
+    return lock, store
+
+
+def adopt_case_variant(store: Path) -> None:
+    """Rename a store file whose name differs only in letter case to the canonical name."""
+    if store.exists() or not store.parent.is_dir():
+        return
+    variant = next((path for path in store.parent.glob("*.sqlite") if path.name.lower() == store.name), None)
+    if variant is not None:
+        variant.rename(store)
+
+
+def open_store(path: Path, dry_run: bool, now: dt.datetime) -> tuple[StateStore, str]:
+    """The target's store, and a note when an unreadable file had to be moved aside (the run
+    then rebuilds from the service). A dry run never moves anything."""
+    adopt_case_variant(path)
+    if dry_run:
+        return StateStore(path if path.exists() else None), ""
+    try:
+        return StateStore(path), ""
+    except StoreError as exc:
+        aside = path.with_name(f"{path.name}.unreadable-{now.strftime('%Y%m%dT%H%M%SZ')}")
+        path.rename(aside)
+        return StateStore(path), f"{exc}; moved to {aside.name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +183,8 @@ class Target:
         self.now = now
         self.renew_before = renewal_threshold(now, settings.renew_days)
         self.queues: dict[Action, list[_Queued]] = {action: [] for action in Action if action is not Action.UNCHANGED}
-        self.run = store.next_run() if client is None else store.begin_run()
-        self.owned_at_start = store.owned_count()
+        self.run = 0
+        self.owned_at_start = 0
         self._seen: list[str] = []  # this page's desired keys, marked in the store per page
         self._page_keys: set[str] = set()
         self._queued_keys: set[str] = set()  # offered on an earlier page, still waiting for a batch
@@ -165,7 +197,34 @@ class Target:
     def dry_run(self) -> bool:
         return self.client is None
 
+    def start(self) -> None:
+        """Take a run number and check the clock against the previous run's start."""
+        if self.dry_run:
+            self.run, previous = self.store.next_run(), self.store.meta("started")
+        else:
+            self.run, previous = self.store.begin_run(iso_utc(self.now))
+        self.report.clock_problem = clock_problem(previous, self.now, self.settings.days_to_expire)
+        self.owned_at_start = self.store.owned_count()
+
+    def adopt(self, note: str) -> None:
+        """A store with no history (first run, lost or unreadable file): read what the service
+        holds of ours before anything is sent, so nothing is sent twice."""
+        rebuilt = self.read_back()
+        if not rebuilt.rows and not rebuilt.revoked and not note:
+            return
+        self.store.replace_all(rebuilt.rows, rebuilt.revoked)
+        if rebuilt.surplus:
+            self.remove_surplus(rebuilt.surplus)
+        self.report.rebuilt = (f"{len(rebuilt.rows)} indicators, {len(rebuilt.revoked)} revoked ids, "
+                               f"{len(rebuilt.surplus)} duplicate copies removed" + (f" ({note})" if note else ""))
+
     # --- what subclasses define ---------------------------------------------------------
+    def read_back(self) -> Rebuilt:
+        raise NotImplementedError
+
+    def remove_surplus(self, remote_ids: list[str]) -> None:
+        raise NotImplementedError
+
     def key_of(self, indicator: dict[str, Any]) -> str:
         raise NotImplementedError
 
@@ -293,7 +352,11 @@ class Target:
     def remove_gone(self, fetched_events: set[str], alive_events: Callable[[], set[str] | None], allow_mass_delete: bool,
                     scope: set[str] | None = None) -> None:
         """Remove what MISP no longer wants; keep what merely left the filter window (it expires).
-        With a `scope` (one event re-run), only that event's indicators are considered."""
+        With a `scope` (one event re-run), only that event's indicators are considered. After a
+        clock jump nothing is forgotten or removed: expiry and age would be judged wrongly."""
+        if self.report.clock_problem:
+            self.log.error("clock", f"{self.report.clock_problem}: nothing forgotten or removed in this run")
+            return
         if scope is None:
             self.report.forgotten_expired = self.store.forget_expired(self.run, iso_utc(self.now), dry_run=self.dry_run)
         gone: list[Known] = []
@@ -337,6 +400,22 @@ class GraphTarget(Target):
     def expiry_of(self, indicator: dict[str, Any]) -> str:
         return indicator["expirationDateTime"]
 
+    def read_back(self) -> Rebuilt:
+        return graph_rows((item for page in self.client.list_pages() for item in page["value"]), self.now)
+
+    def remove_surplus(self, remote_ids: list[str]) -> None:
+        failed = [r for r in self.client.delete(remote_ids) if not r.accepted]
+        if failed:
+            self.log.error("deleteTiIndicators", f"{len(failed)} duplicate copies not deleted",
+                           results=[dataclasses.asdict(r) for r in failed])
+
+    def delete_ids(self, graph_ids: list[str]) -> list[ItemResult]:
+        """-d: delete by Graph id, and forget the rows, so the next sync sends the indicator
+        again if MISP still wants it."""
+        results = self.client.delete(graph_ids)
+        self._forget_deleted(results, self.store.keys_of_remote(graph_ids))
+        return results
+
     def recover(self) -> None:
         """Finish what a killed run left: remove every copy Graph may hold of an unconfirmed
         submit, replacement or delete; those indicators are then planned afresh."""
@@ -347,7 +426,7 @@ class GraphTarget(Target):
 
     def _forget_deleted(self, results: list[ItemResult], keys: dict[str, str]) -> list[str]:
         """Drop the rows Graph no longer holds (deleted now, or already gone: 404)."""
-        gone = [keys[r.key] for r in results if r.accepted or str(r.error).startswith("404")]
+        gone = [keys[r.key] for r in results if (r.accepted or str(r.error).startswith("404")) and r.key in keys]
         self.store.remove(gone)
         return gone
 
@@ -431,20 +510,45 @@ class SentinelTarget(Target):
         return indicator["valid_until"]
 
     def prepare(self, key: str, indicator: dict[str, Any], event_uuid: str, known: Known | None) -> _Queued:
-        """Keep the first upload's id, `created` and `valid_from`; a key whose id was revoked
-        gets a new id derived from the revoked one (still the same on every machine)."""
+        """Keep the first upload's id, `created` and `valid_from`, and send a `modified` later
+        than the last version's even when the clock is behind; a key whose id was revoked gets
+        a new id derived from the revoked one (still the same on every machine)."""
         if known is not None:
-            first = json.loads(known.body) if known.body else indicator
-            indicator = {**indicator, "id": known.remote_id, "created": first["created"], "valid_from": first["valid_from"]}
+            last = json.loads(known.body) if known.body else indicator
+            indicator = {**indicator, "id": known.remote_id, "created": last["created"], "valid_from": last["valid_from"],
+                         "modified": next_modified(indicator["modified"], last.get("modified"))}
         elif (revoked := self.store.revoked_id(key)) is not None:
             indicator = {**indicator, "id": stix_id(revoked)}
         return _Queued(key, indicator, event_uuid, indicator["id"])
 
+    def read_back(self) -> Rebuilt:
+        """The workspace's indicators from our sourcesystem (needs the management settings)."""
+        try:
+            pages = self.client.query_pages()
+        except ConfigError as exc:
+            raise ConfigError(f"no state yet for {self.report.target}, and the workspace cannot be read back to "
+                              f"rebuild it before sending: {exc}") from None
+        return sentinel_rows((item for page in pages for item in page["value"]), self.now)
+
+    def delete_ids(self, stix_ids: list[str]) -> list[ItemResult]:
+        """-d: revoke by STIX id, from the state's last version or, for an id the state does not
+        know, from the workspace's copy; the key then gets a fresh id if MISP still wants it."""
+        keys = self.store.keys_of_remote(stix_ids)
+        last = {row.remote_id: (row.external_id, json.loads(row.body)) for row in self.store.rows(keys.values())}
+        unknown = [stix for stix in stix_ids if stix not in last]
+        if unknown:
+            rebuilt = self.read_back()
+            last.update({row.remote_id: (row.external_id, json.loads(row.body)) for row in rebuilt.rows if row.remote_id in unknown})
+        found = [stix for stix in stix_ids if stix in last]
+        results = self.client.upload([revocation(last[stix][1], self.now) for stix in found]) if found else []
+        self.store.record_revoked((last[r.key][0], r.key) for r in results if r.accepted)
+        missing = [ItemResult(stix, None, "not in the state, nor live in the workspace") for stix in stix_ids if stix not in last]
+        return results + missing
+
     def recover(self) -> None:
-        """Uploads are idempotent (same id, newer modified): forget unconfirmed ones, they are
-        planned again; finish interrupted revocations."""
+        """Uploads are idempotent (same id, newer modified): unconfirmed uploads stay owned as
+        `pending` (planned again, or revoked if MISP dropped them); finish interrupted revocations."""
         unfinished = self.store.unfinished()
-        self.store.remove(row.external_id for row in unfinished if row.status == PENDING)
         revoking = self.store.rows(row.external_id for row in unfinished if row.status == DELETING)
         if revoking:
             self.remove(revoking)
@@ -469,89 +573,108 @@ class SentinelTarget(Target):
     def remove(self, rows: list[Known]) -> None:
         """Revoke: the last object sent, again, with `revoked: true` and a newer `modified`."""
         self.store.mark_deleting(row.external_id for row in rows)
-        objects = [{**json.loads(row.body), "revoked": True, "modified": stix_time(self.now)} for row in rows]
+        objects = [revocation(json.loads(row.body), self.now) for row in rows]
         self.dispatch("upload", [row.external_id for row in rows], lambda: self.client.upload(objects),
                       lambda results: self._revoked(rows, results))
 
     def _revoked(self, rows: list[Known], results: list[ItemResult]) -> None:
         key_of_remote = {row.remote_id: row.external_id for row in rows}
         revoked = {r.key for r in results if r.accepted or "revoked" in str(r.error).lower()}
-        self.store.record_revoked(key_of_remote[remote] for remote in revoked)
+        self.store.record_revoked((key_of_remote[remote], remote) for remote in revoked)
         self.report.deleted += len(revoked)
         failed = [r for r in results if r.key not in revoked]
         if failed:
             self.log.error("revoke", f"{len(failed)} revocations rejected", rejected=[{"id": r.key, "reason": r.error} for r in failed])
 
 
+def revocation(last: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The last version sent, again, revoked, with a `modified` later than that version's."""
+    return {**last, "revoked": True, "modified": next_modified(stix_time(now), last.get("modified"))}
+
+
 def skipped_records(skips: list[Skip]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(skip) | {"reason": skip.reason.value} for skip in skips]
 
 
-def rebuild_rows(items: list[dict[str, Any]], now: dt.datetime) -> tuple[list[Known], list[str], int]:
-    """Graph state rows from Graph's listing: (rows, ids of surplus duplicates, items without externalId)."""
-    rows: dict[str, Known] = {}
-    duplicates: list[str] = []
-    anonymous = 0
-    for item in items:
-        external_id = str(item.get("externalId") or "").lower()
-        if not external_id:
-            anonymous += 1
-        elif external_id in rows:
-            duplicates.append(item["id"])
-        else:
-            rows[external_id] = Known(external_id, item["id"], content_hash(item), fixed_hash(item),
-                                      str(item.get("expirationDateTime", "")), event_uuid_of(item), iso_utc(now), "")
-    return list(rows.values()), duplicates, anonymous
-
-
 @dataclasses.dataclass
 class TargetRun:
-    """One target's part of a run; a fatal error stops this target and lets the others go on."""
+    """One target's part of a run. A failure stops this target only; the others go on, and the
+    run's exit code is the most serious outcome among them."""
 
     spec: TargetSettings
-    target: Target
-    transformer: Transformer
     report: RunReport
+    target: Target | None = None
+    transformer: Transformer | None = None
     skipped_file: JsonLines | None = None
     failure: str = ""
+    failure_code: ExitCode = ExitCode.OK
 
-    def guard(self, log: RequestLog, step: Callable[[], None]) -> None:
+    def fail(self, log: RequestLog, code: ExitCode, message: str) -> None:
+        self.failure, self.failure_code = log.scrub(message), code
+        log.error(self.spec.label, self.failure)
+
+    def guard(self, log: RequestLog, step: Callable[[], Any]) -> None:
         if self.failure:
             return
         try:
             step()
         except MicrosoftError as exc:
-            self.failure = str(exc)
-            log.error(self.spec.label, self.failure)
+            self.fail(log, ExitCode.MICROSOFT, str(exc))
+        except ConfigError as exc:
+            self.fail(log, ExitCode.CONFIG, f"configuration: {exc}")
 
     def exit_code(self) -> ExitCode:
-        if self.failure or self.report.failed:
+        if self.failure:
+            return self.failure_code
+        if self.report.failed:
             return ExitCode.MICROSOFT
         if self.report.deletions_blocked:
             return ExitCode.SAFETY_VALVE
         return ExitCode.REJECTED if self.report.rejected else ExitCode.OK
 
 
+def target_label(settings: Settings, spec: TargetSettings) -> str:
+    return f"graph tenant {settings.tenant}" if spec.kind == "graph" else spec.label
+
+
+def make_target(settings: Settings, spec: TargetSettings, log: RequestLog, store: StateStore, now: dt.datetime,
+                dry_run: bool = False, report: RunReport | None = None) -> Target:
+    """The target object for one configured target; a dry run has no client."""
+    report = report or RunReport(target_label(settings, spec))
+    if spec.kind == "graph":
+        return GraphTarget(settings, None if dry_run else GraphClient(settings, log), store, log, report, now)
+    return SentinelTarget(settings, None if dry_run else SentinelClient(settings, spec, log), store, log, report, now)
+
+
 def open_run(settings: Settings, spec: TargetSettings, log: RequestLog, dry_run: bool, now: dt.datetime,
              stack: contextlib.ExitStack) -> TargetRun:
-    """Lock and open the target's state, and check its token before MISP is read."""
+    """Lock and open the target's state, check its token, and read the service back when the
+    state has no history, all before MISP is read. A failure is kept in the TargetRun."""
+    run = TargetRun(spec, RunReport(target_label(settings, spec)))
     lock, path = state_paths(settings, spec)
-    stack.enter_context(target_lock(lock))
-    store = StateStore(None if dry_run and not path.exists() else path)
+    try:
+        stack.enter_context(target_lock(lock))
+        store, note = open_store(path, dry_run, now)
+    except StoreLocked as exc:
+        run.fail(log, ExitCode.LOCKED, f"{exc}; nothing done for this target")
+        return run
+    except StoreError as exc:
+        run.fail(log, ExitCode.CONFIG, f"state_dir: {exc}")
+        return run
     stack.callback(store.close)
-    policy = policy_from(settings)
-    if spec.kind == "graph":
-        client: Any = None if dry_run else GraphClient(settings, log)
-        target: Target = GraphTarget(settings, client, store, log, RunReport(f"graph tenant {settings.tenant}"), now)
-        transformer: Transformer = GraphTransformer(policy, now)
-    else:
-        client = None if dry_run else SentinelClient(settings, spec, log)
-        target = SentinelTarget(settings, client, store, log, RunReport(spec.label), now)
-        transformer = StixTransformer(policy, now)
+    fresh = store.is_fresh()
+    target = make_target(settings, spec, log, store, now, dry_run, run.report)
     stack.callback(target.close)
-    if client is not None:
-        client.token()
-    return TargetRun(spec, target, transformer, target.report)
+    transformer = GraphTransformer if spec.kind == "graph" else StixTransformer
+    run.transformer = transformer(policy_from(settings), now)
+    if target.client is not None:
+        run.guard(log, target.client.token)
+        if fresh:
+            run.guard(log, lambda: target.adopt(note))
+    if not run.failure:
+        target.start()
+        run.target = target
+    return run
 
 
 def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_mass_delete: bool,
@@ -561,6 +684,9 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
     `scope` limits removals to those events (a `--event` run); `progress` shows a bar of
     events read and, per target, of indicators answered (on a terminal only).
     """
+    runs = [run for run in runs if run.target is not None]
+    if not runs:
+        return
     for run in runs:
         if not run.target.dry_run:
             run.guard(log, run.target.recover)
@@ -571,8 +697,7 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
     try:
         for page in source.pages():
             for event in page:
-                for run in runs:
-                    fetched.add(_feed(run, event, log))
+                fetched.update(_feed(run, event, log) for run in runs if not run.failure)
             bar.update(len(page))
             for run in runs:
                 run.guard(log, run.target.commit_seen)

@@ -62,7 +62,8 @@ def test_safety_valve_threshold(deleting, owned, blocked):
 def test_store_rows_move_pending_to_sent_and_survive_reopening(tmp_path):
     path = tmp_path / "state" / "graph_t.sqlite"
     store = StateStore(path)
-    run = store.begin_run()
+    run, previous = store.begin_run("2026-12-01T00:00:00Z")
+    assert previous is None
     store.mark_pending([Known("a1", "", "c", "f", "2027-01-01T00:00:00Z", "e1", "now", ""),
                         Known("a2", "", "c", "f", "x", "e1", "now", "")], run)
     assert [(p.external_id, p.status) for p in store.unfinished()] == [("a1", PENDING), ("a2", PENDING)]
@@ -71,7 +72,7 @@ def test_store_rows_move_pending_to_sent_and_survive_reopening(tmp_path):
     reopened = StateStore(path)
     assert reopened.known("a1") == Known("a1", "g1", "c", "f", "2027-01-01T00:00:00Z", "e1", "now", "")
     assert reopened.known("a2") is None and reopened.unfinished() == []
-    assert reopened.begin_run() == run + 1
+    assert reopened.begin_run("2026-12-02T00:00:00Z") == (run + 1, "2026-12-01T00:00:00Z")
     assert [row.external_id for row in reopened.unseen(run + 1)] == ["a1"]
     reopened.mark_seen(["a1"], run + 1)
     assert list(reopened.unseen(run + 1)) == []
