@@ -128,6 +128,12 @@ MAC_ADDRESS_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
 # --- MISP ------------------------------------------------------------------------------------
 MISP_DEFAULT_PAGE_SIZE = 100
+# Bounds on one paged search, so a MISP that never reaches an empty page cannot loop forever.
+# A full fetch after a listing may read twice the listed events (some are published meanwhile)
+# plus spare pages; a search without a listing stops after MISP_MAX_PAGES.
+MISP_PAGE_GROWTH = 2
+MISP_SPARE_PAGES = 10
+MISP_MAX_PAGES = 100_000
 # Filter keys the tool owns; an operator setting them in misp_event_filters would break paging.
 MISP_RESERVED_FILTERS = frozenset({"limit", "page", "controller", "return_format", "returnFormat", "pythonify"})
 # Filters that select a time window: an event outside it is not gone, it just expires.

@@ -1,7 +1,8 @@
-"""Published MISP events, page by page, through PyMISP.
+"""Published MISP events through PyMISP: a metadata listing, pages of full events, events by uuid.
 
 Every way MISP can fail (refused key, error dict, HTML login page, 5xx, network) becomes one
 MispError with a one-line message, so the run stops loudly instead of syncing "0 indicators".
+So does a page holding something other than events, or a MISP that ignores `page`.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -102,14 +104,66 @@ def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str,
         helper.join(timeout=5)
 
 
-def _event_uuid(wrapped: Any) -> str:
+def _event_of(wrapped: Any) -> dict[str, Any] | None:
+    """The event inside `{"Event": {...}}` (or a bare event dict); None for anything else."""
     event = wrapped.get("Event", wrapped) if isinstance(wrapped, dict) else None
-    uuid = event.get("uuid") if isinstance(event, dict) else None
+    return event if isinstance(event, dict) else None
+
+
+def _event_uuid(wrapped: Any) -> str:
+    """The event's uuid in lower case; "" when the item is not an event with a string uuid."""
+    uuid = (_event_of(wrapped) or {}).get("uuid")
     return uuid.lower() if isinstance(uuid, str) else ""
 
 
+def _epoch(value: Any) -> int:
+    """MISP sends epochs as strings of digits; anything else (missing, "²", "-1") is 0."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 0)
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class EventStamp:
+    """An event's two clocks from the listing: `timestamp` moves on every edit,
+    `publish_timestamp` on every (re)publish; 0 when MISP sent none or no plain digits."""
+
+    timestamp: int
+    publish_timestamp: int
+
+
+def _stamp(wrapped: Any) -> EventStamp:
+    event = _event_of(wrapped) or {}
+    return EventStamp(_epoch(event.get("timestamp")), _epoch(event.get("publish_timestamp")))
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One metadata-only view of what the filters select, taken once: it decides a run's
+    membership. `events`: uuid (lower case) -> stamps of the events matching every filter;
+    `primary_count`: events the first filter alone selects, which its full fetch pages over."""
+
+    events: Mapping[str, EventStamp]
+    primary_count: int
+
+
+def _non_event_kind(item: Any) -> str:
+    return "dict without a string Event.uuid" if isinstance(item, dict) else type(item).__name__
+
+
+def _check_events(items: list[Any], where: str, limit: int) -> None:
+    """A page must hold at most `limit` events, each with a uuid: anything else would read as
+    "these events are gone" and delete their indicators."""
+    strangers = [_non_event_kind(item) for item in items if not _event_uuid(item)]
+    if strangers:
+        raise MispError(f"{where} holds {len(strangers)} items that are not events ({', '.join(sorted(set(strangers)))})")
+    if len(items) > limit:
+        raise MispError(f"{where} holds {len(items)} events, more than the page size {limit}")
+
+
 class MispSource:
-    """Connects once, then yields pages of `{"Event": ...}` dicts until MISP returns an empty page."""
+    """Connects once, then reads events: a metadata listing, pages of full events until MISP
+    returns an empty page, or chosen events by uuid."""
 
     def __init__(self, settings: Settings, log: RequestLog) -> None:
         self.settings = settings
@@ -128,24 +182,50 @@ class MispSource:
                 raise MispError(f"cannot connect to MISP at {self.settings.misp_url}: {_explain(exc)}") from None
         return self._misp
 
-    def pages(self) -> Iterator[list[dict[str, Any]]]:
-        """Pages of events as restSearch returns them; memory holds one page at a time.
+    def listing(self) -> Listing:
+        """The events all filters select, as metadata only (no attributes): one search per
+        filter, intersected. Asks MISP every time; the caller keeps it for the run."""
+        return self._list_matching_all(list(self.settings.misp_event_filters))
 
-        With several filters (the seed's list form) an event must match all of them: the
-        others are read first as lightweight metadata, keeping only the event UUIDs.
+    def pages(self, listing: Listing | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Pages of full events from the first filter's search; memory holds a few pages.
+
+        With a listing, only its events are yielded and its count bounds the pages. With
+        several filters (the seed's list form) and no listing, one is taken first, so an
+        event must match all of them.
         """
         misp = self.connect()
         primary, *others = self.settings.misp_event_filters
-        allowed = self._uuids_matching_all(misp, others) if others else None
-        for events in prefetched(self._search(misp, primary, "MISP events")):
-            if allowed is not None:
-                events = [event for event in events if _event_uuid(event) in allowed]
+        if listing is None and others:
+            listing = self.listing()
+        max_pages = C.MISP_MAX_PAGES if listing is None else self._page_budget(listing.primary_count)
+        for events in prefetched(self._search(misp, primary, "MISP events", max_pages)):
+            if listing is not None:
+                events = [event for event in events if _event_uuid(event) in listing.events]
+            if events:
+                yield events
+
+    def fetch_events(self, uuids: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
+        """Full bodies of chosen events (say, listed ones the paged fetch missed because the
+        pages shifted), in batches of the page size, each one search with the first filter.
+        An event that no longer matches is simply absent; one not asked for is an error."""
+        misp = self.connect()
+        primary = self.settings.misp_event_filters[0]
+        wanted = sorted({uuid.lower() for uuid in uuids})
+        size = self.settings.misp_page_size
+        batches = [wanted[start:start + size] for start in range(0, len(wanted), size)]
+        for number, batch in enumerate(batches, start=1):
+            where = f"MISP events by uuid, batch {number} of {len(batches)}"
+            events = self._page(misp, {**primary, "uuid": batch}, 1, where)
+            strangers = {_event_uuid(event) for event in events} - set(batch)
+            if strangers:
+                raise MispError(f"{where} holds {len(strangers)} events not asked for: MISP ignored the uuid filter")
             if events:
                 yield events
 
     def count_matching(self) -> int:
         """How many events the filters select, read as metadata only (for --check)."""
-        return len(self._uuids_matching_all(self.connect(), list(self.settings.misp_event_filters)))
+        return len(self.listing().events)
 
     def alive_event_uuids(self) -> set[str] | None:
         """Events the filters select when their time window is ignored: still published and
@@ -155,28 +235,45 @@ class MispSource:
         if not any(C.MISP_TIME_FILTERS & one.keys() for one in filters):
             return None
         timeless = [{k: v for k, v in one.items() if k not in C.MISP_TIME_FILTERS} for one in filters]
-        return self._uuids_matching_all(self.connect(), timeless)
+        return set(self._list_matching_all(timeless).events)
 
-    def _uuids_matching_all(self, misp: PyMISP, filters: list[dict[str, Any]]) -> set[str]:
-        matching = [
-            {_event_uuid(event) for events in self._search(misp, {**one, "metadata": True}, f"MISP filter {index}") for event in events}
+    def _list_matching_all(self, filters: list[dict[str, Any]]) -> Listing:
+        """One metadata search per filter; the first one's stamps, of the uuids all share."""
+        misp = self.connect()
+        listed = [
+            {_event_uuid(event): _stamp(event)
+             for events in self._search(misp, {**one, "metadata": True}, f"MISP filter {index}") for event in events}
             for index, one in enumerate(filters, start=1)
         ]
-        return set.intersection(*matching) - {""}
+        common = set(listed[0]).intersection(*listed[1:])
+        return Listing({uuid: stamp for uuid, stamp in listed[0].items() if uuid in common}, len(listed[0]))
 
-    def _search(self, misp: PyMISP, filters: dict[str, Any], label: str) -> Iterator[list[dict[str, Any]]]:
-        page = 1
-        while True:
-            events = self._page(misp, filters, page, label)
+    def _page_budget(self, listed: int) -> int:
+        """Pages a full fetch of `listed` events may take: room for the events published
+        during the run, and for the empty page that ends it."""
+        return -(-listed * C.MISP_PAGE_GROWTH // self.settings.misp_page_size) + C.MISP_SPARE_PAGES
+
+    def _search(self, misp: PyMISP, filters: dict[str, Any], label: str,
+                max_pages: int = C.MISP_MAX_PAGES) -> Iterator[list[dict[str, Any]]]:
+        """Pages until an empty one, each event once: an event published meanwhile shifts the
+        rest, so a page may repeat some. A page of nothing but events already seen means MISP
+        ignores `page` (it would loop forever); more than `max_pages` means it never ends."""
+        seen: set[str] = set()
+        for page in range(1, max_pages + 1):
+            events = self._page(misp, filters, page, f"{label} page {page}")
             if not events:
                 return
-            yield events
-            page += 1
+            fresh = [event for event in events if _event_uuid(event) not in seen]
+            if not fresh:
+                raise MispError(f"{label} page {page} repeats only events of earlier pages: MISP ignores `page`")
+            seen.update(_event_uuid(event) for event in fresh)
+            yield fresh
+        raise MispError(f"{label}: still not at the end after {max_pages} pages; MISP does not page as expected")
 
-    def _page(self, misp: PyMISP, filters: dict[str, Any], page: int, label: str) -> list[dict[str, Any]]:
+    def _page(self, misp: PyMISP, filters: dict[str, Any], page: int, where: str) -> list[dict[str, Any]]:
+        """One restSearch answer, checked to be a list of events; `where` names it in errors."""
         limit = self.settings.misp_page_size
         started = time.monotonic()
-        where = f"{label} page {page}"
         try:
             result = misp.search(controller="events", return_format="json", limit=limit, page=page, **filters)
         except PyMISPUnexpectedResponse:
@@ -196,4 +293,5 @@ class MispSource:
             raise MispError(f"{where}: MISP refused the search: {_describe_errors(result['errors'])}")
         if not isinstance(result, list):
             raise MispError(f"{where}: expected a list of events, got {type(result).__name__}")
+        _check_events(result, where, limit)
         return result

@@ -12,6 +12,7 @@ import re
 import time
 from importlib import resources
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .tls import HttpsStandIn, PrivateCA, Reply, SeenRequest, html_reply, json_reply
@@ -20,7 +21,12 @@ __all__ = ["FAULT_MODES", "MispStandIn", "load_event_file"]
 
 AUTH_FAILED = ("Authentication failed. Please make sure you pass the API key of an API enabled "
                "user along in the Authorization header.")
-FAULT_MODES = frozenset({"500", "502-html", "html-200", "403", "errors-200", "reset"})
+FAULT_MODES = frozenset({"500", "502-html", "html-200", "403", "errors-200", "reset", "non-events",
+                         "ignore-page"})
+# A 200 whose list holds no events: what a broken proxy or plugin has been seen to send.
+_NON_EVENTS = ["not an event", {"foo": 1}, 42]
+# What metadata=1 leaves out of each event (MISP fetchEvent skips these; misp.md §2).
+_NOT_IN_METADATA = frozenset({"Attribute", "Object", "ShadowAttribute", "EventReport"})
 
 _VERSION = {
     "version": "2.5.1", "pymisp_recommended_version": "2.5.34.4", "perm_sync": False,
@@ -96,20 +102,30 @@ class MispStandIn(HttpsStandIn):
         super().__init__(ca)
         self.key = key
         self.events: list[dict[str, Any]] = copy.deepcopy(events)
-        self._page_faults: dict[int, str] = {}
+        self._page_faults: dict[int | None, str] = {}
+        self._page_hooks: dict[int, Callable[[], None]] = {}
         describe = resources.files("pymisp").joinpath("data/describeTypes.json").read_text("utf-8")
         self._describe_types = {"result": json.loads(describe)["result"]}
 
-    def fail_page(self, page: int, mode: str) -> None:
-        """Make every restSearch for `page` (1 when none is sent) fail with `mode` until cleared."""
+    def fail_page(self, page: int | None, mode: str) -> None:
+        """Make every restSearch for `page` (1 when none is sent; None: every page) fail with
+        `mode` until cleared. "ignore-page" answers as if page 1 had been asked."""
         if mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; expected one of {sorted(FAULT_MODES)}")
         with self.lock:
             self._page_faults[page] = mode
 
+    def on_page(self, page: int, callback: Callable[[], None]) -> None:
+        """Call `callback` once, just before answering the next full (not metadata) restSearch
+        for `page`: a test edits `events` there, as a MISP user would between two requests."""
+        with self.lock:
+            self._page_hooks[page] = callback
+
     def clear_faults(self) -> None:
+        """Forget page faults and page hooks not yet run."""
         with self.lock:
             self._page_faults.clear()
+            self._page_hooks.clear()
 
     def respond(self, request: SeenRequest) -> Reply:
         if request.headers.get("Authorization") != self.key:
@@ -130,8 +146,13 @@ class MispStandIn(HttpsStandIn):
         body = body.get("request", body) if isinstance(body.get("request"), dict) else body
         page = int(body.get("page") or 1)
         with self.lock:
-            fault = self._page_faults.get(page)
-        if fault:
+            fault = self._page_faults.get(page, self._page_faults.get(None))
+            hook = None if _truthy(body.get("metadata")) else self._page_hooks.pop(page, None)
+        if hook is not None:
+            hook()
+        if fault == "ignore-page":
+            page = 1
+        elif fault:
             return _fault_reply(fault, request.path)
         if str(body.get("returnFormat", "json")) != "json":
             return _error(400, "Invalid return format.", request.path)
@@ -168,7 +189,10 @@ class MispStandIn(HttpsStandIn):
 
     @staticmethod
     def _shape(stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        """Phase 2: the selected event as restSearch returns it, trimmed by to_ids/deleted."""
+        """Phase 2: the selected event as restSearch returns it, trimmed by to_ids/deleted;
+        with metadata, the event header and tags only."""
+        if _truthy(body.get("metadata")):
+            return {"Event": copy.deepcopy({k: v for k, v in stored["Event"].items() if k not in _NOT_IN_METADATA})}
         to_ids, deleted = _truthy(body.get("to_ids")), _truthy(body.get("deleted"))
         shaped = copy.deepcopy(stored["Event"])
         shaped["Attribute"] = [a for a in shaped.get("Attribute", []) if _kept(a, to_ids, deleted)]
@@ -200,4 +224,6 @@ def _fault_reply(mode: str, path: str) -> Reply:
         return _error(403, AUTH_FAILED, path)
     if mode == "errors-200":
         return json_reply(200, {"errors": "something went wrong"})
+    if mode == "non-events":
+        return json_reply(200, {"response": _NON_EVENTS})
     return Reply(0, reset=True)

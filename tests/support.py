@@ -43,10 +43,11 @@ def run_cli(config: Path, *args: str, capsys: Any) -> Run:
     return Run(code, out.getvalue() + captured.out, captured.err, config.parent / "logs")
 
 
-def run_process(config: Path, *args: str, env: dict[str, str] | None = None) -> Run:
-    """script.py as cron runs it: a separate process, its own environment."""
+def run_process(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
+    """script.py as cron runs it: a separate process, its own environment; a run that outlives
+    `timeout` seconds fails the test (subprocess.TimeoutExpired)."""
     completed = subprocess.run(
         [sys.executable, str(ROOT / "script.py"), "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}, cwd="/",
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd="/",
     )
     return Run(completed.returncode, completed.stdout, completed.stderr, config.parent / "logs")

@@ -150,6 +150,40 @@ def test_rest_search_filters(standins: StandIns) -> None:
     assert search(client, return_format="csv")["errors"][0] == 400
 
 
+def test_metadata_search_returns_event_headers_without_attributes(standins: StandIns) -> None:
+    headers = search(misp(standins), published=True, metadata=True)
+    assert [e["Event"]["info"] for e in headers] == PUBLISHED_INFOS
+    for wrapped in headers:
+        event = wrapped["Event"]
+        assert not {"Attribute", "Object", "ShadowAttribute", "EventReport"} & event.keys()
+        assert {"uuid", "timestamp", "publish_timestamp", "Tag"} <= event.keys()
+    assert "Attribute" in standins.misp.events[0]["Event"]  # the stored event is untouched
+
+
+def test_non_events_and_ignore_page_faults(standins: StandIns) -> None:
+    client = misp(standins)
+    standins.misp.fail_page(2, "non-events")
+    assert search(client, published=True, limit=2, page=2) == ["not an event", {"foo": 1}, 42]
+    standins.misp.clear_faults()
+    standins.misp.fail_page(None, "ignore-page")
+    first = search(client, published=True, limit=2, page=1)
+    assert [search(client, published=True, limit=2, page=page) for page in (2, 7)] == [first, first]
+    headers = search(client, published=True, metadata=True, limit=2, page=3)
+    assert [e["Event"]["uuid"] for e in headers] == [e["Event"]["uuid"] for e in first]
+
+
+def test_page_hook_runs_once_before_that_page_of_a_full_search(standins: StandIns) -> None:
+    client = misp(standins)
+    calls: list[int] = []
+    standins.misp.on_page(2, lambda: calls.append(len(standins.misp.requests_seen)))
+    search(client, published=True, metadata=True, limit=2, page=2)  # metadata: not this hook
+    assert calls == []
+    search(client, published=True, limit=2, page=1)
+    search(client, published=True, limit=2, page=2)
+    search(client, published=True, limit=2, page=2)
+    assert calls == [len(standins.misp.requests_seen) - 1]
+
+
 def test_seeded_events_are_wrapped(fixture_events: list[dict[str, Any]]) -> None:
     assert len(fixture_events) == 6 and all(set(e) == {"Event"} for e in fixture_events)
     bare_export = fixture_events[2]["Event"]  # existing_event.json has no "Event" wrapper
