@@ -36,12 +36,8 @@ class RequestLog:
         """Remove this tool's JSON files older than the retention period; returns how many."""
         if not self.directory.is_dir():
             return 0
-        files = list(self.directory.glob("*_*_*.json*"))
-        # Age is counted from the newest file when the clock is ahead of it: a clock that jumped
-        # forward must not make every record look old.
-        newest = max((path.stat().st_mtime for path in files), default=time.time())
-        cutoff = min(time.time(), newest) - retention_days * 86400
-        old = [path for path in files if path.stat().st_mtime < cutoff]
+        cutoff = time.time() - retention_days * 86400
+        old = [path for path in self.directory.glob("*_*_*.json*") if path.stat().st_mtime < cutoff]
         for path in old:
             path.unlink(missing_ok=True)
         return len(old)

@@ -83,6 +83,8 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
     progress = sys.stderr.isatty() and not args.quiet
     with contextlib.ExitStack() as stack:
         runs = [open_run(settings, spec, log, args.dry_run, now, stack) for spec in settings.targets]
+        if not any(run.report.clock_problem for run in runs):  # a jumped clock would make every record look old
+            log.prune(settings.log_retention_days)
         try:
             run_all(runs, MispSource(settings, log), log, args.allow_mass_delete, scope, progress)
         finally:
@@ -224,7 +226,6 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     for warning in settings.warnings:
         sys.stderr.write(f"misp2sentinel: warning: {warning}\n")
     log = RequestLog(settings.log_dir, settings.write_post_json, settings.verbose_log or args.verbose, settings.secrets())
-    log.prune(settings.log_retention_days)
     try:
         if args.read:
             return read_indicators(settings, log, out, args.format)

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Set
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class RunReport:
     failed: int = 0
     deleted: int = 0
     kept_outside_window: int = 0
+    kept_not_read: int = 0
     forgotten_expired: int = 0
     recovered: int = 0
     rebuilt: str = ""
@@ -80,7 +81,8 @@ class RunReport:
             "candidates": self.candidates, "indicators": self.indicators,
             **{action.value: self.actions[action.value] for action in Action},
             "accepted": self.accepted, "rejected": self.rejected, "failed": self.failed, "deleted": self.deleted,
-            "kept_outside_window": self.kept_outside_window, "forgotten_expired": self.forgotten_expired,
+            "kept_outside_window": self.kept_outside_window, "kept_not_read": self.kept_not_read,
+            "forgotten_expired": self.forgotten_expired,
             "recovered": self.recovered, "state_rebuilt": self.rebuilt or None, "clock_problem": self.clock_problem or None,
             "deletions_blocked": self.deletions_blocked, "requests": self.requests,
             "skipped": dict(sorted(self.skipped.items())), "seconds": round(time.monotonic() - self.started, 3),
@@ -99,6 +101,7 @@ class RunReport:
             f"accepted: {data['accepted']}\nrejected: {data['rejected']}\nfailed (not delivered): {data['failed']}\n"
             f"deleted: {data['deleted']}{planned}\nkept until they expire (event outside the filter window): "
             f"{data['kept_outside_window']}\n"
+            + (f"kept, event listed but not readable in this run: {data['kept_not_read']}\n" if data["kept_not_read"] else "")
             + (f"DELETIONS BLOCKED by the safety valve: {data['deletions_blocked']}\n" if data["deletions_blocked"] else "")
             + (f"recovered from an interrupted run: {data['recovered']}\n" if data["recovered"] else "")
             + (f"STATE REBUILT from the service: {data['state_rebuilt']}\n" if data["state_rebuilt"] else "")
@@ -349,11 +352,14 @@ class Target:
             ])
 
     # --- removal ------------------------------------------------------------------------
-    def remove_gone(self, fetched_events: set[str], alive_events: Callable[[], set[str] | None], allow_mass_delete: bool,
-                    scope: set[str] | None = None) -> None:
+    def remove_gone(self, fetched_events: set[str], listed_events: Set[str], alive_events: Callable[[], set[str] | None],
+                    allow_mass_delete: bool, scope: set[str] | None = None) -> None:
         """Remove what MISP no longer wants; keep what merely left the filter window (it expires).
-        With a `scope` (one event re-run), only that event's indicators are considered. After a
-        clock jump nothing is forgotten or removed: expiry and age would be judged wrongly."""
+
+        Membership comes from the listing taken at the start: an event it lists that this run
+        could not read (unpublished or edited meanwhile) keeps its indicators. With a `scope`
+        (one event re-run), only that event's indicators are considered. After a clock jump
+        nothing is forgotten or removed: expiry and age would be judged wrongly."""
         if self.report.clock_problem:
             self.log.error("clock", f"{self.report.clock_problem}: nothing forgotten or removed in this run")
             return
@@ -366,6 +372,9 @@ class Target:
                 continue
             if row.event_uuid in fetched_events:
                 gone.append(row)
+                continue
+            if row.event_uuid in listed_events:
+                self.report.kept_not_read += 1
                 continue
             if alive is None:
                 alive = alive_events() or set()
@@ -695,12 +704,9 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
     for run in runs:
         run.report.progress = tqdm(desc=f"{run.spec.label}", unit=" indicators", disable=not progress, leave=False)
     try:
-        for page in source.pages():
-            for event in page:
-                fetched.update(_feed(run, event, log) for run in runs if not run.failure)
-            bar.update(len(page))
-            for run in runs:
-                run.guard(log, run.target.commit_seen)
+        listed = source.listing()
+        _feed_pages(runs, source.pages(listed), fetched, bar, log)
+        _feed_pages(runs, source.fetch_events(listed.events.keys() - fetched), fetched, bar, log)
     finally:
         bar.close()
         for run in runs:
@@ -709,8 +715,19 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
                 run.skipped_file.close()
     alive = _once(source.alive_event_uuids)
     for run in runs:
-        run.guard(log, lambda run=run: run.target.remove_gone(fetched, alive, allow_mass_delete, scope))
+        run.guard(log, lambda run=run: run.target.remove_gone(fetched, listed.events.keys(), alive, allow_mass_delete, scope))
         run.report.progress.close()
+
+
+def _feed_pages(runs: list[TargetRun], pages: Iterator[list[dict[str, Any]]], fetched: set[str], bar: tqdm,
+                log: RequestLog) -> None:
+    """Transform each page for every target, then mark its indicators seen."""
+    for page in pages:
+        for event in page:
+            fetched.update(_feed(run, event, log) for run in runs if not run.failure)
+        bar.update(len(page))
+        for run in runs:
+            run.guard(log, run.target.commit_seen)
 
 
 def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:

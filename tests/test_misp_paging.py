@@ -17,6 +17,7 @@ from request_log import RequestLog
 from settings import load_settings
 from tests.support import run_process, write_config
 from tests.test_reconciliation import graph_calls
+from tests.test_sentinel import active_ids
 from tests.test_sync import held_external_ids, search_bodies
 
 
@@ -148,7 +149,7 @@ def test_cli_page_of_non_events_exits_3_and_deletes_nothing(standins, tmp_path):
     standins.misp.fail_page(1, "non-events")  # few indicators missing: under the safety valve
     run = run_process(config)
     assert run.code == ExitCode.MISP, run.err
-    assert "MISP events page 1 holds 3 items that are not events" in run.err
+    assert "page 1 holds 3 items that are not events" in run.err
     assert held_external_ids(standins) == held
     assert not {"deleteTiIndicators", "deleteTiIndicatorsByExternalId"} & set(graph_calls(standins, before))
 
@@ -167,3 +168,17 @@ def test_cli_misp_ignoring_page_exits_3_quickly_and_deletes_nothing(standins, tm
     assert len(search_bodies(standins)) <= 4
     assert held_external_ids(standins) == held
     assert not {"deleteTiIndicators", "deleteTiIndicatorsByExternalId"} & set(graph_calls(standins, before))
+
+
+@pytest.mark.parametrize("target", ["graph", "sentinel"])
+def test_cli_event_unpublished_between_two_pages_deletes_no_live_indicator(standins, tmp_path, target):
+    config = write_config(tmp_path, standins, target=target)  # 2 events per page
+    assert run_process(config).code == ExitCode.OK
+    held = held_external_ids(standins) if target == "graph" else active_ids(standins)
+    first = next(e["Event"] for e in standins.misp.events if e["Event"]["published"] is True)
+    standins.misp.on_page(2, lambda: first.update(published=False))  # the rest shift by one
+    run = run_process(config)
+    assert run.code == ExitCode.OK, run.err
+    report = run.logs("run-report")[-1]
+    assert report["deleted"] == 0 and report["events"] == len([e for e in standins.misp.events if e["Event"]["published"]]) + 1
+    assert (held_external_ids(standins) if target == "graph" else active_ids(standins)) == held
