@@ -37,6 +37,9 @@ class SkipReason(str, enum.Enum):
     MALFORMED = "malformed"
 
 
+# --- Microsoft APIs (both targets) ------------------------------------------------------------
+GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
+
 # --- Microsoft Graph tiIndicators -----------------------------------------------------------
 GRAPH_TI_PATH = "/beta/security/tiIndicators"
 GRAPH_SUBMIT_PATH = GRAPH_TI_PATH + "/submitTiIndicators"
