@@ -5,6 +5,7 @@ per failed item) and pairs it with what was sent, by position checked by key.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,10 +26,17 @@ class GraphClient(MicrosoftClient):
 
     # --- operations -------------------------------------------------------------------------
     def submit(self, indicators: list[dict[str, Any]]) -> list[ItemResult]:
-        """submitTiIndicators for ≤100 indicators; one ItemResult per indicator (keyed by externalId)."""
+        """submitTiIndicators for ≤100 indicators; one ItemResult per indicator (keyed by externalId),
+        `ambiguous` when a retry had to remove what an earlier try may have created."""
         external_ids = [indicator["externalId"] for indicator in indicators]
-        return self._bulk("submitTiIndicators", C.GRAPH_SUBMIT_PATH, indicators, "externalId",
-                          before_retry=lambda: self.delete_by_external_id(external_ids))
+        retried: list[bool] = []  # this call's own flag: submits run on several threads
+
+        def remove_copies() -> None:
+            retried.append(True)
+            self.delete_by_external_id(external_ids)
+
+        results = self._bulk("submitTiIndicators", C.GRAPH_SUBMIT_PATH, indicators, "externalId", remove_copies)
+        return [dataclasses.replace(result, ambiguous=True) for result in results] if retried else results
 
     def update(self, bodies: list[dict[str, Any]]) -> list[ItemResult]:
         """updateTiIndicators for ≤100 partial indicators; one ItemResult per body (keyed by id)."""

@@ -39,11 +39,17 @@ class MicrosoftError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ItemResult:
-    """What the service said about one item of a bulk request; `key` is what it was sent under."""
+    """What the service said about one item of a bulk request; `key` is what it was sent under.
+
+    `ambiguous`: an earlier try of this request may also have been processed (a timeout, a 5xx,
+    a garbled 2xx); the copies it made were removed before the retry, but one Graph creates
+    only later can still appear.
+    """
 
     key: str
     remote_id: str | None
     error: str | None = None
+    ambiguous: bool = False
 
     @property
     def accepted(self) -> bool:
