@@ -37,6 +37,9 @@ class SkipReason(str, enum.Enum):
     MALFORMED = "malformed"
 
 
+# --- Microsoft APIs (both targets) ------------------------------------------------------------
+GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
+
 # --- Microsoft Graph tiIndicators -----------------------------------------------------------
 GRAPH_TI_PATH = "/beta/security/tiIndicators"
 GRAPH_SUBMIT_PATH = GRAPH_TI_PATH + "/submitTiIndicators"
@@ -73,6 +76,9 @@ GRAPH_UPDATABLE = frozenset({
 })
 GRAPH_UPDATE_PATH = GRAPH_TI_PATH + "/updateTiIndicators"
 GRAPH_DELETE_BY_EXTERNAL_ID_PATH = GRAPH_TI_PATH + "/deleteTiIndicatorsByExternalId"
+# A submit Graph processed after the client gave up can create its copy this late; an externalId
+# with an ambiguous submit is checked in Graph's listing until a listing this much later is clean.
+GRAPH_LATE_COPY_MINUTES = 10
 
 # Observable fields Defender ATP accepts (microsoft-apis.md §1.2, per-target rules).
 DEFENDER_OBSERVABLE_FIELDS = frozenset({

@@ -5,11 +5,12 @@ per failed item) and pairs it with what was sent, by position checked by key.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import constants as C
-from ms_client import ItemResult, MicrosoftClient, error_text, response_body
+from ms_client import ItemResult, MicrosoftClient, error_text, response_body, value_list
 from request_log import RequestLog
 from settings import Settings
 
@@ -25,10 +26,17 @@ class GraphClient(MicrosoftClient):
 
     # --- operations -------------------------------------------------------------------------
     def submit(self, indicators: list[dict[str, Any]]) -> list[ItemResult]:
-        """submitTiIndicators for ≤100 indicators; one ItemResult per indicator (keyed by externalId)."""
+        """submitTiIndicators for ≤100 indicators; one ItemResult per indicator (keyed by externalId),
+        `ambiguous` when a retry had to remove what an earlier try may have created."""
         external_ids = [indicator["externalId"] for indicator in indicators]
-        return self._bulk("submitTiIndicators", C.GRAPH_SUBMIT_PATH, indicators, "externalId",
-                          before_retry=lambda: self.delete_by_external_id(external_ids))
+        retried: list[bool] = []  # this call's own flag: submits run on several threads
+
+        def remove_copies() -> None:
+            retried.append(True)
+            self.delete_by_external_id(external_ids)
+
+        results = self._bulk("submitTiIndicators", C.GRAPH_SUBMIT_PATH, indicators, "externalId", remove_copies)
+        return [dataclasses.replace(result, ambiguous=True) for result in results] if retried else results
 
     def update(self, bodies: list[dict[str, Any]]) -> list[ItemResult]:
         """updateTiIndicators for ≤100 partial indicators; one ItemResult per body (keyed by id)."""
@@ -38,13 +46,12 @@ class GraphClient(MicrosoftClient):
               before_retry: Callable[[], None] | None = None) -> list[ItemResult]:
         if len(items) > C.GRAPH_MAX_BATCH:
             raise ValueError(f"a Graph batch holds at most {C.GRAPH_MAX_BATCH} items")
-        response = self._call(name, "POST", self.settings.graph_endpoint + path, {"value": items}, before_retry)
+        response = self._call(name, "POST", self.settings.graph_endpoint + path, {"value": items},
+                              value_list(len(items)), before_retry)
         if response.status_code == 400:
             reason = error_text(response_body(response), "HTTP 400")
             return [ItemResult(item[key], None, f"batch refused: {reason}") for item in items]
-        body = self._check(name, response, (200, 206))
-        returned = body.get("value") if isinstance(body, dict) else None
-        return _match_items(items, returned if isinstance(returned, list) else [], key)
+        return _match_items(items, self._check(name, response, (200, 206))["value"], key)
 
     def list_pages(self) -> Iterator[dict[str, Any]]:
         """Pages of this app's indicators, following @odata.nextLink and refusing to loop."""
@@ -63,33 +70,28 @@ class GraphClient(MicrosoftClient):
         results: list[ItemResult] = []
         for start in range(0, len(keys), C.GRAPH_MAX_BATCH):
             chunk = keys[start:start + C.GRAPH_MAX_BATCH]
-            body = self._check(name, self._call(name, "POST", self.settings.graph_endpoint + path, {"value": chunk}), (200,))
-            infos = body.get("value") if isinstance(body, dict) else None
-            infos = infos if isinstance(infos, list) else []
-            for index, key in enumerate(chunk):
-                info = infos[index] if index < len(infos) and isinstance(infos[index], dict) else None
-                results.append(ItemResult(key, key, _delete_error(info)))
+            response = self._call(name, "POST", self.settings.graph_endpoint + path, {"value": chunk}, value_list(len(chunk)))
+            infos = self._check(name, response, (200,))["value"]
+            results += [ItemResult(key, key, _delete_error(info)) for key, info in zip(chunk, infos)]
         return results
 
 
-def _delete_error(info: dict[str, Any] | None) -> str | None:
+def _delete_error(info: dict[str, Any]) -> str | None:
     """resultInfo code 0 or 2xx means deleted; anything else carries Graph's message."""
-    if info is None:
-        return "Graph returned no result for this id"
     code = info.get("code")
     if code == 0 or (isinstance(code, int) and 200 <= code < 300):
         return None
     return f"{code}: {info.get('message', '')}".strip()
 
 
-def _match_items(sent: list[dict[str, Any]], returned: list[Any], key: str) -> list[ItemResult]:
-    """Pair each sent item with its answer, by position and checked by `key` (externalId or id)."""
-    by_key = {item.get(key): item for item in returned if isinstance(item, dict) and item.get(key)}
+def _match_items(sent: list[dict[str, Any]], returned: list[dict[str, Any]], key: str) -> list[ItemResult]:
+    """Pair each sent item with its answer (one per item, as checked by `value_list`), by
+    position and checked by `key` (externalId or id)."""
+    by_key = {item.get(key): item for item in returned if item.get(key)}
     results = []
-    for index, sent_item in enumerate(sent):
+    for sent_item, item in zip(sent, returned):
         wanted = sent_item[key]
-        item = returned[index] if index < len(returned) and isinstance(returned[index], dict) else None
-        if item is None or item.get(key) not in (None, wanted):
+        if item.get(key) not in (None, wanted):
             item = by_key.get(wanted)
         if item is None:
             results.append(ItemResult(wanted, None, "Graph returned no result for this item"))

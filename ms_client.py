@@ -39,11 +39,17 @@ class MicrosoftError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ItemResult:
-    """What the service said about one item of a bulk request; `key` is what it was sent under."""
+    """What the service said about one item of a bulk request; `key` is what it was sent under.
+
+    `ambiguous`: an earlier try of this request may also have been processed (a timeout, a 5xx,
+    a garbled 2xx); the copies it made were removed before the retry, but one Graph creates
+    only later can still appear.
+    """
 
     key: str
     remote_id: str | None
     error: str | None = None
+    ambiguous: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -67,10 +73,21 @@ def error_text(body: Any, fallback: str) -> str:
 
 
 def response_body(response: requests.Response) -> Any:
+    """The parsed JSON, else (an HTML page, truncated JSON, an empty body) the start of the text."""
     try:
         return response.json()
     except ValueError:
         return response.text[:2000]
+
+
+def value_list(count: int | None = None) -> Callable[[Any], bool]:
+    """The documented 2xx body of Graph's bulk actions and lists and of queryIndicators pages:
+    `{"value": [objects]}`, with one object per item sent when `count` is given (an answer
+    missing items leaves their fate unknown, like a timeout)."""
+    def documented(body: Any) -> bool:
+        value = body.get("value") if isinstance(body, dict) else None
+        return isinstance(value, list) and all(isinstance(item, dict) for item in value) and count in (None, len(value))
+    return documented
 
 
 def retry_after(response: requests.Response | None, attempt: int) -> float:
@@ -223,20 +240,20 @@ class MicrosoftClient:
             if next_url in seen:
                 raise MicrosoftError(f"{name}: {self.service} returned the same {next_key} twice ({next_url})")
             seen.add(next_url)
-            page = self._check(name, self._call(name, method, next_url, body), (200,))
-            if not isinstance(page, dict) or not isinstance(page.get("value"), list):
-                raise MicrosoftError(f"{name}: {self.service} answered without a value list")
+            page = self._check(name, self._call(name, method, next_url, body, value_list()), (200,))
             yield page
             next_url, method, body = page.get(next_key), "GET", None
 
     # --- HTTP with retries ------------------------------------------------------------------
-    def _call(self, name: str, method: str, url: str, body: Any = None,
+    def _call(self, name: str, method: str, url: str, body: Any, documented: Callable[[Any], bool],
               before_retry: Callable[[], None] | None = None) -> requests.Response:
-        """One logical call: retried on 429/5xx/network, re-authenticated once on 401.
+        """One logical call: retried on 429/5xx/network and on a garbled 2xx (a body that
+        `documented` does not accept: a proxy's HTML page, truncated JSON), re-authenticated
+        once on 401. A 2xx still garbled on the last try is a MicrosoftError, never a success.
 
         `before_retry` runs before a retry whose first try may have reached Graph (a timeout,
-        a reset, a 5xx): a submit uses it to remove any copy Graph made, so a retry never
-        leaves a duplicate. A 429 was not processed, so it is simply resent.
+        a reset, a 5xx, a garbled 2xx): a submit uses it to remove any copy Graph made, so a
+        retry never leaves a duplicate. A 429 was not processed, so it is simply resent.
         """
         reauthenticated = False
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -245,14 +262,27 @@ class MicrosoftClient:
                 self._app, reauthenticated = None, True
                 continue
             if response is not None and response.status_code not in RETRY_STATUSES:
-                return response
+                failure = self._garbled(response, documented)
+                if not failure:
+                    return response
             if attempt < MAX_ATTEMPTS:
                 time.sleep(retry_after(response, attempt))
                 if before_retry is not None and (response is None or response.status_code != 429):
                     before_retry()
-        if response is not None:
-            return response
-        raise MicrosoftError(f"{name}: {self.service} unreachable after {MAX_ATTEMPTS} attempts: {failure}")
+        if response is None:
+            raise MicrosoftError(f"{name}: {self.service} unreachable after {MAX_ATTEMPTS} attempts: {failure}")
+        if failure:
+            raise MicrosoftError(f"{name}: {self.service} {failure} ({MAX_ATTEMPTS} attempts)")
+        return response
+
+    def _garbled(self, response: requests.Response, documented: Callable[[Any], bool]) -> str:
+        """Why a 2xx cannot be trusted, with the start of its body (scrubbed); "" if it can."""
+        if not 200 <= response.status_code < 300 or documented(response_body(response)):
+            return ""
+        start = " ".join(response.text[:2 * C.GARBLED_BODY_SHOWN].split())[:C.GARBLED_BODY_SHOWN]
+        kind = response.headers.get("Content-Type") or "no Content-Type"
+        return self.log.scrub(f"answered HTTP {response.status_code} with a body that is not the documented JSON "
+                              f"({kind}): {start!r}")
 
     def _attempt(self, name: str, method: str, url: str, body: Any) -> tuple[requests.Response | None, str]:
         headers = {"Authorization": f"Bearer {self.token()}"}

@@ -23,6 +23,7 @@ from pathlib import Path
 SENT, PENDING, DELETING = "sent", "pending", "deleting"
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS suspects (external_id TEXT PRIMARY KEY, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS indicators (
     external_id TEXT PRIMARY KEY,
     remote_id TEXT,
@@ -264,3 +265,17 @@ class StateStore:
                  for k in rows),
             )
             self.db.executemany("INSERT OR REPLACE INTO revoked VALUES (?, ?)", revoked)
+
+    # --- suspects: keys whose submit had an ambiguous answer -----------------------------
+    def mark_suspects(self, external_ids: Iterable[str], since: str) -> None:
+        """Graph may still create a late copy of these; `since` (ISO UTC) is when we learnt it."""
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO suspects VALUES (?, ?)", ((e, since) for e in external_ids))
+
+    def suspects(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT external_id FROM suspects")}
+
+    def clear_suspects(self, before: str) -> None:
+        """A listing found these clean long enough after their ambiguous answer: no copy can come now."""
+        with self.transaction():
+            self.db.execute("DELETE FROM suspects WHERE since < ?", (before,))

@@ -431,7 +431,27 @@ class GraphTarget(Target):
         unfinished = [row.external_id for row in self.store.unfinished()]
         if unfinished:
             self._forget_deleted(self.client.delete_by_external_id(unfinished), {key: key for key in unfinished})
-        self.report.recovered = len(unfinished)
+        self.report.recovered = len(unfinished) + self._remove_late_copies()
+
+    def _remove_late_copies(self) -> int:
+        """Only while some submit had an ambiguous answer: one listing finds the copies Graph
+        made too late for the retry's removal, and every copy not the one the store recorded
+        is deleted. Suspects are cleared once a listing this long after their answer was clean."""
+        suspects = self.store.suspects()
+        if not suspects:
+            return 0
+        copies: dict[str, list[str]] = collections.defaultdict(list)
+        for page in self.client.list_pages():
+            for item in page["value"]:
+                if item.get("externalId"):
+                    copies[str(item["externalId"]).lower()].append(str(item["id"]))
+        candidates = suspects | {key for key, ids in copies.items() if len(ids) > 1}
+        recorded = {row.external_id: row.remote_id for row in self.store.rows(candidates)}
+        surplus = surplus_copies(copies, recorded, suspects)
+        results = self.client.delete(surplus) if surplus else []
+        if all(r.accepted or str(r.error).startswith("404") for r in results):
+            self.store.clear_suspects(iso_utc(self.now - dt.timedelta(minutes=C.GRAPH_LATE_COPY_MINUTES)))
+        return sum(r.accepted for r in results)
 
     def _forget_deleted(self, results: list[ItemResult], keys: dict[str, str]) -> list[str]:
         """Drop the rows Graph no longer holds (deleted now, or already gone: 404)."""
@@ -457,6 +477,7 @@ class GraphTarget(Target):
 
     def _submitted(self, batch: list[_Queued], results: list[ItemResult]) -> None:
         by_key = {q.key: q for q in batch}
+        self.store.mark_suspects([r.key for r in results if r.ambiguous], iso_utc(dt.datetime.now(dt.timezone.utc)))
         self.store.record_sent([(r.key, r.remote_id) for r in results if r.accepted], [r.key for r in results if not r.accepted])
         self.count(batch, "submitTiIndicators", sum(r.accepted for r in results),
                    [(by_key[r.key], r.error) for r in results if not r.accepted])
@@ -603,6 +624,18 @@ def revocation(last: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
 
 def skipped_records(skips: list[Skip]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(skip) | {"reason": skip.reason.value} for skip in skips]
+
+
+def surplus_copies(copies: dict[str, list[str]], recorded: dict[str, str], suspects: set[str]) -> list[str]:
+    """Graph ids (`copies`: externalId -> ids listed) that are not the copy the store recorded:
+    every other copy of a suspect (all of them when none is recorded: we own none), and the
+    extra copies of any externalId listed twice whose recorded copy is among them."""
+    surplus: list[str] = []
+    for key, ids in copies.items():
+        keep = recorded.get(key)
+        if key in suspects or (len(ids) > 1 and keep in ids):
+            surplus += [graph_id for graph_id in ids if graph_id != keep]
+    return surplus
 
 
 @dataclasses.dataclass

@@ -11,12 +11,13 @@ import json
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any
 
 from .entra import EntraStandIn, TokenInfo
-from .tls import Fault, HttpsStandIn, Reply, SeenRequest, json_reply
+from .tls import Fault, HttpsStandIn, Reply, SeenRequest, html_reply, json_reply
 
 __all__ = ["FAILED_ID", "GraphStandIn", "SUBMIT_LIMIT", "validate_indicator"]
 
@@ -144,6 +145,24 @@ def validate_indicator(item: dict[str, Any]) -> str | None:
     return None
 
 
+@dataclass
+class _LateWork:
+    """Hold the next `times` requests whose path ends with `path_suffix` for `seconds` before
+    doing their work."""
+
+    seconds: float
+    times: int
+    path_suffix: str
+
+
+def _garbled(reply: Reply, garble: Fault) -> Reply:
+    """`reply`, whose work is done, as a proxy or a cut connection delivers it: the garble's
+    status with its HTML body, or (no body) the same answer with the JSON cut in half."""
+    if isinstance(garble.body, str):
+        return html_reply(garble.status, garble.body)
+    return Reply(reply.status, reply.body[:len(reply.body) // 2], reply.content_type, reply.headers)
+
+
 class GraphStandIn(HttpsStandIn):
     """Graph beta tiIndicators; accepts tokens the Entra stand-in issued for `self.url`.
 
@@ -159,6 +178,8 @@ class GraphStandIn(HttpsStandIn):
         self._sequence: dict[str, int] = {}  # creation number, the stable paging key
         self._rejected: dict[object, str] = {}  # observable value -> provider's refusal
         self._slow_answers: list[float] = []  # one-off extra delays, after the work is done
+        self._late_work: list[_LateWork] = []  # one-off holds, before the work is done
+        self._garbles: list[Fault] = []  # one-off garbled answers, after the work is done
         self._expire_tokens_at: int | None = None
 
     def delay_next(self, seconds: float, times: int = 1) -> None:
@@ -166,6 +187,19 @@ class GraphStandIn(HttpsStandIn):
         cannot know whether Graph acted (the ambiguous case retries must handle)."""
         with self.lock:
             self._slow_answers.extend([seconds] * times)
+
+    def process_late(self, seconds: float, times: int = 1, path_suffix: str = "") -> None:
+        """Hold the next requests whose path ends with `path_suffix` for `seconds`, then do their
+        work: a client that gave up and retried meanwhile sees its retry land first, and the
+        late work (a second copy of a submit) lands after the retry's cleanup."""
+        with self.lock:
+            self._late_work.append(_LateWork(seconds, times, path_suffix))
+
+    def garble_next(self, html: str | None = None, times: int = 1, path_suffix: str = "") -> None:
+        """Do the next requests' work, then answer a 200 HTML page `html` (a proxy), or without
+        `html` the real answer's JSON cut in half: the client cannot tell what Graph did."""
+        with self.lock:
+            self._garbles.append(Fault(200, html, {}, times, path_suffix))
 
     def expire_tokens_after(self, requests: int) -> None:
         """Revoke every issued token once this many more requests were answered (mid-run expiry)."""
@@ -187,7 +221,13 @@ class GraphStandIn(HttpsStandIn):
             self._rejected[value] = message
 
     def respond(self, request: SeenRequest) -> Reply:
+        late = self._take_armed(self._late_work, request.path)
+        if late is not None:
+            time.sleep(late.seconds)
         reply = self._answer(request)
+        garble = self._take_armed(self._garbles, request.path)
+        if garble is not None:
+            reply = _garbled(reply, garble)
         with self.lock:
             delay = self._slow_answers.pop(0) if self._slow_answers else 0.0
             if self._expire_tokens_at is not None and len(self.requests_seen) >= self._expire_tokens_at:

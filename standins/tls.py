@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import trustme
@@ -101,6 +101,16 @@ class Fault:
     headers: dict[str, str]
     times: int
     path_suffix: str = ""
+
+
+class Armed(Protocol):
+    """Anything injected for the next `times` requests whose path ends with `path_suffix`."""
+
+    times: int
+    path_suffix: str
+
+
+ArmedT = TypeVar("ArmedT", bound=Armed)
 
 
 def json_reply(status: int, payload: object, headers: dict[str, str] | None = None,
@@ -272,11 +282,15 @@ class HttpsStandIn:
 
     def _take_fault(self, path: str) -> Fault | None:
         """The oldest injected fault still armed for `path`, consuming one of its `times`."""
+        return self._take_armed(self._faults, path)
+
+    def _take_armed(self, queue: list[ArmedT], path: str) -> ArmedT | None:
+        """The oldest entry of `queue` still armed for `path`, consuming one of its `times`."""
         with self.lock:
-            for fault in self._faults:
-                if fault.times > 0 and path.endswith(fault.path_suffix):
-                    fault.times -= 1
-                    return fault
+            for armed in queue:
+                if armed.times > 0 and path.endswith(armed.path_suffix):
+                    armed.times -= 1
+                    return armed
         return None
 
     def admit(self, client_id: str) -> int:

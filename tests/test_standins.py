@@ -396,6 +396,30 @@ def test_injected_graph_faults(standins: StandIns) -> None:
     assert [submit(standins, session, []).status_code for _ in range(3)] == [503, 503, 200]
 
 
+def test_graph_garbles_an_answer_after_doing_the_work(standins: StandIns) -> None:
+    session = graph_session(standins)
+    standins.graph.garble_next(path_suffix="/submitTiIndicators")
+    standins.graph.garble_next("<html>Bad gateway</html>", path_suffix="/submitTiIndicators")
+    truncated = submit(standins, session, [indicator()])
+    with pytest.raises(ValueError):
+        truncated.json()
+    html = submit(standins, session, [indicator()])
+    assert html.status_code == 200 and html.headers["Content-Type"].startswith("text/html")
+    assert len(standins.graph.indicators) == 2
+
+
+def test_graph_processes_a_request_late(standins: StandIns) -> None:
+    session = graph_session(standins)
+    standins.graph.process_late(1.5, path_suffix="/submitTiIndicators")
+    with pytest.raises(requests.Timeout):
+        session.post(f"{standins.graph.url}/beta/security/tiIndicators/submitTiIndicators",
+                     json={"value": [indicator()]}, timeout=0.5)
+    assert standins.graph.indicators == {}
+    assert submit(standins, session, [indicator()]).status_code == 200
+    time.sleep(1.5)
+    assert len(standins.graph.indicators) == 2
+
+
 def test_server_plumbing_keep_alive_content_length_and_close(standins: StandIns) -> None:
     port = int(standins.graph.url.rsplit(":", 1)[1])
     context = ssl.create_default_context(cafile=str(standins.ca_bundle_path))
