@@ -215,9 +215,9 @@ class Target:
         rebuilt = self.read_back()
         if not rebuilt.rows and not rebuilt.revoked and not note:
             return
-        self.store.replace_all(rebuilt.rows, rebuilt.revoked)
-        if rebuilt.surplus:
+        if rebuilt.surplus:  # before the rows are written: a kill in between leaves the store fresh
             self.remove_surplus(rebuilt.surplus)
+        self.store.replace_all(rebuilt.rows, rebuilt.revoked)
         self.report.rebuilt = (f"{len(rebuilt.rows)} indicators, {len(rebuilt.revoked)} revoked ids, "
                                f"{len(rebuilt.surplus)} duplicate copies removed" + (f" ({note})" if note else ""))
 
