@@ -212,7 +212,11 @@ class Target:
     def adopt(self, note: str) -> None:
         """A store with no history (first run, lost or unreadable file): read what the service
         holds of ours before anything is sent, so nothing is sent twice."""
-        rebuilt = self.read_back()
+        try:
+            rebuilt = self.read_back()
+        except ConfigError as exc:
+            raise ConfigError(f"{self.report.target} has no state, and it cannot be rebuilt from the service "
+                              f"(nothing is sent blind): {exc}") from None
         if not rebuilt.rows and not rebuilt.revoked and not note:
             return
         if rebuilt.surplus:  # before the rows are written: a kill in between leaves the store fresh
@@ -553,12 +557,7 @@ class SentinelTarget(Target):
 
     def read_back(self) -> Rebuilt:
         """The workspace's indicators from our sourcesystem (needs the management settings)."""
-        try:
-            pages = self.client.query_pages()
-        except ConfigError as exc:
-            raise ConfigError(f"no state yet for {self.report.target}, and the workspace cannot be read back to "
-                              f"rebuild it before sending: {exc}") from None
-        return sentinel_rows((item for page in pages for item in page["value"]), self.now)
+        return sentinel_rows((item for page in self.client.query_pages() for item in page["value"]), self.now)
 
     def delete_ids(self, stix_ids: list[str]) -> list[ItemResult]:
         """-d: revoke by STIX id, from the state's last version or, for an id the state does not
