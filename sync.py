@@ -215,8 +215,7 @@ class Target:
         try:
             rebuilt = self.read_back()
         except ConfigError as exc:
-            raise ConfigError(f"{self.report.target} has no state, and it cannot be rebuilt from the service "
-                              f"(nothing is sent blind): {exc}") from None
+            raise ConfigError(f"no state, and it cannot be rebuilt from the service (nothing is sent blind): {exc}") from None
         if not rebuilt.rows and not rebuilt.revoked and not note:
             return
         if rebuilt.surplus:  # before the rows are written: a kill in between leaves the store fresh

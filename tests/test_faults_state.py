@@ -145,7 +145,7 @@ def test_sentinel_without_state_or_management_settings_stops_with_a_fix(standins
     config = sentinel_config(tmp_path, standins, subscription_id="")
     run = run_process(config)
     assert run.code == ExitCode.CONFIG
-    assert run.err.count("\n") == 1 and "subscription_id" in run.err and "rebuild" in run.err
+    assert run.err.count("\n") == 1 and "subscription_id" in run.err and "cannot be rebuilt" in run.err
     assert uploads(standins) == []
 
 
