@@ -28,7 +28,7 @@ from request_log import LogWriteError, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, load_settings
 from state_store import StateStore, StoreError, StoreLocked, target_lock
-from sync import make_target, open_run, run_all, state_paths, target_label
+from sync import make_target, open_run, open_store, run_all, state_paths, target_label
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
@@ -110,10 +110,10 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
     for spec in settings.targets:
         lock, path = state_paths(settings, spec)
         with target_lock(lock):
-            store = StateStore(path)
+            store, note = open_store(path, False, now)
             try:
                 target = make_target(settings, spec, log, store, now)
-                target.adopt("--rebuild-state")
+                target.adopt(note or "--rebuild-state")
             finally:
                 store.close()
         out.write(f"{target.report.target}: state rebuilt from the service: {target.report.rebuilt}\n")

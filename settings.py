@@ -307,7 +307,20 @@ def _targets(raw: Mapping[str, Any], read: _Reader, source: str) -> tuple[Target
     labels = [target.label for target in targets]
     if not targets or len(set(labels)) != len(labels):
         raise ConfigError(f"target must name at least one target, each once, not {value!r} (in {source})")
+    _distinct_management_names([target for target in targets if target.kind == "sentinel"], source)
     return tuple(targets)
+
+
+def _distinct_management_names(workspaces: list[TargetSettings], source: str) -> None:
+    """Two workspaces inheriting the same subscription, resource group and name would read each
+    other back: the second would adopt the first one's indicators and receive nothing."""
+    seen: dict[tuple[str, ...], str] = {}
+    for workspace in workspaces:
+        names = tuple(getattr(workspace, name).lower() for name in ("subscription_id", "resource_group", "workspace_name"))
+        if all(names) and names in seen:
+            raise ConfigError(f"target: workspaces {seen[names]} and {workspace.workspace_id} have the same subscription_id, "
+                              f"resource_group and workspace_name; set them in each workspace's dict (in {source})")
+        seen[names] = workspace.workspace_id
 
 
 def _certificate(read: _Reader, base: Path, env: Mapping[str, str]) -> Path | None:

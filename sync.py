@@ -33,7 +33,7 @@ from reconcile import (Action, clock_problem, content_hash, fixed_hash, mass_del
 from request_log import JsonLines, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings
-from state_store import DELETING, Known, StateStore, StoreError, StoreLocked, target_lock
+from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, target_lock
 
 # Skips that only confirm MISP's own filtering; the others are listed one by one in the logs.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
@@ -170,6 +170,7 @@ class _Queued:
     indicator: dict[str, Any]
     event_uuid: str
     remote_id: str | None = None
+    was_pending: bool = False  # an earlier run sent it without an answer: it may be in the service
 
 
 class Target:
@@ -188,6 +189,7 @@ class Target:
         self.queues: dict[Action, list[_Queued]] = {action: [] for action in Action if action is not Action.UNCHANGED}
         self.run = 0
         self.owned_at_start = 0
+        self.listing_read = False  # the service's whole listing was read back in this run
         self._seen: list[str] = []  # this page's desired keys, marked in the store per page
         self._page_keys: set[str] = set()
         self._queued_keys: set[str] = set()  # offered on an earlier page, still waiting for a batch
@@ -216,6 +218,7 @@ class Target:
             rebuilt = self.read_back()
         except ConfigError as exc:
             raise ConfigError(f"no state, and it cannot be rebuilt from the service (nothing is sent blind): {exc}") from None
+        self.listing_read = True
         if not rebuilt.rows and not rebuilt.revoked and not note:
             return
         if rebuilt.surplus:  # before the rows are written: a kill in between leaves the store fresh
@@ -287,11 +290,14 @@ class Target:
         self._page_keys = set()
 
     def flush_all(self) -> None:
-        """Send every queued batch and wait for all answers."""
+        """Send every queued batch and wait for all answers (an answer may queue more)."""
         self.commit_seen()
-        for action in list(self.queues):
-            self._flush(action)
-        self.drain()
+        while True:
+            for action in list(self.queues):
+                self._flush(action)
+            self.drain()
+            if not any(self.queues.values()):
+                return
 
     # --- requests in flight -------------------------------------------------------------
     def dispatch(self, operation: str, keys: list[str], call: Callable[[], Any], finish: Callable[[Any], None]) -> None:
@@ -424,15 +430,19 @@ class GraphTarget(Target):
     def delete_ids(self, graph_ids: list[str]) -> list[ItemResult]:
         """-d: delete by Graph id, and forget the rows, so the next sync sends the indicator
         again if MISP still wants it."""
+        keys = self.store.keys_of_remote(graph_ids)
+        self.store.mark_deleting(keys.values())  # a kill before the answer: the next run finishes it
         results = self.client.delete(graph_ids)
-        self._forget_deleted(results, self.store.keys_of_remote(graph_ids))
+        gone = self._forget_deleted(results, keys)
+        self.store.record_sent([(key, remote) for remote, key in keys.items() if key not in gone], [])
         return results
 
     def recover(self) -> None:
         """Finish what a killed run left: remove every copy Graph may hold of an unconfirmed
         submit, replacement or delete; those indicators are then planned afresh."""
         unfinished = [row.external_id for row in self.store.unfinished()]
-        if unfinished:
+        if unfinished:  # Graph may still be working on a killed run's request: check again next run
+            self.store.mark_suspects(unfinished, iso_utc(self.now))
             self._forget_deleted(self.client.delete_by_external_id(unfinished), {key: key for key in unfinished})
         self.report.recovered = len(unfinished) + self._remove_late_copies()
 
@@ -472,11 +482,18 @@ class GraphTarget(Target):
 
     def _submit(self, batch: list[_Queued]) -> None:
         """Rows are `pending` until Graph answers; a failed batch stays pending, and the next run
-        removes any copy Graph made before submitting again."""
+        removes any copy Graph made before submitting again. Unless this run read Graph's whole
+        listing, a copy the state does not know of (a state restored from a backup or a
+        snapshot) is removed first: the submit never makes a second copy."""
         self.store.mark_pending([self.row(q) for q in batch], self.run)
-        self.dispatch("submitTiIndicators", [q.key for q in batch],
-                      lambda: self.client.submit([q.indicator for q in batch]),
-                      lambda results: self._submitted(batch, results))
+        keys = [q.key for q in batch]
+
+        def call() -> list[ItemResult]:
+            if not self.listing_read:
+                self.client.delete_by_external_id(keys)
+            return self.client.submit([q.indicator for q in batch])
+
+        self.dispatch("submitTiIndicators", keys, call, lambda results: self._submitted(batch, results))
 
     def _submitted(self, batch: list[_Queued], results: list[ItemResult]) -> None:
         by_key = {q.key: q for q in batch}
@@ -486,19 +503,20 @@ class GraphTarget(Target):
                    [(by_key[r.key], r.error) for r in results if not r.accepted])
 
     def _replace(self, batch: list[_Queued]) -> None:
-        """Graph cannot update observables: delete the old indicator, then submit the new one
-        (both on the worker; the rows stay `deleting` until this thread records the outcome)."""
+        """Graph cannot update observables: delete every copy under the externalId, then submit
+        the new one (both on the worker; the rows stay `deleting` until this thread records the
+        outcome)."""
         self.store.mark_deleting(q.key for q in batch)
 
         def call() -> tuple[list[ItemResult], list[_Queued], list[ItemResult]]:
-            deleted = self.client.delete([q.remote_id for q in batch])
+            deleted = self.client.delete_by_external_id([q.key for q in batch])
             gone = {r.key for r in deleted if r.accepted or str(r.error).startswith("404")}
-            fresh = [q for q in batch if q.remote_id in gone]
+            fresh = [q for q in batch if q.key in gone]
             return deleted, fresh, self.client.submit([q.indicator for q in fresh]) if fresh else []
 
         def finish(outcome: tuple[list[ItemResult], list[_Queued], list[ItemResult]]) -> None:
             deleted, fresh, submitted = outcome
-            self._forget_deleted(deleted, {q.remote_id: q.key for q in batch})
+            self._forget_deleted(deleted, {q.key: q.key for q in batch})
             self.store.mark_pending([self.row(q) for q in fresh], self.run)
             self._submitted(fresh, submitted)
 
@@ -536,6 +554,10 @@ class SentinelTarget(Target):
 
     client: SentinelClient
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._revived: set[str] = set()  # keys moved to their next id in this run
+
     def key_of(self, indicator: dict[str, Any]) -> str:
         return indicator["id"]
 
@@ -552,7 +574,7 @@ class SentinelTarget(Target):
                          "modified": next_modified(indicator["modified"], last.get("modified"))}
         elif (revoked := self.store.revoked_id(key)) is not None:
             indicator = {**indicator, "id": stix_id(revoked)}
-        return _Queued(key, indicator, event_uuid, indicator["id"])
+        return _Queued(key, indicator, event_uuid, indicator["id"], known is not None and known.status != SENT)
 
     def read_back(self) -> Rebuilt:
         """The workspace's indicators from our sourcesystem (needs the management settings)."""
@@ -568,8 +590,11 @@ class SentinelTarget(Target):
             rebuilt = self.read_back()
             last.update({row.remote_id: (row.external_id, json.loads(row.body)) for row in rebuilt.rows if row.remote_id in unknown})
         found = [stix for stix in stix_ids if stix in last]
+        self.store.mark_deleting(keys[stix] for stix in found if stix in keys)  # a kill: the next run revokes again
         results = self.client.upload([revocation(last[stix][1], self.now) for stix in found]) if found else []
+        results = [ItemResult(r.key, r.key) if _says_revoked(r.error) else r for r in results]
         self.store.record_revoked((last[r.key][0], r.key) for r in results if r.accepted)
+        self.store.record_sent([(keys[r.key], r.key) for r in results if not r.accepted and r.key in keys], [])
         missing = [ItemResult(stix, None, "not in the state, nor live in the workspace") for stix in stix_ids if stix not in last]
         return results + missing
 
@@ -590,13 +615,23 @@ class SentinelTarget(Target):
                       lambda results: self._uploaded(action, batch, results))
 
     def _uploaded(self, action: Action, batch: list[_Queued], results: list[ItemResult]) -> None:
+        """Record the answer. A refused row an earlier run left pending stays owned (that upload
+        may have arrived). An id revoked outside this state (the portal, another host's -d)
+        moves the key to its next id, once per run."""
         by_remote = {q.remote_id: q for q in batch}
         accepted = [by_remote[r.key] for r in results if r.accepted]
+        refused = [(by_remote[r.key], r.error) for r in results if not r.accepted]
+        revoked = [q for q, error in refused if _says_revoked(error) and q.key not in self._revived]
+        refused = [(q, error) for q, error in refused if q not in revoked]
         if action is Action.NEW:
-            self.store.record_sent([(q.key, q.remote_id) for q in accepted], [by_remote[r.key].key for r in results if not r.accepted])
+            self.store.record_sent([(q.key, q.remote_id) for q in accepted], [q.key for q, _ in refused if not q.was_pending])
         else:
             self.store.record_updated([self.row(q) for q in accepted])
-        self.count(batch, "upload", len(accepted), [(by_remote[r.key], r.error) for r in results if not r.accepted])
+        self.store.record_revoked((q.key, q.remote_id) for q in revoked)
+        for q in revoked:
+            self._revived.add(q.key)
+            self.queues[Action.NEW].append(self.prepare(q.key, q.indicator, q.event_uuid, None))
+        self.count(batch, "upload", len(accepted), refused)
 
     def remove(self, rows: list[Known]) -> None:
         """Revoke: the last object sent, again, with `revoked: true` and a newer `modified`."""
@@ -607,12 +642,17 @@ class SentinelTarget(Target):
 
     def _revoked(self, rows: list[Known], results: list[ItemResult]) -> None:
         key_of_remote = {row.remote_id: row.external_id for row in rows}
-        revoked = {r.key for r in results if r.accepted or "revoked" in str(r.error).lower()}
+        revoked = {r.key for r in results if r.accepted or _says_revoked(r.error)}
         self.store.record_revoked((key_of_remote[remote], remote) for remote in revoked)
         self.report.deleted += len(revoked)
         failed = [r for r in results if r.key not in revoked]
         if failed:
             self.log.error("revoke", f"{len(failed)} revocations rejected", rejected=[{"id": r.key, "reason": r.error} for r in failed])
+
+
+def _says_revoked(error: str | None) -> bool:
+    """Sentinel refused an object because its id is already revoked (revocation is final)."""
+    return "revoked" in str(error).lower()
 
 
 def revocation(last: dict[str, Any], now: dt.datetime) -> dict[str, Any]:

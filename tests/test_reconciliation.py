@@ -75,7 +75,10 @@ def test_scenario_add_edit_unflag_delete_unpublish_converges(standins, tmp_path,
     assert (report["new"], report["update"], report["replace"]) == (2, 1, 1)
     assert report["deleted"] == 2 + gone_from_xorist
     calls = graph_calls(standins, before)
-    assert calls == {"submitTiIndicators": 2, "updateTiIndicators": 1, "deleteTiIndicators": 2}
+    # the new batch first removes any copy the state does not know of; the replacement removes
+    # every copy under its externalId before submitting
+    assert calls == {"submitTiIndicators": 2, "updateTiIndicators": 1, "deleteTiIndicators": 1,
+                     "deleteTiIndicatorsByExternalId": 2}
     updated = next(i for i in standins.graph.indicators.values() if i["externalId"] == edited_comment["uuid"])
     assert "analyst note added later" in updated["additionalInformation"]
 
