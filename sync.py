@@ -402,9 +402,13 @@ class Target:
             self.report.deleted = len(gone)
             self.log.write("dry-run-delete", [row.external_id for row in gone])
         elif gone:
-            for start in range(0, len(gone), C.GRAPH_MAX_BATCH):
-                self.remove(gone[start:start + C.GRAPH_MAX_BATCH])
-            self.drain()
+            self.remove_all(gone)
+
+    def remove_all(self, rows: list[Known]) -> None:
+        """Remove in batches the services take (100 ids or objects) and wait for the answers."""
+        for start in range(0, len(rows), C.GRAPH_MAX_BATCH):
+            self.remove(rows[start:start + C.GRAPH_MAX_BATCH])
+        self.drain()
 
 
 class GraphTarget(Target):
@@ -604,8 +608,7 @@ class SentinelTarget(Target):
         unfinished = self.store.unfinished()
         revoking = self.store.rows(row.external_id for row in unfinished if row.status == DELETING)
         if revoking:
-            self.remove(revoking)
-            self.drain()
+            self.remove_all(revoking)
         self.report.recovered = len(unfinished)
 
     def send(self, action: Action, batch: list[_Queued]) -> None:

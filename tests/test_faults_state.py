@@ -73,6 +73,22 @@ def test_sentinel_upload_killed_before_it_was_recorded_is_revoked_when_misp_drop
     assert stored and active_ids(standins) == set()
 
 
+def test_revocations_killed_in_flight_are_finished_in_batches_by_the_next_run(standins, tmp_path):
+    config = sentinel_config(tmp_path, standins, max_delete_fraction=1.0)
+    assert run_process(config).code == ExitCode.OK
+    assert len(standins.sentinel.objects) > 200  # so more than 100 revocations are left half done
+    standins.misp.events[:] = []
+    standins.sentinel.latency = 1.0
+    process = start(config)
+    wait_for(lambda: any(obj.get("revoked") for obj in standins.sentinel.objects.values()))
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    standins.sentinel.latency = 0.0
+    run = run_process(config)
+    assert run.code == ExitCode.OK, run.err
+    assert active_ids(standins) == set() and all(len(r.json["stixobjects"]) <= 100 for r in uploads(standins))
+
+
 # --- class 3: lost state never duplicates, never sends blind -------------------------------------
 
 def _delete_folder(tmp_path, config):
