@@ -155,10 +155,6 @@ class StateStore:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
     def known(self, external_id: str) -> Known | None:
         """The owned row of a key, sent or maybe sent (`pending`)."""
         row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ? AND {_OWNED}", (external_id,)).fetchone()

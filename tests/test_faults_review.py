@@ -18,7 +18,7 @@ from standins import SentinelStandIn
 from tests.support import ROOT, run_process, write_config
 from tests.test_faults_state import active_keys, sentinel_config, store_file
 from tests.test_reconciliation import graph_calls, wait_for
-from tests.test_sentinel import active_ids, expected_stix_ids, uploads
+from tests.test_sentinel import active_ids, expected_stix_ids
 from tests.test_sync import expected_external_ids, held_external_ids
 
 
