@@ -45,6 +45,7 @@ GRAPH_LIST_PAGE_SIZE = 100
 GRAPH_MAX_BATCH = 100
 GRAPH_DESCRIPTION_MAX = 100
 GRAPH_INT32_MAX = 2**31 - 1
+GRAPH_INT64_MAX = 2**63 - 1  # fileSize is Edm.Int64
 GRAPH_REQUESTS_PER_MINUTE = 1000  # "any operation on tiIndicator", per app and tenant
 # Requests in flight per target: 1000/min at 300 ms latency needs 5; 8 leaves room.
 DEFAULT_CONCURRENT_REQUESTS = 8
@@ -197,8 +198,8 @@ HEX_HASH_LENGTHS = {
     "imphash": (32,), "pehash": (40,), "cdhash": (40,), "tlsh": (70,), "telfhash": (70,),
 }
 FUZZY_HASH_PATTERNS = {
-    "ssdeep": re.compile(r"^\d+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+(,\S*)?$"),
-    "impfuzzy": re.compile(r"^\d+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+$"),
+    "ssdeep": re.compile(r"^[0-9]+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+(,\S*)?$"),
+    "impfuzzy": re.compile(r"^[0-9]+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+$"),
     "vhash": re.compile(r"^\S{1,256}$"),
 }
 GRAPH_HASH_TYPES = {
@@ -218,6 +219,8 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 ASN_MAX = 2**32 - 1
+# Numbers in MISP data are ASCII digits only: int() also reads '٣' or '１', and '²'.isdigit() is true.
+ASCII_NUMBER_RE = re.compile(r"[0-9]+")
 MAX_EPOCH_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the last instant ISO 8601 years can write
 # No documented Graph limit; longer values are almost always pasted blobs, not observables.
 MAX_VALUE_LENGTH = 4096

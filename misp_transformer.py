@@ -103,14 +103,24 @@ def iso_utc(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def epoch_to_iso(value: Any) -> str | None:
-    """MISP timestamps are epoch seconds as strings; None when absent or unusable."""
-    try:
-        seconds = int(str(value).strip())
-    except ValueError:
+def ascii_number(text: str, maximum: int) -> int | None:
+    """A whole number 0..maximum written in ASCII digits, else None: the one way MISP numbers are
+    read. int() alone also takes '٣', '１', '+5' and '1_0', and '²'.isdigit() is true while
+    int('²') raises; the length check spares int() a thousand-digit string."""
+    text = text.strip()
+    if len(text.lstrip("0")) > len(str(maximum)) or not C.ASCII_NUMBER_RE.fullmatch(text):
         return None
-    if not 0 <= seconds <= C.MAX_EPOCH_SECONDS:
-        return None  # before 1970 or after 9999: not a real MISP timestamp
+    number = int(text)
+    return number if number <= maximum else None
+
+
+def epoch_to_iso(value: Any) -> str | None:
+    """MISP timestamps are epoch seconds as strings (or numbers); None when absent or unusable,
+    or before 1970 or after 9999 (not a real MISP timestamp)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    seconds = ascii_number(text, C.MAX_EPOCH_SECONDS) if isinstance(text, str) else None
+    if seconds is None:
+        return None
     return iso_utc(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
 
 
@@ -154,20 +164,19 @@ def parse_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def parse_port(value: str) -> int:
-    text = value.strip()
-    if not text.isdigit() or int(text) > C.PORT_MAX:
-        raise InvalidValue(f"port out of range 0-{C.PORT_MAX}")
-    return int(text)
+    port = ascii_number(value, C.PORT_MAX)
+    if port is None:
+        raise InvalidValue(f"port is not a number 0-{C.PORT_MAX}")
+    return port
 
 
 def parse_asn(value: str) -> int:
     """`AS64500`, `as64500` and `64500` are the same ASN."""
     text = value.strip()
-    if text[:2].lower() == "as":
-        text = text[2:].strip()
-    if not text.isdigit() or int(text) > C.ASN_MAX:
+    asn = ascii_number(text[2:] if text[:2].lower() == "as" else text, C.ASN_MAX)
+    if asn is None:
         raise InvalidValue("not an AS number")
-    return int(text)
+    return asn
 
 
 def normalize_hostname(value: str) -> str:
@@ -315,10 +324,10 @@ def _weak(build: Builder) -> Builder:
 
 
 def _size(value: str, policy: MappingPolicy) -> dict[str, Any]:
-    text = value.strip()
-    if not text.isdigit():
+    size = ascii_number(value, C.GRAPH_INT64_MAX)
+    if size is None:
         raise InvalidValue("size is not a whole number of bytes")
-    return {"fileSize": int(text)}
+    return {"fileSize": size}
 
 
 def _asn(value: str, policy: MappingPolicy) -> dict[str, Any]:
@@ -725,9 +734,14 @@ def _one(build: Callable[[str], str]) -> StixBuilder:
     return lambda value: [("", build(value))]
 
 
-def _left(build: Callable[[str], str]) -> StixBuilder:
-    """Composite whose first part is the observable (`ip|port`, `hostname|port`)."""
-    return lambda value: [("", build(split_composite(value)[0]))]
+def _with_port(build: Callable[[str], str]) -> StixBuilder:
+    """`ip|port`, `hostname|port`: the pattern holds the first part, and the port is checked all
+    the same (one reading per attribute: a bad port is invalid-value for every target)."""
+    def stix(value: str) -> list[tuple[str, str]]:
+        observable, port = split_composite(value)
+        parse_port(port)
+        return [("", build(observable))]
+    return stix
 
 
 def _stix_filename_hash(hash_type: str) -> StixBuilder:
@@ -737,11 +751,11 @@ def _stix_filename_hash(hash_type: str) -> StixBuilder:
 STIX_BUILDERS: dict[str, StixBuilder] = {
     "ip-dst": _one(_stix_ip),
     "ip-src": _one(_stix_ip),
-    "ip-dst|port": _left(_stix_ip),
-    "ip-src|port": _left(_stix_ip),
+    "ip-dst|port": _with_port(_stix_ip),
+    "ip-src|port": _with_port(_stix_ip),
     "domain": _one(_stix_host),
     "hostname": _one(_stix_host),
-    "hostname|port": _left(_stix_host),
+    "hostname|port": _with_port(_stix_host),
     "domain|ip": _stix_domain_ip,
     "url": _one(lambda value: _comparison("url:value", normalize_url(value))),
     "email-src": _one(lambda value: _comparison("email-addr:value", split_email(value)[0])),

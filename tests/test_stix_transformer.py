@@ -135,3 +135,12 @@ def test_generated_events_give_only_valid_stix(wrapped):
     for policy in POLICIES:
         for obj in StixTransformer(policy, NOW).transform(wrapped).indicators:
             assert_valid(obj)
+
+
+@pytest.mark.parametrize(("misp_type", "value"), [
+    ("AS", "AS\u00b2"), ("AS", "\u0661\u0662"), ("ip-dst|port", "1.2.3.4|\u00b2"), ("ip-src|port", "1.2.3.4|70000"),
+    ("hostname|port", "h.example|\uff18\uff10"), ("ssdeep", "\u0663:abc:def"),
+])
+def test_numbers_are_ascii_digits_only_for_stix_too(misp_type, value):
+    result = StixTransformer(POLICY, NOW).transform(event(attribute(misp_type, value)))
+    assert result.indicators == [] and [s.reason for s in result.skips] == [SkipReason.INVALID_VALUE]

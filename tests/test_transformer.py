@@ -278,3 +278,26 @@ def test_unicode_junk_and_huge_values_are_invalid_not_crashes():
 def test_out_of_range_event_timestamps_are_left_out(timestamp):
     indicator = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example"), timestamp=timestamp)).indicators[0]
     assert "lastReportedDateTime" not in indicator
+
+
+@pytest.mark.parametrize(("misp_type", "value"), [
+    ("AS", "AS\u00b2"), ("AS", "\u0661\u0662"), ("AS", "AS\uff16\uff14\uff15\uff10\uff10"), ("AS", "+64500"),
+    ("ip-dst|port", "1.2.3.4|\u00b2"), ("ip-src|port", "1.2.3.4|\uff18\uff10"), ("hostname|port", "h.example|\u0663"),
+    ("ip-dst|port", "1.2.3.4|8_0"), ("ip-dst|port", "1.2.3.4|" + "9" * 4000),
+])
+def test_numbers_are_ascii_digits_only(misp_type, value):
+    assert skip_reason(misp_type, value) is SkipReason.INVALID_VALUE
+
+
+def test_weak_numbers_and_timestamps_are_ascii_digits_only():
+    allowed = MappingPolicy(allow_weak_observables=True)
+    assert skip_reason("size-in-bytes", "\u0663", allowed) is SkipReason.INVALID_VALUE
+    assert skip_reason("size-in-bytes", str(2**63), allowed) is SkipReason.INVALID_VALUE
+    assert skip_reason("port", "\u00b2", allowed) is SkipReason.INVALID_VALUE
+    assert skip_reason("ssdeep", "\u0663:abc:def") is SkipReason.INVALID_VALUE
+    assert observable(one("port", "0080", allowed)) == {"networkPort": 80}
+    for timestamp in ("\u0661\u0665\u0661\u0660", "1510922092\u00b2", "1_510_922_092"):
+        indicator = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example"), timestamp=timestamp)).indicators[0]
+        assert "lastReportedDateTime" not in indicator
+    indicator = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example"), timestamp=1510922092)).indicators[0]
+    assert indicator["lastReportedDateTime"] == "2017-11-17T12:34:52Z"
