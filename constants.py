@@ -35,6 +35,7 @@ class SkipReason(str, enum.Enum):
     NOT_FOR_TARGET = "not-for-target"
     DUPLICATE = "duplicate"
     MALFORMED = "malformed"
+    INTERNAL_ERROR = "internal-error"  # a bug or an unforeseen input: it costs the attribute, not the run
 
 
 # --- Microsoft Graph tiIndicators -----------------------------------------------------------

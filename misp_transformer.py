@@ -599,8 +599,12 @@ class Transformer:
         event = wrapped.get("Event", wrapped) if isinstance(wrapped, Mapping) else None
         if not isinstance(event, Mapping):
             return EventResult([], [Skip(SkipReason.MALFORMED, "", "", "", "event is not a JSON object")], 0)
-        pairs = list(event_attributes(event))
-        context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
+        pairs: list[tuple[Mapping[str, Any], bool]] = []
+        try:
+            pairs = list(event_attributes(event))
+            context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
+        except Exception as exc:  # noqa: BLE001 - any failure here costs this event only
+            return _unreadable(event, pairs, exc)
         self._facts, self._common, self._texts = {}, {}, {}
         result = EventResult([], [], len(pairs), context.uuid.strip().lower())
         for attribute, object_deleted in pairs:
@@ -612,25 +616,33 @@ class Transformer:
         return result
 
     def _attribute(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
+        """The attribute's indicators or why it has none. Whatever goes wrong costs this attribute
+        (internal-error, naming the exception type but not the value), never the run."""
+        try:
+            return self._candidate(context, attribute, object_deleted)
+        except Exception as exc:  # noqa: BLE001 - the fault is isolated and reported as a skip
+            return _skip(context.uuid, attribute, SkipReason.INTERNAL_ERROR, f"{type(exc).__name__} while transforming")
+
+    def _candidate(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
         misp_type = attribute.get("type")
         uuid = attribute.get("uuid")
         if not isinstance(misp_type, str) or not isinstance(uuid, str) or not uuid.strip():
-            return _skip(context, attribute, SkipReason.MALFORMED, "attribute without a type or uuid")
+            return _skip(context.uuid, attribute, SkipReason.MALFORMED, "attribute without a type or uuid")
         deleted = attribute.get("deleted")
         if object_deleted or (deleted is not False and is_true(deleted)):
-            return _skip(context, attribute, SkipReason.DELETED)
+            return _skip(context.uuid, attribute, SkipReason.DELETED)
         if misp_type in C.CONTEXT_TYPES:
-            return _skip(context, attribute, SkipReason.CONTEXT, "used as event context")
+            return _skip(context.uuid, attribute, SkipReason.CONTEXT, "used as event context")
         to_ids = attribute.get("to_ids")
         if to_ids is not True and not is_true(to_ids):
-            return _skip(context, attribute, SkipReason.NOT_TO_IDS)
+            return _skip(context.uuid, attribute, SkipReason.NOT_TO_IDS)
         key = uuid.strip().lower()
         try:
             indicators = self.build(context, attribute, misp_type, as_text(attribute.get("value")), key)
         except InvalidValue as exc:
-            return _skip(context, attribute, SkipReason.INVALID_VALUE, str(exc))
+            return _skip(context.uuid, attribute, SkipReason.INVALID_VALUE, str(exc))
         except _Refused as refused:
-            return _skip(context, attribute, refused.reason, str(refused))
+            return _skip(context.uuid, attribute, refused.reason, str(refused))
         return indicators
 
     def build(self, context: EventContext, attribute: Mapping[str, Any], misp_type: str, value: str, key: str) -> list[dict[str, Any]]:
@@ -849,7 +861,17 @@ def _first_set(*values: int | None) -> int | None:
     return next((value for value in values if value is not None), None)
 
 
-def _skip(context: EventContext, attribute: Mapping[str, Any], reason: SkipReason, detail: str = "") -> Skip:
+def _skip(event_uuid: str, attribute: Mapping[str, Any], reason: SkipReason, detail: str = "") -> Skip:
     """A Skip naming the attribute as far as it can be named."""
     uuid, misp_type = attribute.get("uuid"), attribute.get("type")
-    return Skip(reason, context.uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "", detail)
+    return Skip(reason, event_uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "", detail)
+
+
+def _unreadable(event: Mapping[str, Any], pairs: list[tuple[Mapping[str, Any], bool]], exc: Exception) -> EventResult:
+    """An event whose shared context failed: every attribute is an internal-error skip, and the
+    result names no event, so the run does not take the event as read (nothing of it is removed)."""
+    uuid = event.get("uuid")
+    uuid = uuid if isinstance(uuid, str) else ""
+    detail = f"{type(exc).__name__} while reading the event"
+    skips = [_skip(uuid, attribute, SkipReason.INTERNAL_ERROR, detail) for attribute, _ in pairs]
+    return EventResult([], skips or [Skip(SkipReason.INTERNAL_ERROR, uuid, "", "", detail)], len(pairs))

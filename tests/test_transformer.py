@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from constants import SkipReason
+import misp_transformer
 from misp_transformer import MappingPolicy, GraphTransformer
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
@@ -301,3 +302,25 @@ def test_weak_numbers_and_timestamps_are_ascii_digits_only():
         assert "lastReportedDateTime" not in indicator
     indicator = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example"), timestamp=1510922092)).indicators[0]
     assert indicator["lastReportedDateTime"] == "2017-11-17T12:34:52Z"
+
+
+def failing(*args):
+    raise RuntimeError("a bug in one builder")
+
+
+def test_an_exception_in_one_attribute_becomes_an_internal_error_skip(monkeypatch):
+    monkeypatch.setitem(misp_transformer.GRAPH_BUILDERS, "domain", failing)
+    bad = attribute("domain", "x" * 3000 + ".example")
+    result = run(attribute("ip-dst", "198.51.100.7"), bad, attribute("url", "http://ok.example/"))
+    assert [observable(i) for i in result.indicators] == [{"networkDestinationIPv4": "198.51.100.7"}, {"url": "http://ok.example/"}]
+    (skip,) = result.skips
+    assert (skip.reason, skip.attribute_uuid, skip.event_uuid) == (SkipReason.INTERNAL_ERROR, bad["uuid"], event()["Event"]["uuid"])
+    assert skip.detail == "RuntimeError while transforming"
+
+
+def test_an_event_whose_context_fails_counts_every_attribute_and_is_not_taken_as_read(monkeypatch):
+    monkeypatch.setattr(misp_transformer, "event_context", failing)
+    result = run(attribute("ip-dst", "198.51.100.7"), Object=[{"Attribute": [attribute("md5", MD5)]}])
+    assert result.indicators == [] and result.attributes == 2 and result.event_uuid == ""
+    assert [(s.reason, s.detail) for s in result.skips] == [(SkipReason.INTERNAL_ERROR, "RuntimeError while reading the event")] * 2
+    assert {s.event_uuid for s in result.skips} == {event()["Event"]["uuid"]}
