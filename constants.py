@@ -229,6 +229,13 @@ MAX_VALUE_LENGTH = 4096
 BROKEN_TEXT_RE = re.compile("[\ud800-\udfff\x00]")
 PORT_MAX = 65535
 
+# --- Bounded text (mapping.md "free text") ----------------------------------------------------
+# One 0.9 MB event of comments once made every indicator 0.9 MB; these keep each one small.
+TEXT_FIELD_MAX = 4096  # characters of Graph additionalInformation and STIX description (and any free text read)
+INDICATOR_MAX_BYTES = 16384  # one indicator's compact JSON in UTF-8
+EVENT_CONTEXT_VALUES_MAX = 20  # distinct comment / threat-actor / malware-type values read per event, per type
+ELLIPSIS = "\u2026"
+
 # --- --check: plain-language fixes --------------------------------------------------------------
 AADSTS_FIXES = {
     7000215: "the client secret is wrong: copy the secret's Value (not its Secret ID) to AZURE_CLIENT_SECRET",

@@ -6,9 +6,11 @@ contract (../shared/reference/mapping.md) lives; the clients only move the resul
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import ipaddress
+import json
 import uuid as uuid_module
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -85,10 +87,30 @@ def as_text(value: Any) -> str:
 
 
 def clean_text(value: Any) -> str:
-    """Free text (event info, comments) as valid Unicode: broken bytes become U+FFFD."""
+    """Free text (event info, comments) as valid Unicode, broken bytes as U+FFFD, and at most
+    TEXT_FIELD_MAX characters: no field holds more, so no more is ever copied or scanned."""
     if not isinstance(value, str):
         return ""
-    return C.BROKEN_TEXT_RE.sub("\ufffd", value).strip()
+    return cut_text(C.BROKEN_TEXT_RE.sub("\ufffd", value.strip()[: C.TEXT_FIELD_MAX + 1]), C.TEXT_FIELD_MAX)
+
+
+def cut_text(text: str, limit: int) -> str:
+    """At most `limit` characters; a longer text is cut with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + C.ELLIPSIS if limit > 0 else ""
+
+
+def json_bytes(value: Any) -> int:
+    """Size as the indicator limit counts it: compact JSON in UTF-8 (a lone surrogate as 3 bytes)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def json_bytes_at_most(value: Any) -> int:
+    """An upper bound of json_bytes at half its cost: a character takes at most 4 bytes in
+    compact UTF-8 JSON for each character repr writes for it (a control character is \\xNN in
+    repr, \\u00NN in JSON; 'é' is 1 and 2), and repr's punctuation is never shorter than JSON's."""
+    return 4 * len(repr(value))
 
 
 def _dicts(value: Any) -> list[Mapping[str, Any]]:
@@ -471,18 +493,25 @@ class EventContext:
     tags: TagFacts
     activity_groups: tuple[str, ...]
     malware_families: tuple[str, ...]
-    comments: tuple[str, ...]
+    comments: str  # the event's comment attributes, one per line
 
 
 def _context_values(attributes: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """Values of the context attributes (threat-actor, malware-type, comment), in one pass."""
+    """Distinct values of the context attributes (threat-actor, malware-type, comment), in one
+    pass: per type the first EVENT_CONTEXT_VALUES_MAX, within TEXT_FIELD_MAX characters, so a
+    huge event cannot make each of its indicators huge."""
     values: dict[str, list[str]] = {misp_type: [] for misp_type in C.CONTEXT_TYPES}
+    room = dict.fromkeys(C.CONTEXT_TYPES, C.TEXT_FIELD_MAX)
     for attribute in attributes:
         misp_type = attribute.get("type")
-        if isinstance(misp_type, str) and misp_type in C.CONTEXT_TYPES and not is_true(attribute.get("deleted")):
+        if not isinstance(misp_type, str) or misp_type not in C.CONTEXT_TYPES or is_true(attribute.get("deleted")):
+            continue
+        kept = values[misp_type]
+        if len(kept) < C.EVENT_CONTEXT_VALUES_MAX and room[misp_type] > 0:
             value = clean_text(attribute.get("value"))
-            if value:
-                values[misp_type].append(value[: C.MAX_VALUE_LENGTH])
+            if value and value not in kept:
+                kept.append(value)
+                room[misp_type] -= len(value)
     return values
 
 
@@ -498,17 +527,16 @@ def event_context(event: Mapping[str, Any], attributes: list[Mapping[str, Any]],
         tags=facts,
         activity_groups=tuple(_merge_unique(facts.activity_groups, context["threat-actor"])),
         malware_families=tuple(_merge_unique(facts.malware_families, context["malware-type"])),
-        comments=tuple(context["comment"]),
+        comments="\n".join(context["comment"]),
     )
 
 
 def describe(context: EventContext, comment: str) -> tuple[str, str]:
-    """Short description (Graph's 100-character limit, cut with an ellipsis) and the full text."""
+    """Short description (Graph's 100-character limit) and the long one (TEXT_FIELD_MAX), both
+    cut with an ellipsis."""
     base = context.info or f"MISP event {context.uuid}"
     full = f"{base} - {comment}" if comment else base
-    if len(full) <= C.GRAPH_DESCRIPTION_MAX:
-        return full, full
-    return full[: C.GRAPH_DESCRIPTION_MAX - 1].rstrip() + "\u2026", full
+    return cut_text(full, C.GRAPH_DESCRIPTION_MAX), cut_text(full, C.TEXT_FIELD_MAX)
 
 
 # --- the transformer -------------------------------------------------------------------------
@@ -547,6 +575,52 @@ def merged_facts(context: EventContext, own_tag_names: Iterable[str]) -> TagFact
     )
 
 
+# An indicator's size without encoding it: a JSON character costs at most 6 bytes (\u00XX), the
+# value is copied at most twice (Graph's direction-less fields, STIX name and pattern), and field
+# names, ids, host names (≤ 253) and the like stay within _FIXED_BYTES.
+_BYTES_PER_CHAR = 6
+_FIXED_BYTES = 2048
+
+# The fields an over-size indicator gives up, in this order, each with the end it keeps.
+Cuts = tuple[tuple[str, str], ...]
+
+
+def fit(indicator: dict[str, Any], cuts: Cuts) -> dict[str, Any]:
+    """The indicator within INDICATOR_MAX_BYTES: the fields in `cuts` are shortened in turn until
+    it fits; InvalidValue when even that is not enough (a huge value)."""
+    fitted = dict(indicator)
+    for field, tail in cuts:
+        excess = json_bytes(fitted) - C.INDICATOR_MAX_BYTES
+        if excess <= 0:
+            return fitted
+        if isinstance(fitted.get(field), (str, list)):
+            shorter = _shorter(fitted[field], tail, excess)
+            if shorter:
+                fitted[field] = shorter
+            else:
+                del fitted[field]
+    if json_bytes(fitted) > C.INDICATOR_MAX_BYTES:
+        raise InvalidValue(f"indicator over {C.INDICATOR_MAX_BYTES} bytes even with its free text, names and tags cut")
+    return fitted
+
+
+def _shorter(value: str | list[str], tail: str, excess: int) -> str | list[str]:
+    """`value` at least `excess` bytes smaller, or empty: a list loses names from its end, a
+    text keeps its `tail` and the longest start that fits, cut with an ellipsis (found by
+    bisection, as one character may take 1 to 6 bytes)."""
+    if isinstance(value, list):
+        kept = list(value)
+        freed = 0
+        while kept and freed < excess:
+            freed += json_bytes(kept.pop())
+        return kept
+    head = value[: len(value) - len(tail)]
+    budget = json_bytes(head) - excess - len(C.ELLIPSIS.encode())
+    keep = bisect.bisect_right(range(len(head) + 1), budget, key=lambda length: json_bytes(head[:length])) - 1
+    head = head[:keep].rstrip() + C.ELLIPSIS if keep > 0 else ""
+    return head + tail if head else tail.lstrip("\n")
+
+
 class Transformer:
     """What every target shares: candidates, context and skip accounting. It keeps nothing
     from one event to the next (the target's state store spots an attribute seen twice).
@@ -561,7 +635,11 @@ class Transformer:
         # Per event: what the attributes share, computed once for each distinct input.
         self._facts: dict[tuple[str, ...], TagFacts] = {}  # by the attribute's own tag names
         self._common: dict[int, dict[str, Any]] = {}  # by id() of those facts
-        self._texts: dict[str, Any] = {}  # by the attribute's comment (usually empty)
+        self._texts: dict[str, Any] = {}  # by the attribute's raw comment (usually empty)
+        # Per event, for the size check in `_candidate`: bytes left once the fixed parts are
+        # counted, and the largest common fields and texts made so far (bounds, in bytes).
+        self._room = C.INDICATOR_MAX_BYTES
+        self._largest_common = self._largest_texts = 0
 
     def facts(self, context: EventContext, attribute: Mapping[str, Any]) -> TagFacts:
         """An event's attributes mostly share the same few tag sets (often none): each set is
@@ -578,15 +656,21 @@ class Transformer:
         common = self._common.get(id(facts))
         if common is None:
             common = self._common[id(facts)] = self.common_fields(context, facts)
+            self._largest_common = max(self._largest_common, json_bytes_at_most(common))
         return common
 
     def texts(self, context: EventContext, attribute: Mapping[str, Any]) -> Any:
         """The description text(s) for the attribute's comment, once per distinct comment."""
-        comment = clean_text(attribute.get("comment"))
-        texts = self._texts.get(comment)
+        comment = attribute.get("comment")
+        raw = comment if isinstance(comment, str) else ""
+        texts = self._texts.get(raw)
         if texts is None:
-            texts = self._texts[comment] = self.describe(context, comment)
+            texts = self._texts[raw] = self.describe(context, clean_text(raw))
+            self._largest_texts = max(self._largest_texts, json_bytes(texts))
         return texts
+
+    def cuts(self, context: EventContext) -> Cuts:
+        raise NotImplementedError
 
     def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
         raise NotImplementedError
@@ -606,6 +690,8 @@ class Transformer:
         except Exception as exc:  # noqa: BLE001 - any failure here costs this event only
             return _unreadable(event, pairs, exc)
         self._facts, self._common, self._texts = {}, {}, {}
+        self._room = C.INDICATOR_MAX_BYTES - _FIXED_BYTES - _BYTES_PER_CHAR * (len(context.uuid) + len(self.policy.misp_url))
+        self._largest_common = self._largest_texts = 0
         result = EventResult([], [], len(pairs), context.uuid.strip().lower())
         for attribute, object_deleted in pairs:
             outcome = self._attribute(context, attribute, object_deleted)
@@ -638,7 +724,10 @@ class Transformer:
             return _skip(context.uuid, attribute, SkipReason.NOT_TO_IDS)
         key = uuid.strip().lower()
         try:
-            indicators = self.build(context, attribute, misp_type, as_text(attribute.get("value")), key)
+            value = as_text(attribute.get("value"))
+            indicators = self.build(context, attribute, misp_type, value, key)
+            if _BYTES_PER_CHAR * (2 * len(value) + len(key)) > self._room - self._largest_common - self._largest_texts:
+                indicators = [fit(indicator, self.cuts(context)) for indicator in indicators]  # worst case too big: measure
         except InvalidValue as exc:
             return _skip(context.uuid, attribute, SkipReason.INVALID_VALUE, str(exc))
         except _Refused as refused:
@@ -671,10 +760,21 @@ class GraphTransformer(Transformer):
         return indicator
 
     def describe(self, context: EventContext, comment: str) -> tuple[str, str]:
-        """Description (≤ 100 characters) and additionalInformation (full text, event comments,
-        and the event UUID that --rebuild-state reads back)."""
+        """Description (≤ 100 characters) and additionalInformation: the full text and the event
+        comments, cut to fit TEXT_FIELD_MAX before the event UUID line that --rebuild-state reads."""
         description, full_text = describe(context, comment)
-        return description, "\n".join((full_text, *context.comments, f"MISP event: {context.uuid}"))
+        line = self._event_line(context)
+        free = f"{full_text}\n{context.comments}" if context.comments else full_text
+        return description, f"{cut_text(free, C.TEXT_FIELD_MAX - len(line) - 1)}\n{line}"
+
+    def cuts(self, context: EventContext) -> Cuts:
+        """The free text goes first (the event UUID line stays), then tags, then names."""
+        return (("additionalInformation", "\n" + self._event_line(context)), ("tags", ""),
+                ("malwareFamilyNames", ""), ("activityGroupNames", ""))
+
+    @staticmethod
+    def _event_line(context: EventContext) -> str:
+        return f"MISP event: {context.uuid}"
 
     def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
         """The fields that depend on the event and the tags, not on the attribute's value."""
@@ -820,6 +920,10 @@ class StixTransformer(Transformer):
 
     def describe(self, context: EventContext, comment: str) -> str:
         return describe(context, comment)[1]
+
+    def cuts(self, context: EventContext) -> Cuts:
+        """The description goes first, then labels, then the name (the pattern holds the value)."""
+        return (("description", ""), ("labels", ""), ("name", ""))
 
     def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
         """Everything but the id, name, description, pattern and reference; once per tag set."""

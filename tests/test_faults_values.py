@@ -72,3 +72,37 @@ def test_an_internal_error_is_a_logged_skip_and_the_run_goes_on(standins, tmp_pa
     logged = {a["uuid"]: a["error"] for e in errors for a in e["attributes"]}
     assert logged["99999999-0000-4000-8000-000000000003"] == "RuntimeError while transforming"
     assert len(logged) == failed
+
+
+def flood_with_comments(event: dict) -> None:
+    """About 0.9 MB of distinct comment attributes, and 30 indicators with 30 kB of pasted notes
+    each as their own comment (Sentinel's description holds that one, Graph's both)."""
+    event["Attribute"].extend({"uuid": f"88888888-0000-4000-8000-{n:012d}", "type": "comment", "to_ids": False,
+                               "value": f"note {n:04d} " + "c" * 990} for n in range(900))
+    event["Attribute"].extend({"uuid": f"77777777-0000-4000-8000-{n:012d}", "type": "domain", "to_ids": True,
+                               "value": f"flood{n}.example", "comment": f"notes {n} " + "n" * 30000} for n in range(30))
+
+
+def compact_bytes(value) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+@pytest.mark.parametrize("target", ["graph", "sentinel"])
+def test_an_event_of_comments_keeps_bodies_and_logs_small(standins, tmp_path, target):
+    flood_with_comments(first_published(standins))
+    run = run_process(write_config(tmp_path, standins, target=target))  # write_post_json: every body is logged
+    assert run.code == ExitCode.OK, run.err
+    if target == "graph":
+        assert held_external_ids(standins) == expected_external_ids(standins.misp.events)
+        posts = [r for r in standins.graph.requests_seen if r.method == "POST"]
+        indicators = [i for r in posts for i in r.json["value"]]
+        flooded = [i["additionalInformation"] for i in indicators if i["externalId"].startswith("77777777")]
+    else:
+        assert active_ids(standins) == expected_stix_ids(standins.misp.events)
+        posts = [r for r in standins.sentinel.requests_seen if r.path.endswith(":upload")]
+        indicators = [i for r in posts for i in r.json["stixobjects"]]
+        flooded = [i["description"] for i in indicators if i["external_references"][0]["external_id"].startswith("77777777")]
+    assert max(len(r.body) for r in posts) <= 100 * 16384  # the fork point: 31.6 MB (graph), 1 MB (sentinel)
+    assert max(compact_bytes(i) for i in indicators) <= 16384
+    assert len(flooded) == 30 and max(map(len, flooded)) <= 4096
+    assert sum(p.stat().st_size for p in run.log_dir.iterdir()) <= 2_000_000  # the fork point: 64 MB (graph); now 0.9 MB

@@ -6,9 +6,10 @@ import uuid
 
 import pytest
 
-from constants import SkipReason
 import misp_transformer
-from misp_transformer import MappingPolicy, GraphTransformer
+import reconcile
+from constants import INDICATOR_MAX_BYTES, SkipReason
+from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer, json_bytes
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -324,3 +325,81 @@ def test_an_event_whose_context_fails_counts_every_attribute_and_is_not_taken_as
     assert result.indicators == [] and result.attributes == 2 and result.event_uuid == ""
     assert [(s.reason, s.detail) for s in result.skips] == [(SkipReason.INTERNAL_ERROR, "RuntimeError while reading the event")] * 2
     assert {s.event_uuid for s in result.skips} == {event()["Event"]["uuid"]}
+
+
+EVENT_UUID = "5a0d5bf4-99c8-4f15-9879-22b1950d210f"
+
+
+def comment_flood(count: int = 900, size: int = 1000) -> list[dict]:
+    """About count × size characters of distinct comment attributes (0.9 MB by default)."""
+    return [attribute("comment", f"note {n:04d} " + "c" * (size - 10), to_ids=False) for n in range(count)]
+
+
+def test_long_free_text_is_cut_to_4096_characters_and_keeps_the_event_line():
+    result = run(attribute("domain", "a.example", comment="k" * 9000), *comment_flood(30), info="i" * 9000)
+    (indicator,) = result.indicators
+    information = indicator["additionalInformation"]
+    assert len(information) == 4096 and information.endswith(f"\u2026\nMISP event: {EVENT_UUID}")
+    assert reconcile.event_uuid_of(indicator) == EVENT_UUID
+    assert len(indicator["description"]) == 100
+
+
+def test_event_comments_are_distinct_capped_and_in_every_indicator():
+    notes = [attribute("comment", f"note {n % 30}", to_ids=False) for n in range(60)]
+    result = run(*notes, attribute("domain", "a.example"), attribute("domain", "b.example"))
+    first, second = (i["additionalInformation"] for i in result.indicators)
+    assert first == second == "\n".join(["Test event", *(f"note {n}" for n in range(20)), f"MISP event: {EVENT_UUID}"])
+
+
+def test_context_names_are_capped_per_event():
+    actors = [attribute("threat-actor", f"actor {n}", to_ids=False) for n in range(50)]
+    (indicator,) = run(*actors, attribute("domain", "a.example")).indicators
+    assert indicator["activityGroupNames"] == [f"actor {n}" for n in range(20)]
+
+
+def test_a_09_mb_event_of_comments_gives_small_indicators_for_both_targets():
+    flooded = event(*comment_flood(), *(attribute("domain", f"d{n}.example") for n in range(30)))
+    for transformer in (GraphTransformer(MappingPolicy(), NOW), StixTransformer(MappingPolicy(), NOW)):
+        result = transformer.transform(flooded)
+        assert len(result.indicators) == 30 and result.attributes == 930
+        assert all(json_bytes(i) <= INDICATOR_MAX_BYTES for i in result.indicators)
+        assert all(len(i.get("additionalInformation", i.get("description"))) <= 4096 for i in result.indicators)
+
+
+def test_an_indicator_over_16_kb_loses_just_enough_free_text():
+    value = "\\" * 2000  # a backslash is two bytes in JSON, four in a STIX pattern
+    a = attribute("mutex", value, comment="\x01" * 4000)  # six bytes each in JSON
+    (graph,) = run(a).indicators
+    assert INDICATOR_MAX_BYTES - 12 < json_bytes(graph) <= INDICATOR_MAX_BYTES and graph["fileMutexName"] == value
+    assert graph["additionalInformation"].endswith(f"\x01\u2026\nMISP event: {EVENT_UUID}")
+    assert reconcile.event_uuid_of(graph) == EVENT_UUID
+    (stix,) = StixTransformer(MappingPolicy(), NOW).transform(event(a)).indicators
+    assert INDICATOR_MAX_BYTES - 12 < json_bytes(stix) <= INDICATOR_MAX_BYTES and stix["name"] == value
+    assert stix["description"].endswith("\x01\u2026")
+
+
+def test_an_indicator_still_over_16_kb_loses_tags_from_the_end_never_its_observable():
+    tags = [{"name": f"tag-{n:04d}-" + "t" * 40} for n in range(400)]  # 20 kB of names
+    value = "\\" * 1500
+    a = attribute("mutex", value, comment="note", Tag=tags)
+    (graph,) = run(a).indicators
+    assert json_bytes(graph) <= INDICATOR_MAX_BYTES and graph["fileMutexName"] == value
+    assert graph["additionalInformation"] == f"MISP event: {EVENT_UUID}" and reconcile.event_uuid_of(graph) == EVENT_UUID
+    assert 0 < len(graph["tags"]) < 400 and graph["tags"] == [t["name"] for t in tags[:len(graph["tags"])]]
+    (stix,) = StixTransformer(MappingPolicy(), NOW).transform(event(a)).indicators
+    assert json_bytes(stix) <= INDICATOR_MAX_BYTES and stix["pattern"] == f"[mutex:name = '{value * 2}']"
+    assert "description" not in stix and 0 < len(stix["labels"]) < 400 and stix["name"] == value
+
+
+def test_the_stix_name_goes_last():
+    value = "\\" * 2000 + "\x01" * 700  # the pattern alone takes 12.2 kB, name and pattern 20.4 kB
+    (stix,) = StixTransformer(MappingPolicy(), NOW).transform(event(attribute("mutex", value))).indicators
+    assert json_bytes(stix) <= INDICATOR_MAX_BYTES and "description" not in stix and stix["name"].endswith("\u2026")
+
+
+def test_an_observable_too_big_for_16_kb_is_invalid_value():
+    a = attribute("mutex", "\x01" * 4000)  # 24 kB of JSON escapes in the value alone
+    for transformer in (GraphTransformer(MappingPolicy(), NOW), StixTransformer(MappingPolicy(), NOW)):
+        result = transformer.transform(event(a))
+        assert result.indicators == [] and [s.reason for s in result.skips] == [SkipReason.INVALID_VALUE]
+        assert result.skips[0].detail == "indicator over 16384 bytes even with its free text, names and tags cut"

@@ -1,6 +1,6 @@
 """Generated MISP events, shaped and misshaped, with arbitrary Unicode in every field: neither
-transformer ever raises, every attribute becomes indicators or one skip, and every Graph
-indicator passes the Graph stand-in's tiIndicator rules."""
+transformer ever raises, every attribute becomes indicators or one skip, no indicator is over
+its size limits, and every Graph indicator passes the Graph stand-in's tiIndicator rules."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from constants import SkipReason
-from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer, stix_id
+from constants import INDICATOR_MAX_BYTES, TEXT_FIELD_MAX, SkipReason
+from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer, json_bytes, json_bytes_at_most, stix_id
 from standins.graph import validate_indicator
 
 TYPES = (Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "misp-attribute-types.txt")
@@ -26,16 +26,18 @@ junk = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=Tr
 # Every category: controls, lone surrogates, digits int() reads ('٣') and refuses ('²').
 text = st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=80)
 long_text = st.text(min_size=40, max_size=160)
+# Texts at and over the 4,096-character cap, in characters of 1 to 6 JSON bytes.
+huge_text = st.sampled_from(["c" * 5000, "\x01" * 4500, "\u00e9" * 4096, "\\" * 4000, "\U0001f600" * 3000])
 DIGITS = "0123456789\u00b2\u00b3\u00b9\u0660\u0663\u06f4\u07c0\u0969\u09e9\u0e53\uff10\uff19\U0001d7d7\u2460"
 numberish = st.text(alphabet=st.sampled_from(DIGITS), min_size=1, max_size=6)
 values = st.one_of(
-    text, numberish,
+    text, numberish, huge_text,
     st.sampled_from(["1.2.3.4", "2001:db8::1", "10.0.0.0/8", "evil.example.", "a|b", "1.2.3.4|99999", "AS64500",
                      "d41d8cd98f00b204e9800998ecf8427e", "x|d41d8cd98f00b204e9800998ecf8427e", "http://x/ y", "\udcff",
                      "ex\u00e4mple.com", "-.example", "a" * 5000]),
     st.integers(min_value=-10, max_value=70000), junk,
 )
-tags = st.lists(st.one_of(st.fixed_dictionaries({"name": st.one_of(st.sampled_from(TAGS), text, junk)},
+tags = st.lists(st.one_of(st.fixed_dictionaries({"name": st.one_of(st.sampled_from(TAGS), text, huge_text, junk)},
                                                  optional={"local": st.one_of(junk, st.sampled_from([0, 1, "0", "1"]))}),
                           junk), max_size=4)
 galaxies = st.one_of(st.lists(st.fixed_dictionaries({"GalaxyCluster": st.one_of(st.lists(
@@ -48,7 +50,7 @@ attribute = st.fixed_dictionaries(
         "value": values,
         "to_ids": st.one_of(st.sampled_from([True, False, 1, 0, "1", "0", "true"]), text, junk),
         "deleted": st.one_of(st.booleans(), text, junk),
-        "comment": st.one_of(text, long_text, junk),
+        "comment": st.one_of(text, long_text, huge_text, junk),
         "Tag": st.one_of(tags, junk),
         "Galaxy": galaxies,
         "timestamp": st.one_of(numberish, text, junk),
@@ -77,7 +79,7 @@ event_body = st.fixed_dictionaries({
     "Attribute": st.lists(attribute, max_size=6),
 }, optional={
     "uuid": st.one_of(st.uuids().map(str), text, junk),
-    "info": st.one_of(text, long_text, junk),
+    "info": st.one_of(text, long_text, huge_text, junk),
     "timestamp": st.one_of(st.integers(min_value=-2**40, max_value=2**40).map(str), numberish, text, junk),
     "Object": st.one_of(st.lists(st.one_of(st.fixed_dictionaries({"Attribute": st.one_of(st.lists(attribute, max_size=3), junk)},
                                                                  optional={"deleted": st.one_of(st.booleans(), text, junk),
@@ -107,12 +109,15 @@ def sources(indicators: list[dict]) -> int:
 
 def assert_sound(result) -> None:
     """Each attribute is indicators or exactly one skip (an event with none has one skip at most),
-    and no fault needed the internal-error net."""
+    no fault needed the internal-error net, and each indicator is within its limits."""
     if result.attributes:
         assert sources(result.indicators) + len(result.skips) == result.attributes
     else:
         assert result.indicators == [] and len(result.skips) <= 1
     assert all(skip.reason is not SkipReason.INTERNAL_ERROR for skip in result.skips), result.skips
+    for indicator in result.indicators:
+        assert json_bytes(indicator) <= INDICATOR_MAX_BYTES
+        assert all(len(indicator.get(field, "")) <= TEXT_FIELD_MAX for field in ("additionalInformation", "description"))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -123,3 +128,14 @@ def test_generated_events_never_raise_are_accounted_and_pass_graph_rules(wrapped
     assert_sound(result)
     for indicator in result.indicators:
         assert validate_indicator(indicator) is None, (indicator, validate_indicator(indicator))
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text),
+                           lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)),
+                           max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values)
+def test_the_cheap_size_bound_is_never_below_the_size(value):
+    assert json_bytes(value) <= json_bytes_at_most(value)
