@@ -35,6 +35,7 @@ class SkipReason(str, enum.Enum):
     NOT_FOR_TARGET = "not-for-target"
     DUPLICATE = "duplicate"
     MALFORMED = "malformed"
+    INTERNAL_ERROR = "internal-error"  # a bug or an unforeseen input: it costs the attribute, not the run
 
 
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
@@ -48,6 +49,7 @@ GRAPH_LIST_PAGE_SIZE = 100
 GRAPH_MAX_BATCH = 100
 GRAPH_DESCRIPTION_MAX = 100
 GRAPH_INT32_MAX = 2**31 - 1
+GRAPH_INT64_MAX = 2**63 - 1  # fileSize is Edm.Int64
 GRAPH_REQUESTS_PER_MINUTE = 1000  # "any operation on tiIndicator", per app and tenant
 # Requests in flight per target: 1000/min at 300 ms latency needs 5; 8 leaves room.
 DEFAULT_CONCURRENT_REQUESTS = 8
@@ -213,8 +215,8 @@ HEX_HASH_LENGTHS = {
     "imphash": (32,), "pehash": (40,), "cdhash": (40,), "tlsh": (70,), "telfhash": (70,),
 }
 FUZZY_HASH_PATTERNS = {
-    "ssdeep": re.compile(r"^\d+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+(,\S*)?$"),
-    "impfuzzy": re.compile(r"^\d+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+$"),
+    "ssdeep": re.compile(r"^[0-9]+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+(,\S*)?$"),
+    "impfuzzy": re.compile(r"^[0-9]+:[A-Za-z0-9/+]+:[A-Za-z0-9/+]+$"),
     "vhash": re.compile(r"^\S{1,256}$"),
 }
 GRAPH_HASH_TYPES = {
@@ -234,12 +236,21 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 ASN_MAX = 2**32 - 1
+# Numbers in MISP data are ASCII digits only: int() also reads '٣' or '１', and '²'.isdigit() is true.
+ASCII_NUMBER_RE = re.compile(r"[0-9]+")
 MAX_EPOCH_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the last instant ISO 8601 years can write
 # No documented Graph limit; longer values are almost always pasted blobs, not observables.
 MAX_VALUE_LENGTH = 4096
 # Lone surrogates (undecodable bytes) and NUL cannot be sent as JSON text to Microsoft.
 BROKEN_TEXT_RE = re.compile("[\ud800-\udfff\x00]")
 PORT_MAX = 65535
+
+# --- Bounded text (mapping.md "free text") ----------------------------------------------------
+# One 0.9 MB event of comments once made every indicator 0.9 MB; these keep each one small.
+TEXT_FIELD_MAX = 4096  # characters of Graph additionalInformation and STIX description (and any free text read)
+INDICATOR_MAX_BYTES = 16384  # one indicator's compact JSON in UTF-8
+EVENT_CONTEXT_VALUES_MAX = 20  # distinct comment / threat-actor / malware-type values read per event, per type
+ELLIPSIS = "\u2026"
 
 # --- --check: plain-language fixes --------------------------------------------------------------
 AADSTS_FIXES = {

@@ -6,9 +6,11 @@ contract (../shared/reference/mapping.md) lives; the clients only move the resul
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import ipaddress
+import json
 import uuid as uuid_module
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -85,10 +87,30 @@ def as_text(value: Any) -> str:
 
 
 def clean_text(value: Any) -> str:
-    """Free text (event info, comments) as valid Unicode: broken bytes become U+FFFD."""
+    """Free text (event info, comments) as valid Unicode, broken bytes as U+FFFD, and at most
+    TEXT_FIELD_MAX characters: no field holds more, so no more is ever copied or scanned."""
     if not isinstance(value, str):
         return ""
-    return C.BROKEN_TEXT_RE.sub("\ufffd", value).strip()
+    return cut_text(C.BROKEN_TEXT_RE.sub("\ufffd", value.strip()[: C.TEXT_FIELD_MAX + 1]), C.TEXT_FIELD_MAX)
+
+
+def cut_text(text: str, limit: int) -> str:
+    """At most `limit` characters; a longer text is cut with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + C.ELLIPSIS if limit > 0 else ""
+
+
+def json_bytes(value: Any) -> int:
+    """Size as the indicator limit counts it: compact JSON in UTF-8 (a lone surrogate as 3 bytes)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def json_bytes_at_most(value: Any) -> int:
+    """An upper bound of json_bytes at half its cost: a character takes at most 4 bytes in
+    compact UTF-8 JSON for each character repr writes for it (a control character is \\xNN in
+    repr, \\u00NN in JSON; 'é' is 1 and 2), and repr's punctuation is never shorter than JSON's."""
+    return 4 * len(repr(value))
 
 
 def _dicts(value: Any) -> list[Mapping[str, Any]]:
@@ -103,14 +125,24 @@ def iso_utc(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def epoch_to_iso(value: Any) -> str | None:
-    """MISP timestamps are epoch seconds as strings; None when absent or unusable."""
-    try:
-        seconds = int(str(value).strip())
-    except ValueError:
+def ascii_number(text: str, maximum: int) -> int | None:
+    """A whole number 0..maximum written in ASCII digits, else None: the one way MISP numbers are
+    read. int() alone also takes '٣', '１', '+5' and '1_0', and '²'.isdigit() is true while
+    int('²') raises; the length check spares int() a thousand-digit string."""
+    text = text.strip()
+    if len(text.lstrip("0")) > len(str(maximum)) or not C.ASCII_NUMBER_RE.fullmatch(text):
         return None
-    if not 0 <= seconds <= C.MAX_EPOCH_SECONDS:
-        return None  # before 1970 or after 9999: not a real MISP timestamp
+    number = int(text)
+    return number if number <= maximum else None
+
+
+def epoch_to_iso(value: Any) -> str | None:
+    """MISP timestamps are epoch seconds as strings (or numbers); None when absent or unusable,
+    or before 1970 or after 9999 (not a real MISP timestamp)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    seconds = ascii_number(text, C.MAX_EPOCH_SECONDS) if isinstance(text, str) else None
+    if seconds is None:
+        return None
     return iso_utc(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
 
 
@@ -154,20 +186,19 @@ def parse_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def parse_port(value: str) -> int:
-    text = value.strip()
-    if not text.isdigit() or int(text) > C.PORT_MAX:
-        raise InvalidValue(f"port out of range 0-{C.PORT_MAX}")
-    return int(text)
+    port = ascii_number(value, C.PORT_MAX)
+    if port is None:
+        raise InvalidValue(f"port is not a number 0-{C.PORT_MAX}")
+    return port
 
 
 def parse_asn(value: str) -> int:
     """`AS64500`, `as64500` and `64500` are the same ASN."""
     text = value.strip()
-    if text[:2].lower() == "as":
-        text = text[2:].strip()
-    if not text.isdigit() or int(text) > C.ASN_MAX:
+    asn = ascii_number(text[2:] if text[:2].lower() == "as" else text, C.ASN_MAX)
+    if asn is None:
         raise InvalidValue("not an AS number")
-    return int(text)
+    return asn
 
 
 def normalize_hostname(value: str) -> str:
@@ -315,10 +346,10 @@ def _weak(build: Builder) -> Builder:
 
 
 def _size(value: str, policy: MappingPolicy) -> dict[str, Any]:
-    text = value.strip()
-    if not text.isdigit():
+    size = ascii_number(value, C.GRAPH_INT64_MAX)
+    if size is None:
         raise InvalidValue("size is not a whole number of bytes")
-    return {"fileSize": int(text)}
+    return {"fileSize": size}
 
 
 def _asn(value: str, policy: MappingPolicy) -> dict[str, Any]:
@@ -462,18 +493,25 @@ class EventContext:
     tags: TagFacts
     activity_groups: tuple[str, ...]
     malware_families: tuple[str, ...]
-    comments: tuple[str, ...]
+    comments: str  # the event's comment attributes, one per line
 
 
 def _context_values(attributes: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """Values of the context attributes (threat-actor, malware-type, comment), in one pass."""
+    """Distinct values of the context attributes (threat-actor, malware-type, comment), in one
+    pass: per type the first EVENT_CONTEXT_VALUES_MAX, within TEXT_FIELD_MAX characters, so a
+    huge event cannot make each of its indicators huge."""
     values: dict[str, list[str]] = {misp_type: [] for misp_type in C.CONTEXT_TYPES}
+    room = dict.fromkeys(C.CONTEXT_TYPES, C.TEXT_FIELD_MAX)
     for attribute in attributes:
         misp_type = attribute.get("type")
-        if isinstance(misp_type, str) and misp_type in C.CONTEXT_TYPES and not is_true(attribute.get("deleted")):
+        if not isinstance(misp_type, str) or misp_type not in C.CONTEXT_TYPES or is_true(attribute.get("deleted")):
+            continue
+        kept = values[misp_type]
+        if len(kept) < C.EVENT_CONTEXT_VALUES_MAX and room[misp_type] > 0:
             value = clean_text(attribute.get("value"))
-            if value:
-                values[misp_type].append(value[: C.MAX_VALUE_LENGTH])
+            if value and value not in kept:
+                kept.append(value)
+                room[misp_type] -= len(value)
     return values
 
 
@@ -489,17 +527,16 @@ def event_context(event: Mapping[str, Any], attributes: list[Mapping[str, Any]],
         tags=facts,
         activity_groups=tuple(_merge_unique(facts.activity_groups, context["threat-actor"])),
         malware_families=tuple(_merge_unique(facts.malware_families, context["malware-type"])),
-        comments=tuple(context["comment"]),
+        comments="\n".join(context["comment"]),
     )
 
 
 def describe(context: EventContext, comment: str) -> tuple[str, str]:
-    """Short description (Graph's 100-character limit, cut with an ellipsis) and the full text."""
+    """Short description (Graph's 100-character limit) and the long one (TEXT_FIELD_MAX), both
+    cut with an ellipsis."""
     base = context.info or f"MISP event {context.uuid}"
     full = f"{base} - {comment}" if comment else base
-    if len(full) <= C.GRAPH_DESCRIPTION_MAX:
-        return full, full
-    return full[: C.GRAPH_DESCRIPTION_MAX - 1].rstrip() + "\u2026", full
+    return cut_text(full, C.GRAPH_DESCRIPTION_MAX), cut_text(full, C.TEXT_FIELD_MAX)
 
 
 # --- the transformer -------------------------------------------------------------------------
@@ -538,6 +575,52 @@ def merged_facts(context: EventContext, own_tag_names: Iterable[str]) -> TagFact
     )
 
 
+# An indicator's size without encoding it: a JSON character costs at most 6 bytes (\u00XX), the
+# value is copied at most twice (Graph's direction-less fields, STIX name and pattern), and field
+# names, ids, host names (≤ 253) and the like stay within _FIXED_BYTES.
+_BYTES_PER_CHAR = 6
+_FIXED_BYTES = 2048
+
+# The fields an over-size indicator gives up, in this order, each with the end it keeps.
+Cuts = tuple[tuple[str, str], ...]
+
+
+def fit(indicator: dict[str, Any], cuts: Cuts) -> dict[str, Any]:
+    """The indicator within INDICATOR_MAX_BYTES: the fields in `cuts` are shortened in turn until
+    it fits; InvalidValue when even that is not enough (a huge value)."""
+    fitted = dict(indicator)
+    for field, tail in cuts:
+        excess = json_bytes(fitted) - C.INDICATOR_MAX_BYTES
+        if excess <= 0:
+            return fitted
+        if isinstance(fitted.get(field), (str, list)):
+            shorter = _shorter(fitted[field], tail, excess)
+            if shorter:
+                fitted[field] = shorter
+            else:
+                del fitted[field]
+    if json_bytes(fitted) > C.INDICATOR_MAX_BYTES:
+        raise InvalidValue(f"indicator over {C.INDICATOR_MAX_BYTES} bytes even with its free text, names and tags cut")
+    return fitted
+
+
+def _shorter(value: str | list[str], tail: str, excess: int) -> str | list[str]:
+    """`value` at least `excess` bytes smaller, or empty: a list loses names from its end, a
+    text keeps its `tail` and the longest start that fits, cut with an ellipsis (found by
+    bisection, as one character may take 1 to 6 bytes)."""
+    if isinstance(value, list):
+        kept = list(value)
+        freed = 0
+        while kept and freed < excess:
+            freed += json_bytes(kept.pop())
+        return kept
+    head = value[: len(value) - len(tail)]
+    budget = json_bytes(head) - excess - len(C.ELLIPSIS.encode())
+    keep = bisect.bisect_right(range(len(head) + 1), budget, key=lambda length: json_bytes(head[:length])) - 1
+    head = head[:keep].rstrip() + C.ELLIPSIS if keep > 0 else ""
+    return head + tail if head else tail.lstrip("\n")
+
+
 class Transformer:
     """What every target shares: candidates, context and skip accounting. It keeps nothing
     from one event to the next (the target's state store spots an attribute seen twice).
@@ -552,7 +635,11 @@ class Transformer:
         # Per event: what the attributes share, computed once for each distinct input.
         self._facts: dict[tuple[str, ...], TagFacts] = {}  # by the attribute's own tag names
         self._common: dict[int, dict[str, Any]] = {}  # by id() of those facts
-        self._texts: dict[str, Any] = {}  # by the attribute's comment (usually empty)
+        self._texts: dict[str, Any] = {}  # by the attribute's raw comment (usually empty)
+        # Per event, for the size check in `_candidate`: bytes left once the fixed parts are
+        # counted, and the largest common fields and texts made so far (bounds, in bytes).
+        self._room = C.INDICATOR_MAX_BYTES
+        self._largest_common = self._largest_texts = 0
 
     def facts(self, context: EventContext, attribute: Mapping[str, Any]) -> TagFacts:
         """An event's attributes mostly share the same few tag sets (often none): each set is
@@ -569,15 +656,21 @@ class Transformer:
         common = self._common.get(id(facts))
         if common is None:
             common = self._common[id(facts)] = self.common_fields(context, facts)
+            self._largest_common = max(self._largest_common, json_bytes_at_most(common))
         return common
 
     def texts(self, context: EventContext, attribute: Mapping[str, Any]) -> Any:
         """The description text(s) for the attribute's comment, once per distinct comment."""
-        comment = clean_text(attribute.get("comment"))
-        texts = self._texts.get(comment)
+        comment = attribute.get("comment")
+        raw = comment if isinstance(comment, str) else ""
+        texts = self._texts.get(raw)
         if texts is None:
-            texts = self._texts[comment] = self.describe(context, comment)
+            texts = self._texts[raw] = self.describe(context, clean_text(raw))
+            self._largest_texts = max(self._largest_texts, json_bytes(texts))
         return texts
+
+    def cuts(self, context: EventContext) -> Cuts:
+        raise NotImplementedError
 
     def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
         raise NotImplementedError
@@ -590,9 +683,15 @@ class Transformer:
         event = wrapped.get("Event", wrapped) if isinstance(wrapped, Mapping) else None
         if not isinstance(event, Mapping):
             return EventResult([], [Skip(SkipReason.MALFORMED, "", "", "", "event is not a JSON object")], 0)
-        pairs = list(event_attributes(event))
-        context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
+        pairs: list[tuple[Mapping[str, Any], bool]] = []
+        try:
+            pairs = list(event_attributes(event))
+            context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
+        except Exception as exc:  # noqa: BLE001 - any failure here costs this event only
+            return _unreadable(event, pairs, exc)
         self._facts, self._common, self._texts = {}, {}, {}
+        self._room = C.INDICATOR_MAX_BYTES - _FIXED_BYTES - _BYTES_PER_CHAR * (len(context.uuid) + len(self.policy.misp_url))
+        self._largest_common = self._largest_texts = 0
         result = EventResult([], [], len(pairs), context.uuid.strip().lower())
         for attribute, object_deleted in pairs:
             outcome = self._attribute(context, attribute, object_deleted)
@@ -603,25 +702,36 @@ class Transformer:
         return result
 
     def _attribute(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
+        """The attribute's indicators or why it has none. Whatever goes wrong costs this attribute
+        (internal-error, naming the exception type but not the value), never the run."""
+        try:
+            return self._candidate(context, attribute, object_deleted)
+        except Exception as exc:  # noqa: BLE001 - the fault is isolated and reported as a skip
+            return _skip(context.uuid, attribute, SkipReason.INTERNAL_ERROR, f"{type(exc).__name__} while transforming")
+
+    def _candidate(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
         misp_type = attribute.get("type")
         uuid = attribute.get("uuid")
         if not isinstance(misp_type, str) or not isinstance(uuid, str) or not uuid.strip():
-            return _skip(context, attribute, SkipReason.MALFORMED, "attribute without a type or uuid")
+            return _skip(context.uuid, attribute, SkipReason.MALFORMED, "attribute without a type or uuid")
         deleted = attribute.get("deleted")
         if object_deleted or (deleted is not False and is_true(deleted)):
-            return _skip(context, attribute, SkipReason.DELETED)
+            return _skip(context.uuid, attribute, SkipReason.DELETED)
         if misp_type in C.CONTEXT_TYPES:
-            return _skip(context, attribute, SkipReason.CONTEXT, "used as event context")
+            return _skip(context.uuid, attribute, SkipReason.CONTEXT, "used as event context")
         to_ids = attribute.get("to_ids")
         if to_ids is not True and not is_true(to_ids):
-            return _skip(context, attribute, SkipReason.NOT_TO_IDS)
+            return _skip(context.uuid, attribute, SkipReason.NOT_TO_IDS)
         key = uuid.strip().lower()
         try:
-            indicators = self.build(context, attribute, misp_type, as_text(attribute.get("value")), key)
+            value = as_text(attribute.get("value"))
+            indicators = self.build(context, attribute, misp_type, value, key)
+            if _BYTES_PER_CHAR * (2 * len(value) + len(key)) > self._room - self._largest_common - self._largest_texts:
+                indicators = [fit(indicator, self.cuts(context)) for indicator in indicators]  # worst case too big: measure
         except InvalidValue as exc:
-            return _skip(context, attribute, SkipReason.INVALID_VALUE, str(exc))
+            return _skip(context.uuid, attribute, SkipReason.INVALID_VALUE, str(exc))
         except _Refused as refused:
-            return _skip(context, attribute, refused.reason, str(refused))
+            return _skip(context.uuid, attribute, refused.reason, str(refused))
         return indicators
 
     def build(self, context: EventContext, attribute: Mapping[str, Any], misp_type: str, value: str, key: str) -> list[dict[str, Any]]:
@@ -650,10 +760,21 @@ class GraphTransformer(Transformer):
         return indicator
 
     def describe(self, context: EventContext, comment: str) -> tuple[str, str]:
-        """Description (≤ 100 characters) and additionalInformation (full text, event comments,
-        and the event UUID that --rebuild-state reads back)."""
+        """Description (≤ 100 characters) and additionalInformation: the full text and the event
+        comments, cut to fit TEXT_FIELD_MAX before the event UUID line that --rebuild-state reads."""
         description, full_text = describe(context, comment)
-        return description, "\n".join((full_text, *context.comments, f"MISP event: {context.uuid}"))
+        line = self._event_line(context)
+        free = f"{full_text}\n{context.comments}" if context.comments else full_text
+        return description, f"{cut_text(free, C.TEXT_FIELD_MAX - len(line) - 1)}\n{line}"
+
+    def cuts(self, context: EventContext) -> Cuts:
+        """The free text goes first (the event UUID line stays), then tags, then names."""
+        return (("additionalInformation", "\n" + self._event_line(context)), ("tags", ""),
+                ("malwareFamilyNames", ""), ("activityGroupNames", ""))
+
+    @staticmethod
+    def _event_line(context: EventContext) -> str:
+        return f"MISP event: {context.uuid}"
 
     def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
         """The fields that depend on the event and the tags, not on the attribute's value."""
@@ -725,9 +846,14 @@ def _one(build: Callable[[str], str]) -> StixBuilder:
     return lambda value: [("", build(value))]
 
 
-def _left(build: Callable[[str], str]) -> StixBuilder:
-    """Composite whose first part is the observable (`ip|port`, `hostname|port`)."""
-    return lambda value: [("", build(split_composite(value)[0]))]
+def _with_port(build: Callable[[str], str]) -> StixBuilder:
+    """`ip|port`, `hostname|port`: the pattern holds the first part, and the port is checked all
+    the same (one reading per attribute: a bad port is invalid-value for every target)."""
+    def stix(value: str) -> list[tuple[str, str]]:
+        observable, port = split_composite(value)
+        parse_port(port)
+        return [("", build(observable))]
+    return stix
 
 
 def _stix_filename_hash(hash_type: str) -> StixBuilder:
@@ -737,11 +863,11 @@ def _stix_filename_hash(hash_type: str) -> StixBuilder:
 STIX_BUILDERS: dict[str, StixBuilder] = {
     "ip-dst": _one(_stix_ip),
     "ip-src": _one(_stix_ip),
-    "ip-dst|port": _left(_stix_ip),
-    "ip-src|port": _left(_stix_ip),
+    "ip-dst|port": _with_port(_stix_ip),
+    "ip-src|port": _with_port(_stix_ip),
     "domain": _one(_stix_host),
     "hostname": _one(_stix_host),
-    "hostname|port": _left(_stix_host),
+    "hostname|port": _with_port(_stix_host),
     "domain|ip": _stix_domain_ip,
     "url": _one(lambda value: _comparison("url:value", normalize_url(value))),
     "email-src": _one(lambda value: _comparison("email-addr:value", split_email(value)[0])),
@@ -795,6 +921,10 @@ class StixTransformer(Transformer):
     def describe(self, context: EventContext, comment: str) -> str:
         return describe(context, comment)[1]
 
+    def cuts(self, context: EventContext) -> Cuts:
+        """The description goes first, then labels, then the name (the pattern holds the value)."""
+        return (("description", ""), ("labels", ""), ("name", ""))
+
     def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
         """Everything but the id, name, description, pattern and reference; once per tag set."""
         now = stix_time(self.now)
@@ -835,7 +965,17 @@ def _first_set(*values: int | None) -> int | None:
     return next((value for value in values if value is not None), None)
 
 
-def _skip(context: EventContext, attribute: Mapping[str, Any], reason: SkipReason, detail: str = "") -> Skip:
+def _skip(event_uuid: str, attribute: Mapping[str, Any], reason: SkipReason, detail: str = "") -> Skip:
     """A Skip naming the attribute as far as it can be named."""
     uuid, misp_type = attribute.get("uuid"), attribute.get("type")
-    return Skip(reason, context.uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "", detail)
+    return Skip(reason, event_uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "", detail)
+
+
+def _unreadable(event: Mapping[str, Any], pairs: list[tuple[Mapping[str, Any], bool]], exc: Exception) -> EventResult:
+    """An event whose shared context failed: every attribute is an internal-error skip, and the
+    result names no event, so the run does not take the event as read (nothing of it is removed)."""
+    uuid = event.get("uuid")
+    uuid = uuid if isinstance(uuid, str) else ""
+    detail = f"{type(exc).__name__} while reading the event"
+    skips = [_skip(uuid, attribute, SkipReason.INTERNAL_ERROR, detail) for attribute, _ in pairs]
+    return EventResult([], skips or [Skip(SkipReason.INTERNAL_ERROR, uuid, "", "", detail)], len(pairs))

@@ -811,6 +811,10 @@ def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
     if notable:
         run.skipped_file = run.skipped_file or JsonLines(log, f"skipped-{run.spec.kind}")
         run.skipped_file.write(skipped_records(notable))
+    failed = [skip for skip in notable if skip.reason is SkipReason.INTERNAL_ERROR]
+    if failed:  # a bug, not a data problem: it goes to the error files as well
+        log.error("transform", f"{len(failed)} attributes of MISP event {failed[0].event_uuid} could not be transformed",
+                  event_uuid=failed[0].event_uuid, attributes=[{"uuid": s.attribute_uuid, "error": s.detail} for s in failed])
     for indicator in result.indicators:
         run.guard(log, lambda indicator=indicator: run.target.offer(indicator, result.event_uuid))
     return result.event_uuid

@@ -11,6 +11,7 @@ from stix2patterns.pattern import Pattern
 from stix2patterns.validator import run_validator
 
 from constants import SkipReason
+import misp_transformer
 from misp_transformer import MappingPolicy, StixTransformer, stix_id
 from tests.test_transformer import MD5, SHA1, SHA256, attribute, event
 from tests.test_transformer_fuzz import POLICIES, events
@@ -135,3 +136,23 @@ def test_generated_events_give_only_valid_stix(wrapped):
     for policy in POLICIES:
         for obj in StixTransformer(policy, NOW).transform(wrapped).indicators:
             assert_valid(obj)
+
+
+@pytest.mark.parametrize(("misp_type", "value"), [
+    ("AS", "AS\u00b2"), ("AS", "\u0661\u0662"), ("ip-dst|port", "1.2.3.4|\u00b2"), ("ip-src|port", "1.2.3.4|70000"),
+    ("hostname|port", "h.example|\uff18\uff10"), ("ssdeep", "\u0663:abc:def"),
+])
+def test_numbers_are_ascii_digits_only_for_stix_too(misp_type, value):
+    result = StixTransformer(POLICY, NOW).transform(event(attribute(misp_type, value)))
+    assert result.indicators == [] and [s.reason for s in result.skips] == [SkipReason.INVALID_VALUE]
+
+
+def test_an_exception_in_one_attribute_becomes_an_internal_error_skip_for_stix_too(monkeypatch):
+    def failing(value):
+        raise RuntimeError("a bug in one builder")
+    monkeypatch.setitem(misp_transformer.STIX_BUILDERS, "md5", failing)
+    bad = attribute("md5", MD5)
+    result = StixTransformer(POLICY, NOW).transform(event(attribute("domain", "a.example"), bad, attribute("sha1", SHA1)))
+    assert [o["pattern"].split(":")[0] for o in result.indicators] == ["[domain-name", "[file"]
+    assert [(s.reason, s.attribute_uuid, s.detail) for s in result.skips] == [
+        (SkipReason.INTERNAL_ERROR, bad["uuid"], "RuntimeError while transforming")]

@@ -6,8 +6,10 @@ import uuid
 
 import pytest
 
-from constants import SkipReason
-from misp_transformer import MappingPolicy, GraphTransformer
+import misp_transformer
+import reconcile
+from constants import INDICATOR_MAX_BYTES, SkipReason
+from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer, json_bytes
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -278,3 +280,126 @@ def test_unicode_junk_and_huge_values_are_invalid_not_crashes():
 def test_out_of_range_event_timestamps_are_left_out(timestamp):
     indicator = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example"), timestamp=timestamp)).indicators[0]
     assert "lastReportedDateTime" not in indicator
+
+
+@pytest.mark.parametrize(("misp_type", "value"), [
+    ("AS", "AS\u00b2"), ("AS", "\u0661\u0662"), ("AS", "AS\uff16\uff14\uff15\uff10\uff10"), ("AS", "+64500"),
+    ("ip-dst|port", "1.2.3.4|\u00b2"), ("ip-src|port", "1.2.3.4|\uff18\uff10"), ("hostname|port", "h.example|\u0663"),
+    ("ip-dst|port", "1.2.3.4|8_0"), ("ip-dst|port", "1.2.3.4|" + "9" * 4000),
+])
+def test_numbers_are_ascii_digits_only(misp_type, value):
+    assert skip_reason(misp_type, value) is SkipReason.INVALID_VALUE
+
+
+def test_weak_numbers_and_timestamps_are_ascii_digits_only():
+    allowed = MappingPolicy(allow_weak_observables=True)
+    assert skip_reason("size-in-bytes", "\u0663", allowed) is SkipReason.INVALID_VALUE
+    assert skip_reason("size-in-bytes", str(2**63), allowed) is SkipReason.INVALID_VALUE
+    assert skip_reason("port", "\u00b2", allowed) is SkipReason.INVALID_VALUE
+    assert skip_reason("ssdeep", "\u0663:abc:def") is SkipReason.INVALID_VALUE
+    assert observable(one("port", "0080", allowed)) == {"networkPort": 80}
+    for timestamp in ("\u0661\u0665\u0661\u0660", "1510922092\u00b2", "1_510_922_092"):
+        indicator = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example"), timestamp=timestamp)).indicators[0]
+        assert "lastReportedDateTime" not in indicator
+    indicator = GraphTransformer(MappingPolicy(), NOW).transform(event(attribute("domain", "a.example"), timestamp=1510922092)).indicators[0]
+    assert indicator["lastReportedDateTime"] == "2017-11-17T12:34:52Z"
+
+
+def failing(*args):
+    raise RuntimeError("a bug in one builder")
+
+
+def test_an_exception_in_one_attribute_becomes_an_internal_error_skip(monkeypatch):
+    monkeypatch.setitem(misp_transformer.GRAPH_BUILDERS, "domain", failing)
+    bad = attribute("domain", "x" * 3000 + ".example")
+    result = run(attribute("ip-dst", "198.51.100.7"), bad, attribute("url", "http://ok.example/"))
+    assert [observable(i) for i in result.indicators] == [{"networkDestinationIPv4": "198.51.100.7"}, {"url": "http://ok.example/"}]
+    (skip,) = result.skips
+    assert (skip.reason, skip.attribute_uuid, skip.event_uuid) == (SkipReason.INTERNAL_ERROR, bad["uuid"], event()["Event"]["uuid"])
+    assert skip.detail == "RuntimeError while transforming"
+
+
+def test_an_event_whose_context_fails_counts_every_attribute_and_is_not_taken_as_read(monkeypatch):
+    monkeypatch.setattr(misp_transformer, "event_context", failing)
+    result = run(attribute("ip-dst", "198.51.100.7"), Object=[{"Attribute": [attribute("md5", MD5)]}])
+    assert result.indicators == [] and result.attributes == 2 and result.event_uuid == ""
+    assert [(s.reason, s.detail) for s in result.skips] == [(SkipReason.INTERNAL_ERROR, "RuntimeError while reading the event")] * 2
+    assert {s.event_uuid for s in result.skips} == {event()["Event"]["uuid"]}
+
+
+EVENT_UUID = "5a0d5bf4-99c8-4f15-9879-22b1950d210f"
+
+
+def comment_flood(count: int = 900, size: int = 1000) -> list[dict]:
+    """About count × size characters of distinct comment attributes (0.9 MB by default)."""
+    return [attribute("comment", f"note {n:04d} " + "c" * (size - 10), to_ids=False) for n in range(count)]
+
+
+def test_long_free_text_is_cut_to_4096_characters_and_keeps_the_event_line():
+    result = run(attribute("domain", "a.example", comment="k" * 9000), *comment_flood(30), info="i" * 9000)
+    (indicator,) = result.indicators
+    information = indicator["additionalInformation"]
+    assert len(information) == 4096 and information.endswith(f"\u2026\nMISP event: {EVENT_UUID}")
+    assert reconcile.event_uuid_of(indicator) == EVENT_UUID
+    assert len(indicator["description"]) == 100
+
+
+def test_event_comments_are_distinct_capped_and_in_every_indicator():
+    notes = [attribute("comment", f"note {n % 30}", to_ids=False) for n in range(60)]
+    result = run(*notes, attribute("domain", "a.example"), attribute("domain", "b.example"))
+    first, second = (i["additionalInformation"] for i in result.indicators)
+    assert first == second == "\n".join(["Test event", *(f"note {n}" for n in range(20)), f"MISP event: {EVENT_UUID}"])
+
+
+def test_context_names_are_capped_per_event():
+    actors = [attribute("threat-actor", f"actor {n}", to_ids=False) for n in range(50)]
+    (indicator,) = run(*actors, attribute("domain", "a.example")).indicators
+    assert indicator["activityGroupNames"] == [f"actor {n}" for n in range(20)]
+
+
+def test_a_09_mb_event_of_comments_gives_small_indicators_for_both_targets():
+    flooded = event(*comment_flood(), *(attribute("domain", f"d{n}.example") for n in range(30)))
+    for transformer in (GraphTransformer(MappingPolicy(), NOW), StixTransformer(MappingPolicy(), NOW)):
+        result = transformer.transform(flooded)
+        assert len(result.indicators) == 30 and result.attributes == 930
+        assert all(json_bytes(i) <= INDICATOR_MAX_BYTES for i in result.indicators)
+        assert all(len(i.get("additionalInformation", i.get("description"))) <= 4096 for i in result.indicators)
+
+
+def test_an_indicator_over_16_kb_loses_just_enough_free_text():
+    value = "\\" * 2000  # a backslash is two bytes in JSON, four in a STIX pattern
+    a = attribute("mutex", value, comment="\x01" * 4000)  # six bytes each in JSON
+    (graph,) = run(a).indicators
+    assert INDICATOR_MAX_BYTES - 12 < json_bytes(graph) <= INDICATOR_MAX_BYTES and graph["fileMutexName"] == value
+    assert graph["additionalInformation"].endswith(f"\x01\u2026\nMISP event: {EVENT_UUID}")
+    assert reconcile.event_uuid_of(graph) == EVENT_UUID
+    (stix,) = StixTransformer(MappingPolicy(), NOW).transform(event(a)).indicators
+    assert INDICATOR_MAX_BYTES - 12 < json_bytes(stix) <= INDICATOR_MAX_BYTES and stix["name"] == value
+    assert stix["description"].endswith("\x01\u2026")
+
+
+def test_an_indicator_still_over_16_kb_loses_tags_from_the_end_never_its_observable():
+    tags = [{"name": f"tag-{n:04d}-" + "t" * 40} for n in range(400)]  # 20 kB of names
+    value = "\\" * 1500
+    a = attribute("mutex", value, comment="note", Tag=tags)
+    (graph,) = run(a).indicators
+    assert json_bytes(graph) <= INDICATOR_MAX_BYTES and graph["fileMutexName"] == value
+    assert graph["additionalInformation"] == f"MISP event: {EVENT_UUID}" and reconcile.event_uuid_of(graph) == EVENT_UUID
+    assert 0 < len(graph["tags"]) < 400 and graph["tags"] == [t["name"] for t in tags[:len(graph["tags"])]]
+    (stix,) = StixTransformer(MappingPolicy(), NOW).transform(event(a)).indicators
+    assert json_bytes(stix) <= INDICATOR_MAX_BYTES and stix["pattern"] == f"[mutex:name = '{value * 2}']"
+    assert "description" not in stix and 0 < len(stix["labels"]) < 400 and stix["name"] == value
+
+
+def test_the_stix_name_goes_last():
+    value = "\\" * 2000 + "\x01" * 700  # the pattern alone takes 12.2 kB, name and pattern 20.4 kB
+    (stix,) = StixTransformer(MappingPolicy(), NOW).transform(event(attribute("mutex", value))).indicators
+    assert json_bytes(stix) <= INDICATOR_MAX_BYTES and "description" not in stix and stix["name"].endswith("\u2026")
+
+
+def test_an_observable_too_big_for_16_kb_is_invalid_value():
+    a = attribute("mutex", "\x01" * 4000)  # 24 kB of JSON escapes in the value alone
+    for transformer in (GraphTransformer(MappingPolicy(), NOW), StixTransformer(MappingPolicy(), NOW)):
+        result = transformer.transform(event(a))
+        assert result.indicators == [] and [s.reason for s in result.skips] == [SkipReason.INVALID_VALUE]
+        assert result.skips[0].detail == "indicator over 16384 bytes even with its free text, names and tags cut"

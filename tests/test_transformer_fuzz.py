@@ -1,5 +1,6 @@
-"""Generated MISP events, shaped and misshaped: the transformer never raises, and everything it
-produces passes the Graph stand-in's tiIndicator rules."""
+"""Generated MISP events, shaped and misshaped, with arbitrary Unicode in every field: neither
+transformer ever raises, every attribute becomes indicators or one skip, no indicator is over
+its size limits, and every Graph indicator passes the Graph stand-in's tiIndicator rules."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,7 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from misp_transformer import MappingPolicy, GraphTransformer
+from constants import INDICATOR_MAX_BYTES, TEXT_FIELD_MAX, SkipReason
+from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer, json_bytes, json_bytes_at_most, stix_id
 from standins.graph import validate_indicator
 
 TYPES = (Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "misp-attribute-types.txt")
@@ -21,28 +23,37 @@ TAGS = ["tlp:red", "TLP:Amber+Strict", "tlp:clear", "tlp:ex:chr", "sentinel-thre
 
 junk = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.lists(st.integers(), max_size=2),
                  st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+# Every category: controls, lone surrogates, digits int() reads ('٣') and refuses ('²').
 text = st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF), max_size=80)
 long_text = st.text(min_size=40, max_size=160)
+# Texts at and over the 4,096-character cap, in characters of 1 to 6 JSON bytes.
+huge_text = st.sampled_from(["c" * 5000, "\x01" * 4500, "\u00e9" * 4096, "\\" * 4000, "\U0001f600" * 3000])
+DIGITS = "0123456789\u00b2\u00b3\u00b9\u0660\u0663\u06f4\u07c0\u0969\u09e9\u0e53\uff10\uff19\U0001d7d7\u2460"
+numberish = st.text(alphabet=st.sampled_from(DIGITS), min_size=1, max_size=6)
 values = st.one_of(
-    text,
+    text, numberish, huge_text,
     st.sampled_from(["1.2.3.4", "2001:db8::1", "10.0.0.0/8", "evil.example.", "a|b", "1.2.3.4|99999", "AS64500",
                      "d41d8cd98f00b204e9800998ecf8427e", "x|d41d8cd98f00b204e9800998ecf8427e", "http://x/ y", "\udcff",
                      "ex\u00e4mple.com", "-.example", "a" * 5000]),
     st.integers(min_value=-10, max_value=70000), junk,
 )
-tags = st.lists(st.one_of(st.fixed_dictionaries({"name": st.one_of(st.sampled_from(TAGS), text, junk)},
+tags = st.lists(st.one_of(st.fixed_dictionaries({"name": st.one_of(st.sampled_from(TAGS), text, huge_text, junk)},
                                                  optional={"local": st.one_of(junk, st.sampled_from([0, 1, "0", "1"]))}),
                           junk), max_size=4)
+galaxies = st.one_of(st.lists(st.fixed_dictionaries({"GalaxyCluster": st.one_of(st.lists(
+    st.fixed_dictionaries({"tag_name": st.one_of(st.sampled_from(TAGS), text, junk)}), max_size=2), junk)}), max_size=2), junk)
 attribute = st.fixed_dictionaries(
     {},
     optional={
         "uuid": st.one_of(st.uuids().map(str), text, junk),
         "type": st.one_of(st.sampled_from(KNOWN + MISP_TYPES), text, junk),
         "value": values,
-        "to_ids": st.one_of(st.sampled_from([True, False, 1, 0, "1", "0", "true"]), junk),
-        "deleted": st.one_of(st.booleans(), junk),
-        "comment": st.one_of(text, long_text, junk),
+        "to_ids": st.one_of(st.sampled_from([True, False, 1, 0, "1", "0", "true"]), text, junk),
+        "deleted": st.one_of(st.booleans(), text, junk),
+        "comment": st.one_of(text, long_text, huge_text, junk),
         "Tag": st.one_of(tags, junk),
+        "Galaxy": galaxies,
+        "timestamp": st.one_of(numberish, text, junk),
     },
 )
 SAMPLES = [("ip-dst", "1.2.3.4"), ("ip-src", "2001:db8::/48"), ("ip-dst|port", "1.2.3.4|443"), ("domain", "evil.example"),
@@ -56,18 +67,25 @@ plausible = st.builds(
                                          "comment": comment, "Tag": tags},
     st.sampled_from(SAMPLES), st.uuids().map(str), st.one_of(text, long_text), tags,
 )
-attribute = st.one_of(attribute, plausible)
+# Types whose value holds a number, with the number made of any digits at all.
+NUMERIC = [("AS", "AS{}"), ("AS", "{}"), ("port", "{}"), ("size-in-bytes", "{}"), ("ip-dst|port", "1.2.3.4|{}"),
+           ("ip-src|port", "2001:db8::1|{}"), ("hostname|port", "h.example|{}"), ("ssdeep", "{}:abc:def")]
+numeric = st.builds(
+    lambda item, number, uuid: {"type": item[0], "value": item[1].format(number), "uuid": uuid, "to_ids": True},
+    st.sampled_from(NUMERIC), numberish, st.uuids().map(str),
+)
+attribute = st.one_of(attribute, plausible, numeric)
 event_body = st.fixed_dictionaries({
     "Attribute": st.lists(attribute, max_size=6),
 }, optional={
-    "uuid": st.one_of(st.uuids().map(str), junk),
-    "info": st.one_of(text, long_text, junk),
-    "timestamp": st.one_of(st.integers(min_value=-2**40, max_value=2**40).map(str), text, junk),
-    "Object": st.one_of(st.lists(st.fixed_dictionaries({"Attribute": st.lists(attribute, max_size=3)},
-                                                       optional={"deleted": st.one_of(st.booleans(), junk)}), max_size=2), junk),
+    "uuid": st.one_of(st.uuids().map(str), text, junk),
+    "info": st.one_of(text, long_text, huge_text, junk),
+    "timestamp": st.one_of(st.integers(min_value=-2**40, max_value=2**40).map(str), numberish, text, junk),
+    "Object": st.one_of(st.lists(st.one_of(st.fixed_dictionaries({"Attribute": st.one_of(st.lists(attribute, max_size=3), junk)},
+                                                                 optional={"deleted": st.one_of(st.booleans(), text, junk),
+                                                                           "name": text}), junk), max_size=2), junk),
     "Tag": st.one_of(tags, junk),
-    "Galaxy": st.one_of(st.lists(st.fixed_dictionaries({"GalaxyCluster": st.lists(
-        st.fixed_dictionaries({"tag_name": st.one_of(st.sampled_from(TAGS), junk)}), max_size=2)}), max_size=2), junk),
+    "Galaxy": galaxies,
 })
 events = st.one_of(
     st.fixed_dictionaries({"Event": event_body}),
@@ -80,10 +98,44 @@ POLICIES = [MappingPolicy(), MappingPolicy(target_product="Microsoft Defender AT
                                         allow_weak_observables=True, ignore_local_tags=False)]
 
 
+NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
+
+
+def sources(indicators: list[dict]) -> int:
+    """Attributes that gave indicators: the '|ip' half of a STIX domain|ip is not another one."""
+    return sum(1 for i in indicators if "external_references" not in i
+               or i["id"] != stix_id(i["external_references"][0]["external_id"] + "|ip"))
+
+
+def assert_sound(result) -> None:
+    """Each attribute is indicators or exactly one skip (an event with none has one skip at most),
+    no fault needed the internal-error net, and each indicator is within its limits."""
+    if result.attributes:
+        assert sources(result.indicators) + len(result.skips) == result.attributes
+    else:
+        assert result.indicators == [] and len(result.skips) <= 1
+    assert all(skip.reason is not SkipReason.INTERNAL_ERROR for skip in result.skips), result.skips
+    for indicator in result.indicators:
+        assert json_bytes(indicator) <= INDICATOR_MAX_BYTES
+        assert all(len(indicator.get(field, "")) <= TEXT_FIELD_MAX for field in ("additionalInformation", "description"))
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(wrapped=events, policy=st.sampled_from(POLICIES))
-def test_generated_events_never_raise_and_every_indicator_passes_graph_rules(wrapped, policy):
-    result = GraphTransformer(policy, dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)).transform(wrapped)
-    assert len(result.indicators) + len(result.skips) == max(result.attributes, len(result.skips))
+def test_generated_events_never_raise_are_accounted_and_pass_graph_rules(wrapped, policy):
+    assert_sound(StixTransformer(policy, NOW).transform(wrapped))
+    result = GraphTransformer(policy, NOW).transform(wrapped)
+    assert_sound(result)
     for indicator in result.indicators:
         assert validate_indicator(indicator) is None, (indicator, validate_indicator(indicator))
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text),
+                           lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)),
+                           max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values)
+def test_the_cheap_size_bound_is_never_below_the_size(value):
+    assert json_bytes(value) <= json_bytes_at_most(value)
