@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 import json
 import uuid as uuid_module
@@ -136,14 +137,16 @@ def ascii_number(text: str, maximum: int) -> int | None:
     return number if number <= maximum else None
 
 
-def epoch_to_iso(value: Any) -> str | None:
+def epoch_seconds(value: Any) -> int | None:
     """MISP timestamps are epoch seconds as strings (or numbers); None when absent or unusable,
     or before 1970 or after 9999 (not a real MISP timestamp)."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    seconds = ascii_number(text, C.MAX_EPOCH_SECONDS) if isinstance(text, str) else None
-    if seconds is None:
-        return None
-    return iso_utc(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
+    return ascii_number(text, C.MAX_EPOCH_SECONDS) if isinstance(text, str) else None
+
+
+def epoch_to_iso(value: Any) -> str | None:
+    seconds = epoch_seconds(value)
+    return None if seconds is None else iso_utc(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
 
 
 # --- observable value rules (mapping.md "Values") ---------------------------------------------
@@ -902,8 +905,9 @@ def stix_id(key: str) -> str:
 class StixTransformer(Transformer):
     """MISP events to STIX 2.1 indicators with single-comparison patterns, for Sentinel.
 
-    `created`, `modified` and `valid_from` are this run's time; the Sentinel target keeps the
-    first upload's `created` and `valid_from` for indicators it already owns.
+    `created` and `valid_from` are MISP's own time for the attribute (its `timestamp`, never later
+    than this run), so they do not depend on the local store; `modified` is this run's time. The
+    Sentinel target keeps the first upload's `created` and `valid_from` for indicators it owns.
     """
 
     def build(self, context: EventContext, attribute: Mapping[str, Any], misp_type: str, value: str, key: str) -> list[dict[str, Any]]:
@@ -912,11 +916,20 @@ class StixTransformer(Transformer):
             raise _Refused(SkipReason.UNSUPPORTED_TYPE, f"no STIX pattern for MISP type {misp_type}")
         common = self.common(context, self.facts(context, attribute))
         description = self.texts(context, attribute)
+        reported = self.reported(attribute)
         return [
-            {**common, "id": stix_id(key + suffix), "name": value, "description": description, "pattern": pattern,
-             "external_references": [self._reference(context, key)]}
+            {**common, "id": stix_id(key + suffix), "created": reported, "valid_from": reported, "name": value,
+             "description": description, "pattern": pattern, "external_references": [self._reference(context, key)]}
             for suffix, pattern in builder(value)
         ]
+
+    def reported(self, attribute: Mapping[str, Any]) -> str:
+        """When MISP last stamped the attribute, or this run's time when it has no usable or a
+        future timestamp (`created` may not be later than `modified`)."""
+        seconds = epoch_seconds(attribute.get("timestamp"))
+        if seconds is None or seconds >= self.now.timestamp():
+            return stix_time(self.now)
+        return _stix_epoch(seconds)
 
     def describe(self, context: EventContext, comment: str) -> str:
         return describe(context, comment)[1]
@@ -949,6 +962,12 @@ class StixTransformer(Transformer):
         if self.policy.misp_url and context.uuid:
             reference["url"] = f"{self.policy.misp_url}events/view/{context.uuid}"
         return reference
+
+
+@functools.lru_cache(maxsize=4096)
+def _stix_epoch(seconds: int) -> str:
+    """A MISP epoch as a STIX timestamp; an event's attributes mostly share a few."""
+    return stix_time(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
 
 
 def galaxy_tag_names(holder: Mapping[str, Any]) -> list[str]:

@@ -156,3 +156,16 @@ def test_an_exception_in_one_attribute_becomes_an_internal_error_skip_for_stix_t
     assert [o["pattern"].split(":")[0] for o in result.indicators] == ["[domain-name", "[file"]
     assert [(s.reason, s.attribute_uuid, s.detail) for s in result.skips] == [
         (SkipReason.INTERNAL_ERROR, bad["uuid"], "RuntimeError while transforming")]
+
+
+def test_created_and_valid_from_come_from_the_misp_attribute_not_the_run():
+    """They must not depend on the local store: the same object on every machine and after a
+    lost state. A timestamp later than the run (a skewed MISP clock) is clamped to the run."""
+    stamped, future, unstamped = objects(
+        attribute("ip-dst", "198.51.100.1", timestamp="1500000000"),
+        attribute("ip-dst", "198.51.100.2", timestamp=str(int(NOW.timestamp()) + 3600)),
+        attribute("ip-dst", "198.51.100.3", timestamp="²"))
+    assert stamped["created"] == stamped["valid_from"] == "2017-07-14T02:40:00.000Z"
+    assert future["created"] == unstamped["created"] == future["modified"] == misp_transformer.stix_time(NOW)
+    for obj in (stamped, future, unstamped):
+        assert_valid(obj)
