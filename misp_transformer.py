@@ -923,13 +923,15 @@ class StixTransformer(Transformer):
             for suffix, pattern in builder(value)
         ]
 
+    def __init__(self, policy: MappingPolicy, now: dt.datetime) -> None:
+        super().__init__(policy, now)
+        self._now_stix, self._now_seconds = stix_time(now), int(now.timestamp())
+
     def reported(self, attribute: Mapping[str, Any]) -> str:
         """When MISP last stamped the attribute, or this run's time when it has no usable or a
         future timestamp (`created` may not be later than `modified`)."""
-        seconds = epoch_seconds(attribute.get("timestamp"))
-        if seconds is None or seconds >= self.now.timestamp():
-            return stix_time(self.now)
-        return _stix_epoch(seconds)
+        raw = attribute.get("timestamp")
+        return (_stix_reported(raw, self._now_seconds) if isinstance(raw, (str, int)) else None) or self._now_stix
 
     def describe(self, context: EventContext, comment: str) -> str:
         return describe(context, comment)[1]
@@ -965,8 +967,12 @@ class StixTransformer(Transformer):
 
 
 @functools.lru_cache(maxsize=4096)
-def _stix_epoch(seconds: int) -> str:
-    """A MISP epoch as a STIX timestamp; an event's attributes mostly share a few."""
+def _stix_reported(raw: str | int, now_seconds: int) -> str | None:
+    """A MISP timestamp as a STIX one, None if unusable or after `now_seconds`; cached, as an
+    event's attributes mostly share a few timestamps."""
+    seconds = epoch_seconds(raw)
+    if seconds is None or seconds >= now_seconds:
+        return None
     return stix_time(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
 
 
