@@ -126,8 +126,7 @@ def state_paths(settings: Settings, target: TargetSettings) -> tuple[Path, Path]
     taken over)."""
     raw = f"graph_{settings.tenant}_{settings.client_id}" if target.kind == "graph" else f"sentinel_{target.workspace_id}"
     name = re.sub(r"[^a-z0-9_-]+", "-", raw.lower())
-    lock, store = settings.state_dir / f"{name}.lock", settings.state_dir / f"{name}.sqlite"
-    return lock, store
+    return settings.state_dir / f"{name}.lock", settings.state_dir / f"{name}.sqlite"
 
 
 def adopt_case_variant(store: Path) -> None:
@@ -595,8 +594,10 @@ class SentinelTarget(Target):
             last.update({row.remote_id: (row.external_id, json.loads(row.body)) for row in rebuilt.rows if row.remote_id in unknown})
         found = [stix for stix in stix_ids if stix in last]
         self.store.mark_deleting(keys[stix] for stix in found if stix in keys)  # a kill: the next run revokes again
-        results = self.client.upload([revocation(last[stix][1], self.now) for stix in found]) if found else []
-        results = [ItemResult(r.key, r.key) if _says_revoked(r.error) else r for r in results]
+        objects = [revocation(last[stix][1], self.now) for stix in found]
+        results = [ItemResult(r.key, r.key) if _says_revoked(r.error) else r
+                   for start in range(0, len(objects), C.SENTINEL_MAX_BATCH)
+                   for r in self.client.upload(objects[start:start + C.SENTINEL_MAX_BATCH])]
         self.store.record_revoked((last[r.key][0], r.key) for r in results if r.accepted)
         self.store.record_sent([(keys[r.key], r.key) for r in results if not r.accepted and r.key in keys], [])
         missing = [ItemResult(stix, None, "not in the state, nor live in the workspace") for stix in stix_ids if stix not in last]
