@@ -102,16 +102,12 @@ def cut_text(text: str, limit: int) -> str:
     return text[: limit - 1].rstrip() + C.ELLIPSIS if limit > 0 else ""
 
 
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once, not per call
+
+
 def json_bytes(value: Any) -> int:
     """Size as the indicator limit counts it: compact JSON in UTF-8 (a lone surrogate as 3 bytes)."""
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
-
-
-def json_bytes_at_most(value: Any) -> int:
-    """An upper bound of json_bytes at half its cost: a character takes at most 4 bytes in
-    compact UTF-8 JSON for each character repr writes for it (a control character is \\xNN in
-    repr, \\u00NN in JSON; 'é' is 1 and 2), and repr's punctuation is never shorter than JSON's."""
-    return 4 * len(repr(value))
+    return len(_COMPACT_JSON.encode(value).encode("utf-8", "surrogatepass"))
 
 
 def _dicts(value: Any) -> list[Mapping[str, Any]]:
@@ -578,11 +574,20 @@ def merged_facts(context: EventContext, own_tag_names: Iterable[str]) -> TagFact
     )
 
 
-# An indicator's size without encoding it: a JSON character costs at most 6 bytes (\u00XX), the
-# value is copied at most twice (Graph's direction-less fields, STIX name and pattern), and field
-# names, ids, host names (≤ 253) and the like stay within _FIXED_BYTES.
+# An indicator's size without encoding it. Its free-form strings are the value (copied at most
+# twice: Graph's direction-less fields, STIX name and pattern), the attribute and event UUIDs,
+# the settings' strings, the texts (measured) and the tag names; a JSON character takes at most
+# 6 bytes (\u00XX). All else (field names, constants, timestamps, ids, host names ≤ 253, the
+# MISP link) stays within _FIXED_BYTES, and a name's prefix ('threat-actor:') within _NAME_PREFIX_CHARS.
 _BYTES_PER_CHAR = 6
-_FIXED_BYTES = 2048
+_FIXED_BYTES = 4096
+_NAME_PREFIX_CHARS = 16
+
+
+def name_chars(facts: TagFacts) -> int:
+    """Characters the tag names take in the common fields, the only free text these hold."""
+    names = (*facts.labels, *facts.activity_groups, *facts.malware_families)
+    return sum(map(len, names)) + _NAME_PREFIX_CHARS * len(names)
 
 # The fields an over-size indicator gives up, in this order, each with the end it keeps.
 Cuts = tuple[tuple[str, str], ...]
@@ -639,10 +644,12 @@ class Transformer:
         self._facts: dict[tuple[str, ...], TagFacts] = {}  # by the attribute's own tag names
         self._common: dict[int, dict[str, Any]] = {}  # by id() of those facts
         self._texts: dict[str, Any] = {}  # by the attribute's raw comment (usually empty)
-        # Per event, for the size check in `_candidate`: bytes left once the fixed parts are
-        # counted, and the largest common fields and texts made so far (bounds, in bytes).
-        self._room = C.INDICATOR_MAX_BYTES
-        self._largest_common = self._largest_texts = 0
+        # For the size check in `_candidate`: bytes left once the fixed parts are counted (per
+        # event), the most name characters and text bytes of the tag sets and comments met so
+        # far, and so how many characters of value and key an indicator may take unmeasured.
+        settings_chars = sum(map(len, (policy.action, policy.target_product, policy.default_tlp, policy.misp_url)))
+        self._fixed_bytes = _FIXED_BYTES + _BYTES_PER_CHAR * settings_chars
+        self._room = self._largest_names = self._largest_texts = self._spare = 0
 
     def facts(self, context: EventContext, attribute: Mapping[str, Any]) -> TagFacts:
         """An event's attributes mostly share the same few tag sets (often none): each set is
@@ -659,7 +666,8 @@ class Transformer:
         common = self._common.get(id(facts))
         if common is None:
             common = self._common[id(facts)] = self.common_fields(context, facts)
-            self._largest_common = max(self._largest_common, json_bytes_at_most(common))
+            self._largest_names = max(self._largest_names, name_chars(facts))
+            self._count_spare()
         return common
 
     def texts(self, context: EventContext, attribute: Mapping[str, Any]) -> Any:
@@ -670,7 +678,12 @@ class Transformer:
         if texts is None:
             texts = self._texts[raw] = self.describe(context, clean_text(raw))
             self._largest_texts = max(self._largest_texts, json_bytes(texts))
+            self._count_spare()
         return texts
+
+    def _count_spare(self) -> None:
+        """Characters of value and key that fit in any indicator of the event made so far."""
+        self._spare = (self._room - self._largest_texts) // _BYTES_PER_CHAR - self._largest_names
 
     def cuts(self, context: EventContext) -> Cuts:
         raise NotImplementedError
@@ -693,8 +706,9 @@ class Transformer:
         except Exception as exc:  # noqa: BLE001 - any failure here costs this event only
             return _unreadable(event, pairs, exc)
         self._facts, self._common, self._texts = {}, {}, {}
-        self._room = C.INDICATOR_MAX_BYTES - _FIXED_BYTES - _BYTES_PER_CHAR * (len(context.uuid) + len(self.policy.misp_url))
-        self._largest_common = self._largest_texts = 0
+        self._room = C.INDICATOR_MAX_BYTES - self._fixed_bytes - _BYTES_PER_CHAR * len(context.uuid)
+        self._largest_names = self._largest_texts = 0
+        self._count_spare()
         result = EventResult([], [], len(pairs), context.uuid.strip().lower())
         for attribute, object_deleted in pairs:
             outcome = self._attribute(context, attribute, object_deleted)
@@ -729,7 +743,7 @@ class Transformer:
         try:
             value = as_text(attribute.get("value"))
             indicators = self.build(context, attribute, misp_type, value, key)
-            if _BYTES_PER_CHAR * (2 * len(value) + len(key)) > self._room - self._largest_common - self._largest_texts:
+            if 2 * len(value) + len(key) > self._spare:
                 indicators = [fit(indicator, self.cuts(context)) for indicator in indicators]  # worst case too big: measure
         except InvalidValue as exc:
             return _skip(context.uuid, attribute, SkipReason.INVALID_VALUE, str(exc))

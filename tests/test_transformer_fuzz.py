@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import misp_transformer
 from constants import INDICATOR_MAX_BYTES, TEXT_FIELD_MAX, SkipReason
-from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer, json_bytes, json_bytes_at_most, stix_id
+from misp_transformer import (GraphTransformer, MappingPolicy, StixTransformer, event_attributes, event_context, json_bytes,
+                              merged_facts, name_chars, stix_id, tag_names)
 from standins.graph import validate_indicator
 
 TYPES = (Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "misp-attribute-types.txt")
@@ -130,12 +132,16 @@ def test_generated_events_never_raise_are_accounted_and_pass_graph_rules(wrapped
         assert validate_indicator(indicator) is None, (indicator, validate_indicator(indicator))
 
 
-json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text),
-                           lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)),
-                           max_leaves=12)
 
-
-@settings(max_examples=300, deadline=None)
-@given(value=json_values)
-def test_the_cheap_size_bound_is_never_below_the_size(value):
-    assert json_bytes(value) <= json_bytes_at_most(value)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wrapped=events, policy=st.sampled_from(POLICIES), own=tags)
+def test_the_common_fields_hold_no_free_text_but_the_tag_names(wrapped, policy, own):
+    """The size check counts the common fields by their tag names (name_chars): the rest of them
+    must stay within half of the fixed allowance (the other half is for the other fields)."""
+    event = wrapped.get("Event", wrapped) if isinstance(wrapped, dict) else None
+    assume(isinstance(event, dict))
+    context = event_context(event, [attribute for attribute, _ in event_attributes(event)], policy)
+    facts = merged_facts(context, tag_names(own, ignore_local=False))
+    for transformer in (GraphTransformer(policy, NOW), StixTransformer(policy, NOW)):
+        common = transformer.common_fields(context, facts)
+        assert json_bytes(common) <= misp_transformer._FIXED_BYTES // 2 + misp_transformer._BYTES_PER_CHAR * name_chars(facts)
