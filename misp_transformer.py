@@ -589,6 +589,7 @@ def name_chars(facts: TagFacts) -> int:
     names = (*facts.labels, *facts.activity_groups, *facts.malware_families)
     return sum(map(len, names)) + _NAME_PREFIX_CHARS * len(names)
 
+
 # The fields an over-size indicator gives up, in this order, each with the end it keeps.
 Cuts = tuple[tuple[str, str], ...]
 
