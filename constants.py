@@ -108,11 +108,14 @@ SENTINEL_QUERY_PAGE_SIZE = 100
 # STIX external_references keys -> their names in the management API's read-back.
 STIX_REFERENCE_FIELDS = {"source_name": "sourceName", "description": "description", "url": "url",
                          "external_id": "externalId", "hashes": "hashes"}
-SENTINEL_RETRY_TEXT_RE = re.compile(r"[Tt]ry again in (\d+) seconds?")
+SENTINEL_RETRY_TEXT_RE = re.compile(r"[Tt]ry again in ([0-9]+) seconds?")
 
 # --- STIX 2.1 (mapping.md "STIX 2.1 indicator") -------------------------------------------------
 # Deterministic ids: uuid5 of this namespace and the MISP attribute UUID (+ part for domain|ip).
 STIX_ID_NAMESPACE = "6b1c5e3a-5f0e-4e1f-9a51-3d2b6c7f8e90"
+# The parts one MISP attribute can become, as suffixes of its STIX key: the whole value, or the
+# halves of a domain|ip.
+STIX_PART_SUFFIXES = ("", "|domain", "|ip")
 STIX_INDICATOR_ID_RE = re.compile(r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 STIX_TLP_MARKINGS = {
     "white": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",

@@ -94,8 +94,8 @@ def retry_after(response: requests.Response | None, attempt: int) -> float:
     """Retry-After, else the "Try again in N seconds" of Sentinel's 429 text, else capped
     exponential backoff with jitter."""
     if response is not None:
-        header = response.headers.get("Retry-After", "")
-        if header.strip().isdigit():
+        header = response.headers.get("Retry-After", "").strip()
+        if C.ASCII_NUMBER_RE.fullmatch(header):  # '²'.isdigit() is true, but float('²') raises
             return min(float(header), MAX_WAIT_SECONDS)
         hinted = C.SENTINEL_RETRY_TEXT_RE.search(response.text or "")
         if hinted:

@@ -21,8 +21,6 @@ from reconcile import content_hash, event_uuid_of, fixed_hash
 from state_store import Known
 
 _EVENT_URL_RE = re.compile(r"/events/view/([0-9a-fA-F-]{36})$")
-# Parts one MISP attribute can become: the whole value, or the halves of a domain|ip.
-_PART_SUFFIXES = ("", "|domain", "|ip")
 # A revoked id that comes back gets stix_id(revoked id); no key is revived more often than this.
 MAX_GENERATIONS = 64
 
@@ -89,7 +87,7 @@ def misp_reference(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 def key_and_generation(stix: str, attribute_uuid: str) -> tuple[str, int] | None:
     """Which key (base STIX id) and revival generation a STIX id belongs to, or None."""
-    for suffix in _PART_SUFFIXES:
+    for suffix in C.STIX_PART_SUFFIXES:
         key = candidate = stix_id(attribute_uuid + suffix)
         for generation in range(MAX_GENERATIONS):
             if candidate == stix:

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +278,14 @@ class Target:
             return True
         return self.store.seen_in_run(key, self.run)
 
+    def keep(self, attribute_uuids: Iterable[str]) -> None:
+        """Attributes this run could not transform (a bug, not MISP's wish): whatever was sent
+        for them stays, as if seen."""
+        self._seen.extend(key for uuid in attribute_uuids if uuid for key in self.keys_of_attribute(uuid.strip().lower()))
+
+    def keys_of_attribute(self, attribute_uuid: str) -> list[str]:
+        raise NotImplementedError
+
     def commit_seen(self) -> None:
         """Mark this page's desired indicators as seen (what is unseen at the end is removed);
         a dry run keeps the marks in memory and leaves the store untouched."""
@@ -417,6 +425,9 @@ class GraphTarget(Target):
 
     def key_of(self, indicator: dict[str, Any]) -> str:
         return indicator["externalId"]
+
+    def keys_of_attribute(self, attribute_uuid: str) -> list[str]:
+        return [attribute_uuid]
 
     def expiry_of(self, indicator: dict[str, Any]) -> str:
         return indicator["expirationDateTime"]
@@ -563,6 +574,9 @@ class SentinelTarget(Target):
 
     def key_of(self, indicator: dict[str, Any]) -> str:
         return indicator["id"]
+
+    def keys_of_attribute(self, attribute_uuid: str) -> list[str]:
+        return [stix_id(attribute_uuid + suffix) for suffix in C.STIX_PART_SUFFIXES]
 
     def expiry_of(self, indicator: dict[str, Any]) -> str:
         return indicator["valid_until"]
@@ -816,6 +830,7 @@ def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
     if failed:  # a bug, not a data problem: it goes to the error files as well
         log.error("transform", f"{len(failed)} attributes of MISP event {failed[0].event_uuid} could not be transformed",
                   event_uuid=failed[0].event_uuid, attributes=[{"uuid": s.attribute_uuid, "error": s.detail} for s in failed])
+    run.target.keep(skip.attribute_uuid for skip in failed)
     for indicator in result.indicators:
         run.guard(log, lambda indicator=indicator: run.target.offer(indicator, result.event_uuid))
     return result.event_uuid

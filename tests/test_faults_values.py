@@ -74,6 +74,24 @@ def test_an_internal_error_is_a_logged_skip_and_the_run_goes_on(standins, tmp_pa
     assert len(logged) == failed
 
 
+@pytest.mark.parametrize(("target", "builders"), [("graph", misp_transformer.GRAPH_BUILDERS),
+                                                   ("sentinel", misp_transformer.STIX_BUILDERS)])
+def test_an_internal_error_keeps_what_was_sent_for_the_attribute(standins, tmp_path, capsys, monkeypatch, target, builders):
+    """A bug is not MISP's wish: indicators sent before for the attributes it hits stay."""
+    config = write_config(tmp_path, standins, target=target, max_delete_fraction=1.0)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    held = held_external_ids(standins) if target == "graph" else active_ids(standins)
+
+    def failing(*args):
+        raise RuntimeError("a bug in one builder")
+    monkeypatch.setitem(builders, "ip-dst", failing)
+    run = run_cli(config, capsys=capsys)
+    assert run.code == ExitCode.OK, run.err
+    report = run.logs("run-report")[-1]
+    assert report["skipped"]["internal-error"] > 0 and report["deleted"] == 0
+    assert (held_external_ids(standins) if target == "graph" else active_ids(standins)) == held
+
+
 def flood_with_comments(event: dict) -> None:
     """About 0.9 MB of distinct comment attributes, and 30 indicators with 30 kB of pasted notes
     each as their own comment (Sentinel's description holds that one, Graph's both)."""
