@@ -239,6 +239,8 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 ASN_MAX = 2**32 - 1
+# MISP uuids (any version, any letter case); anything else names no attribute or event.
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Numbers in MISP data are ASCII digits only: int() also reads '٣' or '１', and '²'.isdigit() is true.
 ASCII_NUMBER_RE = re.compile(r"[0-9]+")
 MAX_EPOCH_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, the last instant ISO 8601 years can write

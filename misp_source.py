@@ -199,7 +199,7 @@ class MispSource:
         if listing is None and others:
             listing = self.listing()
         max_pages = C.MISP_MAX_PAGES if listing is None else self._page_budget(listing.primary_count)
-        for events in prefetched(self._search(misp, primary, "MISP events", max_pages)):
+        for events in prefetched(self._search(misp, primary, "MISP events", max_pages, budgeted=listing is not None)):
             if listing is not None:
                 events = [event for event in events if _event_uuid(event) in listing.events]
             if events:
@@ -254,16 +254,20 @@ class MispSource:
         return -(-listed * C.MISP_PAGE_GROWTH // self.settings.misp_page_size) + C.MISP_SPARE_PAGES
 
     def _search(self, misp: PyMISP, filters: dict[str, Any], label: str,
-                max_pages: int = C.MISP_MAX_PAGES) -> Iterator[list[dict[str, Any]]]:
+                max_pages: int = C.MISP_MAX_PAGES, budgeted: bool = False) -> Iterator[list[dict[str, Any]]]:
         """Pages until an empty one, each event once: an event published meanwhile shifts the
         rest, so a page may repeat some. A page of nothing but events already seen means MISP
-        ignores `page` (it would loop forever); more than `max_pages` means it never ends."""
+        ignores `page` (it would loop forever), unless a listing's page budget bounds the search
+        (then it may also be old events republished meanwhile, and the budget ends a loop);
+        more than `max_pages` means it never ends."""
         seen: set[str] = set()
         for page in range(1, max_pages + 1):
             events = self._page(misp, filters, page, f"{label} page {page}")
             if not events:
                 return
             fresh = [event for event in events if _event_uuid(event) not in seen]
+            if not fresh and budgeted:
+                continue
             if not fresh:
                 raise MispError(f"{label} page {page} repeats only events of earlier pages: MISP ignores `page`")
             seen.update(_event_uuid(event) for event in fresh)

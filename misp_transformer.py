@@ -102,12 +102,13 @@ def cut_text(text: str, limit: int) -> str:
     return text[: limit - 1].rstrip() + C.ELLIPSIS if limit > 0 else ""
 
 
-_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once, not per call
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # built once, not per call
 
 
 def json_bytes(value: Any) -> int:
-    """Size as the indicator limit counts it: compact JSON in UTF-8 (a lone surrogate as 3 bytes)."""
-    return len(_COMPACT_JSON.encode(value).encode("utf-8", "surrogatepass"))
+    """Size as the indicator limit counts it: compact JSON as requests sends it (non-ASCII
+    escaped as \\uXXXX, so é takes 6 bytes and an emoji 12)."""
+    return len(_COMPACT_JSON.encode(value))
 
 
 def _dicts(value: Any) -> list[Mapping[str, Any]]:
@@ -418,8 +419,13 @@ def tag_names(tags: Any, ignore_local: bool) -> list[str]:
     for tag in _dicts(tags):
         name = tag.get("name")
         if isinstance(name, str) and name.strip() and not (ignore_local and is_true(tag.get("local"))):
-            names.append(name.strip())
+            names.append(_tag_text(name))
     return names
+
+
+def _tag_text(name: str) -> str:
+    """A tag or cluster name as free text: valid Unicode, at most TEXT_FIELD_MAX characters."""
+    return clean_text(name)
 
 
 def _quoted_value(name: str, prefix_len: int) -> str:
@@ -576,10 +582,10 @@ def merged_facts(context: EventContext, own_tag_names: Iterable[str]) -> TagFact
 
 # An indicator's size without encoding it. Its free-form strings are the value (copied at most
 # twice: Graph's direction-less fields, STIX name and pattern), the attribute and event UUIDs,
-# the settings' strings, the texts (measured) and the tag names; a JSON character takes at most
-# 6 bytes (\u00XX). All else (field names, constants, timestamps, ids, host names ≤ 253, the
+# the settings' strings, the texts (measured) and the tag names; a character takes at most
+# 12 bytes on the wire (an emoji is two \uXXXX escapes). All else (field names, constants, timestamps, ids, host names ≤ 253, the
 # MISP link) stays within _FIXED_BYTES, and a name's prefix ('threat-actor:') within _NAME_PREFIX_CHARS.
-_BYTES_PER_CHAR = 6
+_BYTES_PER_CHAR = 12
 _FIXED_BYTES = 4096
 _NAME_PREFIX_CHARS = 16
 
@@ -616,7 +622,7 @@ def fit(indicator: dict[str, Any], cuts: Cuts) -> dict[str, Any]:
 def _shorter(value: str | list[str], tail: str, excess: int) -> str | list[str]:
     """`value` at least `excess` bytes smaller, or empty: a list loses names from its end, a
     text keeps its `tail` and the longest start that fits, cut with an ellipsis (found by
-    bisection, as one character may take 1 to 6 bytes)."""
+    bisection, as one character may take 1 to 12 bytes)."""
     if isinstance(value, list):
         kept = list(value)
         freed = 0
@@ -624,7 +630,7 @@ def _shorter(value: str | list[str], tail: str, excess: int) -> str | list[str]:
             freed += json_bytes(kept.pop())
         return kept
     head = value[: len(value) - len(tail)]
-    budget = json_bytes(head) - excess - len(C.ELLIPSIS.encode())
+    budget = json_bytes(head) - excess - (json_bytes(C.ELLIPSIS) - 2)  # the ellipsis as sent, without quotes
     keep = bisect.bisect_right(range(len(head) + 1), budget, key=lambda length: json_bytes(head[:length])) - 1
     head = head[:keep].rstrip() + C.ELLIPSIS if keep > 0 else ""
     return head + tail if head else tail.lstrip("\n")
@@ -705,7 +711,9 @@ class Transformer:
             pairs = list(event_attributes(event))
             context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
         except Exception as exc:  # noqa: BLE001 - any failure here costs this event only
-            return _unreadable(event, pairs, exc)
+            return _unreadable(event, pairs, SkipReason.INTERNAL_ERROR, f"{type(exc).__name__} while reading the event")
+        if not C.UUID_RE.fullmatch(context.uuid.strip()):
+            return _unreadable(event, pairs, SkipReason.MALFORMED, "event without a valid uuid")
         self._facts, self._common, self._texts = {}, {}, {}
         self._room = C.INDICATOR_MAX_BYTES - self._fixed_bytes - _BYTES_PER_CHAR * len(context.uuid)
         self._largest_names = self._largest_texts = 0
@@ -730,8 +738,8 @@ class Transformer:
     def _candidate(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
         misp_type = attribute.get("type")
         uuid = attribute.get("uuid")
-        if not isinstance(misp_type, str) or not isinstance(uuid, str) or not uuid.strip():
-            return _skip(context.uuid, attribute, SkipReason.MALFORMED, "attribute without a type or uuid")
+        if not isinstance(misp_type, str) or not isinstance(uuid, str) or not C.UUID_RE.fullmatch(uuid.strip()):
+            return _skip(context.uuid, attribute, SkipReason.MALFORMED, "attribute without a type or a valid uuid")
         deleted = attribute.get("deleted")
         if object_deleted or (deleted is not False and is_true(deleted)):
             return _skip(context.uuid, attribute, SkipReason.DELETED)
@@ -994,10 +1002,10 @@ def _stix_reported(raw: str | int, now_seconds: int) -> str | None:
 def galaxy_tag_names(holder: Mapping[str, Any]) -> list[str]:
     """Cluster tag names from a resolved `Galaxy` block (feeds may carry them only there)."""
     return [
-        cluster["tag_name"]
+        _tag_text(cluster["tag_name"])
         for galaxy in _dicts(holder.get("Galaxy"))
         for cluster in _dicts(galaxy.get("GalaxyCluster"))
-        if isinstance(cluster.get("tag_name"), str)
+        if isinstance(cluster.get("tag_name"), str) and cluster["tag_name"].strip()
     ]
 
 
@@ -1011,11 +1019,12 @@ def _skip(event_uuid: str, attribute: Mapping[str, Any], reason: SkipReason, det
     return Skip(reason, event_uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "", detail)
 
 
-def _unreadable(event: Mapping[str, Any], pairs: list[tuple[Mapping[str, Any], bool]], exc: Exception) -> EventResult:
-    """An event whose shared context failed: every attribute is an internal-error skip, and the
-    result names no event, so the run does not take the event as read (nothing of it is removed)."""
+def _unreadable(event: Mapping[str, Any], pairs: list[tuple[Mapping[str, Any], bool]], reason: SkipReason,
+                detail: str) -> EventResult:
+    """An event that cannot be read as a whole (its shared context failed, or it has no valid
+    uuid): every attribute is skipped, and the result names no event, so the run does not take
+    the event as read (nothing of it is removed)."""
     uuid = event.get("uuid")
-    uuid = uuid if isinstance(uuid, str) else ""
-    detail = f"{type(exc).__name__} while reading the event"
-    skips = [_skip(uuid, attribute, SkipReason.INTERNAL_ERROR, detail) for attribute, _ in pairs]
-    return EventResult([], skips or [Skip(SkipReason.INTERNAL_ERROR, uuid, "", "", detail)], len(pairs))
+    uuid = clean_text(uuid) if isinstance(uuid, str) else ""
+    skips = [_skip(uuid, attribute, reason, detail) for attribute, _ in pairs]
+    return EventResult([], skips or [Skip(reason, uuid, "", "", detail)], len(pairs))

@@ -80,13 +80,15 @@ def response_body(response: requests.Response) -> Any:
         return response.text[:2000]
 
 
-def value_list(count: int | None = None) -> Callable[[Any], bool]:
+def value_list(count: int | None = None, identified: bool = False) -> Callable[[Any], bool]:
     """The documented 2xx body of Graph's bulk actions and lists and of queryIndicators pages:
     `{"value": [objects]}`, with one object per item sent when `count` is given (an answer
-    missing items leaves their fate unknown, like a timeout)."""
+    missing items leaves their fate unknown, like a timeout), each with a string `id` when
+    `identified` (a listing's items are resources)."""
     def documented(body: Any) -> bool:
         value = body.get("value") if isinstance(body, dict) else None
-        return isinstance(value, list) and all(isinstance(item, dict) for item in value) and count in (None, len(value))
+        return (isinstance(value, list) and count in (None, len(value))
+                and all(isinstance(item, dict) and (not identified or isinstance(item.get("id"), str)) for item in value))
     return documented
 
 
@@ -233,14 +235,20 @@ class MicrosoftClient:
 
     def pages(self, name: str, url: str, next_key: str, method: str = "GET", body: Any = None) -> Iterator[dict[str, Any]]:
         """Pages of a listing, following `next_key` with GET. A link seen twice (a known Azure
-        paging bug) stops the listing with an error instead of looping."""
+        paging bug), or a page of nothing but items already listed (the same page behind ever
+        new links), stops the listing with an error instead of looping."""
         seen: set[str] = set()
+        listed: set[str] = set()
         next_url: str | None = url
         while next_url:
             if next_url in seen:
                 raise MicrosoftError(f"{name}: {self.service} returned the same {next_key} twice ({next_url})")
             seen.add(next_url)
-            page = self._check(name, self._call(name, method, next_url, body, value_list()), (200,))
+            page = self._check(name, self._call(name, method, next_url, body, value_list(identified=True)), (200,))
+            ids = {item["id"] for item in page["value"]}
+            if ids and ids <= listed:
+                raise MicrosoftError(f"{name}: {self.service} returned a page of items already listed (its {next_key} does not advance)")
+            listed |= ids
             yield page
             next_url, method, body = page.get(next_key), "GET", None
 

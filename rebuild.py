@@ -55,7 +55,7 @@ def graph_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebuilt:
 def stix_object(item: Mapping[str, Any]) -> dict[str, Any]:
     """The STIX indicator a queryIndicators item shows, in the form this tool uploads it, so
     a revocation can repeat it and its content hash matches what the transformer builds."""
-    props = item.get("properties") or {}
+    props = properties(item)
     obj: dict[str, Any] = {
         "type": "indicator", "spec_version": "2.1", "id": props.get("externalId"),
         "created": props.get("created"), "modified": props.get("modified"),
@@ -68,17 +68,27 @@ def stix_object(item: Mapping[str, Any]) -> dict[str, Any]:
         "confidence": props.get("confidence"), "labels": props.get("labels"),
         "object_marking_refs": props.get("objectMarkingRefs"),
         "kill_chain_phases": [{"kill_chain_name": p.get("killChainName"), "phase_name": p.get("phaseName")}
-                              for p in props.get("killChainPhases") or []],
+                              for p in _objects(props.get("killChainPhases"))],
         "external_references": [{key: ref[name] for key, name in C.STIX_REFERENCE_FIELDS.items() if name in ref}
-                                for ref in props.get("externalReferences") or []],
+                                for ref in _objects(props.get("externalReferences"))],
     }
     obj.update({key: value for key, value in optional.items() if value not in (None, [], "")})
     return obj
 
 
+def properties(item: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A queryIndicators item's properties; junk there makes the item foreign, not a crash."""
+    props = item.get("properties")
+    return props if isinstance(props, Mapping) else {}
+
+
+def _objects(value: Any) -> list[Mapping[str, Any]]:
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
 def misp_reference(obj: Mapping[str, Any]) -> tuple[str, str]:
     """(attribute uuid, event uuid) from the object's MISP external reference ("" if absent)."""
-    for ref in obj.get("external_references") or []:
+    for ref in _objects(obj.get("external_references")):
         if ref.get("source_name") == "MISP" and isinstance(ref.get("external_id"), str):
             match = _EVENT_URL_RE.search(str(ref.get("url", "")))
             return ref["external_id"].lower(), match.group(1).lower() if match else ""
@@ -103,7 +113,7 @@ def sentinel_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebui
     rebuilt = Rebuilt()
     for item in items:
         obj = stix_object(item)
-        revoked = (item.get("properties") or {}).get("revoked") is True
+        revoked = properties(item).get("revoked") is True
         attribute_uuid, event_uuid = misp_reference(obj)
         found = key_and_generation(str(obj["id"]), attribute_uuid) if attribute_uuid else None
         if found is None:

@@ -84,7 +84,7 @@ class RequestLog:
         text = self.scrub(_dump(payload))
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            with os.fdopen(descriptor, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a lone surrogate
                 handle.write(text + "\n")
         except OSError as exc:
             raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
@@ -106,7 +106,8 @@ class JsonLines:
         if self._handle is None:
             path = self.log.path(self.name, "jsonl")
             try:
-                self._handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8")
+                self._handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8",
+                                         errors="backslashreplace")
             except OSError as exc:
                 raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
         self._handle.writelines(self.log.scrub(json.dumps(record, ensure_ascii=False, default=str)) + "\n" for record in records)

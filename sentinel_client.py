@@ -5,7 +5,7 @@ never exceeded, and a 429 still gets the same objects resent after the wait it n
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import constants as C
@@ -32,11 +32,11 @@ class SentinelClient(MicrosoftClient):
         path = C.SENTINEL_UPLOAD_PATH.format(workspace_id=self.target.workspace_id)
         url = f"{self.settings.sentinel_endpoint}{path}?api-version={self.settings.sentinel_api_version}"
         body = {"sourcesystem": self.settings.sourcesystem, "stixobjects": objects}
-        response = self._call("upload", "POST", url, body, _documented_upload)
+        documented = documented_upload(len(objects))
+        response = self._call("upload", "POST", url, body, documented)
         answer = response_body(response)
-        errors = answer.get("errors") if isinstance(answer, dict) else None
-        if response.status_code in (200, 400) and isinstance(errors, list):
-            return _results(objects, errors)
+        if response.status_code in (200, 400) and isinstance(answer, dict) and documented(answer):
+            return _results(objects, answer["errors"])
         if response.status_code == 400:
             reason = error_text(answer, "HTTP 400")
             return [ItemResult(obj["id"], None, f"upload refused: {reason}") for obj in objects]
@@ -58,18 +58,28 @@ class SentinelClient(MicrosoftClient):
         return self.pages("queryIndicators", url, "nextLink", "POST", criteria)
 
 
-def _documented_upload(body: Any) -> bool:
-    """Sentinel's documented 2xx: an empty body (all accepted) or `{"errors": [...]}`; anything
-    else (a proxy's HTML page, truncated JSON) says nothing about what arrived."""
-    return (isinstance(body, str) and not body.strip()) or (isinstance(body, dict) and isinstance(body.get("errors"), list))
+def documented_upload(count: int) -> Callable[[Any], bool]:
+    """Sentinel's documented answer: an empty body (all accepted) or `{"errors": [...]}` whose
+    every entry names a `recordIndex` among the `count` objects sent, with its `errorMessages`;
+    anything else (a proxy's HTML page, truncated JSON, entries it cannot be sure of) says
+    nothing about what arrived."""
+    def entry(error: Any) -> bool:
+        index = error.get("recordIndex") if isinstance(error, dict) else None
+        return (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < count
+                and isinstance(error.get("errorMessages", []), list))
+
+    def documented(body: Any) -> bool:
+        if isinstance(body, str):
+            return not body.strip()
+        return isinstance(body, dict) and isinstance(body.get("errors"), list) and all(map(entry, body["errors"]))
+    return documented
 
 
 def _results(objects: list[dict[str, Any]], errors: list[Any]) -> list[ItemResult]:
     """recordIndex is 0-based into the uploaded list."""
     messages: dict[int, str] = {}
     for error in errors:
-        if isinstance(error, dict) and isinstance(error.get("recordIndex"), int):
-            texts = error.get("errorMessages") or ["rejected without a reason"]
-            messages[error["recordIndex"]] = "; ".join(str(text) for text in texts)
+        texts = error.get("errorMessages") or ["rejected without a reason"]
+        messages[error["recordIndex"]] = "; ".join(str(text) for text in texts)
     return [ItemResult(obj["id"], None if index in messages else obj["id"], messages.get(index))
             for index, obj in enumerate(objects)]

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import re
 import time
+import traceback
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable, Iterator, Set
 from pathlib import Path
@@ -720,6 +721,9 @@ class TargetRun:
             self.fail(log, ExitCode.MICROSOFT, str(exc))
         except ConfigError as exc:
             self.fail(log, ExitCode.CONFIG, f"configuration: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug stops this target, never the others
+            self.fail(log, ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {str(exc)[:200]} (please report)")
+            log.error(f"{self.spec.label} traceback", self.failure, traceback=traceback.format_exc())
 
     def exit_code(self) -> ExitCode:
         if self.failure:
