@@ -9,18 +9,35 @@ import enum
 import re
 
 
-class ExitCode(enum.IntEnum):
-    """Documented process exit codes (README "Exit codes")."""
+VERSION = "1.0.0"  # pyproject.toml reads it from here
 
-    OK = 0
-    REJECTED = 1
-    CONFIG = 2
-    MISP = 3
-    MICROSOFT = 4
-    INTERNAL = 5
-    SAFETY_VALVE = 6
-    LOCKED = 7
-    INTERRUPTED = 130
+
+class ExitCode(enum.IntEnum):
+    """Documented process exit codes: `--help` and README's "Exit codes" table show these texts
+    (tests/test_exit_codes.py keeps the three in agreement)."""
+
+    description: str
+
+    def __new__(cls, value: int, description: str) -> "ExitCode":
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
+
+    OK = 0, "all good"
+    REJECTED = 1, "Graph rejected some indicators, or `-d` could not delete some ids (details under `logs/`)"
+    CONFIG = 2, ("configuration or usage error, including a file or folder the tool cannot read or write "
+                 "(the message names the setting or the path)")
+    MISP = 3, ("MISP could not be reached, refused the key, or answered with something that is not events "
+               "(an HTML login page, an error dict, a 5xx) on any page")
+    MICROSOFT = 4, ("a Microsoft authentication or Graph API failure: token refused (the AADSTS code is shown), "
+                    "permission missing, or batches not delivered after retries")
+    INTERNAL = 5, "internal error. This is a bug: please report it with the error file from `logs/`"
+    SAFETY_VALVE = 6, ("safety valve: the run would have deleted more than `max_delete_fraction` of the indicators "
+                       "it owns, so it deleted nothing (everything else was done). Check MISP, then re-run with "
+                       "`--allow-mass-delete` if the deletions are real")
+    LOCKED = 7, "another run holds the lock for this target (cron overlap). Nothing was done"
+    INTERRUPTED = 130, "interrupted"
 
 
 class SkipReason(str, enum.Enum):

@@ -34,26 +34,20 @@ HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
 EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT, ExitCode.CONFIG]
 
-EPILOG = """exit codes:
-  0  all good
-  1  some indicators were rejected by Graph (see logs/)
-  2  configuration or usage error
-  3  MISP unreachable, refused the key, or answered something that is not events
-  4  Microsoft authentication or Graph API failure, or batches not delivered after retries
-  5  internal error (a bug: please report it with the error file from logs/)
-  6  safety valve: the run would delete more than max_delete_fraction of what it owns;
-     nothing was deleted (re-run with --allow-mass-delete if that is really wanted)
-  7  another run holds the lock for this target (cron overlap); nothing was done
-  130 interrupted
-"""
+
+
+def epilog() -> str:
+    """The exit-code table of `--help`, from the one list in constants.ExitCode."""
+    return "exit codes:\n" + "".join(f"  {code.value:<3} {code.description.replace('`', '')}\n" for code in ExitCode)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="script.py",
         description="Sync published MISP events to Microsoft Graph security/tiIndicators.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {C.VERSION}")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("-r", "--read", action="store_true", help="list the indicators this app owns in Graph, as JSON")
     action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id, or revoke them by STIX id (indicator--…)")
