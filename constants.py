@@ -55,6 +55,9 @@ class SkipReason(str, enum.Enum):
     INTERNAL_ERROR = "internal-error"  # a bug or an unforeseen input: it costs the attribute, not the run
 
 
+# --- Files in log_dir ---------------------------------------------------------------------------
+LAST_RUN_FILE = "last-run.json"  # per target: last exit code and last successful run, for monitoring
+
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
 

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import sys
+import traceback
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -28,11 +29,13 @@ from request_log import LogWriteError, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, load_settings
 from state_store import StateStore, StoreError, StoreLocked, target_lock
-from sync import make_target, open_run, open_store, run_all, state_paths, target_label
+from sync import (TargetRun, last_run_status, make_target, new_run, open_run, open_store, run_all, state_paths,
+                  target_label)
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
-EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT, ExitCode.CONFIG]
+EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT, ExitCode.MISP,
+                 ExitCode.CONFIG, ExitCode.INTERNAL, ExitCode.INTERRUPTED]
 
 
 
@@ -64,11 +67,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: TextIO) -> ExitCode:
-    """Reconcile MISP's desired indicators with what each target holds; MISP is read once."""
+    """Reconcile MISP's desired indicators with what each target holds; MISP is read once.
+    Every target gets a run report, also when the run stops early."""
+    started = dt.datetime.now(dt.timezone.utc)
+    runs = [new_run(settings, spec) for spec in settings.targets]
+    try:
+        sync_targets(settings, log, args, runs, started)
+    except BaseException as exc:
+        code, message, _ = classify(exc, log)
+        for run in runs:
+            run.stop(code, message)
+        raise
+    finally:
+        write_reports(runs, log, args, started, out)
+    for run in runs:
+        if run.report.clock_problem:
+            sys.stderr.write(f"misp2sentinel: warning: {run.spec.label}: {run.report.clock_problem}; nothing was forgotten or removed\n")
+        if run.problem():
+            sys.stderr.write(f"misp2sentinel: error: {run.spec.label}: {run.problem()}\n")
+    return max((run.exit_code() for run in runs), key=EXIT_SEVERITY.index)
+
+
+def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, runs: list[TargetRun], now: dt.datetime) -> None:
     settings.require_misp()
     if not args.dry_run:
         settings.require_microsoft()
-    now = dt.datetime.now(dt.timezone.utc)
     scope = None
     if args.event:
         scope = {args.event.strip().lower()}
@@ -76,7 +99,8 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
         settings = dataclasses.replace(settings, misp_event_filters=({**primary, "uuid": args.event.strip()}, *others))
     progress = sys.stderr.isatty() and not args.quiet
     with contextlib.ExitStack() as stack:
-        runs = [open_run(settings, spec, log, args.dry_run, now, stack) for spec in settings.targets]
+        for run in runs:
+            open_run(settings, run, log, args.dry_run, now, stack)
         if not any(run.report.clock_problem for run in runs):  # a jumped clock would make every record look old
             log.prune(settings.log_retention_days)
         try:
@@ -85,15 +109,20 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
             for run in runs:
                 client = run.target.client if run.target else None
                 run.report.requests = client.requests_sent if client else 0
-                log.write("run-report", run.report.as_dict(args.dry_run) | {"error": run.failure or None})
-                if not args.quiet:
-                    out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
-    for run in runs:
-        if run.report.clock_problem:
-            sys.stderr.write(f"misp2sentinel: warning: {run.spec.label}: {run.report.clock_problem}; nothing was forgotten or removed\n")
-        if run.failure:
-            sys.stderr.write(f"misp2sentinel: error: {run.spec.label}: {run.failure}\n")
-    return max((run.exit_code() for run in runs), key=EXIT_SEVERITY.index)
+
+
+def write_reports(runs: list[TargetRun], log: RequestLog, args: argparse.Namespace, started: dt.datetime, out: TextIO) -> None:
+    """A run report per target and, for a real sync, last-run.json; a log_dir that cannot be
+    written has already stopped the run with its own error, so it is not reported twice."""
+    records = [run.record(args.dry_run, started) for run in runs]
+    with contextlib.suppress(LogWriteError):
+        for record in records:
+            log.write("run-report", record)
+        if not args.dry_run:
+            log.replace(C.LAST_RUN_FILE, last_run_status(log.read(C.LAST_RUN_FILE) or {}, records))
+    if not args.quiet:
+        for run in runs:
+            out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
 
 
 def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
@@ -204,6 +233,38 @@ def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: s
     return code
 
 
+def classify(exc: BaseException, log: RequestLog | None) -> tuple[ExitCode, str, str]:
+    """The exit code, the one-line message and the error file's context ("" for none) of an
+    exception that ended the run."""
+    scrub = log.scrub if log else str
+    if isinstance(exc, ConfigError):
+        return ExitCode.CONFIG, f"configuration: {exc}", ""
+    if isinstance(exc, MispError):
+        return ExitCode.MISP, scrub(str(exc)), "misp"
+    if isinstance(exc, MicrosoftError):
+        return ExitCode.MICROSOFT, scrub(str(exc)), "microsoft"
+    if isinstance(exc, StoreLocked):
+        return ExitCode.LOCKED, f"{exc}; nothing done", ""
+    if isinstance(exc, StoreError):
+        return ExitCode.CONFIG, f"state_dir: {exc}", "state"
+    if isinstance(exc, LogWriteError):
+        return ExitCode.CONFIG, f"log_dir: {exc}", ""
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED, "interrupted", ""
+    return ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {scrub(str(exc))[:300]} (please report)", "internal"
+
+
+def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: str = "") -> ExitCode:
+    """One line on stderr (and an error file when a log exists; a bug's holds the traceback),
+    then the exit code."""
+    if log is not None and context:
+        details = {"traceback": log.scrub(traceback.format_exc())} if code is ExitCode.INTERNAL else {}
+        with contextlib.suppress(LogWriteError):
+            log.error(context, message, **details)
+    sys.stderr.write(f"misp2sentinel: error: {message}\n")
+    return code
+
+
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parse_args(argv)
     if args.check:
@@ -228,22 +289,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         if args.rebuild_state:
             return rebuild_state(settings, log, out)
         return sync(settings, log, args, out)
-    except ConfigError as exc:
-        return fail(ExitCode.CONFIG, f"configuration: {exc}")
-    except MispError as exc:
-        return fail(ExitCode.MISP, str(exc), log, "misp")
-    except MicrosoftError as exc:
-        return fail(ExitCode.MICROSOFT, str(exc), log, "microsoft")
-    except StoreLocked as exc:
-        return fail(ExitCode.LOCKED, f"{exc}; nothing done")
-    except StoreError as exc:
-        return fail(ExitCode.CONFIG, f"state_dir: {exc}", log, "state")
-    except LogWriteError as exc:
-        return fail(ExitCode.CONFIG, f"log_dir: {exc}")
-    except KeyboardInterrupt:
-        return fail(ExitCode.INTERRUPTED, "interrupted")
-    except Exception as exc:  # noqa: BLE001 - cron gets one line and a code, never a traceback
-        return fail(ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {log.scrub(str(exc))[:300]} (please report)", log, "internal")
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - cron gets one line and a code, never a traceback
+        code, message, context = classify(exc, log)
+        return fail(code, message, log, context)
 
 
 if __name__ == "__main__":
