@@ -13,6 +13,7 @@ import itertools
 import dataclasses
 import datetime as dt
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -121,8 +122,12 @@ def write_reports(runs: list[TargetRun], log: RequestLog, args: argparse.Namespa
         if not args.dry_run:
             log.replace(C.LAST_RUN_FILE, last_run_status(log.read(C.LAST_RUN_FILE) or {}, records))
     if not args.quiet:
-        for run in runs:
-            out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
+        try:
+            for run in runs:
+                out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
+            out.flush()
+        except BrokenPipeError:  # the sync is done: its exit code still counts
+            silence_stdout()
 
 
 def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
@@ -266,10 +271,31 @@ def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: s
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """The console command: a reader that closes stdout early (`| head -1`) ends the output
+    quietly, not as an internal error."""
+    try:
+        code = dispatch(argv, out)
+        out.flush()
+        return code
+    except BrokenPipeError:
+        silence_stdout()
+        return ExitCode.OK
+
+
+def silence_stdout() -> None:
+    """The reader of stdout went away: the rest of the output, and the final flush, go nowhere."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def dispatch(argv: list[str] | None, out: TextIO) -> int:
+    """Parse the command line, run the asked action, turn every failure into one line and a code."""
     args = parse_args(argv)
     if args.check:
         try:
             return run_checks(args.config, out)
+        except BrokenPipeError:
+            raise
         except KeyboardInterrupt:
             return fail(ExitCode.INTERRUPTED, "interrupted")
         except Exception as exc:  # noqa: BLE001 - one line and a code, never a traceback
@@ -289,6 +315,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         if args.rebuild_state:
             return rebuild_state(settings, log, out)
         return sync(settings, log, args, out)
+    except BrokenPipeError:
+        raise
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - cron gets one line and a code, never a traceback
         code, message, context = classify(exc, log)
         return fail(code, message, log, context)
