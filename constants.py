@@ -162,6 +162,9 @@ MISP_DEFAULT_PAGE_SIZE = 100
 MISP_PAGE_GROWTH = 2
 MISP_SPARE_PAGES = 10
 MISP_MAX_PAGES = 100_000
+# misp_event_filters when the config sets none: published events, IDS-flagged attributes only,
+# and MISP's warning lists applied (no well-known benign values pushed to block lists).
+DEFAULT_MISP_EVENT_FILTERS = {"published": True, "to_ids": True, "enforceWarninglist": True}
 # Filter keys the tool owns; an operator setting them in misp_event_filters would break paging.
 MISP_RESERVED_FILTERS = frozenset({"limit", "page", "controller", "return_format", "returnFormat", "pythonify"})
 # Filters that select a time window: an event outside it is not gone, it just expires.

@@ -276,7 +276,7 @@ def _event_filters(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any],
 
     Published events only unless a filter says otherwise: PyMISP sends no `published` itself.
     """
-    value = raw.get("misp_event_filters", {})
+    value = raw.get("misp_event_filters", C.DEFAULT_MISP_EVENT_FILTERS)
     entries = [value] if isinstance(value, dict) else value
     if not isinstance(entries, list):
         raise ConfigError(f"misp_event_filters must be a dict or a list of dicts (in {source})")
