@@ -6,6 +6,7 @@ Sources are in ../shared/reference (microsoft-apis.md, mapping.md, misp.md).
 from __future__ import annotations
 
 import enum
+import errno
 import re
 
 
@@ -57,6 +58,25 @@ class SkipReason(str, enum.Enum):
 
 # --- Files in log_dir ---------------------------------------------------------------------------
 LAST_RUN_FILE = "last-run.json"  # per target: last exit code and last successful run, for monitoring
+
+# --- Operating-system problems: configuration errors (exit 2) with the fix ----------------------
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "free disk space there (the disk is full)",
+    errno.EDQUOT: "free space or raise the quota of the user running misp2sentinel",
+    errno.EACCES: "give the user running misp2sentinel (www-data) access: owner www-data, 0700 folders, 0600 files",
+    errno.EPERM: "give the user running misp2sentinel (www-data) access: owner www-data, 0700 folders, 0600 files",
+    errno.EROFS: "the file system is read-only: point the setting elsewhere or make it writable (systemd: ReadWritePaths=)",
+    errno.ENOENT: "create it, remove a dangling symlink, or correct the path in the config",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: correct the path in the config",
+    errno.ELOOP: "remove the symlink or point the setting at a real folder",
+    errno.EISDIR: "the path is a folder, not a file: correct it in the config",
+}
+OS_ERROR_FIX = "check the path, its owner and its permissions"
+SQLITE_ERROR_FIXES = (
+    ("disk is full", "free disk space in state_dir (the disk is full)"),
+    ("readonly", "make state_dir and its files writable by the user running misp2sentinel"),
+    ("unable to open", "make state_dir readable and writable by the user running misp2sentinel"),
+)
 
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -29,7 +30,7 @@ from ms_client import MicrosoftError
 from request_log import LogWriteError, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, load_settings
-from state_store import StateStore, StoreError, StoreLocked, target_lock
+from state_store import StateStore, StoreError, StoreLocked, sqlite_fix, target_lock
 from sync import (TargetRun, last_run_status, make_target, new_run, open_run, open_store, run_all, state_paths,
                   target_label)
 
@@ -256,6 +257,10 @@ def classify(exc: BaseException, log: RequestLog | None) -> tuple[ExitCode, str,
         return ExitCode.CONFIG, f"log_dir: {exc}", ""
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED, "interrupted", ""
+    if isinstance(exc, OSError) and exc.filename:  # a file or folder, not a connection
+        return ExitCode.CONFIG, f"{exc.filename}: {exc.strerror}: {C.OS_ERROR_FIXES.get(exc.errno, C.OS_ERROR_FIX)}", ""
+    if isinstance(exc, sqlite3.OperationalError) and sqlite_fix(exc):
+        return ExitCode.CONFIG, f"state_dir: {exc}{sqlite_fix(exc)}", "state"
     return ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {scrub(str(exc))[:300]} (please report)", "internal"
 
 
