@@ -91,6 +91,7 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
 
 
 def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, runs: list[TargetRun], now: dt.datetime) -> None:
+    """Open every target, then read MISP once; failures land in `runs` or are raised to `sync`."""
     settings.require_misp()
     if not args.dry_run:
         settings.require_microsoft()
