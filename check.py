@@ -87,7 +87,13 @@ def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> Non
         checklist.add(Line(False, "MISP filters", str(exc), "check misp_event_filters"), ExitCode.MISP)
         return
     fix = "" if events else "no event matches: check misp_event_filters (published, time window, tags)"
-    checklist.add(Line(bool(events), "MISP filters", f"{events} events match misp_event_filters", fix), ExitCode.MISP)
+    checklist.add(Line(bool(events), "MISP filters", f"{events} events match misp_event_filters {filter_text(settings)}", fix), ExitCode.MISP)
+
+
+def filter_text(settings: Settings) -> str:
+    """The filters in effect, defaults included, as the operator would write them in config.py."""
+    filters = settings.misp_event_filters
+    return repr(filters[0] if len(filters) == 1 else list(filters))
 
 
 def misp_fix(message: str) -> str:

@@ -6,21 +6,39 @@ Sources are in ../shared/reference (microsoft-apis.md, mapping.md, misp.md).
 from __future__ import annotations
 
 import enum
+import errno
 import re
 
 
-class ExitCode(enum.IntEnum):
-    """Documented process exit codes (README "Exit codes")."""
+VERSION = "1.0.0"  # pyproject.toml reads it from here
 
-    OK = 0
-    REJECTED = 1
-    CONFIG = 2
-    MISP = 3
-    MICROSOFT = 4
-    INTERNAL = 5
-    SAFETY_VALVE = 6
-    LOCKED = 7
-    INTERRUPTED = 130
+
+class ExitCode(enum.IntEnum):
+    """Documented process exit codes: `--help` and README's "Exit codes" table show these texts
+    (tests/test_exit_codes.py keeps the three in agreement)."""
+
+    description: str
+
+    def __new__(cls, value: int, description: str) -> "ExitCode":
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
+
+    OK = 0, "all good"
+    REJECTED = 1, "Graph rejected some indicators, or `-d` could not delete some ids (details under `logs/`)"
+    CONFIG = 2, ("configuration or usage error, including a file or folder the tool cannot read or write "
+                 "(the message names the setting or the path)")
+    MISP = 3, ("MISP could not be reached, refused the key, or answered with something that is not events "
+               "(an HTML login page, an error dict, a 5xx) on any page")
+    MICROSOFT = 4, ("a Microsoft authentication or Graph API failure: token refused (the AADSTS code is shown), "
+                    "permission missing, or batches not delivered after retries")
+    INTERNAL = 5, "internal error. This is a bug: please report it with the error file from `logs/`"
+    SAFETY_VALVE = 6, ("safety valve: the run would have deleted more than `max_delete_fraction` of the indicators "
+                       "it owns, so it deleted nothing (everything else was done). Check MISP, then re-run with "
+                       "`--allow-mass-delete` if the deletions are real")
+    LOCKED = 7, "another run holds the lock for this target (cron overlap). Nothing was done"
+    INTERRUPTED = 130, "interrupted"
 
 
 class SkipReason(str, enum.Enum):
@@ -37,6 +55,28 @@ class SkipReason(str, enum.Enum):
     MALFORMED = "malformed"
     INTERNAL_ERROR = "internal-error"  # a bug or an unforeseen input: it costs the attribute, not the run
 
+
+# --- Files in log_dir ---------------------------------------------------------------------------
+LAST_RUN_FILE = "last-run.json"  # per target: last exit code and last successful run, for monitoring
+
+# --- Operating-system problems: configuration errors (exit 2) with the fix ----------------------
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "free disk space there (the disk is full)",
+    errno.EDQUOT: "free space or raise the quota of the user running misp2sentinel",
+    errno.EACCES: "give the user running misp2sentinel (www-data) access: owner www-data, 0700 folders, 0600 files",
+    errno.EPERM: "give the user running misp2sentinel (www-data) access: owner www-data, 0700 folders, 0600 files",
+    errno.EROFS: "the file system is read-only: point the setting elsewhere or make it writable (systemd: ReadWritePaths=)",
+    errno.ENOENT: "create it, remove a dangling symlink, or correct the path in the config",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: correct the path in the config",
+    errno.ELOOP: "remove the symlink or point the setting at a real folder",
+    errno.EISDIR: "the path is a folder, not a file: correct it in the config",
+}
+OS_ERROR_FIX = "check the path, its owner and its permissions"
+SQLITE_ERROR_FIXES = (
+    ("disk is full", "free disk space in state_dir (the disk is full)"),
+    ("readonly", "make state_dir and its files writable by the user running misp2sentinel"),
+    ("unable to open", "make state_dir readable and writable by the user running misp2sentinel"),
+)
 
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
@@ -145,6 +185,9 @@ MISP_DEFAULT_PAGE_SIZE = 100
 MISP_PAGE_GROWTH = 2
 MISP_SPARE_PAGES = 10
 MISP_MAX_PAGES = 100_000
+# misp_event_filters when the config sets none: published events, IDS-flagged attributes only,
+# and MISP's warning lists applied (no well-known benign values pushed to block lists).
+DEFAULT_MISP_EVENT_FILTERS = {"published": True, "to_ids": True, "enforceWarninglist": True}
 # Filter keys the tool owns; an operator setting them in misp_event_filters would break paging.
 MISP_RESERVED_FILTERS = frozenset({"limit", "page", "controller", "return_format", "returnFormat", "pythonify"})
 # Filters that select a time window: an event outside it is not gone, it just expires.

@@ -44,12 +44,38 @@ class RequestLog:
 
     def path(self, name: str, suffix: str) -> Path:
         """A new file name in the (private) log directory: UTC time, kind, sequence number."""
+        self.ensure_directory()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        return self.directory / f"{stamp}_{name}_{next(self._sequence):05d}.{suffix}"
+
+    def ensure_directory(self) -> None:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise LogWriteError(f"cannot create {self.directory}: {exc.strerror}") from None
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        return self.directory / f"{stamp}_{name}_{next(self._sequence):05d}.{suffix}"
+
+    def replace(self, filename: str, payload: Any) -> Path:
+        """A fixed-name file (last-run.json) replaced atomically, so a reader never sees half of it."""
+        self.ensure_directory()
+        path = self.directory / filename
+        temporary = path.with_name(f".{filename}.{os.getpid()}.tmp")
+        try:
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w", encoding="utf-8") as handle:
+                handle.write(self.scrub(_dump(payload)) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+        return path
+
+    def read(self, filename: str) -> Any:
+        """A fixed-name file written by `replace`; None when it is missing or damaged."""
+        try:
+            return json.loads((self.directory / filename).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     def add_secret(self, value: str) -> None:
         """Register a value learnt at run time (an access token) for scrubbing."""

@@ -13,7 +13,10 @@ import itertools
 import dataclasses
 import datetime as dt
 import json
+import os
+import sqlite3
 import sys
+import traceback
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, TextIO
@@ -27,34 +30,29 @@ from ms_client import MicrosoftError
 from request_log import LogWriteError, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, load_settings
-from state_store import StateStore, StoreError, StoreLocked, target_lock
-from sync import make_target, open_run, open_store, run_all, state_paths, target_label
+from state_store import StateStore, StoreError, StoreLocked, sqlite_fix, target_lock
+from sync import (TargetRun, last_run_status, make_target, new_run, open_run, open_store, run_all, state_paths,
+                  target_label)
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
-EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT, ExitCode.CONFIG,
-                 ExitCode.INTERNAL]
+EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT, ExitCode.MISP,
+                 ExitCode.CONFIG, ExitCode.INTERNAL, ExitCode.INTERRUPTED]
 
-EPILOG = """exit codes:
-  0  all good
-  1  some indicators were rejected by Graph (see logs/)
-  2  configuration or usage error
-  3  MISP unreachable, refused the key, or answered something that is not events
-  4  Microsoft authentication or Graph API failure, or batches not delivered after retries
-  5  internal error (a bug: please report it with the error file from logs/)
-  6  safety valve: the run would delete more than max_delete_fraction of what it owns;
-     nothing was deleted (re-run with --allow-mass-delete if that is really wanted)
-  7  another run holds the lock for this target (cron overlap); nothing was done
-  130 interrupted
-"""
+
+
+def epilog() -> str:
+    """The exit-code table of `--help`, from the one list in constants.ExitCode."""
+    return "exit codes:\n" + "".join(f"  {code.value:<3} {code.description.replace('`', '')}\n" for code in ExitCode)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="script.py",
         description="Sync published MISP events to Microsoft Graph security/tiIndicators.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {C.VERSION}")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("-r", "--read", action="store_true", help="list the indicators this app owns in Graph, as JSON")
     action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id, or revoke them by STIX id (indicator--…)")
@@ -71,11 +69,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: TextIO) -> ExitCode:
-    """Reconcile MISP's desired indicators with what each target holds; MISP is read once."""
+    """Reconcile MISP's desired indicators with what each target holds; MISP is read once.
+    Every target gets a run report, also when the run stops early."""
+    started = dt.datetime.now(dt.timezone.utc)
+    runs = [new_run(settings, spec) for spec in settings.targets]
+    try:
+        sync_targets(settings, log, args, runs, started)
+    except BaseException as exc:
+        code, message, _ = classify(exc, log)
+        for run in runs:
+            run.stop(code, message)
+        raise
+    finally:
+        write_reports(runs, log, args, started, out)
+    for run in runs:
+        if run.report.clock_problem:
+            sys.stderr.write(f"misp2sentinel: warning: {run.spec.label}: {run.report.clock_problem}; nothing was forgotten or removed\n")
+        if run.problem():
+            sys.stderr.write(f"misp2sentinel: error: {run.spec.label}: {run.problem()}\n")
+    return max((run.exit_code() for run in runs), key=EXIT_SEVERITY.index)
+
+
+def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, runs: list[TargetRun], now: dt.datetime) -> None:
+    """Open every target, then read MISP once; failures land in `runs` or are raised to `sync`."""
     settings.require_misp()
     if not args.dry_run:
         settings.require_microsoft()
-    now = dt.datetime.now(dt.timezone.utc)
     scope = None
     if args.event:
         scope = {args.event.strip().lower()}
@@ -83,7 +102,8 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
         settings = dataclasses.replace(settings, misp_event_filters=({**primary, "uuid": args.event.strip()}, *others))
     progress = sys.stderr.isatty() and not args.quiet
     with contextlib.ExitStack() as stack:
-        runs = [open_run(settings, spec, log, args.dry_run, now, stack) for spec in settings.targets]
+        for run in runs:
+            open_run(settings, run, log, args.dry_run, now, stack)
         if not any(run.report.clock_problem for run in runs):  # a jumped clock would make every record look old
             log.prune(settings.log_retention_days)
         try:
@@ -92,15 +112,24 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
             for run in runs:
                 client = run.target.client if run.target else None
                 run.report.requests = client.requests_sent if client else 0
-                log.write("run-report", run.report.as_dict(args.dry_run) | {"error": run.failure or None})
-                if not args.quiet:
-                    out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
-    for run in runs:
-        if run.report.clock_problem:
-            sys.stderr.write(f"misp2sentinel: warning: {run.spec.label}: {run.report.clock_problem}; nothing was forgotten or removed\n")
-        if run.failure:
-            sys.stderr.write(f"misp2sentinel: error: {run.spec.label}: {run.failure}\n")
-    return max((run.exit_code() for run in runs), key=EXIT_SEVERITY.index)
+
+
+def write_reports(runs: list[TargetRun], log: RequestLog, args: argparse.Namespace, started: dt.datetime, out: TextIO) -> None:
+    """A run report per target and, for a real sync, last-run.json; a log_dir that cannot be
+    written has already stopped the run with its own error, so it is not reported twice."""
+    records = [run.record(args.dry_run, started) for run in runs]
+    with contextlib.suppress(LogWriteError):
+        for record in records:
+            log.write("run-report", record)
+        if not args.dry_run:
+            log.replace(C.LAST_RUN_FILE, last_run_status(log.read(C.LAST_RUN_FILE) or {}, records))
+    if not args.quiet:
+        try:
+            for run in runs:
+                out.write(run.report.summary(args.dry_run) + (f"STOPPED: {run.failure}\n" if run.failure else "") + "\n")
+            out.flush()
+        except BrokenPipeError:  # the sync is done: its exit code still counts
+            silence_stdout()
 
 
 def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
@@ -202,20 +231,68 @@ def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: 
     return ExitCode.OK if done == set(ids) else ExitCode.REJECTED
 
 
+def classify(exc: BaseException, log: RequestLog | None) -> tuple[ExitCode, str, str]:
+    """The exit code, the one-line message and the error file's context ("" for none) of an
+    exception that ended the run."""
+    scrub = log.scrub if log else str
+    if isinstance(exc, ConfigError):
+        return ExitCode.CONFIG, f"configuration: {exc}", ""
+    if isinstance(exc, MispError):
+        return ExitCode.MISP, scrub(str(exc)), "misp"
+    if isinstance(exc, MicrosoftError):
+        return ExitCode.MICROSOFT, scrub(str(exc)), "microsoft"
+    if isinstance(exc, StoreLocked):
+        return ExitCode.LOCKED, f"{exc}; nothing done", ""
+    if isinstance(exc, StoreError):
+        return ExitCode.CONFIG, f"state_dir: {exc}", "state"
+    if isinstance(exc, LogWriteError):
+        return ExitCode.CONFIG, f"log_dir: {exc}", ""
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED, "interrupted", ""
+    if isinstance(exc, OSError) and exc.filename:  # a file or folder, not a connection
+        return ExitCode.CONFIG, f"{exc.filename}: {exc.strerror}: {C.OS_ERROR_FIXES.get(exc.errno, C.OS_ERROR_FIX)}", ""
+    if isinstance(exc, sqlite3.OperationalError) and sqlite_fix(exc):
+        return ExitCode.CONFIG, f"state_dir: {exc}{sqlite_fix(exc)}", "state"
+    return ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {scrub(str(exc))[:300]} (please report)", "internal"
+
+
 def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: str = "") -> ExitCode:
-    """One line on stderr (and an error file when a log exists), then the exit code."""
-    if log is not None:
-        message = log.scrub(message)
-        log.error(context, message)
+    """One line on stderr (and an error file when a log exists; a bug's holds the traceback),
+    then the exit code."""
+    if log is not None and context:
+        details = {"traceback": log.scrub(traceback.format_exc())} if code is ExitCode.INTERNAL else {}
+        with contextlib.suppress(LogWriteError):
+            log.error(context, message, **details)
     sys.stderr.write(f"misp2sentinel: error: {message}\n")
     return code
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """The console command: a reader that closes stdout early (`| head -1`) ends the output
+    quietly, not as an internal error."""
+    try:
+        code = dispatch(argv, out)
+        out.flush()
+        return code
+    except BrokenPipeError:
+        silence_stdout()
+        return ExitCode.OK
+
+
+def silence_stdout() -> None:
+    """The reader of stdout went away: the rest of the output, and the final flush, go nowhere."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def dispatch(argv: list[str] | None, out: TextIO) -> int:
+    """Parse the command line, run the asked action, turn every failure into one line and a code."""
     args = parse_args(argv)
     if args.check:
         try:
             return run_checks(args.config, out)
+        except BrokenPipeError:
+            raise
         except KeyboardInterrupt:
             return fail(ExitCode.INTERRUPTED, "interrupted")
         except Exception as exc:  # noqa: BLE001 - one line and a code, never a traceback
@@ -235,22 +312,11 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         if args.rebuild_state:
             return rebuild_state(settings, log, out)
         return sync(settings, log, args, out)
-    except ConfigError as exc:
-        return fail(ExitCode.CONFIG, f"configuration: {exc}")
-    except MispError as exc:
-        return fail(ExitCode.MISP, str(exc), log, "misp")
-    except MicrosoftError as exc:
-        return fail(ExitCode.MICROSOFT, str(exc), log, "microsoft")
-    except StoreLocked as exc:
-        return fail(ExitCode.LOCKED, f"{exc}; nothing done")
-    except StoreError as exc:
-        return fail(ExitCode.CONFIG, f"state_dir: {exc}", log, "state")
-    except LogWriteError as exc:
-        return fail(ExitCode.CONFIG, f"log_dir: {exc}")
-    except KeyboardInterrupt:
-        return fail(ExitCode.INTERRUPTED, "interrupted")
-    except Exception as exc:  # noqa: BLE001 - cron gets one line and a code, never a traceback
-        return fail(ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {log.scrub(str(exc))[:300]} (please report)", log, "internal")
+    except BrokenPipeError:
+        raise
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - cron gets one line and a code, never a traceback
+        code, message, context = classify(exc, log)
+        return fail(code, message, log, context)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,14 +140,15 @@ class Settings:
 
 def read_assignments(path: Path) -> dict[str, Any]:
     """Literal `name = value` assignments of a config.py, without running any of its code."""
-    try:
-        source = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    source = read_text(path, "config file")
+    if source.startswith("\ufeff"):
+        raise ConfigError(f"{path} starts with a byte-order mark: save it as UTF-8 without BOM") from None
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as exc:
-        raise ConfigError(f"{path.name} line {exc.lineno}: not valid Python syntax") from None
+        raise ConfigError(f"{path.name} line {exc.lineno}: not valid Python syntax ({exc.msg})") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"{path} is nested too deeply to read: write the value flat") from None
     values: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
@@ -158,13 +160,29 @@ def read_assignments(path: Path) -> dict[str, Any]:
             values[name] = ast.literal_eval(node.value)
         except ValueError:
             raise ConfigError(f"{path.name} line {node.lineno}: {name} must be a literal value (no code)") from None
+        except RecursionError:
+            raise ConfigError(f"{path.name} line {node.lineno}: {name} is nested too deeply to read") from None
     return values
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 file the operator wrote; an unreadable or mis-encoded one is a config error."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}: make it readable by the user running "
+                          "misp2sentinel (owner www-data, mode 0600)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} byte {exc.start} is not UTF-8: save the file as UTF-8") from None
 
 
 def _env(config_path: Path, environ: Mapping[str, str]) -> dict[str, str]:
     """Real environment over a `.env` beside the config file (python-dotenv, not loaded into os.environ)."""
     dotenv_file = config_path.parent / ".env"
-    from_file = {k: v for k, v in dotenv_values(dotenv_file).items() if v is not None} if dotenv_file.is_file() else {}
+    if not dotenv_file.is_file():
+        return dict(environ)
+    values = dotenv_values(stream=io.StringIO(read_text(dotenv_file, "secrets file")))
+    from_file = {k: v for k, v in values.items() if v is not None}
     return {**from_file, **environ}
 
 
@@ -276,7 +294,7 @@ def _event_filters(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any],
 
     Published events only unless a filter says otherwise: PyMISP sends no `published` itself.
     """
-    value = raw.get("misp_event_filters", {})
+    value = raw.get("misp_event_filters", C.DEFAULT_MISP_EVENT_FILTERS)
     entries = [value] if isinstance(value, dict) else value
     if not isinstance(entries, list):
         raise ConfigError(f"misp_event_filters must be a dict or a list of dicts (in {source})")

@@ -20,6 +20,8 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import constants as C
+
 SENT, PENDING, DELETING = "sent", "pending", "deleting"
 
 _SCHEMA = """
@@ -53,6 +55,15 @@ class StoreLocked(Exception):
 
 class StoreError(Exception):
     """The state file cannot be opened or is not ours."""
+
+
+class StoreUnavailable(StoreError):
+    """The state file is sound but cannot be used now (a full disk, permissions): it is kept."""
+
+
+def sqlite_fix(exc: sqlite3.Error) -> str:
+    """"; <fix>" for an SQLite error the operator can fix (a full disk, permissions), else ""."""
+    return next((f"; {fix}" for text, fix in C.SQLITE_ERROR_FIXES if text in str(exc)), "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +127,8 @@ class StateStore:
                 raise sqlite3.DatabaseError(damage)
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            if sqlite_fix(exc):
+                raise StoreUnavailable(f"state file {path}: {exc}{sqlite_fix(exc)}") from None
             raise StoreError(f"state file {path} is unreadable ({exc})") from None
         self.path = path
 

@@ -34,7 +34,7 @@ from reconcile import (Action, clock_problem, content_hash, fixed_hash, mass_del
 from request_log import JsonLines, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings
-from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, target_lock
+from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnavailable, target_lock
 
 # Skips that only confirm MISP's own filtering; the others are listed one by one in the logs.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
@@ -147,6 +147,8 @@ def open_store(path: Path, dry_run: bool, now: dt.datetime) -> tuple[StateStore,
         return StateStore(path if path.exists() else None), ""
     try:
         return StateStore(path), ""
+    except StoreUnavailable:
+        raise
     except StoreError as exc:
         aside = path.with_name(f"{path.name}.unreadable-{now.strftime('%Y%m%dT%H%M%SZ')}")
         path.rename(aside)
@@ -709,8 +711,13 @@ class TargetRun:
     failure_code: ExitCode = ExitCode.OK
 
     def fail(self, log: RequestLog, code: ExitCode, message: str) -> None:
-        self.failure, self.failure_code = log.scrub(message), code
+        self.stop(code, log.scrub(message))
         log.error(self.spec.label, self.failure)
+
+    def stop(self, code: ExitCode, message: str) -> None:
+        """Record a failure that ended the whole run (its error file is written once, by the caller)."""
+        if not self.failure:
+            self.failure, self.failure_code = message, code
 
     def guard(self, log: RequestLog, step: Callable[[], Any]) -> None:
         if self.failure:
@@ -734,6 +741,39 @@ class TargetRun:
             return ExitCode.SAFETY_VALVE
         return ExitCode.REJECTED if self.report.rejected else ExitCode.OK
 
+    def problem(self) -> str:
+        """One line for every outcome but 0, so a `--quiet` run under cron still sends mail."""
+        report = self.report
+        if self.failure:
+            return self.failure
+        if report.failed:
+            return f"{report.failed} indicators not delivered after retries (see logs/)"
+        if report.deletions_blocked:
+            return (f"safety valve: {report.deletions_blocked} deletions blocked, nothing deleted; "
+                    "check MISP, then re-run with --allow-mass-delete if they are real")
+        return f"{report.rejected} indicators rejected by the service (see logs/)" if report.rejected else ""
+
+    def record(self, dry_run: bool, started: dt.datetime) -> dict[str, Any]:
+        """The run report: outcome, times and version as well as the counts, failed runs included."""
+        return self.report.as_dict(dry_run) | {
+            "exit_code": int(self.exit_code()), "error": self.problem() or None, "started": iso_utc(started),
+            "ended": iso_utc(dt.datetime.now(dt.timezone.utc)), "version": C.VERSION,
+        }
+
+
+def last_run_status(previous: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """`last-run.json` for monitoring: per target the last exit code and when it last succeeded
+    (kept from the previous file while the target keeps failing)."""
+    status = dict(previous)
+    for record in records:
+        before = previous.get(record["target"], {})
+        succeeded = record["exit_code"] == ExitCode.OK
+        status[record["target"]] = {
+            "last_exit_code": record["exit_code"], "last_run": record["ended"], "last_error": record["error"],
+            "last_success": record["ended"] if succeeded else before.get("last_success"),
+        }
+    return status
+
 
 def target_label(settings: Settings, spec: TargetSettings) -> str:
     return f"graph tenant {settings.tenant}" if spec.kind == "graph" else spec.label
@@ -748,11 +788,15 @@ def make_target(settings: Settings, spec: TargetSettings, log: RequestLog, store
     return SentinelTarget(settings, None if dry_run else SentinelClient(settings, spec, log), store, log, report, now)
 
 
-def open_run(settings: Settings, spec: TargetSettings, log: RequestLog, dry_run: bool, now: dt.datetime,
+def new_run(settings: Settings, spec: TargetSettings) -> TargetRun:
+    return TargetRun(spec, RunReport(target_label(settings, spec)))
+
+
+def open_run(settings: Settings, run: TargetRun, log: RequestLog, dry_run: bool, now: dt.datetime,
              stack: contextlib.ExitStack) -> TargetRun:
     """Lock and open the target's state, check its token, and read the service back when the
     state has no history, all before MISP is read. A failure is kept in the TargetRun."""
-    run = TargetRun(spec, RunReport(target_label(settings, spec)))
+    spec = run.spec
     lock, path = state_paths(settings, spec)
     try:
         stack.enter_context(target_lock(lock))

@@ -1,0 +1,94 @@
+"""Items 1 and 2 of issue 10: a `--quiet` cron run that does not exit 0 says why on stderr, and
+every run, failed or not, leaves a run report per target and an up-to-date last-run.json."""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+
+import pytest
+
+from constants import LAST_RUN_FILE, VERSION, ExitCode
+from settings import load_settings
+from sync import state_paths
+from tests.support import run_process, write_config
+
+NO_WAIT = {"Retry-After": "0"}
+
+
+def rejected(standins, config):
+    standins.graph.reject_value("8.8.8.8", "Indicator value is on the allow list")
+    standins.misp.events.append({"Event": {
+        "uuid": "11111111-0000-4000-8000-000000000001", "info": "Rejection test", "published": True,
+        "timestamp": "1700000000", "publish_timestamp": "1700000000",
+        "Attribute": [{"uuid": "11111111-0000-4000-8000-0000000000a1", "type": "ip-dst", "value": "8.8.8.8", "to_ids": True}],
+    }})
+
+
+def undelivered(standins, config):
+    standins.graph.fail_next(200, '{"value": [{"id": "cut', headers=NO_WAIT, times=100, path_suffix="submitTiIndicators")
+
+
+def mass_delete(standins, config):
+    assert run_process(config).code == ExitCode.OK
+    standins.misp.events[:] = standins.misp.events[:1]
+
+
+def misp_down(standins, config):
+    standins.misp.fail_page(None, "500")
+
+
+def locked(standins, config):
+    settings = load_settings(config)
+    lock, _ = state_paths(settings, settings.targets[0])
+    lock.parent.mkdir(mode=0o700, exist_ok=True)
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # released when the test process ends
+
+
+@pytest.mark.parametrize(("cause", "code", "named"), [
+    (rejected, ExitCode.REJECTED, "rejected"),
+    (misp_down, ExitCode.MISP, "500"),
+    (undelivered, ExitCode.MICROSOFT, "not delivered"),
+    (mass_delete, ExitCode.SAFETY_VALVE, "--allow-mass-delete"),
+    (locked, ExitCode.LOCKED, "another misp2sentinel run"),
+])
+def test_quiet_run_names_every_non_zero_outcome_on_stderr(standins, tmp_path, cause, code, named):
+    config = write_config(tmp_path, standins)
+    cause(standins, config)
+    run = run_process(config, "--quiet")
+    assert run.code == code, run.err
+    assert run.out == "" and run.err.startswith("misp2sentinel: error:") and named in run.err
+    report = run.logs("run-report")[-1]
+    assert report["exit_code"] == code and report["error"] and "\n" not in report["error"]
+    assert report["version"] == VERSION and report["started"] <= report["ended"]
+    status = json.loads((run.log_dir / LAST_RUN_FILE).read_text())
+    assert status[report["target"]]["last_exit_code"] == code
+
+
+def test_misp_failure_reports_its_error_and_keeps_the_last_success(standins, tmp_path):
+    config = write_config(tmp_path, standins)
+    good = run_process(config)
+    assert good.code == ExitCode.OK
+    status_file = good.log_dir / LAST_RUN_FILE
+    target = good.logs("run-report")[-1]["target"]
+    succeeded = json.loads(status_file.read_text())[target]["last_success"]
+    assert oct(status_file.stat().st_mode & 0o777) == "0o600" and succeeded
+    standins.misp.fail_page(None, "500")
+    failed = run_process(config)
+    assert failed.code == ExitCode.MISP and failed.err.count("\n") == 1
+    report = failed.logs("run-report")[-1]
+    assert "500" in report["error"] and report["exit_code"] == ExitCode.MISP
+    status = json.loads(status_file.read_text())[target]
+    assert status["last_exit_code"] == ExitCode.MISP and status["last_success"] == succeeded
+    assert dt.datetime.fromisoformat(status["last_run"]) >= dt.datetime.fromisoformat(succeeded)
+
+
+def test_config_failure_after_loading_still_writes_a_report(standins, tmp_path):
+    config = write_config(tmp_path, standins)
+    (tmp_path / ".env").write_text(f"MISP_KEY={standins.misp.key}\n")  # no Azure secret
+    run = run_process(config, "--quiet")
+    assert run.code == ExitCode.CONFIG and run.err.count("\n") == 1
+    (report,) = run.logs("run-report")
+    assert report["exit_code"] == ExitCode.CONFIG and report["error"].startswith("configuration:")
