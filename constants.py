@@ -40,6 +40,7 @@ class SkipReason(str, enum.Enum):
 
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
+LOG_FILE_PREFIX = "misp2sentinel_"  # every file the tool writes in log_dir; pruning touches only these
 
 # --- Microsoft Graph tiIndicators -----------------------------------------------------------
 GRAPH_TI_PATH = "/beta/security/tiIndicators"

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import constants as C
+from private_files import UnsafePath, is_tool_file, open_private, private_dir
+
 REDACTED = "[redacted]"
 
 
@@ -33,23 +36,37 @@ class RequestLog:
         self._out = out
 
     def prune(self, retention_days: int) -> int:
-        """Remove this tool's JSON files older than the retention period; returns how many."""
-        if not self.directory.is_dir():
+        """Remove this tool's files (the name prefix, regular files only: never a symlink or a
+        stranger's file in a shared folder) older than the retention period; returns how many."""
+        if not self.directory.exists() and not self.directory.is_symlink():
             return 0
+        self._private_directory()
         cutoff = time.time() - retention_days * 86400
-        old = [path for path in self.directory.glob("*_*_*.json*") if path.stat().st_mtime < cutoff]
+        old = [path for path in self.directory.glob(f"{C.LOG_FILE_PREFIX}*") if is_tool_file(path) and path.lstat().st_mtime < cutoff]
         for path in old:
             path.unlink(missing_ok=True)
         return len(old)
 
-    def path(self, name: str, suffix: str) -> Path:
-        """A new file name in the (private) log directory: UTC time, kind, sequence number."""
+    def _private_directory(self) -> None:
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(self.directory)
+        except UnsafePath as exc:
+            raise LogWriteError(str(exc)) from None
         except OSError as exc:
             raise LogWriteError(f"cannot create {self.directory}: {exc.strerror}") from None
+
+    def path(self, name: str, suffix: str) -> Path:
+        """A new file name in the (private) log directory: prefix, UTC time, kind, sequence number."""
+        self._private_directory()
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        return self.directory / f"{stamp}_{name}_{next(self._sequence):05d}.{suffix}"
+        return self.directory / f"{C.LOG_FILE_PREFIX}{stamp}_{name}_{next(self._sequence):05d}.{suffix}"
+
+    def open_new(self, path: Path) -> TextIO:
+        """A new owner-only file, never through a symlink planted at its name."""
+        try:
+            return os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", encoding="utf-8")
+        except (OSError, UnsafePath) as exc:
+            raise LogWriteError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def add_secret(self, value: str) -> None:
         """Register a value learnt at run time (an access token) for scrubbing."""
@@ -82,12 +99,11 @@ class RequestLog:
         works as it did with the 2018 sample); owner-only permissions."""
         path = self.path(name, "json")
         text = self.scrub(_dump(payload))
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        with self.open_new(path) as handle:
+            try:
                 handle.write(text + "\n")
-        except OSError as exc:
-            raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+            except OSError as exc:
+                raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
         return path
 
 
@@ -104,11 +120,7 @@ class JsonLines:
         if not records:
             return
         if self._handle is None:
-            path = self.log.path(self.name, "jsonl")
-            try:
-                self._handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8")
-            except OSError as exc:
-                raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+            self._handle = self.log.open_new(self.log.path(self.name, "jsonl"))
         self._handle.writelines(self.log.scrub(json.dumps(record, ensure_ascii=False, default=str)) + "\n" for record in records)
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from reconcile import (Action, clock_problem, content_hash, fixed_hash, mass_del
 from request_log import JsonLines, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings
-from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, target_lock
+from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnsafe, target_lock
 
 # Skips that only confirm MISP's own filtering; the others are listed one by one in the logs.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
@@ -146,6 +146,8 @@ def open_store(path: Path, dry_run: bool, now: dt.datetime) -> tuple[StateStore,
         return StateStore(path if path.exists() else None), ""
     try:
         return StateStore(path), ""
+    except StoreUnsafe:
+        raise
     except StoreError as exc:
         aside = path.with_name(f"{path.name}.unreadable-{now.strftime('%Y%m%dT%H%M%SZ')}")
         path.rename(aside)
