@@ -71,6 +71,9 @@ def run_checks(config_path: Path, out: TextIO) -> ExitCode:
 
 
 def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> None:
+    if settings.misp_url.startswith("http://"):
+        checklist.add(Line(False, "MISP transport", f"{settings.misp_url} is not TLS: the API key crosses the network in clear "
+                           "(misp_allow_plain_http = True)", "use an https:// misp_domain"), ExitCode.CONFIG)
     try:
         settings.require_misp()
         source = MispSource(settings, log)
@@ -79,7 +82,7 @@ def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> Non
         checklist.add(Line(False, "MISP", str(exc), misp_fix(str(exc))), ExitCode.MISP)
         return
     version = (misp.misp_instance_version or {}).get("version", "unknown")
-    tls = "TLS verified" if settings.misp_verifycert else "TLS NOT verified (misp_verifycert = False)"
+    tls = misp_transport(settings)
     checklist.add(Line(True, "MISP", f"{settings.misp_url} reachable, {tls}, key accepted, MISP {version}"), ExitCode.MISP)
     try:
         events = source.count_matching()
@@ -88,6 +91,13 @@ def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> Non
         return
     fix = "" if events else "no event matches: check misp_event_filters (published, time window, tags)"
     checklist.add(Line(bool(events), "MISP filters", f"{events} events match misp_event_filters", fix), ExitCode.MISP)
+
+
+def misp_transport(settings: Settings) -> str:
+    """How the key travels to MISP, in the words the check line uses."""
+    if settings.misp_url.startswith("http://"):
+        return "not TLS"
+    return "TLS verified" if settings.misp_verifycert else "TLS NOT verified (misp_verifycert = False)"
 
 
 def misp_fix(message: str) -> str:

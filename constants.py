@@ -40,6 +40,10 @@ class SkipReason(str, enum.Enum):
 
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
+SECRET_FRAGMENT_MIN = 8  # a cut secret's start this long or longer is still redacted
+URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@'\"]+@")  # user:password@ in any URL
+SECRET_SETTINGS = frozenset({"misp_key", "client_certificate_password"})  # never echoed in a config error
+CA_ENVIRONMENT_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")  # read from the real environment only
 LOG_FILE_PREFIX = "misp2sentinel_"  # every file the tool writes in log_dir; pruning touches only these
 
 # --- Microsoft Graph tiIndicators -----------------------------------------------------------
@@ -267,7 +271,7 @@ AADSTS_FIXES = {
     1002012: "the scope is invalid: check graph_endpoint / management_endpoint",
 }
 MISP_FIXES = (
-    ("not trusted", "trust the MISP server's CA: REQUESTS_CA_BUNDLE=/path/ca.pem or misp_verifycert = '/path/ca.pem'"),
+    ("not trusted", "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)"),
     ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
     ("connection refused", "check misp_domain (scheme, host, port) and that MISP is up"),
     ("host name not found", "check the host name in misp_domain and DNS"),

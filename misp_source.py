@@ -10,11 +10,13 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 from pymisp import PyMISP, PyMISPError
 from pymisp.exceptions import MISPServerError, PyMISPUnexpectedResponse
 
@@ -39,7 +41,7 @@ def _first_line(text: str, limit: int = 200) -> str:
 
 # Causes buried in PyMISP's long connection errors, in the words an operator needs.
 _CAUSES = (
-    ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (trust its CA with REQUESTS_CA_BUNDLE or misp_verifycert)"),
+    ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (trust its CA with misp_ca_bundle)"),
     ("Authentication failed", "MISP refused the API key (HTTP 403)"),
     ("Unable to get the user settings", "MISP refused the API key"),
     ("Connection refused", "connection refused"),
@@ -173,6 +175,8 @@ class MispSource:
     def connect(self) -> PyMISP:
         """PyMISP checks version, user and types at construction: that is our reachability test."""
         if self._misp is None:
+            if self.settings.misp_verifycert is False:  # settings warned once; not on every request
+                warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
             try:
                 self._misp = PyMISP(
                     self.settings.misp_url, self.settings.misp_key, ssl=self.settings.misp_verifycert,

@@ -74,9 +74,11 @@ class RequestLog:
             self._secrets.append(value)
 
     def scrub(self, text: str) -> str:
+        """Known secrets out, also a secret's start left by a cut (a server that echoes the key
+        in a text truncated to N characters), and `user:password@` out of every URL."""
         for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+            text = _without_fragments(text.replace(secret, REDACTED), secret)
+        return redact_url_credentials(text)
 
     def request(self, name: str, method: str, url: str, body: Any, status: int | None, response: Any, seconds: float) -> None:
         """Record one HTTP exchange: to a file when write_post_json, to stderr when verbose
@@ -126,6 +128,24 @@ class JsonLines:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+def redact_url_credentials(text: str) -> str:
+    """`https://user:password@host` -> `https://[redacted]@host`, wherever a URL appears."""
+    return C.URL_CREDENTIALS_RE.sub(rf"\1{REDACTED}@", text)
+
+
+def _without_fragments(text: str, secret: str) -> str:
+    """Redact every run of text that is the first SECRET_FRAGMENT_MIN or more characters of
+    `secret` (what truncation leaves of it); shorter secrets are only redacted whole."""
+    if len(secret) <= C.SECRET_FRAGMENT_MIN:
+        return text
+    head, start = secret[:C.SECRET_FRAGMENT_MIN], 0
+    while (found := text.find(head, start)) >= 0:
+        length = next(n for n in range(len(secret), C.SECRET_FRAGMENT_MIN - 1, -1) if text.startswith(secret[:n], found))
+        text = text[:found] + REDACTED + text[found + length:]
+        start = found + len(REDACTED)
+    return text
 
 
 def _now_iso() -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 import constants as C
+from request_log import redact_url_credentials
 
 KNOWN_SETTINGS = frozenset({
     "graph_auth", "graph_endpoint", "authority_host", "targetProduct", "action", "passiveOnly",
@@ -26,6 +27,7 @@ KNOWN_SETTINGS = frozenset({
     "sentinel_api_version", "management_endpoint", "management_api_version", "sourcesystem",
     "max_requests_per_minute", "graph_requests_per_minute", "max_concurrent_requests",
     "client_certificate_path", "client_certificate_password", "managed_identity",
+    "misp_allow_plain_http", "misp_ca_bundle",
 })
 _WORKSPACE_FIELDS = ("workspace_id", "subscription_id", "resource_group", "workspace_name")
 
@@ -107,6 +109,7 @@ class Settings:
     client_certificate_path: Path | None = None
     client_certificate_password: str = dataclasses.field(default="", repr=False)
     managed_identity: str = ""  # "", "system", or a user-assigned identity's client id
+    misp_allow_plain_http: bool = False
     warnings: tuple[str, ...] = ()
 
     def secrets(self) -> tuple[str, ...]:
@@ -199,7 +202,8 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         value = self._get(name, default)
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, not {value!r} (in {self.source})")
+            shown = "an unquoted value (put it in quotes)" if name in C.SECRET_SETTINGS else repr(value)
+            raise ConfigError(f"{name} must be a string, not {shown} (in {self.source})")
         return value.strip()
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -232,6 +236,13 @@ def _graph_auth(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> 
 
 
 def _verifycert(raw: Mapping[str, Any], base: Path, source: str) -> bool | str:
+    """True (system CAs, or REQUESTS_CA_BUNDLE from the real environment), False, or a CA file
+    that MISP's certificate alone is checked against: misp_ca_bundle, or a path here."""
+    bundle = raw.get("misp_ca_bundle", "")
+    if bundle:
+        if raw.get("misp_verifycert", True) is not True:
+            raise ConfigError(f"set misp_ca_bundle or misp_verifycert, not both (in {source})")
+        return _verifycert({"misp_verifycert": bundle}, base, source)
     value = raw.get("misp_verifycert", True)
     if isinstance(value, bool):
         return value
@@ -346,6 +357,35 @@ def _managed_identity(read: _Reader) -> str:
                       f"client id, not {value!r} (in {read.source})")
 
 
+def _misp_url(read: _Reader, env: Mapping[str, str]) -> str:
+    """https:// only: the key travels in every request. Plain http:// needs misp_allow_plain_http."""
+    url = (env.get("MISP_URL") or read.text("misp_domain", "")).strip()
+    shown = redact_url_credentials(url)
+    if url and not url.startswith(("https://", "http://")):
+        raise ConfigError(f"misp_domain must start with https://, not {shown!r} (in {read.source})")
+    if url.startswith("http://") and not read.boolean("misp_allow_plain_http", False):
+        raise ConfigError(f"misp_domain {shown!r} is plain http: the API key would cross the network in clear; use https:// "
+                          f"or set misp_allow_plain_http = True (in {read.source})")
+    return url
+
+
+def _warnings(raw: Mapping[str, Any], config_path: Path) -> tuple[str, ...]:
+    """Ignored setting names, a MISP whose certificate is not checked (said once per run:
+    urllib3's warning on every request is silenced), and trust set where it is not read."""
+    source = config_path.name
+    unused = [f"{source}: setting {name!r} is not used by this version and is ignored" for name in sorted(raw.keys() - KNOWN_SETTINGS)]
+    unverified = ["misp_verifycert = False: the MISP server's certificate is not checked"] if raw.get("misp_verifycert") is False else []
+    return (*unused, *unverified, *_ignored_dotenv(config_path))
+
+
+def _ignored_dotenv(config_path: Path) -> list[str]:
+    """.env feeds settings only: a CA variable there would reach no connection, silently."""
+    dotenv_file = config_path.parent / ".env"
+    names = dotenv_values(dotenv_file).keys() if dotenv_file.is_file() else ()
+    return [f".env: {name} is not honoured there (it would apply to Microsoft too); "
+            "set misp_ca_bundle in the config for the MISP CA" for name in C.CA_ENVIRONMENT_VARIABLES if name in names]
+
+
 def _sourcesystem(read: _Reader) -> str:
     value = read.text("sourcesystem", C.DEFAULT_SOURCESYSTEM)
     if not value or value.lower() == C.RESERVED_SOURCESYSTEM:
@@ -361,9 +401,7 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
     source = config_path.name
     read = _Reader(raw, source)
     auth = _graph_auth(raw, env, source)
-    misp_url = (env.get("MISP_URL") or read.text("misp_domain", "")).strip()
-    if misp_url and not misp_url.startswith(("https://", "http://")):
-        raise ConfigError(f"misp_domain must start with https:// (or http://), not {misp_url!r} (in {source})")
+    misp_url = _misp_url(read, env)
     log_dir = Path(read.text("log_dir", "logs") or "logs")
     state_dir = Path(read.text("state_dir", "state") or "state")
     days_to_expire = read.integer("days_to_expire", 60, 1, 3650)
@@ -407,8 +445,6 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         client_certificate_path=_certificate(read, config_path.parent, env),
         client_certificate_password=(env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")),
         managed_identity=_managed_identity(read),
-        warnings=tuple(
-            f"{source}: setting {name!r} is not used by this version and is ignored"
-            for name in sorted(raw.keys() - KNOWN_SETTINGS)
-        ),
+        misp_allow_plain_http=read.boolean("misp_allow_plain_http", False),
+        warnings=_warnings(raw, config_path),
     )
