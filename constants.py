@@ -292,3 +292,7 @@ LISTING_COLUMNS = {
     "graph": ("id", "externalId", "observable", "tlpLevel", "expirationDateTime"),
     "sentinel": ("externalId", "pattern", "validUntil", "revoked"),
 }
+# Table widths of those columns: a SHA-256 observable or pattern fits whole.
+LISTING_WIDTHS = {"graph": (64, 44, 64, 10, 24), "sentinel": (48, 96, 26, 7)}
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: these cells get a leading '
+CONTROL_CHARACTERS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
