@@ -44,6 +44,11 @@ SECRET_FRAGMENT_MIN = 8  # a cut secret's start this long or longer is still red
 URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@'\"]+@")  # user:password@ in any URL
 SECRET_SETTINGS = frozenset({"misp_key", "client_certificate_password"})  # never echoed in a config error
 CA_ENVIRONMENT_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")  # read from the real environment only
+GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+PEM_BLOCK_RE = re.compile(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----", re.DOTALL)
+CERTIFICATE_WARNING_DAYS = 30  # --check flags a client certificate expiring sooner than this
+MISP_USER_LOOKUP_RE = re.compile(r"Unable to get the user settings: \((\d{3}),")
+HTML_TITLE_RE = re.compile(r"<title>([^<]{1,200})</title>", re.IGNORECASE)
 LOG_FILE_PREFIX = "misp2sentinel_"  # every file the tool writes in log_dir; pruning touches only these
 
 # --- Microsoft Graph tiIndicators -----------------------------------------------------------
@@ -273,6 +278,7 @@ AADSTS_FIXES = {
 MISP_FIXES = (
     ("not trusted", "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)"),
     ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
+    ("not a MISP base URL", "check misp_domain: the URL you open MISP at, with its sub-path if any, not an API path"),
     ("connection refused", "check misp_domain (scheme, host, port) and that MISP is up"),
     ("host name not found", "check the host name in misp_domain and DNS"),
     ("timed out", "check the network path to MISP or raise http_timeout"),

@@ -97,7 +97,7 @@ class RequestLog:
         return self.write("error", {"time": _now_iso(), "context": context, "error": message, **details})
 
     def write(self, name: str, payload: Any) -> Path:
-        """A JSON file named by UTC time, `name` and a sequence number (so `cat logs/*_error_*`
+        """A JSON file named by the prefix, UTC time, `name` and a sequence number (so `cat logs/*_error_*`
         works as it did with the 2018 sample); owner-only permissions."""
         path = self.path(name, "json")
         text = self.scrub(_dump(payload))

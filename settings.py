@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -110,6 +111,7 @@ class Settings:
     client_certificate_password: str = dataclasses.field(default="", repr=False)
     managed_identity: str = ""  # "", "system", or a user-assigned identity's client id
     misp_allow_plain_http: bool = False
+    unknown_settings: tuple[str, ...] = ()  # one message per name this version does not know
     warnings: tuple[str, ...] = ()
 
     def secrets(self) -> tuple[str, ...]:
@@ -239,19 +241,26 @@ def _verifycert(raw: Mapping[str, Any], base: Path, source: str) -> bool | str:
     """True (system CAs, or REQUESTS_CA_BUNDLE from the real environment), False, or a CA file
     that MISP's certificate alone is checked against: misp_ca_bundle, or a path here."""
     bundle = raw.get("misp_ca_bundle", "")
-    if bundle:
-        if raw.get("misp_verifycert", True) is not True:
-            raise ConfigError(f"set misp_ca_bundle or misp_verifycert, not both (in {source})")
-        return _verifycert({"misp_verifycert": bundle}, base, source)
     value = raw.get("misp_verifycert", True)
+    if bundle:
+        if value is not True:
+            raise ConfigError(f"set misp_ca_bundle or misp_verifycert, not both (in {source})")
+        if not isinstance(bundle, str):
+            raise ConfigError(f"misp_ca_bundle must be the path of a PEM CA file, not {bundle!r} (in {source})")
+        return _ca_file("misp_ca_bundle", bundle, base, source)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() not in ("true", "false", ""):
-        path = (base / value).resolve()
-        if path.exists():
-            return str(path)
-        raise ConfigError(f"misp_verifycert: CA bundle {value!r} does not exist (in {source})")
+        return _ca_file("misp_verifycert", value, base, source)
     raise ConfigError(f"misp_verifycert must be True, False or the path of a CA bundle, not {value!r} (in {source})")
+
+
+def _ca_file(name: str, value: str, base: Path, source: str) -> str:
+    """A CA bundle path, relative to the config file's folder, that must exist."""
+    path = (base / value.strip()).resolve()
+    if path.exists():
+        return str(path)
+    raise ConfigError(f"{name}: CA bundle {value!r} does not exist (in {source})")
 
 
 def _filter(entry: Any, index: int, source: str) -> dict[str, Any]:
@@ -314,6 +323,9 @@ def _targets(raw: Mapping[str, Any], read: _Reader, source: str) -> tuple[Target
         fields = {name: spec.get(name, defaults[name]).strip() for name in _WORKSPACE_FIELDS} if spec["type"] == "sentinel" else {}
         if spec["type"] == "sentinel" and not fields["workspace_id"]:
             raise ConfigError(f"{where} is sentinel but workspace_id is empty: set the Log Analytics workspace id (a GUID) (in {source})")
+        if spec["type"] == "sentinel" and not C.GUID_RE.fullmatch(fields["workspace_id"]):
+            raise ConfigError(f"{where}: workspace_id {fields['workspace_id']!r} is not a GUID: copy the Log Analytics "
+                              f"workspace's Workspace ID, not its name (in {source})")
         targets.append(TargetSettings(spec["type"], **fields))
     labels = [target.label for target in targets]
     if not targets or len(set(labels)) != len(labels):
@@ -342,7 +354,23 @@ def _certificate(read: _Reader, base: Path, env: Mapping[str, str]) -> Path | No
     path = (base / value).resolve()
     if not path.is_file():
         raise ConfigError(f"client_certificate_path: {value!r} is not a file (in {read.source})")
+    try:
+        key, certificate = split_pem(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"client_certificate_path: cannot read {path}: {exc.strerror} (in {read.source})") from None
+    if not key or not certificate:
+        missing = "private key" if not key else "certificate"
+        raise ConfigError(f"client_certificate_path: {path} has no PEM {missing}; the file must hold the private key "
+                          f"and its certificate (in {read.source})")
     return path
+
+
+def split_pem(pem: bytes) -> tuple[str, str]:
+    """The private key block and the certificate block(s) of one PEM file."""
+    blocks = [match.group(0) for match in C.PEM_BLOCK_RE.finditer(pem.decode("ascii", "replace"))]
+    key = "".join(block + "\n" for block in blocks if "PRIVATE KEY-----" in block.split("\n", 1)[0])
+    certificate = "".join(block + "\n" for block in blocks if block.startswith("-----BEGIN CERTIFICATE-----"))
+    return key, certificate
 
 
 def _managed_identity(read: _Reader) -> str:
@@ -372,10 +400,16 @@ def _misp_url(read: _Reader, env: Mapping[str, str]) -> str:
 def _warnings(raw: Mapping[str, Any], config_path: Path) -> tuple[str, ...]:
     """Ignored setting names, a MISP whose certificate is not checked (said once per run:
     urllib3's warning on every request is silenced), and trust set where it is not read."""
-    source = config_path.name
-    unused = [f"{source}: setting {name!r} is not used by this version and is ignored" for name in sorted(raw.keys() - KNOWN_SETTINGS)]
     unverified = ["misp_verifycert = False: the MISP server's certificate is not checked"] if raw.get("misp_verifycert") is False else []
-    return (*unused, *unverified, *_ignored_dotenv(config_path))
+    return (*_unknown_settings(raw, config_path.name), *unverified, *_ignored_dotenv(config_path))
+
+
+def _unknown_settings(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    """Names this version does not read, with the known name a typo most likely meant."""
+    def message(name: str) -> str:
+        close = difflib.get_close_matches(name, sorted(KNOWN_SETTINGS), n=1)
+        return f"{source}: setting {name!r} is not used by this version and is ignored" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return tuple(message(name) for name in sorted(raw.keys() - KNOWN_SETTINGS))
 
 
 def _ignored_dotenv(config_path: Path) -> list[str]:
@@ -446,5 +480,6 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         client_certificate_password=(env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")),
         managed_identity=_managed_identity(read),
         misp_allow_plain_http=read.boolean("misp_allow_plain_http", False),
+        unknown_settings=_unknown_settings(raw, source),
         warnings=_warnings(raw, config_path),
     )
