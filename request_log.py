@@ -135,6 +135,11 @@ def redact_url_credentials(text: str) -> str:
     return C.URL_CREDENTIALS_RE.sub(rf"\1{REDACTED}@", text)
 
 
+def strip_url_credentials(url: str) -> str:
+    """The URL without its `user:password@`, for links that leave the tool (STIX references)."""
+    return C.URL_CREDENTIALS_RE.sub(r"\1", url)
+
+
 def _without_fragments(text: str, secret: str) -> str:
     """Redact every run of text that is the first SECRET_FRAGMENT_MIN or more characters of
     `secret` (what truncation leaves of it); shorter secrets are only redacted whole."""

@@ -7,6 +7,8 @@ from constants import ExitCode
 from misp_source import _first_line
 from ms_client import error_text
 from request_log import RequestLog
+from settings import load_settings
+from sync import policy_from
 from tests.support import run_process, write_config
 
 KEY = "Kq8vJ2mZ4tR7wX1yB5nC9dF3gH6jL0pS2uV8aE4i"
@@ -59,3 +61,8 @@ def test_unverified_misp_is_one_warning_per_run(standins, tmp_path):
     assert "InsecureRequestWarning" not in run.err
     assert [line for line in run.err.splitlines() if line] == [
         "misp2sentinel: warning: misp_verifycert = False: the MISP server's certificate is not checked"]
+
+
+def test_the_misp_link_sent_to_microsoft_carries_no_credentials(standins, tmp_path):
+    config = write_config(tmp_path, standins, misp_domain="https://operator:Hunter2pw@misp.example/sub/")
+    assert policy_from(load_settings(config)).misp_url == "https://misp.example/sub/"
