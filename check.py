@@ -7,10 +7,14 @@ prints a secret or a token: messages go through the log's scrubber.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
+
+from cryptography import x509
 
 import constants as C
 from constants import ExitCode
@@ -19,7 +23,10 @@ from misp_source import MispError, MispSource
 from ms_client import MicrosoftClient, MicrosoftError
 from request_log import RequestLog
 from sentinel_client import SentinelClient
-from settings import ConfigError, Settings, TargetSettings, load_settings
+from private_files import UnsafePath, private_dir
+from settings import ConfigError, Settings, TargetSettings, load_settings, split_pem
+from state_store import StateStore, StoreError
+from sync import state_paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +63,11 @@ def run_checks(config_path: Path, out: TextIO) -> ExitCode:
         return checklist.code
     targets = ", ".join(target.label for target in settings.targets)
     checklist.add(Line(True, "config", f"{settings.config_path} is valid; targets: {targets}"), ExitCode.CONFIG)
+    for unknown in settings.unknown_settings:
+        checklist.add(Line(False, "setting", unknown, "rename or remove it"), ExitCode.CONFIG)
     log = RequestLog(settings.log_dir, False, False, settings.secrets())
     checklist.scrub = log.scrub
+    checklist.add(folders_line(settings), ExitCode.CONFIG)
     check_misp(settings, log, checklist)
     try:
         settings.require_microsoft()
@@ -65,21 +75,30 @@ def run_checks(config_path: Path, out: TextIO) -> ExitCode:
         checklist.add(Line(False, "Microsoft credentials", str(exc), "set the Entra app's tenant and client id, and "
                            "a secret, a certificate or a managed identity"), ExitCode.CONFIG)
         return checklist.code
+    if settings.client_certificate_path:
+        checklist.add(certificate_line(settings.client_certificate_path), ExitCode.CONFIG)
     for target in settings.targets:
         check_target(settings, target, log, checklist)
     return checklist.code
 
 
 def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> None:
+    if settings.misp_url.startswith("http://"):
+        checklist.add(Line(False, "MISP transport", f"{settings.misp_url} is not TLS: the API key crosses the network in clear "
+                           "(misp_allow_plain_http = True)", "use an https:// misp_domain"), ExitCode.CONFIG)
     try:
         settings.require_misp()
-        source = MispSource(settings, log)
+    except ConfigError as exc:
+        checklist.add(Line(False, "MISP", str(exc), "set MISP_URL and MISP_KEY in .env"), ExitCode.CONFIG)
+        return
+    source = MispSource(settings, log)
+    try:
         misp = source.connect()
-    except (ConfigError, MispError) as exc:
+    except MispError as exc:
         checklist.add(Line(False, "MISP", str(exc), misp_fix(str(exc))), ExitCode.MISP)
         return
     version = (misp.misp_instance_version or {}).get("version", "unknown")
-    tls = "TLS verified" if settings.misp_verifycert else "TLS NOT verified (misp_verifycert = False)"
+    tls = misp_transport(settings)
     checklist.add(Line(True, "MISP", f"{settings.misp_url} reachable, {tls}, key accepted, MISP {version}"), ExitCode.MISP)
     try:
         events = source.count_matching()
@@ -94,6 +113,13 @@ def filter_text(settings: Settings) -> str:
     """The filters in effect, defaults included, as the operator would write them in config.py."""
     filters = settings.misp_event_filters
     return repr(filters[0] if len(filters) == 1 else list(filters))
+
+
+def misp_transport(settings: Settings) -> str:
+    """How the key travels to MISP, in the words the check line uses."""
+    if settings.misp_url.startswith("http://"):
+        return "not TLS"
+    return "TLS verified" if settings.misp_verifycert else "TLS NOT verified (misp_verifycert = False)"
 
 
 def misp_fix(message: str) -> str:
@@ -112,11 +138,58 @@ def check_target(settings: Settings, target: TargetSettings, log: RequestLog, ch
         return
     checklist.add(Line(True, f"{target.label}: token", f"issued for {client.resource} ({settings.credential_kind})"),
                   ExitCode.MICROSOFT)
-    checklist.add(permission_line(settings, target, client), ExitCode.MICROSOFT)
+    line, held = permission_line(settings, target, client)
+    if checklist.add(line, ExitCode.MICROSOFT) and held:
+        checklist.add(state_line(settings, target), ExitCode.CONFIG)
 
 
-def permission_line(settings: Settings, target: TargetSettings, client: Any) -> Line:
-    """One harmless read: Graph lists this app's indicators; Sentinel queries the workspace."""
+def folders_line(settings: Settings) -> Line:
+    """log_dir and state_dir exist (or can be made), are private and take a new file."""
+    for setting, folder in (("log_dir", settings.log_dir), ("state_dir", settings.state_dir)):
+        try:
+            private_dir(folder)
+            tempfile.TemporaryFile(dir=folder).close()
+        except (OSError, UnsafePath) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            return Line(False, "folders", f"{setting} {folder} cannot be written: {reason}",
+                        f"create it owned by the tool's user with mode 0700, or change {setting}")
+    return Line(True, "folders", f"log_dir {settings.log_dir} and state_dir {settings.state_dir} are writable")
+
+
+def certificate_line(path: Path) -> Line:
+    """The client certificate's expiry: Entra refuses an expired one, so say so a month ahead."""
+    _, pem = split_pem(path.read_bytes())
+    expires = x509.load_pem_x509_certificate(pem.encode("ascii")).not_valid_after_utc
+    left = expires - dt.datetime.now(dt.timezone.utc)
+    detail = f"{path} expires {expires:%Y-%m-%d}"
+    if left.total_seconds() <= 0:
+        return Line(False, "certificate", f"{path} expired on {expires:%Y-%m-%d}", "create a new certificate and upload it to the app registration")
+    if left.days < C.CERTIFICATE_WARNING_DAYS:
+        return Line(False, "certificate", f"{detail}, in {left.days} days", "renew it now and upload the new one to the app registration")
+    return Line(True, "certificate", detail)
+
+
+def state_line(settings: Settings, target: TargetSettings) -> Line:
+    """The service holds this app's indicators: an empty local state means they were sent from
+    elsewhere or the state was lost."""
+    _, path = state_paths(settings, target)
+    try:
+        store = StateStore(path if path.exists() else None)
+    except StoreError as exc:
+        return Line(False, f"{target.label}: state", str(exc), "run --rebuild-state")
+    try:
+        fresh = store.is_fresh()
+    finally:
+        store.close()
+    if not fresh:
+        return Line(True, f"{target.label}: state", f"{path.name} holds this target's indicators")
+    return Line(False, f"{target.label}: state", f"{path.name} is empty but the service already holds indicators of this app",
+                "run --rebuild-state to take them over now; a normal sync also rebuilds the state from the service by itself")
+
+
+def permission_line(settings: Settings, target: TargetSettings, client: Any) -> tuple[Line, bool]:
+    """One harmless read: Graph lists this app's indicators; Sentinel queries the workspace.
+    Also says whether that first page held any indicator."""
     label = f"{target.label}: permission"
     if target.kind == "graph":
         read, granted, fix = client.list_pages, "ThreatIndicators.ReadWrite.OwnedBy works (list read)", \
@@ -125,14 +198,14 @@ def permission_line(settings: Settings, target: TargetSettings, client: Any) -> 
         try:
             target.require_management(settings.config_path.name)
         except ConfigError as exc:
-            return Line(False, label, str(exc), "set them so --check can verify the Microsoft Sentinel Contributor role")
+            return Line(False, label, str(exc), "set them so --check can verify the Microsoft Sentinel Contributor role"), False
         read, granted, fix = client.query_pages, "the workspace can be read (Microsoft Sentinel Contributor)", \
             "assign the app the Microsoft Sentinel Contributor role on the workspace"
     try:
-        next(read(), None)
+        page = next(read(), None)
     except MicrosoftError as exc:
-        return Line(False, label, str(exc), fix)
-    return Line(True, label, granted)
+        return Line(False, label, str(exc), fix), False
+    return Line(True, label, granted), bool(page and page.get("value"))
 
 
 def token_fix(message: str) -> str:

@@ -80,6 +80,16 @@ SQLITE_ERROR_FIXES = (
 
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
+SECRET_FRAGMENT_MIN = 8  # a cut secret's start this long or longer is still redacted
+URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@'\"]+@")  # user:password@ in any URL
+SECRET_SETTINGS = frozenset({"misp_key", "client_certificate_password"})  # never echoed in a config error
+CA_ENVIRONMENT_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")  # read from the real environment only
+GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+PEM_BLOCK_RE = re.compile(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----", re.DOTALL)
+CERTIFICATE_WARNING_DAYS = 30  # --check flags a client certificate expiring sooner than this
+MISP_USER_LOOKUP_RE = re.compile(r"Unable to get the user settings: \((\d{3}),")
+HTML_TITLE_RE = re.compile(r"<title>([^<]{1,200})</title>", re.IGNORECASE)
+LOG_FILE_PREFIX = "misp2sentinel_"  # every file the tool writes in log_dir; pruning touches only these
 
 # --- Microsoft Graph tiIndicators -----------------------------------------------------------
 GRAPH_TI_PATH = "/beta/security/tiIndicators"
@@ -314,8 +324,9 @@ AADSTS_FIXES = {
     1002012: "the scope is invalid: check graph_endpoint / management_endpoint",
 }
 MISP_FIXES = (
-    ("not trusted", "trust the MISP server's CA: REQUESTS_CA_BUNDLE=/path/ca.pem or misp_verifycert = '/path/ca.pem'"),
+    ("not trusted", "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)"),
     ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
+    ("not a MISP base URL", "check misp_domain: the URL you open MISP at, with its sub-path if any, not an API path"),
     ("connection refused", "check misp_domain (scheme, host, port) and that MISP is up"),
     ("host name not found", "check the host name in misp_domain and DNS"),
     ("timed out", "check the network path to MISP or raise http_timeout"),
@@ -335,3 +346,7 @@ LISTING_COLUMNS = {
     "graph": ("id", "externalId", "observable", "tlpLevel", "expirationDateTime"),
     "sentinel": ("externalId", "pattern", "validUntil", "revoked"),
 }
+# Table widths of those columns: a SHA-256 observable or pattern fits whole.
+LISTING_WIDTHS = {"graph": (64, 44, 64, 10, 24), "sentinel": (48, 96, 26, 7)}
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: these cells get a leading '
+CONTROL_CHARACTERS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -10,11 +10,13 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 from pymisp import PyMISP, PyMISPError
 from pymisp.exceptions import MISPServerError, PyMISPUnexpectedResponse
 
@@ -39,9 +41,8 @@ def _first_line(text: str, limit: int = 200) -> str:
 
 # Causes buried in PyMISP's long connection errors, in the words an operator needs.
 _CAUSES = (
-    ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (trust its CA with REQUESTS_CA_BUNDLE or misp_verifycert)"),
+    ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (trust its CA with misp_ca_bundle)"),
     ("Authentication failed", "MISP refused the API key (HTTP 403)"),
-    ("Unable to get the user settings", "MISP refused the API key"),
     ("Connection refused", "connection refused"),
     ("Name or service not known", "host name not found"),
     ("timed out", "timed out"),
@@ -52,7 +53,30 @@ _CAUSES = (
 def _explain(error: object) -> str:
     """The cause of a PyMISP/requests error in one short phrase, else its first line."""
     text = str(error)
-    return next((phrase for marker, phrase in _CAUSES if marker in text), _first_line(text))
+    return next((phrase for marker, phrase in _CAUSES if marker in text), None) or _user_lookup(text) or _first_line(text)
+
+
+def _user_lookup(text: str) -> str:
+    """PyMISP's "Unable to get the user settings: (status, body)": 401/403 is a refused key;
+    anything else (a 404 from a wrong path) is not MISP's API at all."""
+    found = C.MISP_USER_LOOKUP_RE.search(text)
+    if not found:
+        return ""
+    status = int(found.group(1))
+    if status in (401, 403):
+        return f"MISP refused the API key (HTTP {status})"
+    return f"HTTP {status} where MISP's API should be: misp_domain is not a MISP base URL"
+
+
+def _server_error(error: MISPServerError) -> str:
+    """PyMISP reports every 5xx as "Error code 500" followed by the body: the body's title
+    (a proxy's "502 Bad Gateway") or MISP's JSON message says what really happened."""
+    first, _, body = str(error).partition("\n")
+    title = C.HTML_TITLE_RE.search(body)
+    detail = title.group(1).strip() if title else _first_line(body)
+    if first.startswith("Error code 500"):
+        first = "HTTP 5xx"
+    return f"{first.rstrip(':')}: {detail}" if detail else first.rstrip(":")
 
 
 def _describe_errors(errors: Any) -> str:
@@ -173,6 +197,8 @@ class MispSource:
     def connect(self) -> PyMISP:
         """PyMISP checks version, user and types at construction: that is our reachability test."""
         if self._misp is None:
+            if self.settings.misp_verifycert is False:  # settings warned once; not on every request
+                warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
             try:
                 self._misp = PyMISP(
                     self.settings.misp_url, self.settings.misp_key, ssl=self.settings.misp_verifycert,
@@ -283,7 +309,7 @@ class MispSource:
         except PyMISPUnexpectedResponse:
             raise MispError(f"{where}: MISP answered with something that is not JSON (a login page or a proxy?)") from None
         except MISPServerError as exc:
-            raise MispError(f"{where}: MISP server error: {_first_line(exc)}") from None
+            raise MispError(f"{where}: MISP server error {_server_error(exc)}") from None
         except (PyMISPError, ValueError) as exc:
             raise MispError(f"{where}: {_first_line(exc)}") from None
         except requests.RequestException as exc:

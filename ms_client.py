@@ -9,7 +9,6 @@ import dataclasses
 import json
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ import requests.adapters
 
 import constants as C
 from request_log import RequestLog
-from settings import Settings
+from settings import Settings, split_pem
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 WINDOW_SECONDS = 60.0
@@ -105,17 +104,6 @@ def retry_after(response: requests.Response | None, attempt: int) -> float:
     return min(2.0 ** attempt, MAX_WAIT_SECONDS) * (0.5 + random.random() / 2)
 
 
-def _split_pem(pem: bytes) -> tuple[str, str]:
-    """The private key block and the certificate block(s) of one PEM file."""
-    blocks = [match.group(0) for match in _PEM_BLOCK.finditer(pem.decode("ascii", "replace"))]
-    key = "".join(block + "\n" for block in blocks if "PRIVATE KEY-----" in block.split("\n", 1)[0])
-    certificate = "".join(block + "\n" for block in blocks if block.startswith("-----BEGIN CERTIFICATE-----"))
-    return key, certificate
-
-
-_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----", re.DOTALL)
-
-
 class RateLimiter:
     """At most `per_minute` calls in any window (60 s), shared by all worker threads; a caller
     waits only when the window is full.
@@ -196,7 +184,7 @@ class MicrosoftClient:
             pem = path.read_bytes()
         except OSError as exc:
             raise MicrosoftError(f"cannot read client_certificate_path {path}: {exc.strerror}", fatal=True) from None
-        key, certificate = _split_pem(pem)
+        key, certificate = split_pem(pem)
         if not key or not certificate:
             raise MicrosoftError(f"client_certificate_path {path} must hold a PEM private key and its certificate", fatal=True)
         credential: dict[str, Any] = {"private_key": key, "public_certificate": certificate}

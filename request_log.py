@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import constants as C
+from private_files import UnsafePath, is_tool_file, open_private, private_dir
+
 REDACTED = "[redacted]"
 
 
@@ -33,26 +36,30 @@ class RequestLog:
         self._out = out
 
     def prune(self, retention_days: int) -> int:
-        """Remove this tool's JSON files older than the retention period; returns how many."""
-        if not self.directory.is_dir():
+        """Remove this tool's files (the name prefix, regular files only: never a symlink or a
+        stranger's file in a shared folder) older than the retention period; returns how many."""
+        if not self.directory.exists() and not self.directory.is_symlink():
             return 0
+        self.ensure_directory()
         cutoff = time.time() - retention_days * 86400
-        old = [path for path in self.directory.glob("*_*_*.json*") if path.stat().st_mtime < cutoff]
+        old = [path for path in self.directory.glob(f"{C.LOG_FILE_PREFIX}*") if is_tool_file(path) and path.lstat().st_mtime < cutoff]
         for path in old:
             path.unlink(missing_ok=True)
         return len(old)
 
-    def path(self, name: str, suffix: str) -> Path:
-        """A new file name in the (private) log directory: UTC time, kind, sequence number."""
-        self.ensure_directory()
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        return self.directory / f"{stamp}_{name}_{next(self._sequence):05d}.{suffix}"
-
     def ensure_directory(self) -> None:
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(self.directory)
+        except UnsafePath as exc:
+            raise LogWriteError(str(exc)) from None
         except OSError as exc:
             raise LogWriteError(f"cannot create {self.directory}: {exc.strerror}") from None
+
+    def path(self, name: str, suffix: str) -> Path:
+        """A new file name in the (private) log directory: prefix, UTC time, kind, sequence number."""
+        self.ensure_directory()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        return self.directory / f"{C.LOG_FILE_PREFIX}{stamp}_{name}_{next(self._sequence):05d}.{suffix}"
 
     def replace(self, filename: str, payload: Any) -> Path:
         """A fixed-name file (last-run.json) replaced atomically, so a reader never sees half of it."""
@@ -60,14 +67,14 @@ class RequestLog:
         path = self.directory / filename
         temporary = path.with_name(f".{filename}.{os.getpid()}.tmp")
         try:
-            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w", encoding="utf-8") as handle:
+            with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", encoding="utf-8") as handle:
                 handle.write(self.scrub(_dump(payload)) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
-        except OSError as exc:
+        except (OSError, UnsafePath) as exc:
             temporary.unlink(missing_ok=True)
-            raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+            raise LogWriteError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
         return path
 
     def read(self, filename: str) -> Any:
@@ -77,15 +84,25 @@ class RequestLog:
         except (OSError, ValueError):
             return None
 
+    def open_new(self, path: Path) -> TextIO:
+        """A new owner-only file, never through a symlink planted at its name."""
+        try:
+            return os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", encoding="utf-8",
+                             errors="backslashreplace")  # a lone surrogate in a record never stops the run
+        except (OSError, UnsafePath) as exc:
+            raise LogWriteError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
     def add_secret(self, value: str) -> None:
         """Register a value learnt at run time (an access token) for scrubbing."""
         if value and value not in self._secrets:
             self._secrets.append(value)
 
     def scrub(self, text: str) -> str:
+        """Known secrets out, also a secret's start left by a cut (a server that echoes the key
+        in a text truncated to N characters), and `user:password@` out of every URL."""
         for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+            text = _without_fragments(text.replace(secret, REDACTED), secret)
+        return redact_url_credentials(text)
 
     def request(self, name: str, method: str, url: str, body: Any, status: int | None, response: Any, seconds: float) -> None:
         """Record one HTTP exchange: to a file when write_post_json, to stderr when verbose
@@ -104,16 +121,15 @@ class RequestLog:
         return self.write("error", {"time": _now_iso(), "context": context, "error": message, **details})
 
     def write(self, name: str, payload: Any) -> Path:
-        """A JSON file named by UTC time, `name` and a sequence number (so `cat logs/*_error_*`
+        """A JSON file named by the prefix, UTC time, `name` and a sequence number (so `cat logs/*_error_*`
         works as it did with the 2018 sample); owner-only permissions."""
         path = self.path(name, "json")
         text = self.scrub(_dump(payload))
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8", errors="backslashreplace") as handle:  # a lone surrogate
+        with self.open_new(path) as handle:
+            try:
                 handle.write(text + "\n")
-        except OSError as exc:
-            raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+            except OSError as exc:
+                raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
         return path
 
 
@@ -130,17 +146,35 @@ class JsonLines:
         if not records:
             return
         if self._handle is None:
-            path = self.log.path(self.name, "jsonl")
-            try:
-                self._handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8",
-                                         errors="backslashreplace")
-            except OSError as exc:
-                raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+            self._handle = self.log.open_new(self.log.path(self.name, "jsonl"))
         self._handle.writelines(self.log.scrub(json.dumps(record, ensure_ascii=False, default=str)) + "\n" for record in records)
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
+
+
+def redact_url_credentials(text: str) -> str:
+    """`https://user:password@host` -> `https://[redacted]@host`, wherever a URL appears."""
+    return C.URL_CREDENTIALS_RE.sub(rf"\1{REDACTED}@", text)
+
+
+def strip_url_credentials(url: str) -> str:
+    """The URL without its `user:password@`, for links that leave the tool (STIX references)."""
+    return C.URL_CREDENTIALS_RE.sub(r"\1", url)
+
+
+def _without_fragments(text: str, secret: str) -> str:
+    """Redact every run of text that is the first SECRET_FRAGMENT_MIN or more characters of
+    `secret` (what truncation leaves of it); shorter secrets are only redacted whole."""
+    if len(secret) <= C.SECRET_FRAGMENT_MIN:
+        return text
+    head, start = secret[:C.SECRET_FRAGMENT_MIN], 0
+    while (found := text.find(head, start)) >= 0:
+        length = next(n for n in range(len(secret), C.SECRET_FRAGMENT_MIN - 1, -1) if text.startswith(secret[:n], found))
+        text = text[:found] + REDACTED + text[found + length:]
+        start = found + len(REDACTED)
+    return text
 
 
 def _now_iso() -> str:

@@ -151,27 +151,49 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
 
 
 def read_indicators(settings: Settings, log: RequestLog, out: TextIO, output: str) -> ExitCode:
-    """Each target's holdings: one JSON document per target (Graph's list answer, or the
-    workspace's queryIndicators items from our sourcesystem), or a table or CSV, page by page."""
+    """Each target's holdings: one JSON document per target, naming it (Graph's list answer, or
+    the workspace's queryIndicators items from our sourcesystem), or a table or CSV whose rows
+    name their target, page by page. The logs get a count per target, not the listing."""
     settings.require_microsoft()
+    log.write_requests = False
     for spec in settings.targets:
         if spec.kind == "graph":
             pages = GraphClient(settings, log).list_pages()
         else:
             spec.require_management(settings.config_path.name)
             pages = SentinelClient(settings, spec, log).query_pages()
+        label = target_label(settings, spec)
+        counted = Counted(pages)
         if output == "json":
-            write_listing(pages, out)
+            write_listing(label, counted, out)
         else:
-            write_rows(spec.kind, pages, out, output)
+            write_rows(spec.kind, label, counted, out, output)
+        log.write("listing", {"target": label, "pages": counted.pages, "indicators": counted.items})
     return ExitCode.OK
 
 
-def write_listing(pages: Iterator[dict[str, Any]], out: TextIO) -> None:
-    """`{"@odata.context": ..., "value": [...]}` across all pages, one item per line."""
+class Counted:
+    """Pages passed through unchanged, counted for the listing's log summary."""
+
+    def __init__(self, pages: Iterator[dict[str, Any]]) -> None:
+        self._pages = pages
+        self.pages = self.items = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        page = next(self._pages)
+        self.pages += 1
+        self.items += len(page["value"])
+        return page
+
+
+def write_listing(label: str, pages: Iterator[dict[str, Any]], out: TextIO) -> None:
+    """`{"target": ..., "@odata.context": ..., "value": [...]}` across all pages, one item per line."""
     first_page = next(pages, None)
     context = first_page.get("@odata.context") if first_page else None
-    out.write("{" + (f'"@odata.context": {json.dumps(context)}, ' if context else "") + '"value": [')
+    out.write("{" + f'"target": {json.dumps(label)}, ' + (f'"@odata.context": {json.dumps(context)}, ' if context else "") + '"value": [')
     first = True
     for page in itertools.chain([first_page] if first_page else [], pages):
         for item in page["value"]:
@@ -180,16 +202,36 @@ def write_listing(pages: Iterator[dict[str, Any]], out: TextIO) -> None:
     out.write("\n]}\n")
 
 
-def write_rows(kind: str, pages: Iterator[dict[str, Any]], out: TextIO, output: str) -> None:
-    """The columns an analyst scans for, as CSV or as a fixed-width table."""
-    columns = C.LISTING_COLUMNS[kind]
-    writer = csv.writer(out) if output == "csv" else None
-    widths = (64, 44, 48, 10, 24) if kind == "graph" else (48, 72, 26, 7)
-    emit = writer.writerow if writer else lambda row: out.write("  ".join(f"{str(v)[:w]:<{w}}" for v, w in zip(row, widths)).rstrip() + "\n")
+def write_rows(kind: str, label: str, pages: Iterator[dict[str, Any]], out: TextIO, output: str) -> None:
+    """The columns an analyst scans for, after the target's name, as CSV (cells a spreadsheet
+    would run as formulas are defused) or as a fixed-width table (control characters escaped,
+    cut values ending in an ellipsis)."""
+    columns = ("target", *C.LISTING_COLUMNS[kind])
+    if output == "csv":
+        writer = csv.writer(out)
+        emit = lambda row: writer.writerow([csv_cell(value) for value in row])  # noqa: E731
+    else:
+        widths = (len(label), *C.LISTING_WIDTHS[kind])
+        emit = lambda row: out.write("  ".join(table_cell(value, width) for value, width in zip(row, widths)).rstrip() + "\n")  # noqa: E731
     emit(columns)
     for page in pages:
         for item in page["value"]:
-            emit([listing_cell(kind, item, column) for column in columns])
+            emit([label, *(listing_cell(kind, item, column) for column in columns[1:])])
+
+
+def csv_cell(value: Any) -> str:
+    """OWASP's CSV-injection rule: a cell a spreadsheet would read as a formula gets a leading '."""
+    text = str(value)
+    return "'" + text if text.startswith(C.CSV_FORMULA_STARTS) else text
+
+
+def table_cell(value: Any, width: int) -> str:
+    """One fixed-width cell: no raw control character (an ESC would drive the terminal, a
+    newline would break the row), and a cut value ends in an ellipsis."""
+    text = C.CONTROL_CHARACTERS_RE.sub(lambda match: match.group(0).encode("unicode_escape").decode("ascii"), str(value))
+    if len(text) > width:
+        text = text[:width - 1] + "\u2026"
+    return f"{text:<{width}}"
 
 
 def listing_cell(kind: str, item: dict[str, Any], column: str) -> Any:

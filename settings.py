@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import io
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 import constants as C
+from request_log import redact_url_credentials
 
 KNOWN_SETTINGS = frozenset({
     "graph_auth", "graph_endpoint", "authority_host", "targetProduct", "action", "passiveOnly",
@@ -27,6 +29,7 @@ KNOWN_SETTINGS = frozenset({
     "sentinel_api_version", "management_endpoint", "management_api_version", "sourcesystem",
     "max_requests_per_minute", "graph_requests_per_minute", "max_concurrent_requests",
     "client_certificate_path", "client_certificate_password", "managed_identity",
+    "misp_allow_plain_http", "misp_ca_bundle",
 })
 _WORKSPACE_FIELDS = ("workspace_id", "subscription_id", "resource_group", "workspace_name")
 
@@ -108,6 +111,8 @@ class Settings:
     client_certificate_path: Path | None = None
     client_certificate_password: str = dataclasses.field(default="", repr=False)
     managed_identity: str = ""  # "", "system", or a user-assigned identity's client id
+    misp_allow_plain_http: bool = False
+    unknown_settings: tuple[str, ...] = ()  # one message per name this version does not know
     warnings: tuple[str, ...] = ()
 
     def secrets(self) -> tuple[str, ...]:
@@ -217,7 +222,8 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         value = self._get(name, default)
         if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, not {value!r} (in {self.source})")
+            shown = "an unquoted value (put it in quotes)" if name in C.SECRET_SETTINGS else repr(value)
+            raise ConfigError(f"{name} must be a string, not {shown} (in {self.source})")
         return value.strip()
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -250,15 +256,29 @@ def _graph_auth(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> 
 
 
 def _verifycert(raw: Mapping[str, Any], base: Path, source: str) -> bool | str:
+    """True (system CAs, or REQUESTS_CA_BUNDLE from the real environment), False, or a CA file
+    that MISP's certificate alone is checked against: misp_ca_bundle, or a path here."""
+    bundle = raw.get("misp_ca_bundle", "")
     value = raw.get("misp_verifycert", True)
+    if bundle:
+        if value is not True:
+            raise ConfigError(f"set misp_ca_bundle or misp_verifycert, not both (in {source})")
+        if not isinstance(bundle, str):
+            raise ConfigError(f"misp_ca_bundle must be the path of a PEM CA file, not {bundle!r} (in {source})")
+        return _ca_file("misp_ca_bundle", bundle, base, source)
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() not in ("true", "false", ""):
-        path = (base / value).resolve()
-        if path.exists():
-            return str(path)
-        raise ConfigError(f"misp_verifycert: CA bundle {value!r} does not exist (in {source})")
+        return _ca_file("misp_verifycert", value, base, source)
     raise ConfigError(f"misp_verifycert must be True, False or the path of a CA bundle, not {value!r} (in {source})")
+
+
+def _ca_file(name: str, value: str, base: Path, source: str) -> str:
+    """A CA bundle path, relative to the config file's folder, that must exist."""
+    path = (base / value.strip()).resolve()
+    if path.exists():
+        return str(path)
+    raise ConfigError(f"{name}: CA bundle {value!r} does not exist (in {source})")
 
 
 def _filter(entry: Any, index: int, source: str) -> dict[str, Any]:
@@ -321,6 +341,9 @@ def _targets(raw: Mapping[str, Any], read: _Reader, source: str) -> tuple[Target
         fields = {name: spec.get(name, defaults[name]).strip() for name in _WORKSPACE_FIELDS} if spec["type"] == "sentinel" else {}
         if spec["type"] == "sentinel" and not fields["workspace_id"]:
             raise ConfigError(f"{where} is sentinel but workspace_id is empty: set the Log Analytics workspace id (a GUID) (in {source})")
+        if spec["type"] == "sentinel" and not C.GUID_RE.fullmatch(fields["workspace_id"]):
+            raise ConfigError(f"{where}: workspace_id {fields['workspace_id']!r} is not a GUID: copy the Log Analytics "
+                              f"workspace's Workspace ID, not its name (in {source})")
         targets.append(TargetSettings(spec["type"], **fields))
     labels = [target.label for target in targets]
     if not targets or len(set(labels)) != len(labels):
@@ -349,7 +372,23 @@ def _certificate(read: _Reader, base: Path, env: Mapping[str, str]) -> Path | No
     path = (base / value).resolve()
     if not path.is_file():
         raise ConfigError(f"client_certificate_path: {value!r} is not a file (in {read.source})")
+    try:
+        key, certificate = split_pem(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"client_certificate_path: cannot read {path}: {exc.strerror} (in {read.source})") from None
+    if not key or not certificate:
+        missing = "private key" if not key else "certificate"
+        raise ConfigError(f"client_certificate_path: {path} has no PEM {missing}; the file must hold the private key "
+                          f"and its certificate (in {read.source})")
     return path
+
+
+def split_pem(pem: bytes) -> tuple[str, str]:
+    """The private key block and the certificate block(s) of one PEM file."""
+    blocks = [match.group(0) for match in C.PEM_BLOCK_RE.finditer(pem.decode("ascii", "replace"))]
+    key = "".join(block + "\n" for block in blocks if "PRIVATE KEY-----" in block.split("\n", 1)[0])
+    certificate = "".join(block + "\n" for block in blocks if block.startswith("-----BEGIN CERTIFICATE-----"))
+    return key, certificate
 
 
 def _managed_identity(read: _Reader) -> str:
@@ -362,6 +401,41 @@ def _managed_identity(read: _Reader) -> str:
         return value.strip()
     raise ConfigError(f"managed_identity must be False, True (system-assigned) or a user-assigned identity's "
                       f"client id, not {value!r} (in {read.source})")
+
+
+def _misp_url(read: _Reader, env: Mapping[str, str]) -> str:
+    """https:// only: the key travels in every request. Plain http:// needs misp_allow_plain_http."""
+    url = (env.get("MISP_URL") or read.text("misp_domain", "")).strip()
+    shown = redact_url_credentials(url)
+    if url and not url.startswith(("https://", "http://")):
+        raise ConfigError(f"misp_domain must start with https://, not {shown!r} (in {read.source})")
+    if url.startswith("http://") and not read.boolean("misp_allow_plain_http", False):
+        raise ConfigError(f"misp_domain {shown!r} is plain http: the API key would cross the network in clear; use https:// "
+                          f"or set misp_allow_plain_http = True (in {read.source})")
+    return url
+
+
+def _warnings(raw: Mapping[str, Any], config_path: Path) -> tuple[str, ...]:
+    """Ignored setting names, a MISP whose certificate is not checked (said once per run:
+    urllib3's warning on every request is silenced), and trust set where it is not read."""
+    unverified = ["misp_verifycert = False: the MISP server's certificate is not checked"] if raw.get("misp_verifycert") is False else []
+    return (*_unknown_settings(raw, config_path.name), *unverified, *_ignored_dotenv(config_path))
+
+
+def _unknown_settings(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    """Names this version does not read, with the known name a typo most likely meant."""
+    def message(name: str) -> str:
+        close = difflib.get_close_matches(name, sorted(KNOWN_SETTINGS), n=1)
+        return f"{source}: setting {name!r} is not used by this version and is ignored" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return tuple(message(name) for name in sorted(raw.keys() - KNOWN_SETTINGS))
+
+
+def _ignored_dotenv(config_path: Path) -> list[str]:
+    """.env feeds settings only: a CA variable there would reach no connection, silently."""
+    dotenv_file = config_path.parent / ".env"
+    names = dotenv_values(dotenv_file).keys() if dotenv_file.is_file() else ()
+    return [f".env: {name} is not honoured there (it would apply to Microsoft too); "
+            "set misp_ca_bundle in the config for the MISP CA" for name in C.CA_ENVIRONMENT_VARIABLES if name in names]
 
 
 def _sourcesystem(read: _Reader) -> str:
@@ -379,9 +453,7 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
     source = config_path.name
     read = _Reader(raw, source)
     auth = _graph_auth(raw, env, source)
-    misp_url = (env.get("MISP_URL") or read.text("misp_domain", "")).strip()
-    if misp_url and not misp_url.startswith(("https://", "http://")):
-        raise ConfigError(f"misp_domain must start with https:// (or http://), not {misp_url!r} (in {source})")
+    misp_url = _misp_url(read, env)
     log_dir = Path(read.text("log_dir", "logs") or "logs")
     state_dir = Path(read.text("state_dir", "state") or "state")
     days_to_expire = read.integer("days_to_expire", 60, 1, 3650)
@@ -425,8 +497,7 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         client_certificate_path=_certificate(read, config_path.parent, env),
         client_certificate_password=(env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")),
         managed_identity=_managed_identity(read),
-        warnings=tuple(
-            f"{source}: setting {name!r} is not used by this version and is ignored"
-            for name in sorted(raw.keys() - KNOWN_SETTINGS)
-        ),
+        misp_allow_plain_http=read.boolean("misp_allow_plain_http", False),
+        unknown_settings=_unknown_settings(raw, source),
+        warnings=_warnings(raw, config_path),
     )

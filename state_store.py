@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import constants as C
+from private_files import UnsafePath, open_private, private_dir
 
 SENT, PENDING, DELETING = "sent", "pending", "deleting"
 
@@ -66,6 +67,10 @@ def sqlite_fix(exc: sqlite3.Error) -> str:
     return next((f"; {fix}" for text, fix in C.SQLITE_ERROR_FIXES if text in str(exc)), "")
 
 
+class StoreUnsafe(StoreError):
+    """The state folder or file is a symlink or writable by others: never moved aside, refused."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Known:
     """One indicator this tool owns, as last sent."""
@@ -91,14 +96,25 @@ class Pending:
 
 
 def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """state_dir, owner-only and not a symlink (a planted link would move the state elsewhere)."""
+    try:
+        private_dir(path)
+    except UnsafePath as exc:
+        raise StoreUnsafe(str(exc)) from None
+
+
+def _open_private(path: Path, flags: int) -> int:
+    try:
+        return open_private(path, flags)
+    except UnsafePath as exc:
+        raise StoreUnsafe(str(exc)) from None
 
 
 @contextlib.contextmanager
 def target_lock(path: Path) -> Iterator[None]:
     """An exclusive, non-blocking lock: a second cron run fails fast instead of interleaving."""
     _private_dir(path.parent)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    descriptor = _open_private(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -116,10 +132,10 @@ class StateStore:
 
     def __init__(self, path: Path | None) -> None:
         """Open (creating owner-only) the file at `path`; None gives an empty in-memory store."""
+        if path is not None:
+            _private_dir(path.parent)
+            os.close(_open_private(path, os.O_RDONLY | os.O_CREAT))
         try:
-            if path is not None and not path.exists():
-                _private_dir(path.parent)
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             self.db = sqlite3.connect(":memory:" if path is None else path, isolation_level=None)
             self.db.execute("PRAGMA synchronous = FULL")
             damage = self.db.execute("PRAGMA quick_check").fetchone()[0]

@@ -31,10 +31,10 @@ from ms_client import ItemResult, MicrosoftError
 from rebuild import Rebuilt, graph_rows, sentinel_rows
 from reconcile import (Action, clock_problem, content_hash, fixed_hash, mass_delete_blocked, next_modified, plan,
                        renew_body, renewal_threshold, update_body)
-from request_log import JsonLines, RequestLog
+from request_log import JsonLines, RequestLog, strip_url_credentials
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings
-from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnavailable, target_lock
+from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnavailable, StoreUnsafe, target_lock
 
 # Skips that only confirm MISP's own filtering; the others are listed one by one in the logs.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
@@ -116,7 +116,7 @@ def policy_from(settings: Settings) -> MappingPolicy:
         target_product=settings.target_product, action=settings.action, passive_only=settings.passive_only,
         days_to_expire=settings.days_to_expire, network_ignore_direction=settings.network_ignore_direction,
         ignore_local_tags=settings.ignore_local_tags, default_confidence=settings.default_confidence,
-        allow_weak_observables=settings.allow_weak_observables, misp_url=settings.misp_url,
+        allow_weak_observables=settings.allow_weak_observables, misp_url=strip_url_credentials(settings.misp_url),
     )
 
 
@@ -147,7 +147,7 @@ def open_store(path: Path, dry_run: bool, now: dt.datetime) -> tuple[StateStore,
         return StateStore(path if path.exists() else None), ""
     try:
         return StateStore(path), ""
-    except StoreUnavailable:
+    except (StoreUnavailable, StoreUnsafe):  # sound but unusable now, or refused: never moved aside
         raise
     except StoreError as exc:
         aside = path.with_name(f"{path.name}.unreadable-{now.strftime('%Y%m%dT%H%M%SZ')}")

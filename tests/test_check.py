@@ -13,7 +13,8 @@ def lines(run) -> list[str]:
 def test_every_line_passes_on_a_working_setup(standins, tmp_path, capsys):
     run = run_cli(write_config(tmp_path, standins, target=["graph", "sentinel"]), "--check", capsys=capsys)
     assert run.code == ExitCode.OK, run.out
-    assert len(lines(run)) == 7 and all(line.startswith("\u2713") for line in lines(run))
+    assert len(lines(run)) == 8 and all(line.startswith("\u2713") for line in lines(run))
+    assert "\u2713 folders: log_dir" in run.out
     assert "4 events match" in run.out and "MISP 2.5.1" in run.out and "TLS verified" in run.out
     assert standins.graph.indicators == {} and standins.sentinel.objects == {}  # nothing written
 

@@ -39,11 +39,11 @@ def test_read_as_table_and_csv(standins, tmp_path, capsys):
     config = write_config(tmp_path, standins)
     assert run_cli(config, capsys=capsys).code == ExitCode.OK
     rows = list(csv.reader(io.StringIO(run_cli(config, "-r", "--format", "csv", capsys=capsys).out)))
-    assert rows[0] == ["id", "externalId", "observable", "tlpLevel", "expirationDateTime"]
-    assert {row[1] for row in rows[1:]} == held_external_ids(standins)
-    assert all(row[2] for row in rows[1:])
+    assert rows[0] == ["target", "id", "externalId", "observable", "tlpLevel", "expirationDateTime"]
+    assert {row[2] for row in rows[1:]} == held_external_ids(standins)
+    assert all(row[3] for row in rows[1:]) and {row[0] for row in rows[1:]} == {f"graph tenant {standins.tenant}"}
     table = run_cli(config, "-r", "--format", "table", capsys=capsys).out.splitlines()
-    assert table[0].split() == ["id", "externalId", "observable", "tlpLevel", "expirationDateTime"]
+    assert table[0].split() == ["target", "id", "externalId", "observable", "tlpLevel", "expirationDateTime"]
     assert len(table) == len(rows)
 
 

@@ -261,7 +261,7 @@ def test_files_are_private_and_old_logs_are_pruned(standins, tmp_path, capsys):
     config = write_config(tmp_path, standins, log_retention_days=30)
     logs = tmp_path / "logs"
     logs.mkdir(mode=0o700)
-    old = logs / "20200101T000000.000000Z_error_00001.json"
+    old = logs / "misp2sentinel_20200101T000000.000000Z_error_00001.json"
     old.write_text("{}")
     os.utime(old, (time.time() - 40 * 86400,) * 2)
     keep = logs / "operator-notes.txt"

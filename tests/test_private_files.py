@@ -1,0 +1,75 @@
+"""Files in log_dir and state_dir: only the tool's own are pruned, nothing is reached through a
+symlink, and tool folders are owner-only (issue 10, item 5). Runs the CLI as cron does."""
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from constants import ExitCode
+from tests.support import run_process, write_config
+
+OLD = time.time() - 40 * 86400
+
+
+def aged(path, text="{}"):
+    path.write_text(text)
+    os.utime(path, (OLD, OLD))
+    return path
+
+
+def test_pruning_deletes_only_the_tools_own_old_files(standins, tmp_path):
+    config = write_config(tmp_path, standins, log_retention_days=30)
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    ours = aged(logs / "misp2sentinel_20200101T000000.000000Z_error_00001.json")
+    foreign = [aged(logs / name) for name in ("backup_2020_01.json", "a_b_c.json.gz", "nginx_access_log.jsonl",
+                                              "20200101T000000.000000Z_error_00001.json")]
+    elsewhere = aged(tmp_path / "precious.json")
+    link = logs / "misp2sentinel_20200101T000000.000000Z_link_00002.json"
+    link.symlink_to(elsewhere)
+    os.utime(link, (OLD, OLD), follow_symlinks=False)
+    run = run_process(config)
+    assert run.code == ExitCode.OK, run.err
+    assert not ours.exists()
+    assert all(path.exists() for path in foreign) and elsewhere.exists() and link.is_symlink()
+    assert all(path.name.startswith("misp2sentinel_") for path in logs.iterdir() if path not in foreign and path != link)
+
+
+def test_symlinked_tool_folders_are_refused(standins, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "logs").symlink_to(real)
+    run = run_process(write_config(tmp_path, standins))
+    assert run.code == ExitCode.CONFIG and len(run.err.splitlines()) == 1 and "symlink" in run.err, run.err
+    assert list(real.iterdir()) == []
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "state").symlink_to(real)
+    run = run_process(write_config(second, standins))
+    assert run.code == ExitCode.CONFIG and "symlink" in run.err and "state" in run.err, run.err
+    assert list(real.iterdir()) == []
+
+
+def test_group_writable_folders_are_tightened(standins, tmp_path):
+    for name in ("logs", "state"):
+        (tmp_path / name).mkdir()
+        os.chmod(tmp_path / name, 0o777)
+    assert run_process(write_config(tmp_path, standins)).code == ExitCode.OK
+    for name in ("logs", "state"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o700, name
+
+
+def test_planted_state_and_lock_symlinks_are_refused(standins, tmp_path):
+    config = write_config(tmp_path, standins)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    victim = aged(tmp_path / "victim.txt", "keep me")
+    name = f"graph_{standins.tenant}_{standins.client_id}".lower()
+    for suffix in ("lock", "sqlite"):
+        planted = state / f"{name}.{suffix}"
+        planted.symlink_to(victim)
+        run = run_process(config)
+        assert run.code == ExitCode.CONFIG and "symlink" in run.err, (suffix, run.err)
+        assert victim.read_text() == "keep me"
+        planted.unlink()
