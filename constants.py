@@ -114,6 +114,12 @@ SENTINEL_RETRY_TEXT_RE = re.compile(r"[Tt]ry again in (\d+) seconds?")
 # Deterministic ids: uuid5 of this namespace and the MISP attribute UUID (+ part for domain|ip).
 STIX_ID_NAMESPACE = "6b1c5e3a-5f0e-4e1f-9a51-3d2b6c7f8e90"
 STIX_INDICATOR_ID_RE = re.compile(r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# What a record in logs/ or a summary line keeps of a MISP value (after scrubbing secrets).
+VALUE_CUT = 200
+# Per run and target: how many deleted and rejected indicators the summary names (the rest are in logs/).
+SUMMARY_NAMED = 10
+# Per run, target and routine reason (not-to-ids, deleted, context): records in the skipped file.
+ROUTINE_SKIPS_LOGGED = 1000
 STIX_TLP_MARKINGS = {
     "white": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
     "green": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
