@@ -20,6 +20,7 @@ class ExitCode(enum.IntEnum):
     INTERNAL = 5
     SAFETY_VALVE = 6
     LOCKED = 7
+    NOT_FOUND = 8  # --explain: MISP holds no attribute with that uuid or value
     INTERRUPTED = 130
 
 
@@ -114,6 +115,7 @@ SENTINEL_RETRY_TEXT_RE = re.compile(r"[Tt]ry again in (\d+) seconds?")
 # Deterministic ids: uuid5 of this namespace and the MISP attribute UUID (+ part for domain|ip).
 STIX_ID_NAMESPACE = "6b1c5e3a-5f0e-4e1f-9a51-3d2b6c7f8e90"
 STIX_INDICATOR_ID_RE = re.compile(r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # What a record in logs/ or a summary line keeps of a MISP value (after scrubbing secrets).
 VALUE_CUT = 200
 # Per run and target: how many deleted and rejected indicators the summary names (the rest are in logs/).

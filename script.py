@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import constants as C
 from check import run_checks
 from constants import ExitCode
+from explain import explain
 from graph_client import GraphClient
 from misp_source import MispError, MispSource
 from ms_client import MicrosoftError
@@ -44,6 +45,7 @@ EPILOG = """exit codes:
   6  safety valve: the run would delete more than max_delete_fraction of what it owns;
      nothing was deleted (re-run with --allow-mass-delete if that is really wanted)
   7  another run holds the lock for this target (cron overlap); nothing was done
+  8  --explain: no MISP attribute has that uuid or value
   130 interrupted
 """
 
@@ -59,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id, or revoke them by STIX id (indicator--…)")
     action.add_argument("--dry-run", action="store_true", help="fetch, transform and plan against the state; write what would be sent to the log directory, send nothing")
     action.add_argument("--check", action="store_true", help="check config, MISP, token and permission for every target; print ✓/✗ per line with the fix")
+    action.add_argument("--explain", metavar="VALUE-or-UUID", help="say per target why a MISP attribute (by uuid or value) is sent or not; read-only")
     action.add_argument("--rebuild-state", action="store_true", help="recreate each target's local state from what the service holds")
     parser.add_argument("--allow-mass-delete", action="store_true", help="let this run delete more than max_delete_fraction of the owned indicators")
     parser.add_argument("--event", metavar="UUID", help="sync only this MISP event (removals limited to it too)")
@@ -233,6 +236,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             return delete_indicators(settings, log, args.delete, out)
         if args.rebuild_state:
             return rebuild_state(settings, log, out)
+        if args.explain:
+            return explain(settings, log, args.explain, out)
         return sync(settings, log, args, out)
     except ConfigError as exc:
         return fail(ExitCode.CONFIG, f"configuration: {exc}")
