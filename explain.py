@@ -71,15 +71,15 @@ def _explain_attribute(settings: Settings, source: MispSource, log: RequestLog, 
 def _as_synced(settings: Settings, source: MispSource, event_uuid: str, uuid: str) -> tuple[dict[str, Any] | None, list[str]]:
     """The event as a sync reads it (the first filter's shape), or why a sync does not read it:
     a filter that does not select the event, or one that leaves the attribute out of it."""
-    primary, *others = settings.misp_event_filters
+    primary = settings.misp_event_filters[0]
+    event = source.event(event_uuid, primary)
     notes = [f"misp_event_filters[{index}] {one!r} does not select MISP event {event_uuid} "
              "(unpublished, outside the time window, or excluded by its tags)"
              for index, one in enumerate(settings.misp_event_filters)
-             if source.event(event_uuid, one if index == 0 else {**one, "metadata": True}) is None]
+             if (event if index == 0 else source.event(event_uuid, {**one, "metadata": True})) is None]
     if notes:
         return None, notes
-    event = source.event(event_uuid, primary)
-    if event is None or uuid not in set(_attribute_uuids(event)):
+    if uuid not in set(_attribute_uuids(event)):
         return None, [f"misp_event_filters[0] {primary!r} leaves this attribute out of its event "
                       "(not to_ids, on a warninglist, or excluded by a tag)"]
     return event, []
@@ -100,7 +100,8 @@ def _decisions(target: Target, result: EventResult, uuid: str, log: RequestLog, 
             continue
         key = target.key_of(indicator)
         known = target.store.known(key)
-        where = f" (service id {known.remote_id})" if known and known.remote_id else ""
+        remote = target.prepare(key, indicator, "", known).remote_id  # Sentinel: a revoked id's successor
+        where = f" (service id {remote})" if remote and remote != key else ""
         decisions.append(f"sends {key}{where}: {plan(known, indicator, renew_before).value}")
     return decisions or ["no indicator and no skip (the transform did not see this attribute)"]
 

@@ -45,7 +45,8 @@ def test_explain_of_a_sent_value_says_new_then_unchanged_and_sends_nothing(stand
     sent = microsoft_requests(standins)
     after = run_process(config, "--explain", SENT)
     assert after.code == ExitCode.OK, after.err
-    assert after.out.rstrip().endswith(": unchanged") and "(service id " in after.out
+    assert after.out.rstrip().endswith(": unchanged")
+    assert ("(service id " in after.out) is (target == "graph")  # a STIX key is its id
     assert microsoft_requests(standins) == sent
 
 
@@ -58,6 +59,15 @@ def test_explain_names_the_skip_reason_and_detail(standins, tmp_path):
     invalid = run_process(config, "--explain", "300.1.2.3")
     assert invalid.code == ExitCode.OK, invalid.err
     assert invalid.out.count(": skipped: invalid-value (not an IP address") == 2
+
+
+def test_explain_says_a_filter_leaves_the_attribute_out(standins, tmp_path):
+    add_events(standins)
+    run = run_process(write_config(tmp_path, standins, misp_event_filters={"published": True, "to_ids": True}),
+                      "--explain", "203.0.113.8")
+    assert run.code == ExitCode.OK, run.err
+    assert "NOT SENT: misp_event_filters[0] {'published': True, 'to_ids': True} leaves this attribute out" in run.out
+    assert run.out.rstrip().endswith(": skipped: not-to-ids")
 
 
 def test_explain_says_the_filters_do_not_select_an_unpublished_event(standins, tmp_path):
