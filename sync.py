@@ -387,7 +387,8 @@ class Target:
         self.report.rejected += len(rejected)
         self.report.progress.update(accepted + len(rejected))
         for queued, reason in rejected:
-            self.report.name(self.report.named_rejected, shown_value(self.log, indicator_value(queued.indicator)), str(reason))
+            self.report.name(self.report.named_rejected, shown_value(self.log, indicator_value(queued.indicator)),
+                             shown_value(self.log, str(reason)))
         if rejected:
             self.log.error(operation, f"{len(rejected)} of {len(batch)} indicators rejected", rejected=[
                 {"key": queued.key, "reason": reason, "indicator": queued.indicator} for queued, reason in rejected
