@@ -38,6 +38,7 @@ class ExitCode(enum.IntEnum):
                        "it owns, so it deleted nothing (everything else was done). Check MISP, then re-run with "
                        "`--allow-mass-delete` if the deletions are real")
     LOCKED = 7, "another run holds the lock for this target (cron overlap). Nothing was done"
+    NOT_FOUND = 8, "`--explain`: no MISP attribute has that UUID or value"
     INTERRUPTED = 130, "interrupted"
 
 
@@ -167,6 +168,13 @@ STIX_ID_NAMESPACE = "6b1c5e3a-5f0e-4e1f-9a51-3d2b6c7f8e90"
 # halves of a domain|ip.
 STIX_PART_SUFFIXES = ("", "|domain", "|ip")
 STIX_INDICATOR_ID_RE = re.compile(r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# What a record in logs/ or a summary line keeps of a MISP value (after scrubbing secrets).
+VALUE_CUT = 200
+# Per run and target: how many deleted and rejected indicators the summary names (the rest are in logs/).
+SUMMARY_NAMED = 10
+# Per run, target and routine reason (not-to-ids, deleted, context): records in the skipped file.
+ROUTINE_SKIPS_LOGGED = 1000
 STIX_TLP_MARKINGS = {
     "white": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
     "green": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",

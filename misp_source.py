@@ -303,9 +303,32 @@ class MispSource:
     def _page(self, misp: PyMISP, filters: dict[str, Any], page: int, where: str) -> list[dict[str, Any]]:
         """One restSearch answer, checked to be a list of events; `where` names it in errors."""
         limit = self.settings.misp_page_size
+        result = self._ask(misp, "events", {**filters, "limit": limit, "page": page}, where)
+        if not isinstance(result, list):
+            raise MispError(f"{where}: expected a list of events, got {type(result).__name__}")
+        _check_events(result, where, limit)
+        return result
+
+    def attributes(self, needle: str) -> list[dict[str, Any]]:
+        """Attributes whose uuid (when `needle` is a UUID) or value is `needle`, each with its
+        event's header: MISP's attributes restSearch, for --explain."""
+        key = "uuid" if C.UUID_RE.fullmatch(needle) else "value"
+        result = self._ask(self.connect(), "attributes", {key: needle}, f"MISP attributes by {key}")
+        found = result.get("Attribute") if isinstance(result, dict) else None
+        if not isinstance(found, list):
+            raise MispError(f"MISP attributes by {key}: expected {{'Attribute': [...]}}, got {type(result).__name__}")
+        return [item for item in found if isinstance(item, dict)]
+
+    def event(self, uuid: str, filters: dict[str, Any]) -> dict[str, Any] | None:
+        """One event by uuid as `filters` shape it (None when they do not select it)."""
+        events = self._page(self.connect(), {**filters, "uuid": uuid}, 1, f"MISP event {uuid}")
+        return events[0] if events else None
+
+    def _ask(self, misp: PyMISP, controller: str, body: dict[str, Any], where: str) -> Any:
+        """One restSearch, every PyMISP failure turned into a MispError naming `where`."""
         started = time.monotonic()
         try:
-            result = misp.search(controller="events", return_format="json", limit=limit, page=page, **filters)
+            result = misp.search(controller=controller, return_format="json", **body)
         except PyMISPUnexpectedResponse:
             raise MispError(f"{where}: MISP answered with something that is not JSON (a login page or a proxy?)") from None
         except MISPServerError as exc:
@@ -315,13 +338,9 @@ class MispSource:
         except requests.RequestException as exc:
             raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {_explain(exc)}") from None
         self.log.request(
-            "misp-restSearch", "POST", f"{self.settings.misp_url}events/restSearch",
-            {**filters, "limit": limit, "page": page}, 200,
-            {"events": len(result) if isinstance(result, list) else None}, time.monotonic() - started,
+            "misp-restSearch", "POST", f"{self.settings.misp_url}{controller}/restSearch", body, 200,
+            {controller: len(result) if isinstance(result, list) else None}, time.monotonic() - started,
         )
         if isinstance(result, dict) and "errors" in result:
             raise MispError(f"{where}: MISP refused the search: {_describe_errors(result['errors'])}")
-        if not isinstance(result, list):
-            raise MispError(f"{where}: expected a list of events, got {type(result).__name__}")
-        _check_events(result, where, limit)
         return result

@@ -49,6 +49,7 @@ class Skip:
     attribute_uuid: str
     attribute_type: str
     detail: str = ""
+    value: str = ""  # as MISP sent it; whoever writes it out scrubs and cuts it
 
 
 @dataclasses.dataclass
@@ -1015,8 +1016,9 @@ def _first_set(*values: int | None) -> int | None:
 
 def _skip(event_uuid: str, attribute: Mapping[str, Any], reason: SkipReason, detail: str = "") -> Skip:
     """A Skip naming the attribute as far as it can be named."""
-    uuid, misp_type = attribute.get("uuid"), attribute.get("type")
-    return Skip(reason, event_uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "", detail)
+    uuid, misp_type, value = attribute.get("uuid"), attribute.get("type"), attribute.get("value")
+    return Skip(reason, event_uuid, uuid if isinstance(uuid, str) else "", misp_type if isinstance(misp_type, str) else "", detail,
+                value if isinstance(value, str) else "")
 
 
 def _unreadable(event: Mapping[str, Any], pairs: list[tuple[Mapping[str, Any], bool]], reason: SkipReason,

@@ -35,7 +35,7 @@ def open_private(path: Path, flags: int) -> int:
     """os.open owner-only, refusing a symlink at `path` itself (O_NOFOLLOW)."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
+    except OSError:
         if path.is_symlink():
             raise UnsafePath(f"{path} is a symlink; remove it") from None
         raise

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import constants as C
 from check import run_checks
 from constants import ExitCode
+from explain import explain
 from graph_client import GraphClient
 from misp_source import MispError, MispSource
 from ms_client import MicrosoftError
@@ -58,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id, or revoke them by STIX id (indicator--…)")
     action.add_argument("--dry-run", action="store_true", help="fetch, transform and plan against the state; write what would be sent to the log directory, send nothing")
     action.add_argument("--check", action="store_true", help="check config, MISP, token and permission for every target; print ✓/✗ per line with the fix")
+    action.add_argument("--explain", metavar="VALUE-or-UUID", help="say per target why a MISP attribute (by uuid or value) is sent or not; read-only")
     action.add_argument("--rebuild-state", action="store_true", help="recreate each target's local state from what the service holds")
     parser.add_argument("--allow-mass-delete", action="store_true", help="let this run delete more than max_delete_fraction of the owned indicators")
     parser.add_argument("--event", metavar="UUID", help="sync only this MISP event (removals limited to it too)")
@@ -353,6 +355,8 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
             return delete_indicators(settings, log, args.delete, out)
         if args.rebuild_state:
             return rebuild_state(settings, log, out)
+        if args.explain:
+            return explain(settings, log, args.explain, out)
         return sync(settings, log, args, out)
     except BrokenPipeError:
         raise

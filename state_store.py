@@ -148,6 +148,21 @@ class StateStore:
             raise StoreError(f"state file {path} is unreadable ({exc})") from None
         self.path = path
 
+    @classmethod
+    def read_only(cls, path: Path) -> StateStore:
+        """The file as it is, opened so that nothing can be written (for --explain, which may
+        run beside a sync); a missing file reads as an empty store."""
+        if not path.exists():
+            return cls(None)
+        store = cls.__new__(cls)
+        try:
+            store.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            store.db.execute("SELECT 1 FROM indicators LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"state file {path} is unreadable ({exc})") from None
+        store.path = path
+        return store
+
     def close(self) -> None:
         self.db.close()
 

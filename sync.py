@@ -36,7 +36,7 @@ from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings
 from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnavailable, StoreUnsafe, target_lock
 
-# Skips that only confirm MISP's own filtering; the others are listed one by one in the logs.
+# Skips that only confirm MISP's own filtering: not candidates, and capped in the skipped file.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
 
 
@@ -62,6 +62,8 @@ class RunReport:
     deletions_blocked: int = 0
     requests: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    named_deleted: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (value, reason), the first few
+    named_rejected: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     started: float = dataclasses.field(default_factory=time.monotonic)
     progress: tqdm = dataclasses.field(default_factory=lambda: tqdm(disable=True), repr=False)
 
@@ -70,6 +72,11 @@ class RunReport:
         self.attributes += result.attributes
         self.indicators += len(result.indicators)
         self.skipped.update(skip.reason.value for skip in result.skips)
+
+    def name(self, named: list[tuple[str, str]], value: str, reason: str) -> None:
+        """Keep the first SUMMARY_NAMED for the summary; the logs hold every one."""
+        if len(named) < C.SUMMARY_NAMED:
+            named.append((value, reason))
 
     @property
     def candidates(self) -> int:
@@ -107,8 +114,27 @@ class RunReport:
             + (f"recovered from an interrupted run: {data['recovered']}\n" if data["recovered"] else "")
             + (f"STATE REBUILT from the service: {data['state_rebuilt']}\n" if data["state_rebuilt"] else "")
             + (f"NOTHING FORGOTTEN OR REMOVED: {data['clock_problem']}\n" if data["clock_problem"] else "")
+            + _named("deleted", self.named_deleted, self.deleted) + _named("rejected", self.named_rejected, self.rejected)
             + f"requests to the service: {data['requests']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
         )
+
+
+def _named(what: str, named: list[tuple[str, str]], total: int) -> str:
+    """Summary lines naming the first indicators of a kind, and where the others are."""
+    lines = "".join(f"  {what}: {value}: {reason}\n" for value, reason in named)
+    rest = f"  ... and {total - len(named)} more {what} (see logs/)\n" if total > len(named) else ""
+    return lines + rest
+
+
+def shown_value(log: RequestLog, value: str) -> str:
+    """A MISP value fit for a log record or a summary line: secrets scrubbed first, then cut."""
+    text = log.scrub(value)
+    return text if len(text) <= C.VALUE_CUT else text[:C.VALUE_CUT] + "…"
+
+
+def indicator_value(indicator: dict[str, Any]) -> str:
+    """The observable an indicator carries: Graph's observable field, or the STIX name."""
+    return str(next((indicator[name] for name in C.GRAPH_OBSERVABLE_FIELDS if name in indicator), indicator.get("name", "")))
 
 
 def policy_from(settings: Settings) -> MappingPolicy:
@@ -179,6 +205,8 @@ class Target:
     """Plans desired indicators against the state and applies them in batches, writing state
     around every call. Subclasses speak their service's operations."""
 
+    kind = ""
+
     def __init__(self, settings: Settings, client: Any, store: StateStore, log: RequestLog,
                  report: RunReport, now: dt.datetime) -> None:
         self.settings = settings
@@ -199,6 +227,8 @@ class Target:
         self.concurrency = settings.max_concurrent_requests
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload") if client is not None else None
         self._in_flight: list[tuple[Future[Any], _Job]] = []
+        self._fetched_events: Set[str] | None = None  # known once removal starts: says why a row goes
+        self._deleted_file: JsonLines | None = None
 
     @property
     def dry_run(self) -> bool:
@@ -341,6 +371,8 @@ class Target:
         """Stop the workers; answers still in flight after a fatal error are not waited for."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._deleted_file is not None:
+            self._deleted_file.close()
 
     def _flush(self, action: Action) -> None:
         batch, self.queues[action] = self.queues[action], []
@@ -365,6 +397,9 @@ class Target:
         self.report.accepted += accepted
         self.report.rejected += len(rejected)
         self.report.progress.update(accepted + len(rejected))
+        for queued, reason in rejected:
+            self.report.name(self.report.named_rejected, shown_value(self.log, indicator_value(queued.indicator)),
+                             shown_value(self.log, str(reason)))
         if rejected:
             self.log.error(operation, f"{len(rejected)} of {len(batch)} indicators rejected", rejected=[
                 {"key": queued.key, "reason": reason, "indicator": queued.indicator} for queued, reason in rejected
@@ -382,6 +417,7 @@ class Target:
         if self.report.clock_problem:
             self.log.error("clock", f"{self.report.clock_problem}: nothing forgotten or removed in this run")
             return
+        self._fetched_events = fetched_events
         if scope is None:
             self.report.forgotten_expired = self.store.forget_expired(self.run, iso_utc(self.now), dry_run=self.dry_run)
         gone: list[Known] = []
@@ -409,10 +445,34 @@ class Target:
             ), keys=[row.external_id for row in gone])
             return
         if gone and self.dry_run:
-            self.report.deleted = len(gone)
+            self.record_deleted(gone)
             self.log.write("dry-run-delete", [row.external_id for row in gone])
         elif gone:
             self.remove_all(gone)
+
+    def record_deleted(self, rows: list[Known]) -> None:
+        """Count removed indicators, list each in logs/ (a dry run has its dry-run-delete file)
+        and name the first ones in the summary."""
+        self.report.deleted += len(rows)
+        records = [self._deleted_record(row) for row in rows]
+        for record in records:
+            self.report.name(self.report.named_deleted, record["value"] or f"attribute {record['key']}", record["reason"])
+        if records and not self.dry_run:
+            self._deleted_file = self._deleted_file or JsonLines(self.log, f"deleted-{self.kind}")
+            self._deleted_file.write(records)
+
+    def _deleted_record(self, row: Known) -> dict[str, str]:
+        """Graph rows keep no value (the state holds hashes only): their key names them."""
+        value = json.loads(row.body).get("name", "") if row.body else ""
+        return {"key": row.external_id, "id": row.remote_id, "event_uuid": row.event_uuid,
+                "value": shown_value(self.log, str(value)), "reason": self._why_gone(row)}
+
+    def _why_gone(self, row: Known) -> str:
+        if self._fetched_events is None:
+            return "finishing a removal an interrupted run started"
+        if row.event_uuid in self._fetched_events:
+            return f"its MISP event {row.event_uuid} no longer yields it (attribute deleted, changed or not to_ids)"
+        return f"its MISP event {row.event_uuid} is no longer selected (deleted, unpublished or filtered out)"
 
     def remove_all(self, rows: list[Known]) -> None:
         """Remove in batches the services take (100 ids or objects) and wait for the answers."""
@@ -425,6 +485,7 @@ class GraphTarget(Target):
     """Graph tiIndicators: submit, update in place when Graph allows it, delete by Graph id."""
 
     client: GraphClient
+    kind = "graph"
 
     def key_of(self, indicator: dict[str, Any]) -> str:
         return indicator["externalId"]
@@ -559,7 +620,8 @@ class GraphTarget(Target):
         self.store.mark_deleting(row.external_id for row in rows)
 
         def finish(results: list[ItemResult]) -> None:
-            self.report.deleted += len(self._forget_deleted(results, {row.remote_id: row.external_id for row in rows}))
+            gone = set(self._forget_deleted(results, {row.remote_id: row.external_id for row in rows}))
+            self.record_deleted([row for row in rows if row.external_id in gone])
 
         self.dispatch("deleteTiIndicators", [row.external_id for row in rows],
                       lambda: self.client.delete([row.remote_id for row in rows]), finish)
@@ -570,6 +632,7 @@ class SentinelTarget(Target):
     `modified`; removal re-uploads it with `revoked: true` (revocation is permanent)."""
 
     client: SentinelClient
+    kind = "sentinel"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -665,7 +728,7 @@ class SentinelTarget(Target):
         key_of_remote = {row.remote_id: row.external_id for row in rows}
         revoked = {r.key for r in results if r.accepted or _says_revoked(r.error)}
         self.store.record_revoked((key_of_remote[remote], remote) for remote in revoked)
-        self.report.deleted += len(revoked)
+        self.record_deleted([row for row in rows if row.remote_id in revoked])
         failed = [r for r in results if r.key not in revoked]
         if failed:
             self.log.error("revoke", f"{len(failed)} revocations rejected", rejected=[{"id": r.key, "reason": r.error} for r in failed])
@@ -681,8 +744,8 @@ def revocation(last: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     return {**last, "revoked": True, "modified": next_modified(stix_time(now), last.get("modified"))}
 
 
-def skipped_records(skips: list[Skip]) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(skip) | {"reason": skip.reason.value} for skip in skips]
+def skipped_records(skips: list[Skip], log: RequestLog) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(skip) | {"reason": skip.reason.value, "value": shown_value(log, skip.value)} for skip in skips]
 
 
 def surplus_copies(copies: dict[str, list[str]], recorded: dict[str, str], suspects: set[str]) -> list[str]:
@@ -707,6 +770,7 @@ class TargetRun:
     target: Target | None = None
     transformer: Transformer | None = None
     skipped_file: JsonLines | None = None
+    routine_logged: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     failure: str = ""
     failure_code: ExitCode = ExitCode.OK
 
@@ -731,6 +795,18 @@ class TargetRun:
         except Exception as exc:  # noqa: BLE001 - a bug stops this target, never the others
             self.fail(log, ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {str(exc)[:200]} (please report)")
             log.error(f"{self.spec.label} traceback", self.failure, traceback=traceback.format_exc())
+
+    def logged_skips(self, skips: list[Skip]) -> list[Skip]:
+        """Every skip, but at most ROUTINE_SKIPS_LOGGED per routine reason and run, so a MISP
+        full of comments or non-IDS attributes does not write a huge file every run."""
+        kept = []
+        for skip in skips:
+            if skip.reason in ROUTINE_SKIPS:
+                if self.routine_logged[skip.reason] >= C.ROUTINE_SKIPS_LOGGED:
+                    continue
+                self.routine_logged[skip.reason] += 1
+            kept.append(skip)
+        return kept
 
     def exit_code(self) -> ExitCode:
         if self.failure:
@@ -870,11 +946,11 @@ def _feed_pages(runs: list[TargetRun], pages: Iterator[list[dict[str, Any]]], fe
 def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
     result = run.transformer.transform(event)
     run.report.add_event(result)
-    notable = [skip for skip in result.skips if skip.reason not in ROUTINE_SKIPS]
-    if notable:
+    logged = run.logged_skips(result.skips)
+    if logged:
         run.skipped_file = run.skipped_file or JsonLines(log, f"skipped-{run.spec.kind}")
-        run.skipped_file.write(skipped_records(notable))
-    failed = [skip for skip in notable if skip.reason is SkipReason.INTERNAL_ERROR]
+        run.skipped_file.write(skipped_records(logged, log))
+    failed = [skip for skip in result.skips if skip.reason is SkipReason.INTERNAL_ERROR]
     if failed:  # a bug, not a data problem: it goes to the error files as well
         log.error("transform", f"{len(failed)} attributes of MISP event {failed[0].event_uuid} could not be transformed",
                   event_uuid=failed[0].event_uuid, attributes=[{"uuid": s.attribute_uuid, "error": s.detail} for s in failed])

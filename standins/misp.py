@@ -1,4 +1,5 @@
-"""A MISP 2.5.1 stand-in: what PyMISP needs to construct, plus `POST /events/restSearch`.
+"""A MISP 2.5.1 stand-in: what PyMISP needs to construct, `POST /events/restSearch` and
+`POST /attributes/restSearch` (by attribute `uuid` or `value`).
 
 Semantics follow MISP 2.5.1's Event::restSearch for the filters the tool uses
 (reference: misp.md §1, §2, §7), so the tool's paging and filtering are exercised for real.
@@ -139,6 +140,8 @@ class MispStandIn(HttpsStandIn):
             return json_reply(200, self._describe_types)
         if route == ("POST", "/events/restSearch"):
             return self._rest_search(request)
+        if route == ("POST", "/attributes/restSearch"):
+            return self._attribute_search(request)
         return _error(404, "Not Found", request.path)
 
     def _rest_search(self, request: SeenRequest) -> Reply:
@@ -165,6 +168,24 @@ class MispStandIn(HttpsStandIn):
         shaped = [self._shape(event, body) for event in selected]
         return json_reply(200, {"response": shaped}, {"X-Result-Count": str(total)})
 
+    def _attribute_search(self, request: SeenRequest) -> Reply:
+        """MISP's Attribute::restSearch for `uuid` and `value` (a whole value, or one half of a
+        composite `a|b`, without case as MySQL compares): flat attributes, each with its
+        `Event` header; deleted ones only when `deleted` is set (misp.md §2)."""
+        body = request.json if isinstance(request.json, dict) else {}
+        body = body.get("request", body) if isinstance(body.get("request"), dict) else body
+        if str(body.get("returnFormat", "json")) != "json":
+            return _error(400, "Invalid return format.", request.path)
+        uuids = {v.lower() for v in _as_list(body["uuid"])} if body.get("uuid") not in (None, "", []) else None
+        values = {v.lower() for v in _as_list(body["value"])} if body.get("value") not in (None, "", []) else None
+        deleted = _truthy(body.get("deleted"))
+        with self.lock:
+            found = [_flat(event["Event"], attribute) for event in self.events
+                     for attribute in _all_attributes(event["Event"], deleted)
+                     if (uuids is None or str(attribute.get("uuid")).lower() in uuids)
+                     and (values is None or _value_matches(attribute, values))]
+        return json_reply(200, {"response": {"Attribute": found}})
+
     @staticmethod
     def _selects(event: dict[str, Any], body: dict[str, Any]) -> bool:
         """Phase 1 of MISP's restSearch: does the event match the filters (no copying)?"""
@@ -182,10 +203,7 @@ class MispStandIn(HttpsStandIn):
                 if not low <= int(event.get(key) or 0) <= high:
                     return False
         to_ids, deleted = _truthy(body.get("to_ids")), _truthy(body.get("deleted"))
-        attributes = event.get("Attribute", []) + [a for o in event.get("Object", [])
-                                                   if deleted or not _truthy(o.get("deleted"))
-                                                   for a in o.get("Attribute", [])]
-        return not to_ids or any(_kept(a, to_ids, deleted) for a in attributes)
+        return not to_ids or any(_kept(a, to_ids, deleted) for a in _attributes_of(event, deleted))
 
     @staticmethod
     def _shape(stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -205,6 +223,29 @@ class MispStandIn(HttpsStandIn):
                 objects.append(obj)
         shaped["Object"] = objects
         return {"Event": shaped}
+
+
+def _attributes_of(event: dict[str, Any], deleted: bool) -> list[dict[str, Any]]:
+    """The event's attributes and those of its objects (of deleted objects only if asked)."""
+    return event.get("Attribute", []) + [a for o in event.get("Object", [])
+                                         if deleted or not _truthy(o.get("deleted"))
+                                         for a in o.get("Attribute", [])]
+
+
+def _all_attributes(event: dict[str, Any], deleted: bool) -> list[dict[str, Any]]:
+    """What an attribute search looks at: deleted attributes only when asked."""
+    return [a for a in _attributes_of(event, deleted) if deleted or not _truthy(a.get("deleted"))]
+
+
+def _value_matches(attribute: dict[str, Any], values: set[str]) -> bool:
+    value = str(attribute.get("value", "")).lower()
+    return value in values or any(part in values for part in value.split("|"))
+
+
+def _flat(event: dict[str, Any], attribute: dict[str, Any]) -> dict[str, Any]:
+    """An attribute as attributes/restSearch returns it: its columns plus the event header."""
+    header = {key: event.get(key) for key in ("id", "info", "org_id", "orgc_id", "uuid", "distribution", "publish_timestamp")}
+    return {**copy.deepcopy(attribute), "Event": header}
 
 
 def _error(status: int, message: str, path: str) -> Reply:

@@ -1,11 +1,13 @@
 """The whole tool, end to end: PyMISP, MSAL and requests over HTTPS against the stand-ins."""
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 
 import pytest
 
+import constants as C
 from constants import ExitCode
 from misp_transformer import MappingPolicy, GraphTransformer
 from tests.support import run_cli, run_process, write_config
@@ -243,11 +245,20 @@ def test_an_attribute_in_two_events_is_sent_once_and_counted_as_duplicate(standi
     assert report["new"] == report["indicators"] == len(standins.graph.indicators)
 
 
-def test_notable_skips_are_listed_line_by_line(standins, tmp_path, capsys):
+def test_every_skip_is_listed_line_by_line_with_its_value(standins, tmp_path, capsys):
     run = run_cli(write_config(tmp_path, standins), capsys=capsys)
     (path,) = run.log_dir.glob("*_skipped-graph_*.jsonl")
     records = [json.loads(line) for line in path.read_text().splitlines()]
     report = run.logs("run-report")[0]
-    assert len(records) == report["skipped"]["unsupported-type"] > 0
-    assert {r["attribute_type"] for r in records} == {"regkey|value", "email-attachment"}
-    assert all(r["reason"] == "unsupported-type" and r["event_uuid"] and r["attribute_uuid"] for r in records)
+    assert collections.Counter(r["reason"] for r in records) == report["skipped"]
+    assert {r["attribute_type"] for r in records if r["reason"] == "unsupported-type"} == {"regkey|value", "email-attachment"}
+    assert all(r["event_uuid"] and r["attribute_uuid"] and isinstance(r["value"], str) for r in records)
+
+
+def test_routine_skips_are_capped_per_reason_in_the_skipped_file(standins, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(C, "ROUTINE_SKIPS_LOGGED", 5)
+    run = run_cli(write_config(tmp_path, standins), capsys=capsys)
+    (path,) = run.log_dir.glob("*_skipped-graph_*.jsonl")
+    logged = collections.Counter(json.loads(line)["reason"] for line in path.read_text().splitlines())
+    assert run.logs("run-report")[0]["skipped"]["not-to-ids"] > logged["not-to-ids"] == 5
+    assert logged["unsupported-type"] == 2
