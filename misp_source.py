@@ -6,6 +6,7 @@ So does a page holding something other than events, or a MISP that ignores `page
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -73,10 +74,20 @@ def _server_error(error: MISPServerError) -> str:
     (a proxy's "502 Bad Gateway") or MISP's JSON message says what really happened."""
     first, _, body = str(error).partition("\n")
     title = C.HTML_TITLE_RE.search(body)
-    detail = title.group(1).strip() if title else _first_line(body)
+    detail = title.group(1).strip() if title else _json_message(body) or _first_line(body)
     if first.startswith("Error code 500"):
         first = "HTTP 5xx"
     return f"{first.rstrip(':')}: {detail}" if detail else first.rstrip(":")
+
+
+def _json_message(body: str) -> str:
+    """MISP's own `{"name", "message"}` error text, "" when the body is not that."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return ""
+    message = answer.get("message") or answer.get("name") if isinstance(answer, dict) else None
+    return _first_line(message) if isinstance(message, str) else ""
 
 
 def _describe_errors(errors: Any) -> str:

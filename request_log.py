@@ -125,11 +125,12 @@ class RequestLog:
         works as it did with the 2018 sample); owner-only permissions."""
         path = self.path(name, "json")
         text = self.scrub(_dump(payload))
-        with self.open_new(path) as handle:
-            try:
+        handle = self.open_new(path)
+        try:
+            with handle:  # closing flushes: a full disk may show only then
                 handle.write(text + "\n")
-            except OSError as exc:
-                raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
+        except OSError as exc:
+            raise LogWriteError(f"cannot write {path}: {exc.strerror}") from None
         return path
 
 

@@ -14,7 +14,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -26,13 +25,12 @@ from check import run_checks
 from constants import ExitCode
 from explain import explain
 from graph_client import GraphClient
-from misp_source import MispError, MispSource
-from ms_client import MicrosoftError
+from misp_source import MispSource
 from request_log import LogWriteError, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, load_settings
-from state_store import StateStore, StoreError, StoreLocked, sqlite_fix, target_lock
-from sync import (TargetRun, last_run_status, make_target, new_run, open_run, open_store, run_all, state_paths,
+from state_store import StateStore, target_lock
+from sync import (TargetRun, classify, last_run_status, make_target, new_run, open_run, open_store, run_all, state_paths,
                   target_label)
 
 HERE = Path(__file__).resolve().parent
@@ -273,31 +271,6 @@ def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: 
         if failed:
             log.error(f"delete {label}", f"{len(failed)} of {len(results)} ids not deleted", results=[dataclasses.asdict(r) for r in failed])
     return ExitCode.OK if done == set(ids) else ExitCode.REJECTED
-
-
-def classify(exc: BaseException, log: RequestLog | None) -> tuple[ExitCode, str, str]:
-    """The exit code, the one-line message and the error file's context ("" for none) of an
-    exception that ended the run."""
-    scrub = log.scrub if log else str
-    if isinstance(exc, ConfigError):
-        return ExitCode.CONFIG, f"configuration: {exc}", ""
-    if isinstance(exc, MispError):
-        return ExitCode.MISP, scrub(str(exc)), "misp"
-    if isinstance(exc, MicrosoftError):
-        return ExitCode.MICROSOFT, scrub(str(exc)), "microsoft"
-    if isinstance(exc, StoreLocked):
-        return ExitCode.LOCKED, f"{exc}; nothing done", ""
-    if isinstance(exc, StoreError):
-        return ExitCode.CONFIG, f"state_dir: {exc}", "state"
-    if isinstance(exc, LogWriteError):
-        return ExitCode.CONFIG, f"log_dir: {exc}", ""
-    if isinstance(exc, KeyboardInterrupt):
-        return ExitCode.INTERRUPTED, "interrupted", ""
-    if isinstance(exc, OSError) and exc.filename:  # a file or folder, not a connection
-        return ExitCode.CONFIG, f"{exc.filename}: {exc.strerror}: {C.OS_ERROR_FIXES.get(exc.errno, C.OS_ERROR_FIX)}", ""
-    if isinstance(exc, sqlite3.OperationalError) and sqlite_fix(exc):
-        return ExitCode.CONFIG, f"state_dir: {exc}{sqlite_fix(exc)}", "state"
-    return ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {scrub(str(exc))[:300]} (please report)", "internal"
 
 
 def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: str = "") -> ExitCode:

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import sqlite3
 import time
 import traceback
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -24,17 +25,18 @@ from tqdm import tqdm
 import constants as C
 from constants import ExitCode, SkipReason
 from graph_client import GraphClient
-from misp_source import MispSource
+from misp_source import MispError, MispSource
 from misp_transformer import (EventResult, GraphTransformer, MappingPolicy, Skip, StixTransformer, Transformer, iso_utc,
                               stix_id, stix_time)
 from ms_client import ItemResult, MicrosoftError
 from rebuild import Rebuilt, graph_rows, sentinel_rows
 from reconcile import (Action, clock_problem, content_hash, fixed_hash, mass_delete_blocked, next_modified, plan,
                        renew_body, renewal_threshold, update_body)
-from request_log import JsonLines, RequestLog, strip_url_credentials
+from request_log import JsonLines, LogWriteError, RequestLog, strip_url_credentials
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings
-from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnavailable, StoreUnsafe, target_lock
+from state_store import (DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnavailable, StoreUnsafe, sqlite_fix,
+                         target_lock)
 
 # Skips that only confirm MISP's own filtering: not candidates, and capped in the skipped file.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
@@ -760,6 +762,31 @@ def surplus_copies(copies: dict[str, list[str]], recorded: dict[str, str], suspe
     return surplus
 
 
+def classify(exc: BaseException, log: RequestLog | None) -> tuple[ExitCode, str, str]:
+    """The exit code, the one-line message and the error file's context ("" for none) of an
+    exception that ended the run."""
+    scrub = log.scrub if log else str
+    if isinstance(exc, ConfigError):
+        return ExitCode.CONFIG, f"configuration: {exc}", ""
+    if isinstance(exc, MispError):
+        return ExitCode.MISP, scrub(str(exc)), "misp"
+    if isinstance(exc, MicrosoftError):
+        return ExitCode.MICROSOFT, scrub(str(exc)), "microsoft"
+    if isinstance(exc, StoreLocked):
+        return ExitCode.LOCKED, f"{exc}; nothing done", ""
+    if isinstance(exc, StoreError):
+        return ExitCode.CONFIG, f"state_dir: {exc}", "state"
+    if isinstance(exc, LogWriteError):
+        return ExitCode.CONFIG, f"log_dir: {exc}", ""
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED, "interrupted", ""
+    if isinstance(exc, OSError) and exc.filename:  # a file or folder, not a connection
+        return ExitCode.CONFIG, f"{exc.filename}: {exc.strerror}: {C.OS_ERROR_FIXES.get(exc.errno, C.OS_ERROR_FIX)}", ""
+    if isinstance(exc, sqlite3.OperationalError) and sqlite_fix(exc):
+        return ExitCode.CONFIG, f"state_dir: {exc}{sqlite_fix(exc)}", "state"
+    return ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {scrub(str(exc))[:300]} (please report)", "internal"
+
+
 @dataclasses.dataclass
 class TargetRun:
     """One target's part of a run. A failure stops this target only; the others go on, and the
@@ -776,7 +803,8 @@ class TargetRun:
 
     def fail(self, log: RequestLog, code: ExitCode, message: str) -> None:
         self.stop(code, log.scrub(message))
-        log.error(self.spec.label, self.failure)
+        with contextlib.suppress(LogWriteError):  # the failure may be the log folder itself
+            log.error(self.spec.label, self.failure)
 
     def stop(self, code: ExitCode, message: str) -> None:
         """Record a failure that ended the whole run (its error file is written once, by the caller)."""
@@ -788,13 +816,12 @@ class TargetRun:
             return
         try:
             step()
-        except MicrosoftError as exc:
-            self.fail(log, ExitCode.MICROSOFT, str(exc))
-        except ConfigError as exc:
-            self.fail(log, ExitCode.CONFIG, f"configuration: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a bug stops this target, never the others
-            self.fail(log, ExitCode.INTERNAL, f"internal error {type(exc).__name__}: {str(exc)[:200]} (please report)")
-            log.error(f"{self.spec.label} traceback", self.failure, traceback=traceback.format_exc())
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it stops this target, never the others
+            code, message, _ = classify(exc, log)
+            self.fail(log, code, message)
+            if code is ExitCode.INTERNAL:
+                with contextlib.suppress(LogWriteError):
+                    log.error(f"{self.spec.label} traceback", self.failure, traceback=log.scrub(traceback.format_exc()))
 
     def logged_skips(self, skips: list[Skip]) -> list[Skip]:
         """Every skip, but at most ROUTINE_SKIPS_LOGGED per routine reason and run, so a MISP

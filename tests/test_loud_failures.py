@@ -49,7 +49,7 @@ def locked(standins, config):
 
 @pytest.mark.parametrize(("cause", "code", "named"), [
     (rejected, ExitCode.REJECTED, "rejected"),
-    (misp_down, ExitCode.MISP, "500"),
+    (misp_down, ExitCode.MISP, "MISP server error"),
     (undelivered, ExitCode.MICROSOFT, "not delivered"),
     (mass_delete, ExitCode.SAFETY_VALVE, "--allow-mass-delete"),
     (locked, ExitCode.LOCKED, "another misp2sentinel run"),
@@ -79,7 +79,7 @@ def test_misp_failure_reports_its_error_and_keeps_the_last_success(standins, tmp
     failed = run_process(config)
     assert failed.code == ExitCode.MISP and failed.err.count("\n") == 1
     report = failed.logs("run-report")[-1]
-    assert "500" in report["error"] and report["exit_code"] == ExitCode.MISP
+    assert "MISP server error" in report["error"] and report["exit_code"] == ExitCode.MISP
     status = json.loads(status_file.read_text())[target]
     assert status["last_exit_code"] == ExitCode.MISP and status["last_success"] == succeeded
     assert dt.datetime.fromisoformat(status["last_run"]) >= dt.datetime.fromisoformat(succeeded)
