@@ -425,8 +425,10 @@ def tag_names(tags: Any, ignore_local: bool) -> list[str]:
 
 
 def _tag_text(name: str) -> str:
-    """A tag or cluster name as free text: valid Unicode, at most TEXT_FIELD_MAX characters."""
-    return clean_text(name)
+    """A tag or cluster name as free text: valid Unicode, at most TEXT_FIELD_MAX characters
+    (an ASCII name of that length, nearly every tag, is already both)."""
+    text = name.strip()
+    return text if text.isascii() and len(text) <= C.TEXT_FIELD_MAX else clean_text(text)
 
 
 def _quoted_value(name: str, prefix_len: int) -> str:
