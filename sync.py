@@ -542,13 +542,13 @@ class GraphTarget(Target):
         recorded = {row.external_id: row.remote_id for row in self.store.rows(candidates)}
         surplus = surplus_copies(copies, recorded, suspects)
         results = self.client.delete(surplus) if surplus else []
-        if all(r.accepted or str(r.error).startswith("404") for r in results):
+        if all(map(_gone_from_graph, results)):
             self.store.clear_suspects(iso_utc(self.now - dt.timedelta(minutes=C.GRAPH_LATE_COPY_MINUTES)))
         return sum(r.accepted for r in results)
 
     def _forget_deleted(self, results: list[ItemResult], keys: dict[str, str]) -> list[str]:
         """Drop the rows Graph no longer holds (deleted now, or already gone: 404)."""
-        gone = [keys[r.key] for r in results if (r.accepted or str(r.error).startswith("404")) and r.key in keys]
+        gone = [keys[r.key] for r in results if _gone_from_graph(r) and r.key in keys]
         self.store.remove(gone)
         return gone
 
@@ -590,7 +590,7 @@ class GraphTarget(Target):
 
         def call() -> tuple[list[ItemResult], list[_Queued], list[ItemResult]]:
             deleted = self.client.delete_by_external_id([q.key for q in batch])
-            gone = {r.key for r in deleted if r.accepted or str(r.error).startswith("404")}
+            gone = {r.key for r in deleted if _gone_from_graph(r)}
             fresh = [q for q in batch if q.key in gone]
             return deleted, fresh, self.client.submit([q.indicator for q in fresh]) if fresh else []
 
@@ -734,6 +734,11 @@ class SentinelTarget(Target):
         failed = [r for r in results if r.key not in revoked]
         if failed:
             self.log.error("revoke", f"{len(failed)} revocations rejected", rejected=[{"id": r.key, "reason": r.error} for r in failed])
+
+
+def _gone_from_graph(result: ItemResult) -> bool:
+    """A delete Graph did, or one it did not need (404: already gone)."""
+    return result.accepted or str(result.error).startswith("404")
 
 
 def _says_revoked(error: str | None) -> bool:
