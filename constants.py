@@ -206,22 +206,61 @@ MISP_MAX_PAGES = 100_000
 # misp_event_filters when the config sets none: published events, IDS-flagged attributes only,
 # and MISP's warning lists applied (no well-known benign values pushed to block lists).
 DEFAULT_MISP_EVENT_FILTERS = {"published": True, "to_ids": True, "enforceWarninglist": True}
-# Filter keys the tool owns; an operator setting them in misp_event_filters would break paging.
-MISP_RESERVED_FILTERS = frozenset({"limit", "page", "controller", "return_format", "returnFormat", "pythonify"})
-# Filters that select a time window: an event outside it is not gone, it just expires.
-MISP_TIME_FILTERS = frozenset({"publish_timestamp", "last", "timestamp", "event_timestamp", "date_from", "date_to"})
-# Keywords PyMISP 2.5 search() knows, plus events/restSearch parameters it passes through (misp.md §2).
-MISP_SEARCH_KEYWORDS = frozenset({
-    "value", "type_attribute", "category", "org", "tags", "event_tags", "quick_filter", "quickFilter",
-    "date_from", "date_to", "eventid", "with_attachments", "withAttachments", "metadata", "uuid",
-    "publish_timestamp", "last", "timestamp", "published", "enforce_warninglist", "enforceWarninglist",
-    "to_ids", "deleted", "include_event_uuid", "includeEventUuid", "include_event_tags", "includeEventTags",
-    "event_timestamp", "sg_reference_only", "eventinfo", "searchall", "requested_attributes",
-    "include_context", "includeContext", "headerless", "include_sightings", "includeSightings",
-    "include_correlations", "includeCorrelations", "include_decay_score", "includeDecayScore",
-    "object_name", "exclude_decayed", "sharinggroup",
-    "order", "threat_level_id", "distribution", "excludeLocalTags", "includeAllTags", "event_uuid",
-})
+# Filter keys the tool owns: paging, the answer's format, and `metadata` (events without their
+# attributes would make every indicator look gone).
+MISP_RESERVED_FILTERS = frozenset({"limit", "page", "controller", "return_format", "returnFormat", "pythonify", "metadata"})
+# Filters that select a time window (by the keyword the config uses): an event outside it is
+# not gone, it just expires.
+MISP_TIME_FILTERS = frozenset({"publish_timestamp", "last", "timestamp", "event_timestamp", "date_from", "date_to", "date"})
+# Those MISP reads through resolveTimeDelta at every request ("14d" = 14 days before MISP's now):
+# the tool resolves them once per run, so the window cannot slide across the pages of a run.
+MISP_RELATIVE_TIME_FILTERS = frozenset({"publish_timestamp", "last", "timestamp", "event_timestamp", "date"})
+# MISP's relative time form (AppModel::resolveTimeDelta): a number and a unit, "14d", "12h".
+MISP_RELATIVE_TIME_RE = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]+)?)([dhmsDHMS])$")
+MISP_TIME_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# Absolute time values MISP reads the same whatever the hour: epochs and ISO dates.
+MISP_ABSOLUTE_TIME_RE = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?|[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2})?)?)$")
+# The keys MISP 2.5.1 applies in events/restSearch (RestSearchComponent::$paramArray['Event'];
+# lifecycle.md section 1). AppController::_harvestParameters drops every other key silently.
+MISP_EVENT_SEARCH_KEYS = frozenset("""
+    returnFormat value type category org tags searchall from to last eventid withAttachments metadata
+    uuid publish_timestamp timestamp event_timestamp event_tags published enforceWarninglist
+    sgReferenceOnly limit page requested_attributes includeContext headerless includeWarninglistHits
+    attackGalaxy to_ids deleted excludeLocalTags date includeSightingdb tag object_relation
+    threat_level_id eventinfo sharinggroup idList includeAllTags includeAttachments event_uuid
+    distribution sharing_group_id disableSiteAdmin flatten blockedAttributeTags eventsExtendingUuid
+    extended extensionList excludeGalaxy includeAnalystData includeRelatedTags includeDecayScore
+    includeScoresOnEvent includeFeedCorrelations includeServerCorrelations noEventReports
+    noShadowAttributes order protected includeGranularCorrelations policy walled_garden ns email serial
+    refresh retry expiry minimum_ttl ttl org.sector org.local org.nationality
+""".split())
+MISP_EVENT_SEARCH_KEY_PREFIXES = ("galaxy.",)
+# PyMISP 2.5 search(): each keyword it renames, and the name MISP receives (keywords it sends
+# under their own name, and unknown ones it passes through, are not listed).
+PYMISP_WIRE_NAMES = {
+    "type_attribute": "type", "quick_filter": "quickFilter", "date_from": "from", "date_to": "to",
+    "with_attachments": "withAttachments", "last": "publish_timestamp", "enforce_warninglist": "enforceWarninglist",
+    "include_event_uuid": "includeEventUuid", "include_event_tags": "includeEventTags",
+    "sg_reference_only": "sgReferenceOnly", "include_context": "includeContext",
+    "include_sightings": "includeSightings", "include_decay_score": "includeDecayScore",
+    "include_correlations": "includeCorrelations", "exclude_decayed": "excludeDecayed",
+}
+# Names search() always sets from its own keywords: passed as extra keywords they are
+# overwritten with None, and PyMISP drops them. The keyword to use instead.
+PYMISP_OVERWRITTEN = {"type": "type_attribute", "from": "date_from", "to": "date_to",
+                      "sgReferenceOnly": "sg_reference_only", "excludeDecayed": "exclude_decayed"}
+# What to use instead of a key MISP's events restSearch ignores.
+MISP_IGNORED_FILTER_HINTS = {
+    "quickFilter": "use value (with % wildcards) or searchall",
+    "object_name": "events restSearch has no object filter; use type_attribute or object_relation",
+    "includeEventUuid": "events always carry their uuid; remove it",
+    "includeEventTags": "events always carry their tags; remove it",
+    "includeSightings": "remove it (sightings are not read from events)",
+    "includeCorrelations": "remove it (correlations are not synced)",
+    "excludeDecayed": "decay filters work on attributes restSearch only; remove it",
+    "decayingModel": "decay filters work on attributes restSearch only; remove it",
+    "score": "decay filters work on attributes restSearch only; remove it",
+}
 # Names the 2018 Microsoft sample's config used with the PyMISP of its day.
 MISP_LEGACY_FILTERS = {"values": "value", "type": "type_attribute"}
 MISP_LEGACY_NEGATED_FILTERS = {"not_values": "value", "not_tags": "tags"}

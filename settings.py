@@ -10,7 +10,8 @@ import dataclasses
 import io
 import difflib
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -281,23 +282,24 @@ def _ca_file(name: str, value: str, base: Path, source: str) -> str:
     raise ConfigError(f"{name}: CA bundle {value!r} does not exist (in {source})")
 
 
-def _filter(entry: Any, index: int, source: str) -> dict[str, Any]:
-    """One search() keyword dict: legacy seed names translated, unknown names refused."""
+def _filter(entry: Any, index: int, source: str, now: float) -> dict[str, Any]:
+    """One search() keyword dict: legacy seed names translated, keys MISP would ignore refused,
+    relative times frozen to `now`."""
     where = f"misp_event_filters[{index}]"
     if not isinstance(entry, dict) or not all(isinstance(key, str) for key in entry):
         raise ConfigError(f"{where} must be a dict of PyMISP search() keywords (in {source})")
     reserved = sorted(C.MISP_RESERVED_FILTERS & entry.keys())
     if reserved:
-        raise ConfigError(f"{where} must not set {', '.join(reserved)}: the tool pages by itself (use misp_event_limit_per_page) (in {source})")
+        raise ConfigError(f"{where} must not set {', '.join(reserved)}: the tool sets it itself (page size: misp_event_limit_per_page) (in {source})")
     result: dict[str, Any] = {}
     negated: dict[str, list[Any]] = {}
     for key, value in entry.items():
         if key in C.MISP_LEGACY_NEGATED_FILTERS:
             negated[C.MISP_LEGACY_NEGATED_FILTERS[key]] = value if isinstance(value, list) else [value]
-        elif key in C.MISP_SEARCH_KEYWORDS or key in C.MISP_LEGACY_FILTERS:
-            result[C.MISP_LEGACY_FILTERS.get(key, key)] = value
-        else:
-            raise ConfigError(f"{where}: {key!r} is not a MISP search keyword; MISP would ignore it silently (in {source})")
+            continue
+        keyword = C.MISP_LEGACY_FILTERS.get(key, key)
+        _check_applied(keyword, f"{where}: {key!r}", source)
+        result[keyword] = _frozen_time(value, now, f"{where}: {key}", source) if keyword in C.MISP_RELATIVE_TIME_FILTERS else value
     for target, excluded in negated.items():
         included = result.get(target)
         if included is not None and not isinstance(included, (str, list)):
@@ -309,7 +311,48 @@ def _filter(entry: Any, index: int, source: str) -> dict[str, Any]:
     return result
 
 
-def _event_filters(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any], ...]:
+_FILTER_KEYWORDS = C.MISP_EVENT_SEARCH_KEYS | C.PYMISP_WIRE_NAMES.keys()
+
+
+def misp_wire_name(keyword: str) -> str | None:
+    """The key MISP receives for a search() keyword after PyMISP's renaming; None when PyMISP
+    overwrites it with its own (empty) value and so never sends it."""
+    if keyword in C.PYMISP_OVERWRITTEN:
+        return None
+    return C.PYMISP_WIRE_NAMES.get(keyword, keyword)
+
+
+def _check_applied(keyword: str, where: str, source: str) -> None:
+    """Refuse a filter MISP would drop without a word: it would narrow nothing, and every
+    published event would be synced."""
+    wire = misp_wire_name(keyword)
+    if wire is None:
+        raise ConfigError(f"{where} is dropped by PyMISP's search(); use {C.PYMISP_OVERWRITTEN[keyword]!r} (in {source})")
+    if wire in C.MISP_EVENT_SEARCH_KEYS or wire.startswith(C.MISP_EVENT_SEARCH_KEY_PREFIXES):
+        return
+    hint = C.MISP_IGNORED_FILTER_HINTS.get(wire) or _did_you_mean(keyword, _FILTER_KEYWORDS) or "remove it"
+    sent_as = f" (sent as {wire!r})" if wire != keyword else ""
+    raise ConfigError(f"{where}{sent_as} is not applied by MISP's events restSearch, which would ignore it "
+                      f"silently and sync every event; {hint} (in {source})")
+
+
+def _frozen_time(value: Any, now: float, where: str, source: str) -> Any:
+    """A time filter with MISP's relative form ("14d", or a [from, to] pair) resolved once."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return [_frozen_time(part, now, where, source) for part in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    text = value.strip() if isinstance(value, str) else None
+    relative = C.MISP_RELATIVE_TIME_RE.fullmatch(text) if text is not None else None
+    if relative:
+        return int(now - float(relative.group(1)) * C.MISP_TIME_UNITS[relative.group(2).lower()])
+    if text is not None and C.MISP_ABSOLUTE_TIME_RE.fullmatch(text):
+        return text
+    raise ConfigError(f"{where} must be an epoch, a date (YYYY-MM-DD), a relative time like '14d' or '12h', "
+                      f"or a [from, to] pair of them (in {source})")
+
+
+def _event_filters(raw: Mapping[str, Any], source: str, now: float) -> tuple[dict[str, Any], ...]:
     """A dict (one search) or the seed's list of dicts (events matching every one of them).
 
     Published events only unless a filter says otherwise: PyMISP sends no `published` itself.
@@ -318,7 +361,7 @@ def _event_filters(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Any],
     entries = [value] if isinstance(value, dict) else value
     if not isinstance(entries, list):
         raise ConfigError(f"misp_event_filters must be a dict or a list of dicts (in {source})")
-    filters = [_filter(entry, index, source) for index, entry in enumerate(entries)] or [{}]
+    filters = [_filter(entry, index, source, now) for index, entry in enumerate(entries)] or [{}]
     if not any("published" in entry for entry in filters):
         filters[0] = {"published": True, **filters[0]}
     return tuple(filters)
@@ -425,9 +468,15 @@ def _warnings(raw: Mapping[str, Any], config_path: Path) -> tuple[str, ...]:
 def _unknown_settings(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:
     """Names this version does not read, with the known name a typo most likely meant."""
     def message(name: str) -> str:
-        close = difflib.get_close_matches(name, sorted(KNOWN_SETTINGS), n=1)
-        return f"{source}: setting {name!r} is not used by this version and is ignored" + (f" (did you mean {close[0]!r}?)" if close else "")
+        close = _did_you_mean(name, KNOWN_SETTINGS)
+        return f"{source}: setting {name!r} is not used by this version and is ignored" + (f" ({close})" if close else "")
     return tuple(message(name) for name in sorted(raw.keys() - KNOWN_SETTINGS))
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    """"did you mean 'x'?" for the known name a typo most likely meant, else ""."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
 
 
 def _ignored_dotenv(config_path: Path) -> list[str]:
@@ -474,7 +523,7 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         misp_url=misp_url if misp_url.endswith("/") or not misp_url else misp_url + "/",
         misp_key=(env.get("MISP_KEY") or read.text("misp_key", "")).strip(),
         misp_verifycert=_verifycert(raw, config_path.parent, source),
-        misp_event_filters=_event_filters(raw, source),
+        misp_event_filters=_event_filters(raw, source, time.time()),
         misp_page_size=read.integer("misp_event_limit_per_page", C.MISP_DEFAULT_PAGE_SIZE, 1, 10000),
         ignore_local_tags=read.boolean("misp_ignore_localtags", True),
         log_dir=log_dir if log_dir.is_absolute() else config_path.parent / log_dir,

@@ -71,7 +71,7 @@ def test_unknown_setting_is_a_warning_naming_it(tmp_path):
     ("defaultConfidenceLevel = 101", "defaultConfidenceLevel must be a whole number from 0 to 100"),
     ("network_ignore_direction = 1", "network_ignore_direction must be True or False"),
     ("graph_auth = ['a']", "graph_auth must be a dict"),
-    ("misp_event_filters = {'bogus': 1}", "'bogus' is not a MISP search keyword"),
+    ("misp_event_filters = {'bogus': 1}", "'bogus' is not applied by MISP's events restSearch"),
     ("misp_event_filters = 'published'", "misp_event_filters must be a dict or a list of dicts"),
     ("misp_domain = 'misp.example.org'", "misp_domain must start with https://"),
     ("import os", "only `name = value` assignments"),
