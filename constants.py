@@ -203,6 +203,8 @@ MISP_DEFAULT_PAGE_SIZE = 100
 MISP_PAGE_GROWTH = 2
 MISP_SPARE_PAGES = 10
 MISP_MAX_PAGES = 100_000
+# Days between full reads of every listed event (incremental runs read only changed events).
+DEFAULT_FULL_RESYNC_DAYS = 7
 # misp_event_filters when the config sets none: published events, IDS-flagged attributes only,
 # and MISP's warning lists applied (no well-known benign values pushed to block lists).
 DEFAULT_MISP_EVENT_FILTERS = {"published": True, "to_ids": True, "enforceWarninglist": True}

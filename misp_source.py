@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 import urllib3
@@ -158,16 +158,15 @@ def _epoch(value: Any) -> int:
     return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else 0
 
 
-@dataclass(frozen=True)
-class EventStamp:
-    """An event's two clocks from the listing: `timestamp` moves on every edit,
-    `publish_timestamp` on every (re)publish; 0 when MISP sent none or no plain digits."""
+class EventStamp(NamedTuple):
+    """An event's two clocks: `timestamp` moves on every edit, `publish_timestamp` on every
+    (re)publish; 0 when MISP sent none or no plain digits."""
 
     timestamp: int
     publish_timestamp: int
 
 
-def _stamp(wrapped: Any) -> EventStamp:
+def stamp_of(wrapped: Any) -> EventStamp:
     event = _event_of(wrapped) or {}
     return EventStamp(_epoch(event.get("timestamp")), _epoch(event.get("publish_timestamp")))
 
@@ -278,7 +277,7 @@ class MispSource:
         """One metadata search per filter; the first one's stamps, of the uuids all share."""
         misp = self.connect()
         listed = [
-            {_event_uuid(event): _stamp(event)
+            {_event_uuid(event): stamp_of(event)
              for events in self._search(misp, {**one, "metadata": True}, f"MISP filter {index}") for event in events}
             for index, one in enumerate(filters, start=1)
         ]

@@ -125,3 +125,29 @@ def next_modified(candidate: str, previous: str | None) -> str:
 def mass_delete_blocked(to_delete: int, owned: int, max_fraction: float) -> bool:
     """The safety valve: deleting more than this share of what we own looks like a broken fetch."""
     return owned > 0 and to_delete > max_fraction * owned
+
+
+def full_read_reason(asked: str, last_full: str | None, fingerprint_before: str | None, fingerprint: str,
+                     now: dt.datetime, every_days: int, clock: str) -> str:
+    """Why this run must read every listed event in full ("" when reading only the changed ones
+    is enough). `asked` names a command-line request for it. Warning lists and decay change what
+    MISP returns without moving any timestamp, so a full read comes round every `every_days`
+    (0: every run)."""
+    last = parse_expiry(last_full)
+    reasons = (
+        (bool(asked), asked),
+        (last is None, "no record of an earlier full read"),
+        (fingerprint_before != fingerprint, "the settings or the tool's version changed"),
+        (bool(clock), "the clock moved"),
+        (last is not None and now - last >= dt.timedelta(days=every_days), f"the last full read is {every_days} or more days old"),
+    )
+    return next((reason for applies, reason in reasons if applies), "")
+
+
+def changed_events(listed: Mapping[str, tuple[int, int]], recorded: Mapping[str, tuple[int, int]], due: set[str]) -> set[str]:
+    """Listed events to read in full on an incremental run: new ones, those whose `timestamp` or
+    `publish_timestamp` differs from the body last settled (compared per event: a synced event
+    keeps an older timestamp, so no global cursor would see it), those without clocks, and
+    those holding an indicator due for renewal."""
+    return {uuid for uuid, stamp in listed.items()
+            if recorded.get(uuid) != stamp or 0 in stamp or uuid in due}

@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("--explain", metavar="VALUE-or-UUID", help="say per target why a MISP attribute (by uuid or value) is sent or not; read-only")
     action.add_argument("--rebuild-state", action="store_true", help="recreate each target's local state from what the service holds")
     parser.add_argument("--allow-mass-delete", action="store_true", help="let this run delete more than max_delete_fraction of the owned indicators")
+    parser.add_argument("--full", action="store_true", help="read every listed event in full, not only the changed ones (as every full_resync_days)")
     parser.add_argument("--event", metavar="UUID", help="sync only this MISP event (removals limited to it too)")
     parser.add_argument("--format", choices=("json", "table", "csv"), default="json", help="output of -r (default json)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only (no summary, no progress bars)")
@@ -107,7 +108,7 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
         if not any(run.report.clock_problem for run in runs):  # a jumped clock would make every record look old
             log.prune(settings.log_retention_days)
         try:
-            run_all(runs, MispSource(settings, log), log, args.allow_mass_delete, scope, progress)
+            run_all(runs, MispSource(settings, log), log, args.allow_mass_delete, scope, progress, args.full)
         finally:
             for run in runs:
                 client = run.target.client if run.target else None

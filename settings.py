@@ -25,7 +25,7 @@ KNOWN_SETTINGS = frozenset({
     "days_to_expire", "defaultConfidenceLevel", "network_ignore_direction", "allow_weak_observables",
     "misp_domain", "misp_key", "misp_verifycert", "misp_event_filters", "misp_event_limit_per_page",
     "misp_ignore_localtags", "log_dir", "write_post_json", "verbose_log", "http_timeout",
-    "state_dir", "max_delete_fraction", "renew_days", "log_retention_days",
+    "state_dir", "max_delete_fraction", "renew_days", "log_retention_days", "full_resync_days",
     "target", "workspace_id", "subscription_id", "resource_group", "workspace_name", "sentinel_endpoint",
     "sentinel_api_version", "management_endpoint", "management_api_version", "sourcesystem",
     "max_requests_per_minute", "graph_requests_per_minute", "max_concurrent_requests",
@@ -100,6 +100,7 @@ class Settings:
     max_delete_fraction: float
     renew_days: float
     log_retention_days: int
+    full_resync_days: int
     targets: tuple[TargetSettings, ...]
     sentinel_endpoint: str
     sentinel_api_version: str
@@ -534,6 +535,7 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         max_delete_fraction=read.number("max_delete_fraction", 0.2, 0, 1),
         renew_days=read.number("renew_days", days_to_expire / 4, 0, days_to_expire),
         log_retention_days=read.integer("log_retention_days", 30, 1, 3650),
+        full_resync_days=read.integer("full_resync_days", C.DEFAULT_FULL_RESYNC_DAYS, 0, 3650),
         targets=_targets(raw, read, source),
         sentinel_endpoint=read.https_url("sentinel_endpoint", C.DEFAULT_SENTINEL_ENDPOINT),
         sentinel_api_version=read.text("sentinel_api_version", C.DEFAULT_SENTINEL_API_VERSION),

@@ -5,7 +5,9 @@ answered, and as `deleting` before a delete or revocation: after a crash (kill -
 the next run finds those rows and finishes or undoes the work, so no duplicate is left behind.
 `external_id` is our key (the MISP attribute UUID, or the base STIX id); `remote_id` is the
 service's id (Graph's id, or the STIX id in use); `body` keeps the last STIX object sent, which a
-revocation must repeat. A `pending` row may or may not have reached the service, so it is still
+revocation must repeat. `events` holds, per MISP event this target has fully settled, the two
+clocks of the body it processed: an incremental run fetches only events whose clocks differ. A
+`pending` row may or may not have reached the service, so it is still
 owned: planning sends it again and removal revokes or deletes it. Revoked STIX ids are kept per key
 in their own table: they can never be reused, whatever happens to the key's row.
 """
@@ -40,6 +42,8 @@ CREATE TABLE IF NOT EXISTS indicators (
     body TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS indicators_seen ON indicators (seen_run);
+CREATE INDEX IF NOT EXISTS indicators_event ON indicators (event_uuid);
+CREATE TABLE IF NOT EXISTS events (uuid TEXT PRIMARY KEY, timestamp INTEGER NOT NULL, publish_timestamp INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS revoked (external_id TEXT PRIMARY KEY, remote_id TEXT NOT NULL);
 INSERT OR REPLACE INTO revoked SELECT external_id, remote_id FROM indicators WHERE status = 'revoked';
@@ -48,6 +52,7 @@ DELETE FROM indicators WHERE status = 'revoked';
 
 _KNOWN = "external_id, remote_id, content_hash, fixed_hash, expires_at, event_uuid, sent_at, body, status"
 _OWNED = "status IN ('sent', 'pending')"
+_FORGET_EVENT_OF = "DELETE FROM events WHERE uuid IN (SELECT event_uuid FROM indicators WHERE external_id = ?)"
 
 
 class StoreLocked(Exception):
@@ -275,10 +280,12 @@ class StateStore:
             )
 
     def record_revoked(self, revoked: Iterable[tuple[str, str]]) -> None:
-        """(key, STIX id) pairs now revoked: the rows go, the ids are remembered for good."""
+        """(key, STIX id) pairs now revoked: the rows go, the ids are remembered for good, and
+        their events are read again on the next run (which revives what MISP still wants)."""
         with self.transaction():
             for external_id, remote_id in revoked:
                 self.db.execute("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (external_id, remote_id))
+                self.db.execute(_FORGET_EVENT_OF, (external_id,))
                 self.db.execute("DELETE FROM indicators WHERE external_id = ?", (external_id,))
 
     def keys_of_remote(self, remote_ids: Iterable[str]) -> dict[str, str]:
@@ -291,20 +298,71 @@ class StateStore:
         return found
 
     def remove(self, external_ids: Iterable[str]) -> None:
+        """Rows deleted from the service: their events are read again on the next run, which
+        re-sends what MISP still wants, as a full read would."""
         with self.transaction():
-            self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in external_ids))
+            for external_id in external_ids:
+                self.db.execute(_FORGET_EVENT_OF, (external_id,))
+                self.db.execute("DELETE FROM indicators WHERE external_id = ?", (external_id,))
 
     def replace_all(self, rows: Iterable[Known], revoked: Iterable[tuple[str, str]] = ()) -> None:
         """A rebuild from the service's listing: exactly these owned rows and revoked ids."""
         with self.transaction():
             self.db.execute("DELETE FROM indicators")
             self.db.execute("DELETE FROM revoked")
+            self.db.execute("DELETE FROM events")
+            self.db.execute("DELETE FROM meta WHERE key IN ('settled', 'full_read')")
             self.db.executemany(
                 "INSERT INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 ((k.external_id, k.remote_id, k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.event_uuid, SENT, k.body)
                  for k in rows),
             )
             self.db.executemany("INSERT OR REPLACE INTO revoked VALUES (?, ?)", revoked)
+
+    # --- events: what an incremental run may leave unread ----------------------------------
+    def event_stamps(self) -> dict[str, tuple[int, int]]:
+        """uuid -> (timestamp, publish_timestamp) of each settled event."""
+        return {uuid: (stamp, published) for uuid, stamp, published in self.db.execute("SELECT * FROM events")}
+
+    def events_due(self, before: str) -> set[str]:
+        """Events holding an owned row that expires before `before` (ISO UTC): it must be renewed,
+        so the event is read even though it did not change."""
+        rows = self.db.execute(f"SELECT DISTINCT event_uuid FROM indicators WHERE {_OWNED} AND expires_at <= ?", (before,))
+        return {row[0] for row in rows}
+
+    def unsettled_events(self, run: int) -> set[str]:
+        """Events with a row this run left half done (pending, deleting) or unseen and still owned
+        (a removal the safety valve or a clock problem held back)."""
+        rows = self.db.execute(f"SELECT DISTINCT event_uuid FROM indicators WHERE status != ? OR ({_OWNED} AND seen_run != ?)",
+                               (SENT, run))
+        return {row[0] for row in rows}
+
+    def keys_of_events(self, event_uuids: Iterable[str]) -> list[str]:
+        query = f"SELECT external_id FROM indicators WHERE event_uuid = ? AND {_OWNED}"
+        return [row[0] for uuid in event_uuids for row in self.db.execute(query, (uuid,))]
+
+    def mark_events_seen(self, event_uuids: Iterable[str], run: int) -> None:
+        """The rows of events an incremental run did not read because they did not change."""
+        with self.transaction():
+            self.db.executemany(f"UPDATE indicators SET seen_run = ? WHERE event_uuid = ? AND {_OWNED}",
+                                ((run, uuid) for uuid in event_uuids))
+
+    def settle_events(self, stamps: dict[str, tuple[int, int]], unsettled: Iterable[str], kept: Iterable[str] | None,
+                      meta: dict[str, str]) -> None:
+        """Record the clocks of events this run settled and forget `unsettled` ones. `kept`: the
+        recorded events still listed (a full read records exactly what it read, so None)."""
+        with self.transaction():
+            if kept is None:
+                self.db.execute("DELETE FROM events")
+            else:
+                self.db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (uuid TEXT PRIMARY KEY)")
+                self.db.execute("DELETE FROM kept")
+                self.db.executemany("INSERT OR IGNORE INTO kept VALUES (?)", ((uuid,) for uuid in kept))
+                self.db.execute("DELETE FROM events WHERE uuid NOT IN (SELECT uuid FROM kept)")
+            self.db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?)",
+                                ((uuid, stamp, published) for uuid, (stamp, published) in stamps.items()))
+            self.db.executemany("DELETE FROM events WHERE uuid = ?", ((uuid,) for uuid in unsettled))
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
 
     # --- suspects: keys whose submit had an ambiguous answer -----------------------------
     def mark_suspects(self, external_ids: Iterable[str], since: str) -> None:

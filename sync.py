@@ -10,13 +10,14 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import re
 import sqlite3
 import time
 import traceback
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from collections.abc import Callable, Iterable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,13 @@ from tqdm import tqdm
 import constants as C
 from constants import ExitCode, SkipReason
 from graph_client import GraphClient
-from misp_source import MispError, MispSource
+from misp_source import EventStamp, MispError, MispSource, stamp_of
 from misp_transformer import (EventResult, GraphTransformer, MappingPolicy, Skip, StixTransformer, Transformer, iso_utc,
                               stix_id, stix_time)
 from ms_client import ItemResult, MicrosoftError
 from rebuild import Rebuilt, graph_rows, sentinel_rows
-from reconcile import (Action, clock_problem, content_hash, fixed_hash, mass_delete_blocked, next_modified, plan,
-                       renew_body, renewal_threshold, update_body)
+from reconcile import (Action, changed_events, clock_problem, content_hash, fixed_hash, full_read_reason, mass_delete_blocked,
+                       next_modified, plan, renew_body, renewal_threshold, update_body)
 from request_log import JsonLines, LogWriteError, RequestLog, strip_url_credentials
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings
@@ -61,6 +62,9 @@ class RunReport:
     recovered: int = 0
     rebuilt: str = ""
     clock_problem: str = ""
+    full_read: str = ""  # why every listed event was read in full; "" for an incremental run
+    events_listed: int = 0
+    events_read_in_full: int = 0
     deletions_blocked: int = 0
     requests: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -93,6 +97,8 @@ class RunReport:
             "accepted": self.accepted, "rejected": self.rejected, "failed": self.failed, "deleted": self.deleted,
             "kept_outside_window": self.kept_outside_window, "kept_not_read": self.kept_not_read,
             "forgotten_expired": self.forgotten_expired,
+            "run_kind": "full" if self.full_read else "incremental", "full_read_reason": self.full_read or None,
+            "events_listed": self.events_listed, "events_read_in_full": self.events_read_in_full,
             "recovered": self.recovered, "state_rebuilt": self.rebuilt or None, "clock_problem": self.clock_problem or None,
             "deletions_blocked": self.deletions_blocked, "requests": self.requests,
             "skipped": dict(sorted(self.skipped.items())), "seconds": round(time.monotonic() - self.started, 3),
@@ -104,7 +110,8 @@ class RunReport:
         planned = " (planned, nothing sent)" if dry_run else ""
         return (
             ("Dry run: nothing was sent and the state was not changed\n" if dry_run else "")
-            + f"target: {data['target']}\nevents read: {data['events']}\nattributes read: {data['attributes']}\n"
+            + f"target: {data['target']}\n{self._run_kind()}\n"
+            f"events read: {data['events']}\nattributes read: {data['attributes']}\n"
             f"candidates: {data['candidates']}\nindicators: {data['indicators']}\n"
             f"new: {data['new']}, updated: {data['update']}, replaced: {data['replace']}, renewed: {data['renew']}, "
             f"unchanged: {data['unchanged']}{planned}\n"
@@ -119,6 +126,11 @@ class RunReport:
             + _named("deleted", self.named_deleted, self.deleted) + _named("rejected", self.named_rejected, self.rejected)
             + f"requests to the service: {data['requests']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
         )
+
+
+    def _run_kind(self) -> str:
+        kind = f"full read ({self.full_read})" if self.full_read else "incremental read (only changed events)"
+        return f"run: {kind}, {self.events_read_in_full} of {self.events_listed} listed events read in full"
 
 
 def _named(what: str, named: list[tuple[str, str]], total: int) -> str:
@@ -230,6 +242,7 @@ class Target:
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload") if client is not None else None
         self._in_flight: list[tuple[Future[Any], _Job]] = []
         self._fetched_events: Set[str] | None = None  # known once removal starts: says why a row goes
+        self.unsettled: set[str] = set()  # events with an indicator this run did not settle: read again next run
         self._deleted_file: JsonLines | None = None
 
     @property
@@ -365,6 +378,7 @@ class Target:
                 if exc.fatal:
                     raise
                 self.report.failed += len(job.keys)
+                self.unsettled.update(row.event_uuid for row in self.store.rows(job.keys))
                 self.log.error(job.operation, str(exc), keys=job.keys)
                 continue
             job.finish(outcome)
@@ -400,6 +414,7 @@ class Target:
         self.report.rejected += len(rejected)
         self.report.progress.update(accepted + len(rejected))
         for queued, reason in rejected:
+            self.unsettled.add(queued.event_uuid)
             self.report.name(self.report.named_rejected, shown_value(self.log, indicator_value(queued.indicator)),
                              shown_value(self.log, str(reason)))
         if rejected:
@@ -407,8 +422,37 @@ class Target:
                 {"key": queued.key, "reason": reason, "indicator": queued.indicator} for queued, reason in rejected
             ])
 
+    # --- incremental reads ----------------------------------------------------------------
+    def read_plan(self, listed: Mapping[str, EventStamp], asked: str, fingerprint: str) -> tuple[str, set[str]]:
+        """Why this target needs every listed event read in full ("" if not), and the listed
+        events it needs read in full (all of them, or only the changed and the due ones)."""
+        reason = full_read_reason(asked, self.store.meta("full_read"), self.store.meta("fingerprint"), fingerprint,
+                                  self.now, self.settings.full_resync_days, self.report.clock_problem)
+        if reason:
+            return reason, set(listed)
+        return "", changed_events(listed, self.store.event_stamps(), self.store.events_due(iso_utc(self.renew_before)))
+
+    def keep_unchanged(self, event_uuids: Set[str]) -> None:
+        """Indicators of listed events left unread because they did not change: still wanted."""
+        if self.dry_run:
+            self._seen_in_dry_run.update(self.store.keys_of_events(event_uuids))
+        else:
+            self.store.mark_events_seen(event_uuids, self.run)
+
+    def settle(self, read: Mapping[str, EventStamp], listed: Set[str], kind: str, fingerprint: str) -> None:
+        """After removal, record the clocks of the events whose indicators are all settled
+        (sent, unchanged or removed): the next incremental run skips them while they keep those
+        clocks. `kind`: "full" (the record becomes what was read), "incremental" or "event"."""
+        if self.dry_run:
+            return
+        unsettled = self.unsettled | (self.store.unsettled_events(self.run) & read.keys())
+        stamps = {uuid: (stamp.timestamp, stamp.publish_timestamp) for uuid, stamp in read.items() if uuid not in unsettled}
+        keep_only = {"full": (), "incremental": listed, "event": None}[kind]
+        meta = {"full_read": iso_utc(self.now), "fingerprint": fingerprint} if kind == "full" else {}
+        self.store.settle_events(stamps, unsettled, keep_only, meta)
+
     # --- removal ------------------------------------------------------------------------
-    def remove_gone(self, fetched_events: set[str], listed_events: Set[str], alive_events: Callable[[], set[str] | None],
+    def remove_gone(self, fetched_events: Set[str], listed_events: Set[str], alive_events: Callable[[], set[str] | None],
                     allow_mass_delete: bool, scope: set[str] | None = None) -> None:
         """Remove what MISP no longer wants; keep what merely left the filter window (it expires).
 
@@ -805,6 +849,7 @@ class TargetRun:
     routine_logged: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     failure: str = ""
     failure_code: ExitCode = ExitCode.OK
+    fingerprint: str = ""  # settings_fingerprint of this run's settings
 
     def fail(self, log: RequestLog, code: ExitCode, message: str) -> None:
         self.stop(code, log.scrub(message))
@@ -883,6 +928,15 @@ def last_run_status(previous: dict[str, Any], records: list[dict[str, Any]]) -> 
     return status
 
 
+def settings_fingerprint(settings: Settings, spec: TargetSettings) -> str:
+    """A digest of what shapes the indicators of an unchanged event (mapping policy, non-time
+    filters, target, tool version): when it changes, every event is read again in full."""
+    timeless = [{k: v for k, v in one.items() if k not in C.MISP_TIME_FILTERS} for one in settings.misp_event_filters]
+    shape = {"version": C.VERSION, "policy": dataclasses.asdict(policy_from(settings)), "filters": timeless,
+             "target": dataclasses.asdict(spec), "sourcesystem": settings.sourcesystem}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
 def target_label(settings: Settings, spec: TargetSettings) -> str:
     return f"graph tenant {settings.tenant}" if spec.kind == "graph" else spec.label
 
@@ -921,6 +975,7 @@ def open_run(settings: Settings, run: TargetRun, log: RequestLog, dry_run: bool,
     stack.callback(target.close)
     transformer = GraphTransformer if spec.kind == "graph" else StixTransformer
     run.transformer = transformer(policy_from(settings), now)
+    run.fingerprint = settings_fingerprint(settings, spec)
     if target.client is not None:
         run.guard(log, target.client.token)
         if fresh:
@@ -932,11 +987,13 @@ def open_run(settings: Settings, run: TargetRun, log: RequestLog, dry_run: bool,
 
 
 def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_mass_delete: bool,
-            scope: set[str] | None = None, progress: bool = False) -> None:
-    """Fetch MISP once and feed every target; remove only after the whole fetch succeeded.
+            scope: set[str] | None = None, progress: bool = False, full: bool = False) -> None:
+    """List MISP once, read in full what any target needs, feed every target; remove only after
+    the whole read succeeded, then record which events are settled.
 
-    `scope` limits removals to those events (a `--event` run); `progress` shows a bar of
-    events read and, per target, of indicators answered (on a terminal only).
+    `scope` limits reads and removals to those events (a `--event` run); `full` (`--full`)
+    reads every listed event; `progress` shows a bar of events read and, per target, of
+    indicators answered (on a terminal only).
     """
     runs = [run for run in runs if run.target is not None]
     if not runs:
@@ -944,32 +1001,45 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
     for run in runs:
         if not run.target.dry_run:
             run.guard(log, run.target.recover)
-    fetched: set[str] = set()
+    read: dict[str, EventStamp] = {}
     bar = tqdm(desc="MISP events", unit=" events", disable=not progress, leave=False)
     for run in runs:
         run.report.progress = tqdm(desc=f"{run.spec.label}", unit=" indicators", disable=not progress, leave=False)
+    asked = "--event" if scope is not None else "--full" if full else ""
     try:
         listed = source.listing()
-        _feed_pages(runs, source.pages(listed), fetched, bar, log)
-        _feed_pages(runs, source.fetch_events(listed.events.keys() - fetched), fetched, bar, log)
+        plans = {id(run): run.target.read_plan(listed.events, asked, run.fingerprint) for run in runs}
+        full_reasons = sorted({reason for reason, _ in plans.values() if reason})
+        if full_reasons:
+            _feed_pages(runs, source.pages(listed), read, bar, log)
+            _feed_pages(runs, source.fetch_events(listed.events.keys() - read.keys()), read, bar, log)
+        else:
+            _feed_pages(runs, source.fetch_events(set().union(*(wanted for _, wanted in plans.values()))), read, bar, log)
     finally:
         bar.close()
         for run in runs:
             run.guard(log, run.target.flush_all)  # what was planned is sent even after a MISP error
             if run.skipped_file is not None:
                 run.skipped_file.close()
+    kind = "event" if scope is not None else "full" if full_reasons else "incremental"
     alive = _once(source.alive_event_uuids)
     for run in runs:
-        run.guard(log, lambda run=run: run.target.remove_gone(fetched, listed.events.keys(), alive, allow_mass_delete, scope))
+        run.report.full_read, run.report.events_listed, run.report.events_read_in_full = "; ".join(full_reasons), len(listed.events), len(read)
+        unchanged = listed.events.keys() - plans[id(run)][1] - read.keys()
+        run.guard(log, lambda run=run: run.target.keep_unchanged(unchanged))
+        run.guard(log, lambda run=run: run.target.remove_gone(read.keys(), listed.events.keys(), alive, allow_mass_delete, scope))
+        run.guard(log, lambda run=run: run.target.settle(read, listed.events.keys(), kind, run.fingerprint))
         run.report.progress.close()
 
 
-def _feed_pages(runs: list[TargetRun], pages: Iterator[list[dict[str, Any]]], fetched: set[str], bar: tqdm,
+def _feed_pages(runs: list[TargetRun], pages: Iterator[list[dict[str, Any]]], read: dict[str, EventStamp], bar: tqdm,
                 log: RequestLog) -> None:
-    """Transform each page for every target, then mark its indicators seen."""
+    """Transform each page for every target, then mark its indicators seen; `read` gains the
+    clocks of each event read (not of one that could not be read as a whole)."""
     for page in pages:
         for event in page:
-            fetched.update(_feed(run, event, log) for run in runs if not run.failure)
+            uuids = {_feed(run, event, log) for run in runs if not run.failure} - {""}
+            read.update((uuid, stamp_of(event)) for uuid in uuids)
         bar.update(len(page))
         for run in runs:
             run.guard(log, run.target.commit_seen)

@@ -50,6 +50,8 @@ _BAD_GATEWAY = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>
 _LOGIN_PAGE = ("<!DOCTYPE html><html><head><title>Users - MISP</title></head><body>"
                "<form action=\"/users/login\" method=\"post\"><input name=\"data[User][email]\">"
                "<input type=\"password\" name=\"data[User][password]\"></form></body></html>")
+# Fields that are an event's clocks and publication state, not its content.
+_CLOCKS = frozenset({"timestamp", "publish_timestamp", "published"})
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
@@ -64,6 +66,10 @@ def _truthy(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true"}
     return bool(value)
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int) or (isinstance(value, str) and value.isdigit()) else 0
 
 
 def _as_list(value: object) -> list[str]:
@@ -105,6 +111,7 @@ class MispStandIn(HttpsStandIn):
         self.events: list[dict[str, Any]] = copy.deepcopy(events)
         self._page_faults: dict[int | None, str] = {}
         self._page_hooks: dict[int, Callable[[], None]] = {}
+        self._contents: dict[int, str] = {}  # id(event) -> digest of its content when last seen
         describe = resources.files("pymisp").joinpath("data/describeTypes.json").read_text("utf-8")
         self._describe_types = {"result": json.loads(describe)["result"]}
 
@@ -160,6 +167,7 @@ class MispStandIn(HttpsStandIn):
         if str(body.get("returnFormat", "json")) != "json":
             return _error(400, "Invalid return format.", request.path)
         with self.lock:  # like MISP: select events first, page them, then fetch and trim the page
+            self._clock_edits()
             selected = [event for event in self.events if self._selects(event["Event"], body)]
         total = len(selected)
         if body.get("limit"):
@@ -185,6 +193,18 @@ class MispStandIn(HttpsStandIn):
                      if (uuids is None or str(attribute.get("uuid")).lower() in uuids)
                      and (values is None or _value_matches(attribute, values))]
         return json_reply(200, {"response": {"Attribute": found}})
+
+    def _clock_edits(self) -> None:
+        """Move the `timestamp` of every event a test edited since the last request, as MISP does
+        on any change to an event's attributes, objects or tags (publishing moves only
+        `publish_timestamp`, which tests set themselves)."""
+        for wrapped in self.events:
+            event = wrapped["Event"]
+            content = json.dumps({k: v for k, v in event.items() if k not in _CLOCKS}, sort_keys=True, default=str)
+            last = self._contents.get(id(event))
+            if last is not None and last != content:
+                event["timestamp"] = str(max(int(time.time()), _int(event.get("timestamp")) + 1))
+            self._contents[id(event)] = content
 
     @staticmethod
     def _selects(event: dict[str, Any], body: dict[str, Any]) -> bool:

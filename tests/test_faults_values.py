@@ -85,7 +85,7 @@ def test_an_internal_error_keeps_what_was_sent_for_the_attribute(standins, tmp_p
     def failing(*args):
         raise RuntimeError("a bug in one builder")
     monkeypatch.setitem(builders, "ip-dst", failing)
-    run = run_cli(config, capsys=capsys)
+    run = run_cli(config, "--full", capsys=capsys)  # as a new version's first run would
     assert run.code == ExitCode.OK, run.err
     report = run.logs("run-report")[-1]
     assert report["skipped"]["internal-error"] > 0 and report["deleted"] == 0

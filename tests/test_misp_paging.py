@@ -177,7 +177,7 @@ def test_cli_event_unpublished_between_two_pages_deletes_no_live_indicator(stand
     held = held_external_ids(standins) if target == "graph" else active_ids(standins)
     first = next(e["Event"] for e in standins.misp.events if e["Event"]["published"] is True)
     standins.misp.on_page(2, lambda: first.update(published=False))  # the rest shift by one
-    run = run_process(config)
+    run = run_process(config, "--full")  # pages are read on a full read only
     assert run.code == ExitCode.OK, run.err
     report = run.logs("run-report")[-1]
     assert report["deleted"] == 0 and report["events"] == len([e for e in standins.misp.events if e["Event"]["published"]]) + 1

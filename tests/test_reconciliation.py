@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from constants import ExitCode
 from settings import load_settings
 from state_store import target_lock
@@ -36,15 +38,22 @@ def assert_no_duplicates(standins) -> None:
     assert [key for key, n in counts.items() if n > 1] == []
 
 
-def test_second_identical_run_sends_no_indicator_request(standins, tmp_path, capsys):
+@pytest.mark.parametrize("full", [False, True])
+def test_second_identical_run_sends_no_indicator_request(standins, tmp_path, capsys, full):
+    """An incremental night reads no event in full; a full read plans every one as unchanged."""
     config = write_config(tmp_path, standins)
     assert run_cli(config, capsys=capsys).code == ExitCode.OK
     before = len(standins.graph.requests_seen)
-    second = run_cli(config, capsys=capsys)
+    second = run_cli(config, *(["--full"] if full else []), capsys=capsys)
     assert second.code == ExitCode.OK
     assert graph_calls(standins, before) == {}
     report = second.logs("run-report")[-1]
-    assert report["unchanged"] == report["indicators"] > 250 and report["requests"] == 0
+    assert report["requests"] == 0 and report["deleted"] == 0
+    assert report["run_kind"] == ("full" if full else "incremental") and report["events_listed"] == 4
+    if full:
+        assert report["unchanged"] == report["indicators"] > 250 and report["events_read_in_full"] == 4
+    else:
+        assert report["indicators"] == report["events_read_in_full"] == 0
 
 
 def test_scenario_add_edit_unflag_delete_unpublish_converges(standins, tmp_path, capsys):
@@ -72,12 +81,15 @@ def test_scenario_add_edit_unflag_delete_unpublish_converges(standins, tmp_path,
     assert_no_duplicates(standins)
     report = run.logs("run-report")[-1]
     gone_from_xorist = len(expected_external_ids([{"Event": {**unpublished, "published": True}}]))
-    assert (report["new"], report["update"], report["replace"]) == (2, 1, 1)
+    # MISP moved ASERT's timestamp with the edits and lastReportedDateTime carries it (mapping.md),
+    # so every indicator of ASERT that stays is updated, the edited comment among them
+    updated = len(expected_external_ids([{"Event": asert}])) - 2 - 1
+    assert (report["new"], report["update"], report["replace"]) == (2, updated, 1)
     assert report["deleted"] == 2 + gone_from_xorist
     calls = graph_calls(standins, before)
     # the new batch first removes any copy the state does not know of; the replacement removes
     # every copy under its externalId before submitting
-    assert calls == {"submitTiIndicators": 2, "updateTiIndicators": 1, "deleteTiIndicators": 1,
+    assert calls == {"submitTiIndicators": 2, "updateTiIndicators": -(-updated // 100), "deleteTiIndicators": 1,
                      "deleteTiIndicatorsByExternalId": 2}
     updated = next(i for i in standins.graph.indicators.values() if i["externalId"] == edited_comment["uuid"])
     assert "analyst note added later" in updated["additionalInformation"]
