@@ -32,7 +32,11 @@ def test_event_option_syncs_one_event_and_removes_only_within_it(standins, tmp_p
     assert report["events"] == 1 and report["deleted"] == 1
     assert dropped["uuid"] not in held_external_ids(standins)
     assert expected_external_ids([{"Event": {**other, "Attribute": []}}]) <= held_external_ids(standins)
-    assert len([r for r in standins.graph.requests_seen[before:] if r.method == "POST"]) == 1
+    # the edit moved the event's timestamp, which its indicators carry: they are updated, the other event's are not
+    posts = [r for r in standins.graph.requests_seen[before:] if r.method == "POST"]
+    assert {r.path.rsplit("/", 1)[1] for r in posts} == {"deleteTiIndicators", "updateTiIndicators"}
+    updated = {item["id"] for r in posts if r.path.endswith("updateTiIndicators") for item in r.json["value"]}
+    assert {standins.graph.indicators[graph_id]["externalId"] for graph_id in updated} <= expected_external_ids([{"Event": target}])
 
 
 def test_read_as_table_and_csv(standins, tmp_path, capsys):

@@ -222,7 +222,7 @@ def test_second_run_while_first_holds_the_lock_exits_7(standins, tmp_path, capsy
 
 
 def test_overlapping_cron_runs(standins, tmp_path):
-    standins.graph.latency = 0.3
+    standins.graph.latency = 1.5  # the first run outlives the second one's start-up, even on a loaded machine
     config = write_config(tmp_path, standins)
     first = subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
