@@ -325,9 +325,10 @@ class StateStore:
         return {uuid: (stamp, published) for uuid, stamp, published in self.db.execute("SELECT * FROM events")}
 
     def events_due(self, before: str) -> set[str]:
-        """Events holding an owned row that expires before `before` (ISO UTC): it must be renewed,
-        so the event is read even though it did not change."""
-        rows = self.db.execute(f"SELECT DISTINCT event_uuid FROM indicators WHERE {_OWNED} AND expires_at <= ?", (before,))
+        """Events read even though they did not change: those holding an owned row that expires
+        before `before` (ISO UTC), to renew it, or a row a killed run left half done."""
+        rows = self.db.execute(f"SELECT DISTINCT event_uuid FROM indicators WHERE status != ? OR ({_OWNED} AND expires_at <= ?)",
+                               (SENT, before))
         return {row[0] for row in rows}
 
     def unsettled_events(self, run: int) -> set[str]:

@@ -183,6 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(reply.body)
+        with stand_in.lock:
+            stand_in.replies.append((seen, len(reply.body)))
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
@@ -220,6 +222,7 @@ class HttpsStandIn:
         self.max_in_flight = 0  # most requests being answered at the same time
         self._admitted: dict[str, collections.deque[float]] = {}
         self._seen: list[SeenRequest] = []
+        self.replies: list[tuple[SeenRequest, int]] = []  # each answered request and its body's bytes
         self._open: set[socket.socket] = set()
         self._faults: list[Fault] = []
         self._server = _Server(("127.0.0.1", 0), _Handler, bind_and_activate=True)
