@@ -10,14 +10,22 @@ Based on MISP/MISP @bb0909a (2.5.1). A search runs in MISP's two phases:
 2. Fetch (`Event::fetchEvent`, Event.php 1758-2310) of the selected page: `published` again,
    attributes trimmed by `to_ids` and `deleted` only (never by `type` or `category`: the event
    comes back whole), attributes carrying a `NOT` tag dropped (`blockedAttributeTags`,
-   Event.php 7566-7569, 2610-2650), warninglist hits dropped with `enforceWarninglist`
-   (2227-2231; an event left without attributes is still returned), `decay_score` attached with
-   `includeDecayScore` (2238-2245). The JSON export then drops objects left without attributes
+   Event.php 7542-7546, 2610-2650), warninglist hits dropped with `enforceWarninglist`
+   (2228-2231; an event left without attributes is still returned), `decay_score` attached with
+   `includeDecayScore` (2239-2245). The JSON export then drops objects left without attributes
    (app/Lib/Tools/JSONConverterTool.php `__cleanObjects`, 209-219).
 
-Only keys in `RestSearchComponent::$paramArray['Event']` reach MISP (`AppController::
-_harvestParameters`); the others (`quickFilter`, `object_name`, `includeEventUuid`, ...) are
-never looked at here, as MISP never sees them.
+Only keys in `RestSearchComponent::$paramArray['Event']` (RestSearchComponent.php 75-) reach
+MISP (`AppController::_harvestParameters`, which also trims strings and splits `a||b`); the
+others (`quickFilter`, `object_name`, `includeEventUuid`, `excludeDecayed`, ...) are never
+looked at here, as MISP never sees them.
+
+MISP quirks kept on purpose, since the tool meets them on a real MISP: `published: false` is
+skipped by the selection but applied by the fetch (a page may come back short or empty before
+the last one); a `tags` NOT also drops events none of whose attributes is free of the tag (the
+attribute-scope subquery, MispAttribute.php 1152-1182); an AND tag pattern matching several
+tags selects nothing (1107-1111); `deleted: "only"` selects like `deleted = 0` (MySQL casts
+'only' to 0) but fetches only deleted attributes of the user's own org's events.
 
 Simplifications (the stand-in's, not MISP's):
 - Tags are identified by name without case (MISP: `Tag.name LIKE`, case-insensitive collation);
@@ -50,6 +58,8 @@ _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 # The stand-in's user (standins/misp.py _ME): its org sees its own events' soft-deleted data.
 USER_ORG_ID = "1"
 _SKIPPED = object()
+# What metadata=1 leaves out (fetchEvent 2049-2054).
+_NOT_IN_METADATA = frozenset({"Attribute", "Object", "ShadowAttribute", "EventReport"})
 
 
 @dataclasses.dataclass
@@ -64,7 +74,7 @@ class Warninglist:
     enabled: bool = True
 
     def hit(self, attribute: dict[str, Any]) -> bool:
-        """Warninglist::checkForWarning (Warninglist.php 604-633): to_ids attributes only;
+        """Warninglist::checkForWarning (Warninglist.php 603-633): to_ids attributes only;
         composite and malware-sample values are checked half by half (checkValue 635-668)."""
         kind = str(attribute.get("type", ""))
         if not (self.enabled and _php_truthy(attribute.get("to_ids"))
@@ -315,7 +325,7 @@ class Search:
         return selected[int(limit) * (page - 1):int(limit) * page]
 
     def fetches(self, event: dict[str, Any]) -> bool:
-        """fetchEvent's own `published` condition (Event.php 1900-1902): applied even when the
+        """fetchEvent's own `published` condition (Event.php 1908-1910): applied even when the
         selection skipped it (JSON false), so such a page holds only unpublished events."""
         value = self.body.get("published")
         return value is None or _column_in(event.get("published"), value)
@@ -324,7 +334,7 @@ class Search:
               sightings: dict[str, list[int]]) -> dict[str, Any]:
         """The event as fetchEvent returns it (a copy; `event` is not changed)."""
         if _php_truthy(self.body.get("metadata")):
-            return {k: v for k, v in event.items() if k not in ("Attribute", "Object", "ShadowAttribute", "EventReport")}
+            return {k: v for k, v in event.items() if k not in _NOT_IN_METADATA}
         lists = [wl for wl in warninglists if wl.enabled] if _php_truthy(self.body.get("enforceWarninglist")) else []
         decay = model if _php_truthy(self.body.get("includeDecayScore")) else None
         def keep(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -339,21 +349,27 @@ class Search:
     def _fetched(self, attribute: dict[str, Any], event: dict[str, Any]) -> bool:
         """fetchEvent's attribute conditions: deleted, to_ids, blocked (NOT) tags."""
         return (self._soft_kept(attribute, event) and self._to_ids_kept(attribute)
-                and not self._blocked_tags() & {_tag_name(t) for t in attribute.get("Tag", [])})
+                and not self._blocked_tags & {_tag_name(t) for t in attribute.get("Tag", [])})
 
     def _soft_kept(self, item: dict[str, Any], event: dict[str, Any]) -> bool:
-        """fetchEvent 1913-1950 for a user without perm_sync: `deleted` values ("only" is 1)
+        """fetchEvent 1922-1960 for a user without perm_sync: `deleted` values ("only" is 1)
         apply to the user's own org's events; elsewhere only not-deleted items, if 0 is asked."""
         deleted = 1 if _php_truthy(item.get("deleted")) else 0
-        value = self.body.get("deleted")
-        if value is None:
+        asked = self._deleted_asked
+        if asked is None:
             return deleted == 0
-        asked = {1 if v == "only" else _php_int(v) for v in (value if isinstance(value, list) else [value])}
         own = str(event.get("org_id")) == USER_ORG_ID and deleted in asked
         return own or (0 in asked and deleted == 0)
 
+    @functools.cached_property
+    def _deleted_asked(self) -> set[float] | None:
+        value = self.body.get("deleted")
+        if value is None:
+            return None
+        return {1 if v == "only" else _php_int(v) for v in (value if isinstance(value, list) else [value])}
+
     def _to_ids_kept(self, attribute: dict[str, Any]) -> bool:
-        """fetchEvent 1966-1968: `!empty(to_ids) || to_ids === 0` trims (so "0" and false do not)."""
+        """fetchEvent 1987-1989: `!empty(to_ids) || to_ids === 0` trims (so "0" and false do not)."""
         value = self.body.get("to_ids")
         if value == "exclude":
             value = 0
@@ -361,8 +377,9 @@ class Search:
             return True
         return _column_in(attribute.get("to_ids"), value)
 
+    @functools.cached_property
     def _blocked_tags(self) -> set[str]:
-        """restSearch 7566-7569: a `tags` NOT list becomes blockedAttributeTags."""
+        """restSearch 7542-7546: a `tags` NOT list becomes blockedAttributeTags."""
         value = self._given("tags")
         if value is _SKIPPED or _php_empty(value):
             return set()
@@ -382,11 +399,20 @@ def event_attributes(event: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _massage(body: dict[str, Any]) -> dict[str, Any]:
-    """Event::restSearchFilterMassage (Event.php 7431-7465) for the JSON export: `tag` stands
-    for `tags`; no default to_ids/published (JsonExport is a non-restrictive export)."""
-    if "tag" in body and "tags" not in body:
-        return {**body, "tags": body["tag"]}
-    return body
+    """AppController::_harvestParameters (1114-1121: strings trimmed, `a||b` is a list), then
+    Event::restSearchFilterMassage (Event.php 7431-7465) for the JSON export: `tag` stands for
+    `tags`; no default to_ids/published (JsonExport is a non-restrictive export)."""
+    harvested = {key: _harvested(value) for key, value in body.items()}
+    if "tag" in harvested and "tags" not in harvested:
+        harvested["tags"] = harvested["tag"]
+    return harvested
+
+
+def _harvested(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    return value.split("||") if value.find("||") > 0 else value
 
 
 def _known_tags(events: list[dict[str, Any]]) -> set[str]:

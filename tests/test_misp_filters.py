@@ -145,7 +145,8 @@ def tagged(standins):
 
 def test_tags_string_and_list_select_events_tagged_on_the_event_or_an_attribute(tagged, tmp_path):
     assert infos(tagged, tmp_path, {"tags": "tlp:green"}) == ["attribute-green", "event-green"]
-    assert infos(tagged, tmp_path, {"tags": ["tlp:green", "type:osint"]}) == ["amber-and-osint", "attribute-green", "event-green"]
+    assert infos(tagged, tmp_path, {"tags": ["tlp:green", "type:osint"]}) == [
+        "amber-and-osint", "attribute-green", "event-green"]
     assert infos(tagged, tmp_path, {"tags": "tlp:%"}) == ["amber-and-osint", "attribute-green", "event-green"]
     assert infos(tagged, tmp_path, {"tags": "tlp:red"}) == []  # no such tag: nothing, not everything
     # The whole event comes back, not only the tagged attribute
@@ -207,7 +208,8 @@ def test_type_selects_events_having_one_and_returns_them_whole(mixed, tmp_path):
 def test_category_selects_events_having_one(mixed, tmp_path):
     assert infos(mixed, tmp_path, {"category": "Other"}) == ["net"]
     assert infos(mixed, tmp_path, {"category": "payload delivery"}) == ["files", "mail"]
-    assert infos(mixed, tmp_path, {"category": "!Network activity"}) == ["files", "mail", "net"]  # any attribute not in it
+    # NOT: the event has an attribute of another category
+    assert infos(mixed, tmp_path, {"category": "!Network activity"}) == ["files", "mail", "net"]
 
 
 def test_to_ids_selects_and_trims(mixed, tmp_path):
@@ -221,7 +223,8 @@ def test_deleted_shows_soft_deleted_attributes_of_the_users_own_org_only(standin
     standins.misp.events = [event("own", live, gone, org=OWN_ORG), event("theirs", live, gone)]
     assert fetched(standins, tmp_path, {}) == {"own": ["192.0.2.1"], "theirs": ["192.0.2.1"]}
     assert fetched(standins, tmp_path, {"deleted": 0}) == {"own": ["192.0.2.1"], "theirs": ["192.0.2.1"]}
-    assert fetched(standins, tmp_path, {"deleted": [0, 1]}) == {"own": ["192.0.2.1", "192.0.2.2"], "theirs": ["192.0.2.1"]}
+    assert fetched(standins, tmp_path, {"deleted": [0, 1]}) == {
+        "own": ["192.0.2.1", "192.0.2.2"], "theirs": ["192.0.2.1"]}
     assert fetched(standins, tmp_path, {"deleted": 1}) == {"own": ["192.0.2.2"], "theirs": []}
     assert fetched(standins, tmp_path, {"deleted": "only"}) == {"own": ["192.0.2.2"], "theirs": []}
 
@@ -279,9 +282,12 @@ def test_enforce_warninglist_on_fixture_events(standins, tmp_path):
 @pytest.fixture
 def dated(standins):
     standins.misp.events = [
-        event("old", attribute("192.0.2.1"), date="2026-10-01", timestamp=str(NOW - 20 * DAY), publish_timestamp=str(NOW - 10 * DAY)),
-        event("recent", attribute("192.0.2.2"), date="2026-11-15", timestamp=str(NOW - 5 * DAY), publish_timestamp=str(NOW - 3 * DAY)),
-        event("new", attribute("192.0.2.3"), date="2026-12-01", timestamp=str(NOW - 1800), publish_timestamp=str(NOW - 600)),
+        event("old", attribute("192.0.2.1"), date="2026-10-01",
+              timestamp=str(NOW - 20 * DAY), publish_timestamp=str(NOW - 10 * DAY)),
+        event("recent", attribute("192.0.2.2"), date="2026-11-15",
+              timestamp=str(NOW - 5 * DAY), publish_timestamp=str(NOW - 3 * DAY)),
+        event("new", attribute("192.0.2.3"), date="2026-12-01",
+              timestamp=str(NOW - 1800), publish_timestamp=str(NOW - 600)),
     ]
     return standins
 
@@ -309,7 +315,8 @@ def test_date_from_and_date_to_select_by_event_date_inclusively(dated, tmp_path)
 def test_date_selects_by_event_date_from_a_time(dated, tmp_path):
     # `date` is not in settings.py's keyword list (yet): given to MispSource directly
     assert infos(dated, tmp_path, {"published": True, "date": "2026-11-15"}, direct=True) == ["new", "recent"]
-    assert infos(dated, tmp_path, {"published": True, "date": ["2026-10-01", "2026-11-15"]}, direct=True) == ["old", "recent"]
+    window = {"published": True, "date": ["2026-10-01", "2026-11-15"]}
+    assert infos(dated, tmp_path, window, direct=True) == ["old", "recent"]
 
 
 # --- includeDecayScore --------------------------------------------------------------------------
@@ -374,7 +381,8 @@ def test_relative_times_in_days_hours_minutes_and_seconds(dated):
 def test_not_tags_drop_events_whose_only_attributes_carry_them(standins):
     standins.misp.events = [event("only blocked", attribute("192.0.2.1", "ip-dst", "false-positive")),
                             event("no attributes", tags=("tlp:green",)),
-                            event("one left", attribute("192.0.2.2", "ip-dst", "false-positive"), attribute("192.0.2.3"))]
+                            event("one left", attribute("192.0.2.2", "ip-dst", "false-positive"),
+                                  attribute("192.0.2.3"))]
     client = misp(standins)
     assert values_of(search(client, tags="!false-positive")) == {"one left": ["192.0.2.3"]}
     assert len(search(client, tags="!no-such-tag")) == 3  # an unknown NOT tag filters nothing
@@ -430,3 +438,10 @@ def test_misps_own_last_key_is_publish_timestamp(dated):
     # PyMISP renames `last`; MISP applies it too when a body carries it (set_filter_timestamp)
     answer = misp(dated).direct_call("events/restSearch", {"returnFormat": "json", "last": "4d"})
     assert sorted(w["Event"]["info"] for w in answer) == ["new", "recent"]
+
+
+def test_string_values_are_trimmed_and_split_on_double_bars(tagged):
+    client = misp(tagged)
+    assert sorted(values_of(search(client, tags=" tlp:amber||type:OSINT "))) == ["amber-and-osint"]
+    assert sorted(values_of(search(client, tags="tlp:green||tlp:amber"))) == [
+        "amber-and-osint", "attribute-green", "event-green"]
