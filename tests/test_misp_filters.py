@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import time
 import uuid
 from typing import Any
@@ -29,6 +30,12 @@ _NS = uuid.UUID("6a1f7c3e-9b2d-4e8f-a0c1-5d6e7f8a9b0c")
 CIRCL = {"id": "2", "name": "CIRCL", "uuid": "55f6ea5e-2c60-40e5-964f-47a8950d210f"}
 OWN_ORG = {"id": "1", "name": "StandIn Org", "uuid": "5f6c3f7e-0000-4000-8000-000000000001"}
 _IDS = itertools.count(100)
+
+
+@pytest.fixture(autouse=True)
+def _now(monkeypatch):
+    """Times are relative to the test's start, not to the module's import minutes before."""
+    monkeypatch.setattr(sys.modules[__name__], "NOW", int(time.time()))
 
 
 def attribute(value: str, kind: str = "ip-dst", *tags: str, **fields: Any) -> dict[str, Any]:
