@@ -1,21 +1,22 @@
 """A MISP 2.5.1 stand-in: what PyMISP needs to construct, `POST /events/restSearch` and
 `POST /attributes/restSearch` (by attribute `uuid` or `value`).
 
-Semantics follow MISP 2.5.1's Event::restSearch for the filters the tool uses
-(reference: misp.md §1, §2, §7), so the tool's paging and filtering are exercised for real.
+Events restSearch selects, pages and shapes events as MISP 2.5.1's Event::restSearch does
+(standins/misp_search.py says how, and what it simplifies), so the tool's paging and filtering
+are exercised for real.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
 import time
 from importlib import resources
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from .misp_search import DecayingModel, Search, Warninglist
 from .tls import HttpsStandIn, PrivateCA, Reply, SeenRequest, html_reply, json_reply
 
 __all__ = ["FAULT_MODES", "MispStandIn", "load_event_file"]
@@ -26,8 +27,6 @@ FAULT_MODES = frozenset({"500", "502-html", "html-200", "403", "errors-200", "re
                          "ignore-page"})
 # A 200 whose list holds no events: what a broken proxy or plugin has been seen to send.
 _NON_EVENTS = ["not an event", {"foo": 1}, 42]
-# What metadata=1 leaves out of each event (MISP fetchEvent skips these; misp.md §2).
-_NOT_IN_METADATA = frozenset({"Attribute", "Object", "ShadowAttribute", "EventReport"})
 
 _VERSION = {
     "version": "2.5.1", "pymisp_recommended_version": "2.5.34.4", "perm_sync": False,
@@ -52,7 +51,6 @@ _LOGIN_PAGE = ("<!DOCTYPE html><html><head><title>Users - MISP</title></head><bo
                "<input type=\"password\" name=\"data[User][password]\"></form></body></html>")
 # Fields that are an event's clocks and publication state, not its content.
 _CLOCKS = frozenset({"timestamp", "publish_timestamp", "published"})
-_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 def load_event_file(path: Path | str) -> dict[str, Any]:
@@ -76,34 +74,10 @@ def _as_list(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
-def _epoch(value: object, now: float) -> int:
-    """MISP resolveTimeDelta: epoch number, numeric string or relative "14d"/"12h"/"30m"/"10s"."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
-    text = str(value).strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return int(float(text))
-    match = re.fullmatch(r"(\d+)([dhms])", text)
-    if match:
-        return int(now) - int(match[1]) * _UNITS[match[2]]
-    return int(now) + 1  # unparseable: MISP ends up matching nothing
-
-
-def _time_range(value: object, now: float) -> tuple[int, int]:
-    """A lower bound, or a closed [from, to] range (swapped when reversed)."""
-    if isinstance(value, list) and len(value) == 2:
-        low, high = sorted((_epoch(value[0], now), _epoch(value[1], now)))
-        return low, high
-    return _epoch(value, now), 2**63
-
-
-def _kept(attribute: dict[str, Any], to_ids: bool, deleted: bool) -> bool:
-    return (not to_ids or _truthy(attribute.get("to_ids"))) and (
-        deleted or not _truthy(attribute.get("deleted")))
-
-
 class MispStandIn(HttpsStandIn):
-    """MISP server holding `events` (public list of {"Event": ...}; edit it between runs)."""
+    """MISP server holding `events` (public list of {"Event": ...}; edit it between runs),
+    the enabled `warninglists`, the `decaying_model` and `sightings` (epoch seconds per
+    attribute uuid) that restSearch applies; tests set them."""
 
     def __init__(self, key: str, events: list[dict[str, Any]], *, ca: PrivateCA | None = None) -> None:
         super().__init__(ca)
@@ -115,6 +89,10 @@ class MispStandIn(HttpsStandIn):
         self._contents: dict[int, str] = {}  # id(event) -> its content when last seen
         describe = resources.files("pymisp").joinpath("data/describeTypes.json").read_text("utf-8")
         self._describe_types = {"result": json.loads(describe)["result"]}
+        self.warninglists: list[Warninglist] = []
+        self.decaying_model: DecayingModel | None = DecayingModel()
+        self.sightings: dict[str, list[int]] = {}
+        self._last_search: tuple[dict[str, Any], Search] | None = None
 
     def fail_page(self, page: int | None, mode: str) -> None:
         """Make every restSearch for `page` (1 when none is sent; None: every page) fail with
@@ -167,16 +145,18 @@ class MispStandIn(HttpsStandIn):
             return _fault_reply(fault, request.path)
         if str(body.get("returnFormat", "json")) != "json":
             return _error(400, "Invalid return format.", request.path)
-        with self.lock:  # like MISP: select events first, page them, then fetch and trim the page
-            if self.track_edits:
-                self._clock_edits()
-            selected = [event for event in self.events if self._selects(event["Event"], body)]
-        total = len(selected)
-        if body.get("limit"):
-            limit = int(body["limit"])
-            selected = selected[limit * (page - 1):limit * page]
-        shaped = [self._shape(event, body) for event in selected]
-        return json_reply(200, {"response": shaped}, {"X-Result-Count": str(total)})
+        try:
+            with self.lock:  # like MISP: select events first, page them, then fetch and trim the page
+                if self.track_edits:
+                    self._clock_edits()
+                search = self._search(body)
+                selected = [event for event in self.events if self._selects(event["Event"], body)]
+                shaped = [{"Event": copy.deepcopy(search.shape(event["Event"], self.warninglists,
+                                                               self.decaying_model, self.sightings))}
+                          for event in search.page(selected, page) if search.fetches(event["Event"])]
+        except ValueError as error:
+            return _error(400, str(error), request.path)
+        return json_reply(200, {"response": shaped}, {"X-Result-Count": str(len(selected))})
 
     def _attribute_search(self, request: SeenRequest) -> Reply:
         """MISP's Attribute::restSearch for `uuid` and `value` (a whole value, or one half of a
@@ -208,43 +188,15 @@ class MispStandIn(HttpsStandIn):
                 event["timestamp"] = str(max(int(time.time()), _int(event.get("timestamp")) + 1))
             self._contents[id(event)] = content
 
-    @staticmethod
-    def _selects(event: dict[str, Any], body: dict[str, Any]) -> bool:
+    def _selects(self, event: dict[str, Any], body: dict[str, Any]) -> bool:
         """Phase 1 of MISP's restSearch: does the event match the filters (no copying)?"""
-        now = time.time()
-        if body.get("published") is not None and (
-                _truthy(event.get("published")) != _truthy(body["published"])):
-            return False
-        for key, field in (("eventid", "id"), ("uuid", "uuid")):
-            if body.get(key) not in (None, "", []) and str(event.get(field)).lower() not in {
-                    v.lower() for v in _as_list(body[key])}:
-                return False
-        for key in ("publish_timestamp", "timestamp"):
-            if body.get(key) not in (None, "", 0, []):
-                low, high = _time_range(body[key], now)
-                if not low <= int(event.get(key) or 0) <= high:
-                    return False
-        to_ids, deleted = _truthy(body.get("to_ids")), _truthy(body.get("deleted"))
-        return not to_ids or any(_kept(a, to_ids, deleted) for a in _attributes_of(event, deleted))
+        return self._search(body).selects(event)
 
-    @staticmethod
-    def _shape(stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        """Phase 2: the selected event as restSearch returns it, trimmed by to_ids/deleted;
-        with metadata, the event header and tags only."""
-        if _truthy(body.get("metadata")):
-            return {"Event": copy.deepcopy({k: v for k, v in stored["Event"].items() if k not in _NOT_IN_METADATA})}
-        to_ids, deleted = _truthy(body.get("to_ids")), _truthy(body.get("deleted"))
-        shaped = copy.deepcopy(stored["Event"])
-        shaped["Attribute"] = [a for a in shaped.get("Attribute", []) if _kept(a, to_ids, deleted)]
-        objects = []
-        for obj in shaped.get("Object", []):
-            if _truthy(obj.get("deleted")) and not deleted:
-                continue
-            obj["Attribute"] = [a for a in obj.get("Attribute", []) if _kept(a, to_ids, deleted)]
-            if obj["Attribute"]:
-                objects.append(obj)
-        shaped["Object"] = objects
-        return {"Event": shaped}
+    def _search(self, body: dict[str, Any]) -> Search:
+        """One Search per request body (its tag and org tables are read once per request)."""
+        if self._last_search is None or self._last_search[0] is not body:
+            self._last_search = (body, Search(body, self.events))
+        return self._last_search[1]
 
 
 def _attributes_of(event: dict[str, Any], deleted: bool) -> list[dict[str, Any]]:

@@ -131,7 +131,7 @@ def test_rest_search_filters(standins: StandIns) -> None:
     assert search(client, publish_timestamp="14d") == []
 
     fresh = {"Event": {"id": "1", "uuid": "0b7a6f5c-1d2e-4f3a-8b9c-0d1e2f3a4b5c", "info": "fresh",
-                       "published": True, "timestamp": str(int(time.time())),
+                       "org_id": "1", "published": True, "timestamp": str(int(time.time())),
                        "publish_timestamp": str(int(time.time())),
                        "Attribute": [{"type": "ip-dst", "value": "192.0.2.1", "to_ids": True,
                                       "deleted": False},
@@ -140,9 +140,14 @@ def test_rest_search_filters(standins: StandIns) -> None:
     standins.misp.events.append(fresh)
     recent = search(client, publish_timestamp="14d")
     assert [a["value"] for e in recent for a in e["Event"]["Attribute"]] == ["192.0.2.1"]
-    with_deleted = search(client, publish_timestamp="12h", deleted=True)
-    assert len(with_deleted[0]["Event"]["Attribute"]) == 2
-    fresh["Event"]["Attribute"][0]["to_ids"] = False  # no IDS attribute left: event not matched
+    # Soft-deleted attributes: only for the user's own org's events; deleted=1 is those alone
+    both = search(client, publish_timestamp="12h", deleted=[0, 1])
+    assert [a["value"] for a in both[0]["Event"]["Attribute"]] == ["192.0.2.1", "192.0.2.2"]
+    only = search(client, publish_timestamp="12h", deleted=True)
+    assert [a["value"] for a in only[0]["Event"]["Attribute"]] == ["192.0.2.2"]
+    fresh["Event"]["Attribute"][0]["to_ids"] = False  # MISP's selection counts the deleted IDS attribute
+    assert [e["Event"]["Attribute"] for e in search(client, publish_timestamp="12h", to_ids=True)] == [[]]
+    fresh["Event"]["Attribute"][1]["to_ids"] = False  # no IDS attribute left: event not matched
     assert search(client, publish_timestamp="12h", to_ids=True) == []
     assert len(search(client, publish_timestamp="12h")) == 1
     assert search(client, published=False, limit=10)[0]["Event"]["info"].startswith("OSINT - Sednit")
