@@ -300,7 +300,11 @@ def _filter(entry: Any, index: int, source: str, now: float) -> dict[str, Any]:
             continue
         keyword = C.MISP_LEGACY_FILTERS.get(key, key)
         _check_applied(keyword, f"{where}: {key!r}", source)
-        result[keyword] = _frozen_time(value, now, f"{where}: {key}", source) if keyword in C.MISP_RELATIVE_TIME_FILTERS else value
+        if keyword in C.MISP_RELATIVE_TIME_FILTERS:
+            value = _frozen_time(value, now, f"{where}: {key}", source)
+        # MISP's event selection skips a JSON false while its fetch applies it, so pages would
+        # come back short or empty (`published: False` would read nothing): 0 is applied by both
+        result[keyword] = 0 if value is False else value
     for target, excluded in negated.items():
         included = result.get(target)
         if included is not None and not isinstance(included, (str, list)):

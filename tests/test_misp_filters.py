@@ -91,6 +91,7 @@ def fixture_infos(standins: Any, *, published: bool = True) -> list[str]:
 def test_published_selects_published_or_unpublished_fixture_events(standins, tmp_path):
     assert infos(standins, tmp_path, {"published": True}) == fixture_infos(standins)
     assert infos(standins, tmp_path, {"published": 0}) == fixture_infos(standins, published=False)
+    assert infos(standins, tmp_path, {"published": False}) == fixture_infos(standins, published=False)  # sent as 0
     assert len(fixture_infos(standins, published=False)) == 2
 
 
