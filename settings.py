@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from dotenv import dotenv_values
 
 import constants as C
@@ -380,7 +383,27 @@ def _certificate(read: _Reader, base: Path, env: Mapping[str, str]) -> Path | No
         missing = "private key" if not key else "certificate"
         raise ConfigError(f"client_certificate_path: {path} has no PEM {missing}; the file must hold the private key "
                           f"and its certificate (in {read.source})")
+    _check_pem(path, key, certificate, _certificate_password(read, env), read.source)
     return path
+
+
+def _certificate_password(read: _Reader, env: Mapping[str, str]) -> str:
+    return env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")
+
+
+def _check_pem(path: Path, key: str, certificate: str, password: str, source: str) -> None:
+    """Load the key and the certificate now: MSAL would fail on them only at the token request,
+    in words that blame the tenant (a wrong password) or as a bug (a missing password)."""
+    try:
+        serialization.load_pem_private_key(key.encode("ascii"), password.encode("utf-8") or None)
+    except (TypeError, ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"client_certificate_path: the private key in {path} cannot be loaded ({exc}): check "
+                          f"client_certificate_password or AZURE_CLIENT_CERTIFICATE_PASSWORD (in {source})") from None
+    try:
+        x509.load_pem_x509_certificates(certificate.encode("ascii"))
+    except ValueError:
+        raise ConfigError(f"client_certificate_path: the certificate in {path} is damaged: copy it again from where "
+                          f"it was made (in {source})") from None
 
 
 def split_pem(pem: bytes) -> tuple[str, str]:
@@ -495,7 +518,7 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         graph_requests_per_minute=read.integer("graph_requests_per_minute", C.GRAPH_REQUESTS_PER_MINUTE, 1, 100000),
         max_concurrent_requests=read.integer("max_concurrent_requests", C.DEFAULT_CONCURRENT_REQUESTS, 1, 64),
         client_certificate_path=_certificate(read, config_path.parent, env),
-        client_certificate_password=(env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")),
+        client_certificate_password=_certificate_password(read, env),
         managed_identity=_managed_identity(read),
         misp_allow_plain_http=read.boolean("misp_allow_plain_http", False),
         unknown_settings=_unknown_settings(raw, source),
