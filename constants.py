@@ -82,7 +82,8 @@ SQLITE_ERROR_FIXES = (
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
 SECRET_FRAGMENT_MIN = 8  # a cut secret's start this long or longer is still redacted
-URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@'\"]+@")  # user:password@ in any URL
+# user:password@ in any URL, up to the last @ before the path: urllib3 reads `p@ss` in `user:p@ss@host` as the password
+URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/'\"]+@")
 SECRET_SETTINGS = frozenset({"misp_key", "client_certificate_password"})  # never echoed in a config error
 CA_ENVIRONMENT_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")  # read from the real environment only
 GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -238,7 +238,7 @@ class _Reader:
     def https_url(self, name: str, default: str) -> str:
         value = self.text(name, default).rstrip("/")
         if not value.startswith("https://") or len(value) <= len("https://"):
-            raise ConfigError(f"{name} must be an https:// URL, not {value!r} (in {self.source})")
+            raise ConfigError(f"{name} must be an https:// URL, not {redact_url_credentials(value)!r} (in {self.source})")
         return value
 
 
