@@ -92,3 +92,17 @@ def test_config_failure_after_loading_still_writes_a_report(standins, tmp_path):
     assert run.code == ExitCode.CONFIG and run.err.count("\n") == 1
     (report,) = run.logs("run-report")
     assert report["exit_code"] == ExitCode.CONFIG and report["error"].startswith("configuration:")
+
+
+@pytest.mark.parametrize("previous", ["[1, 2]", '"ok"', '{"graph tenant %s": "ok"}'], ids=["list", "string", "entry"])
+def test_a_last_run_file_of_another_shape_is_started_afresh(standins, tmp_path, previous):
+    """Valid JSON that is not last-run.json's shape (edited by hand, or another tool's) made
+    every run an internal error (exit 5) while writing the reports."""
+    config = write_config(tmp_path, standins)
+    (tmp_path / "logs").mkdir(mode=0o700)
+    (tmp_path / "logs" / LAST_RUN_FILE).write_text(previous % standins.tenant if "%s" in previous else previous)
+    standins.misp.fail_page(None, "500")
+    run = run_process(config, "--quiet")
+    assert run.code == ExitCode.MISP and "please report" not in run.err, run.err
+    status = json.loads((run.log_dir / LAST_RUN_FILE).read_text())
+    assert status[f"graph tenant {standins.tenant}"]["last_exit_code"] == ExitCode.MISP
