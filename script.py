@@ -269,7 +269,9 @@ def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: 
         done.update(r.key for r in results if r.accepted)
         failed = [r for r in results if not r.accepted]
         if failed:
-            log.error(f"delete {label}", f"{len(failed)} of {len(results)} ids not deleted", results=[dataclasses.asdict(r) for r in failed])
+            message = f"{len(failed)} of {len(results)} ids not deleted"
+            log.error(f"delete {label}", message, results=[dataclasses.asdict(r) for r in failed])
+            sys.stderr.write(f"misp2sentinel: error: {label}: {message} (details under logs/)\n")  # exit 1 speaks under --quiet too
     return ExitCode.OK if done == set(ids) else ExitCode.REJECTED
 
 

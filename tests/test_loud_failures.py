@@ -106,3 +106,10 @@ def test_a_last_run_file_of_another_shape_is_started_afresh(standins, tmp_path, 
     assert run.code == ExitCode.MISP and "please report" not in run.err, run.err
     status = json.loads((run.log_dir / LAST_RUN_FILE).read_text())
     assert status[f"graph tenant {standins.tenant}"]["last_exit_code"] == ExitCode.MISP
+
+
+def test_a_delete_that_leaves_ids_says_so_on_stderr(standins, tmp_path):
+    """-d exiting 1 printed its per-id lines on stdout only: nothing on stderr named the failure."""
+    run = run_process(write_config(tmp_path, standins), "--quiet", "-d", "no-such-graph-id")
+    assert run.code == ExitCode.REJECTED
+    assert run.err == f"misp2sentinel: error: graph tenant {standins.tenant}: 1 of 1 ids not deleted (details under logs/)\n"
