@@ -113,3 +113,17 @@ def test_a_delete_that_leaves_ids_says_so_on_stderr(standins, tmp_path):
     run = run_process(write_config(tmp_path, standins), "--quiet", "-d", "no-such-graph-id")
     assert run.code == ExitCode.REJECTED
     assert run.err == f"misp2sentinel: error: graph tenant {standins.tenant}: 1 of 1 ids not deleted (details under logs/)\n"
+
+
+@pytest.mark.parametrize("body", [
+    "<html>\n<head><title>400 Bad Request</title></head>\n<body>\x1b[31mproxy</body>\n</html>\n",
+    {"error": {"code": "BadRequest", "message": "line one\nline two\x1b[2J"}},
+], ids=["html", "json"])
+def test_a_multi_line_answer_from_microsoft_is_one_line(standins, tmp_path, body):
+    """A proxy's HTML page (or a message with newlines) came through whole: stderr and the
+    report's error ran over several lines, and the page's ESC bytes reached the terminal."""
+    standins.graph.fail_next(400, body, times=100)
+    run = run_process(write_config(tmp_path, standins), "--quiet")
+    assert run.code == ExitCode.MICROSOFT and run.err.count("\n") == 1 and "\x1b" not in run.err, run.err
+    error = run.logs("run-report")[-1]["error"]
+    assert "\n" not in error and "\x1b" not in error and "\\x1b" in error
