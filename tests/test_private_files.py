@@ -75,3 +75,23 @@ def test_planted_state_and_lock_symlinks_are_refused(standins, tmp_path):
         assert run.code == ExitCode.CONFIG and "symlink" in run.err, (suffix, run.err)
         assert victim.read_text() == "keep me"
         planted.unlink()
+
+
+def test_explain_and_check_refuse_planted_state_symlinks_too(standins, tmp_path, fixture_events):
+    """--explain read the state through a planted link (it resolved the path), a dangling one
+    read as an empty state, and --check passed while every sync would refuse the link."""
+    config = write_config(tmp_path, standins)
+    assert run_process(config).code == ExitCode.OK
+    state = tmp_path / "state"
+    name = f"graph_{standins.tenant}_{standins.client_id}".lower()
+    real = state / f"{name}.sqlite"
+    moved = real.rename(tmp_path / "elsewhere.sqlite")
+    uuid = fixture_events[0]["Event"]["Attribute"][0]["uuid"]
+    for suffix, target in (("sqlite", moved), ("sqlite", tmp_path / "gone"), ("lock", moved)):
+        planted = state / f"{name}.{suffix}"
+        planted.unlink(missing_ok=True)
+        planted.symlink_to(target)
+        for args in (("--explain", uuid), ("--check",)) if suffix == "sqlite" else (("--check",),):  # --explain takes no lock
+            run = run_process(config, *args)
+            assert run.code == ExitCode.CONFIG and "symlink" in run.out + run.err, (suffix, target, args, run.out + run.err)
+        planted.unlink()
