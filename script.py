@@ -146,7 +146,7 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
                 target.adopt(note or "--rebuild-state")
             finally:
                 store.close()
-        out.write(f"{target.report.target}: state rebuilt from the service: {target.report.rebuilt}\n")
+        say(out, f"{target.report.target}: state rebuilt from the service: {target.report.rebuilt}\n")
     return ExitCode.OK
 
 
@@ -265,7 +265,7 @@ def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: 
                 store.close()
         label = target_label(settings, spec)
         for result in results:
-            out.write(f"{label}: {result.key}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
+            say(out, f"{label}: {result.key}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
         done.update(r.key for r in results if r.accepted)
         failed = [r for r in results if not r.accepted]
         if failed:
@@ -273,6 +273,16 @@ def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: 
             log.error(f"delete {label}", message, results=[dataclasses.asdict(r) for r in failed])
             sys.stderr.write(f"misp2sentinel: error: {label}: {message} (details under logs/)\n")  # exit 1 speaks under --quiet too
     return ExitCode.OK if done == set(ids) else ExitCode.REJECTED
+
+
+def say(out: TextIO, text: str) -> None:
+    """A line of an action that changes things (-d, --rebuild-state): a reader of stdout that
+    has gone (`| head -1`) must not leave the remaining targets undone or turn exit 1 into 0."""
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        silence_stdout()
 
 
 def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: str = "") -> ExitCode:
