@@ -461,6 +461,15 @@ def _ignored_dotenv(config_path: Path) -> list[str]:
             "set misp_ca_bundle in the config for the MISP CA" for name in C.CA_ENVIRONMENT_VARIABLES if name in names]
 
 
+def _check_ca_environment(environ: Mapping[str, str]) -> None:
+    """requests fails on a CA bundle variable naming a missing file only when it connects, with
+    an OSError that read as a bug (exit 5)."""
+    name = next((name for name in C.REQUESTS_CA_VARIABLES if environ.get(name)), None)
+    if name and not os.path.exists(environ[name]):
+        raise ConfigError(f"the environment variable {name} names {environ[name]!r}, which does not exist: "
+                          f"correct the path or unset {name}")
+
+
 def _sourcesystem(read: _Reader) -> str:
     value = read.text("sourcesystem", C.DEFAULT_SOURCESYSTEM)
     if not value or value.lower() == C.RESERVED_SOURCESYSTEM:
@@ -472,7 +481,9 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
     """Read, merge and validate every setting; raise ConfigError naming the first bad one."""
     config_path = config_path.resolve()
     raw = read_assignments(config_path)
-    env = _env(config_path, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    _check_ca_environment(environ)
+    env = _env(config_path, environ)
     source = config_path.name
     read = _Reader(raw, source)
     auth = _graph_auth(raw, env, source)

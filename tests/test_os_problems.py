@@ -127,6 +127,16 @@ def test_missing_ca_bundle_is_a_config_error(standins, tmp_path):
     assert run.err.count("\n") == 1 and "no-such-ca.pem" in run.err and "internal error" not in run.err
 
 
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_variable_naming_a_missing_file_is_a_config_error(standins, tmp_path, variable):
+    """requests found it only when connecting, as an OSError: exit 5, "please report"."""
+    config = write_config(tmp_path, standins)
+    for args in ((), ("--check",)):
+        run = run_process(config, *args, env={"REQUESTS_CA_BUNDLE": "", variable: str(tmp_path / "gone.pem")})
+        assert run.code == ExitCode.CONFIG and "please report" not in run.out + run.err, run.out + run.err
+        assert f"{variable} names" in run.out + run.err and "gone.pem" in run.out + run.err
+
+
 def test_state_file_damaged_mid_file_is_moved_aside_and_rebuilt(standins, tmp_path):
     config = write_config(tmp_path, standins)
     assert run_process(config).code == ExitCode.OK
