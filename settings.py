@@ -438,11 +438,11 @@ def _misp_url(read: _Reader, env: Mapping[str, str]) -> str:
     return url
 
 
-def _warnings(raw: Mapping[str, Any], config_path: Path) -> tuple[str, ...]:
+def _warnings(raw: Mapping[str, Any], config_path: Path, environ: Mapping[str, str]) -> tuple[str, ...]:
     """Ignored setting names, a MISP whose certificate is not checked (said once per run:
     urllib3's warning on every request is silenced), and trust set where it is not read."""
     unverified = ["misp_verifycert = False: the MISP server's certificate is not checked"] if raw.get("misp_verifycert") is False else []
-    return (*_unknown_settings(raw, config_path.name), *unverified, *_ignored_dotenv(config_path))
+    return (*_unknown_settings(raw, config_path.name), *unverified, *_ignored_dotenv(config_path, environ))
 
 
 def _unknown_settings(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:
@@ -453,12 +453,16 @@ def _unknown_settings(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:
     return tuple(message(name) for name in sorted(raw.keys() - KNOWN_SETTINGS))
 
 
-def _ignored_dotenv(config_path: Path) -> list[str]:
-    """.env feeds settings only: a CA variable there would reach no connection, silently."""
+def _ignored_dotenv(config_path: Path, environ: Mapping[str, str]) -> list[str]:
+    """.env feeds settings only: a CA variable there reaches no connection, unless systemd's
+    EnvironmentFile= (the shipped unit) put it in the environment, where it reaches them all."""
     dotenv_file = config_path.parent / ".env"
     names = dotenv_values(dotenv_file).keys() if dotenv_file.is_file() else ()
-    return [f".env: {name} is not honoured there (it would apply to Microsoft too); "
-            "set misp_ca_bundle in the config for the MISP CA" for name in C.CA_ENVIRONMENT_VARIABLES if name in names]
+    return [f".env: {name} is not honoured there (it would apply to Microsoft too); set misp_ca_bundle in the config "
+            "for the MISP CA" if name not in environ else
+            f".env: {name} is in the environment too (systemd's EnvironmentFile= loads .env), so it applies to every "
+            "connection, Microsoft's too; set misp_ca_bundle in the config for the MISP CA"
+            for name in C.CA_ENVIRONMENT_VARIABLES if name in names]
 
 
 def _check_ca_environment(environ: Mapping[str, str]) -> None:
@@ -533,5 +537,5 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         managed_identity=_managed_identity(read),
         misp_allow_plain_http=read.boolean("misp_allow_plain_http", False),
         unknown_settings=_unknown_settings(raw, source),
-        warnings=_warnings(raw, config_path),
+        warnings=_warnings(raw, config_path, environ),
     )
