@@ -96,7 +96,9 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
     if not args.dry_run:
         settings.require_microsoft()
     scope = None
-    if args.event:
+    if args.event is not None:  # `--event ""` must not widen the run to every event
+        if not args.event.strip():
+            raise ConfigError("--event needs a MISP event UUID, not an empty text")
         scope = {args.event.strip().lower()}
         primary, *others = settings.misp_event_filters
         settings = dataclasses.replace(settings, misp_event_filters=({**primary, "uuid": args.event.strip()}, *others))
@@ -340,7 +342,7 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
             return delete_indicators(settings, log, args.delete, out)
         if args.rebuild_state:
             return rebuild_state(settings, log, out)
-        if args.explain:
+        if args.explain is not None:  # `--explain ""` (an unset shell variable) must not fall through to a sync
             return explain(settings, log, args.explain, out)
         return sync(settings, log, args, out)
     except BrokenPipeError:
