@@ -5,12 +5,14 @@ that slipped into an error message is replaced before it is written.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -142,17 +144,29 @@ class JsonLines:
         self.log = log
         self.name = name
         self._handle: TextIO | None = None
+        self._path: Path | None = None
 
     def write(self, records: list[Any]) -> None:
         if not records:
             return
         if self._handle is None:
-            self._handle = self.log.open_new(self.log.path(self.name, "jsonl"))
-        self._handle.writelines(self.log.scrub(json.dumps(record, ensure_ascii=False, default=str)) + "\n" for record in records)
+            self._path = self.log.path(self.name, "jsonl")
+            self._handle = self.log.open_new(self._path)
+        with self._write_errors():
+            self._handle.writelines(self.log.scrub(json.dumps(record, ensure_ascii=False, default=str)) + "\n" for record in records)
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            with self._write_errors():  # closing flushes: a full disk may show only then
+                self._handle.close()
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """A full disk under log_dir is the log folder's problem (exit 2), not a bug."""
+        try:
+            yield
+        except OSError as exc:
+            raise LogWriteError(f"cannot write {self._path}: {exc.strerror}") from None
 
 
 def redact_url_credentials(text: str) -> str:

@@ -109,6 +109,16 @@ def test_full_disk_under_log_dir(standins, tmp_path):
     assert_config_error(run, str(tmp_path / "logs"), "space")
 
 
+def test_full_disk_under_log_dir_while_writing_skipped_attributes(standins, tmp_path):
+    """Without request files the skipped-attributes file is the first to hit the full disk, as
+    a bare OSError when flushed: it was exit 5, "please report"."""
+    config = write_config(tmp_path, standins, write_post_json=False)
+    with mounted(tmp_path / "logs", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as logs:
+        fill(logs)
+        run = run_process(config)
+    assert_config_error(run, "skipped-graph", "No space left")
+
+
 def test_full_disk_under_state_dir(standins, tmp_path):
     config = write_config(tmp_path, standins)
     with mounted(tmp_path / "state", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as state:
