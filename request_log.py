@@ -44,7 +44,7 @@ class RequestLog:
             return 0
         self.ensure_directory()
         cutoff = time.time() - retention_days * 86400
-        old = [path for path in self.directory.glob(f"{C.LOG_FILE_PREFIX}*") if is_tool_file(path) and path.lstat().st_mtime < cutoff]
+        old = [path for path in self.directory.glob(f"{C.LOG_FILE_PREFIX}*") if _old_tool_file(path, cutoff)]
         for path in old:
             path.unlink(missing_ok=True)
         return len(old)
@@ -190,6 +190,15 @@ def _without_fragments(text: str, secret: str) -> str:
         text = text[:found] + REDACTED + text[found + length:]
         start = found + len(REDACTED)
     return text
+
+
+def _old_tool_file(path: Path, cutoff: float) -> bool:
+    """A tool file last changed before `cutoff`; one that another run sharing log_dir has just
+    pruned is not (its disappearance stopped the run with exit 2)."""
+    try:
+        return is_tool_file(path) and path.lstat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
 
 def _now_iso() -> str:
