@@ -337,6 +337,7 @@ MISP_FIXES = (
     ("not trusted", "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)"),
     ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
     ("not a MISP base URL", "check misp_domain: the URL you open MISP at, with its sub-path if any, not an API path"),
+    ("not MISP's answer", "check misp_domain: MISP's own URL, not another server or a proxy that asks for its own login"),
     ("connection refused", "check misp_domain (scheme, host, port) and that MISP is up"),
     ("host name not found", "check the host name in misp_domain and DNS"),
     ("timed out", "check the network path to MISP or raise http_timeout"),

@@ -112,3 +112,14 @@ def test_an_encrypted_key_without_its_password_or_a_damaged_certificate_is_a_con
             assert "client_certificate_path" in run.out + run.err and "tenant" not in run.out + run.err
             if password:
                 assert password not in run.out + run.err
+
+
+def test_a_misp_url_at_another_server_is_not_a_refused_key(standins, tmp_path):
+    """misp_domain at a server that answers 401/403 without MISP's "Authentication failed"
+    (here Graph's stand-in) was reported as "MISP refused the API key: check MISP_KEY"."""
+    config = write_config(tmp_path, standins, misp_domain=standins.graph.url)
+    for args in ((), ("--check",)):
+        run = run_process(config, *args)
+        assert run.code == ExitCode.MISP and "refused the API key" not in run.out + run.err
+        assert "misp_domain may point at another server" in run.out + run.err
+    assert "fix: check misp_domain" in run.out
