@@ -224,7 +224,7 @@ class MicrosoftClient:
     def _token_error(self, result: dict[str, Any]) -> str:
         """One line with the AADSTS code; whoever catches the error writes its error file."""
         codes = result.get("error_codes") or []
-        description = str(result.get("error_description", "")).split("\n")[0]
+        description = str(result.get("error_description", "")).split("\n")[0].strip()  # Entra ends the line with "\r\n"
         code = f"AADSTS{codes[0]}" if codes else description.split(":")[0]
         return self.log.scrub(f"Microsoft Entra refused the token request ({result.get('error', 'error')}, {code}): {description}")
 

@@ -6,13 +6,15 @@ import datetime as dt
 import fcntl
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from constants import LAST_RUN_FILE, VERSION, ExitCode
 from settings import load_settings
 from sync import state_paths
-from tests.support import run_process, write_config
+from tests.support import ROOT, run_process, write_config
 
 NO_WAIT = {"Retry-After": "0"}
 
@@ -127,3 +129,16 @@ def test_a_multi_line_answer_from_microsoft_is_one_line(standins, tmp_path, body
     assert run.code == ExitCode.MICROSOFT and run.err.count("\n") == 1 and "\x1b" not in run.err, run.err
     error = run.logs("run-report")[-1]["error"]
     assert "\n" not in error and "\x1b" not in error and "\\x1b" in error
+
+
+def test_a_refused_token_is_one_clean_line(standins, tmp_path):
+    """Entra's error_description ends its first line with \\r\\n: the \\r was kept in the run
+    report's error and on stderr."""
+    config = write_config(tmp_path, standins)
+    (tmp_path / ".env").write_text(f"MISP_KEY={standins.misp_key}\nAZURE_CLIENT_SECRET=wrong\n")
+    completed = subprocess.run([sys.executable, str(ROOT / "script.py"), "--config", str(config), "--quiet"],
+                               capture_output=True, cwd="/")
+    assert completed.returncode == ExitCode.MICROSOFT and b"AADSTS7000215" in completed.stderr
+    assert b"\r" not in completed.stderr
+    report = json.loads(sorted((tmp_path / "logs").glob("*_run-report_*.json"))[-1].read_text())
+    assert "\r" not in report["error"] and report["error"].endswith("'.")
