@@ -189,7 +189,10 @@ def _env(config_path: Path, environ: Mapping[str, str]) -> dict[str, str]:
     dotenv_file = config_path.parent / ".env"
     if not dotenv_file.is_file():
         return dict(environ)
-    values = dotenv_values(stream=io.StringIO(read_text(dotenv_file, "secrets file")))
+    text = read_text(dotenv_file, "secrets file")
+    if text.startswith("\ufeff"):  # it would hide the first line's name: "misp_key is empty" while it is set
+        raise ConfigError(f"{dotenv_file} starts with a byte-order mark: save it as UTF-8 without BOM")
+    values = dotenv_values(stream=io.StringIO(text))
     from_file = {k: v for k, v in values.items() if v is not None}
     return {**from_file, **environ}
 

@@ -50,6 +50,15 @@ def test_unreadable_env_file_is_a_config_error(tmp_path):
     assert result.stderr.count("\n") == 1 and str(tmp_path / ".env") in result.stderr and "readable" in result.stderr
 
 
+def test_env_file_with_a_byte_order_mark_is_a_config_error(tmp_path):
+    """The BOM became part of the first name, so the key it set was missing: "misp_key is
+    empty: set it in config.py or MISP_KEY" while .env set it."""
+    (tmp_path / "config.py").write_text("misp_domain = 'https://misp.example'\n")
+    (tmp_path / ".env").write_text("\ufeffMISP_KEY=x\n", encoding="utf-8")
+    run = run_process(tmp_path / "config.py")
+    assert_config_error(run, str(tmp_path / ".env"), "byte-order mark")
+
+
 @pytest.mark.parametrize(("content", "named"), [
     ("\ufeffmisp_domain = 'https://misp.example'\n".encode("utf-8"), "byte-order mark"),
     ("misp_domain = 'https://misp.example'  # caf\xe9\n".encode("latin-1"), "UTF-8"),
