@@ -298,9 +298,11 @@ def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: s
     return code
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """The console command: a reader that closes stdout early (`| head -1`) ends the output
     quietly, not as an internal error."""
+    replace_closed_streams()
+    out = sys.stdout if out is None else out
     try:
         code = dispatch(argv, out)
         out.flush()
@@ -308,6 +310,14 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     except BrokenPipeError:
         silence_stdout()
         return ExitCode.OK
+
+
+def replace_closed_streams() -> None:
+    """A crontab's `>&-` or `2>&-` starts Python without stdout or stderr (None): that output
+    goes nowhere, as into a closed pipe, instead of ending in a traceback and exit 1."""
+    for name in ("stdout", "stderr"):  # in fd order, so each takes its own number back
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
 
 
 def silence_stdout() -> None:

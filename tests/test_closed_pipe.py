@@ -1,6 +1,7 @@
 """Item 4 of issue 10: `misp2sentinel -r | head -1` is not an error."""
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
@@ -46,3 +47,15 @@ def test_a_closed_pipe_leaves_no_target_undone(standins, tmp_path):
     result = closed_stdout(config, "--rebuild-state")
     assert result.returncode == ExitCode.OK and result.stderr == b""
     assert sorted((tmp_path / "state").glob("*.sqlite")) == states
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-"], ids=["stdout", "stderr"])
+def test_a_stream_closed_by_the_crontab_is_not_an_error(standins, tmp_path, closed):
+    """`>&-` or `2>&-` starts Python with sys.stdout or sys.stderr None: the run ended in a
+    traceback with exit 1 (which the exit-code table says is 'rejected')."""
+    config = write_config(tmp_path, standins)
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'script.py'))} --config {shlex.quote(str(config))} {closed}"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, cwd="/")
+    assert result.returncode == ExitCode.OK and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == "" and (result.stdout == "") == (closed == ">&-")
+    assert not list((tmp_path / "logs").glob("*_error_*"))
