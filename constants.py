@@ -39,7 +39,7 @@ class ExitCode(enum.IntEnum):
                        "`--allow-mass-delete` if the deletions are real")
     LOCKED = 7, "another run holds the lock for this target (cron overlap). Nothing was done"
     NOT_FOUND = 8, "`--explain`: no MISP attribute has that UUID or value"
-    INTERRUPTED = 130, "interrupted"
+    INTERRUPTED = 130, "interrupted (Ctrl-C, or SIGTERM from systemd's stop or `timeout`); the run report is still written"
 
 
 class SkipReason(str, enum.Enum):

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """The console command: a reader that closes stdout early (`| head -1`) ends the output
     quietly, not as an internal error."""
     replace_closed_streams()
+    with contextlib.suppress(ValueError):  # (called from another thread: no handler)
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     out = sys.stdout if out is None else out
     try:
         code = dispatch(argv, out)
@@ -310,6 +313,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     except BrokenPipeError:
         silence_stdout()
         return ExitCode.OK
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """systemd's stop, or `timeout`, ends the run as Ctrl-C does (exit 130), so it still leaves
+    its run report and last-run.json, and the state's open transaction is rolled back."""
+    raise KeyboardInterrupt
 
 
 def replace_closed_streams() -> None:

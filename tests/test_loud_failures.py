@@ -6,8 +6,10 @@ import datetime as dt
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,3 +144,23 @@ def test_a_refused_token_is_one_clean_line(standins, tmp_path):
     assert b"\r" not in completed.stderr
     report = json.loads(sorted((tmp_path / "logs").glob("*_run-report_*.json"))[-1].read_text())
     assert "\r" not in report["error"] and report["error"].endswith("'.")
+
+
+def test_a_run_stopped_by_sigterm_leaves_its_report(standins, tmp_path):
+    """systemd's stop (or `timeout`) sends SIGTERM: the run died at once, with no run report and
+    a last-run.json that still showed the run before."""
+    standins.graph.latency = 0.5
+    config = write_config(tmp_path, standins)
+    process = subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "state").glob("*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the run has started (the handler is set before any lock is taken)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == ExitCode.INTERRUPTED and err == "misp2sentinel: error: interrupted\n", err
+    report = json.loads(sorted((tmp_path / "logs").glob("*_run-report_*.json"))[-1].read_text())
+    assert report["exit_code"] == ExitCode.INTERRUPTED
+    status = json.loads((tmp_path / "logs" / LAST_RUN_FILE).read_text())
+    assert status[report["target"]]["last_exit_code"] == ExitCode.INTERRUPTED
