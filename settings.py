@@ -461,11 +461,15 @@ def _ignored_dotenv(config_path: Path, environ: Mapping[str, str]) -> list[str]:
     EnvironmentFile= (the shipped unit) put it in the environment, where it reaches them all."""
     dotenv_file = config_path.parent / ".env"
     names = dotenv_values(dotenv_file).keys() if dotenv_file.is_file() else ()
-    return [f".env: {name} is not honoured there (it would apply to Microsoft too); set misp_ca_bundle in the config "
-            "for the MISP CA" if name not in environ else
-            f".env: {name} is in the environment too (systemd's EnvironmentFile= loads .env), so it applies to every "
-            "connection, Microsoft's too; set misp_ca_bundle in the config for the MISP CA"
+    return [f".env: {_dotenv_ca_effect(name, environ)}; set misp_ca_bundle in the config for the MISP CA"
             for name in C.CA_ENVIRONMENT_VARIABLES if name in names]
+
+
+def _dotenv_ca_effect(name: str, environ: Mapping[str, str]) -> str:
+    if name in environ:
+        return (f"{name} is in the environment too (systemd's EnvironmentFile= loads .env), so it applies to every "
+                "connection, Microsoft's too")
+    return f"{name} is not honoured there (it would apply to Microsoft too)"
 
 
 def _check_ca_environment(environ: Mapping[str, str]) -> None:
