@@ -25,7 +25,7 @@ from request_log import RequestLog
 from sentinel_client import SentinelClient
 from private_files import UnsafePath, private_dir
 from settings import ConfigError, Settings, TargetSettings, load_settings, split_pem
-from state_store import StateStore, StoreError
+from state_store import StateStore, StoreError, StoreUnsafe, refuse_symlinks
 from sync import state_paths
 
 
@@ -153,6 +153,12 @@ def folders_line(settings: Settings) -> Line:
             reason = getattr(exc, "strerror", None) or str(exc)
             return Line(False, "folders", f"{setting} {folder} cannot be written: {reason}",
                         f"create it owned by the tool's user with mode 0700, or change {setting}")
+    try:
+        for target in settings.targets:
+            for path in state_paths(settings, target):
+                refuse_symlinks(path)
+    except StoreUnsafe as exc:
+        return Line(False, "folders", f"state_dir: {exc}", "a sync refuses it too: remove the link")
     return Line(True, "folders", f"log_dir {settings.log_dir} and state_dir {settings.state_dir} are writable")
 
 

@@ -39,7 +39,7 @@ class ExitCode(enum.IntEnum):
                        "`--allow-mass-delete` if the deletions are real")
     LOCKED = 7, "another run holds the lock for this target (cron overlap). Nothing was done"
     NOT_FOUND = 8, "`--explain`: no MISP attribute has that UUID or value"
-    INTERRUPTED = 130, "interrupted"
+    INTERRUPTED = 130, "interrupted (Ctrl-C, or SIGTERM from systemd's stop or `timeout`); the run report is still written"
 
 
 class SkipReason(str, enum.Enum):
@@ -82,8 +82,10 @@ SQLITE_ERROR_FIXES = (
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
 SECRET_FRAGMENT_MIN = 8  # a cut secret's start this long or longer is still redacted
-URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@'\"]+@")  # user:password@ in any URL
+# user:password@ in any URL, up to the last @ before the path: urllib3 reads `p@ss` in `user:p@ss@host` as the password
+URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/'\"]+@")
 SECRET_SETTINGS = frozenset({"misp_key", "client_certificate_password"})  # never echoed in a config error
+REQUESTS_CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # requests uses the first one set, for every connection
 CA_ENVIRONMENT_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")  # read from the real environment only
 GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 PEM_BLOCK_RE = re.compile(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----", re.DOTALL)
@@ -376,6 +378,7 @@ MISP_FIXES = (
     ("not trusted", "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)"),
     ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
     ("not a MISP base URL", "check misp_domain: the URL you open MISP at, with its sub-path if any, not an API path"),
+    ("not MISP's answer", "check misp_domain: MISP's own URL, not another server or a proxy that asks for its own login"),
     ("connection refused", "check misp_domain (scheme, host, port) and that MISP is up"),
     ("host name not found", "check the host name in misp_domain and DNS"),
     ("timed out", "check the network path to MISP or raise http_timeout"),

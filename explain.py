@@ -16,13 +16,16 @@ from misp_source import MispSource
 from misp_transformer import EventResult, GraphTransformer, StixTransformer, event_attributes
 from reconcile import plan, renewal_threshold
 from request_log import RequestLog
-from settings import Settings, TargetSettings
+from settings import ConfigError, Settings, TargetSettings
 from state_store import StateStore
 from sync import Target, make_target, policy_from, shown_value, skipped_records, state_paths
 
 
 def explain(settings: Settings, log: RequestLog, needle: str, out: TextIO) -> ExitCode:
-    """Print the decision for every attribute whose uuid or value is `needle`."""
+    """Print the decision for every attribute whose uuid or value is `needle`; a blank one is
+    refused (MISP would take an empty value as no filter and return every attribute)."""
+    if not needle.strip():
+        raise ConfigError("--explain needs an attribute's value or UUID, not an empty text")
     settings.require_misp()
     source = MispSource(settings, log)
     attributes = source.attributes(needle.strip())

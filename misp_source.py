@@ -58,14 +58,15 @@ def _explain(error: object) -> str:
 
 
 def _user_lookup(text: str) -> str:
-    """PyMISP's "Unable to get the user settings: (status, body)": 401/403 is a refused key;
-    anything else (a 404 from a wrong path) is not MISP's API at all."""
+    """PyMISP's "Unable to get the user settings: (status, body)". MISP refusing a key says
+    "Authentication failed" (matched before this); a bare 401/403 comes from another server
+    (a wrong host, a proxy asking for its own login), a 404 from a wrong path."""
     found = C.MISP_USER_LOOKUP_RE.search(text)
     if not found:
         return ""
     status = int(found.group(1))
     if status in (401, 403):
-        return f"MISP refused the API key (HTTP {status})"
+        return f"HTTP {status} that is not MISP's answer to a refused key: misp_domain may point at another server"
     return f"HTTP {status} where MISP's API should be: misp_domain is not a MISP base URL"
 
 

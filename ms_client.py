@@ -62,13 +62,20 @@ def error_text(body: Any, fallback: str) -> str:
         try:
             body = json.loads(body)
         except ValueError:
-            return body.strip()[:300] or fallback
+            return one_line(body)[:300] or fallback
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = body["error"]
-        return f"{error.get('code', 'Error')}: {error.get('message', '')}".strip()
+        return one_line(f"{error.get('code', 'Error')}: {error.get('message', '')}")
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+        return one_line(body["message"])
     return fallback
+
+
+def one_line(text: str) -> str:
+    """A service's text fit for stderr and the run report: a proxy's HTML page or a multi-line
+    message becomes one line, and a control character (ESC) left in it is escaped."""
+    return C.CONTROL_CHARACTERS_RE.sub(lambda match: match.group(0).encode("unicode_escape").decode("ascii"),
+                                       " ".join(text.split()))
 
 
 def response_body(response: requests.Response) -> Any:
@@ -217,7 +224,7 @@ class MicrosoftClient:
     def _token_error(self, result: dict[str, Any]) -> str:
         """One line with the AADSTS code; whoever catches the error writes its error file."""
         codes = result.get("error_codes") or []
-        description = str(result.get("error_description", "")).split("\n")[0]
+        description = str(result.get("error_description", "")).split("\n")[0].strip()  # Entra ends the line with "\r\n"
         code = f"AADSTS{codes[0]}" if codes else description.split(":")[0]
         return self.log.scrub(f"Microsoft Entra refused the token request ({result.get('error', 'error')}, {code}): {description}")
 

@@ -5,12 +5,14 @@ that slipped into an error message is replaced before it is written.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -42,7 +44,7 @@ class RequestLog:
             return 0
         self.ensure_directory()
         cutoff = time.time() - retention_days * 86400
-        old = [path for path in self.directory.glob(f"{C.LOG_FILE_PREFIX}*") if is_tool_file(path) and path.lstat().st_mtime < cutoff]
+        old = [path for path in self.directory.glob(f"{C.LOG_FILE_PREFIX}*") if _old_tool_file(path, cutoff)]
         for path in old:
             path.unlink(missing_ok=True)
         return len(old)
@@ -142,17 +144,29 @@ class JsonLines:
         self.log = log
         self.name = name
         self._handle: TextIO | None = None
+        self._path: Path | None = None
 
     def write(self, records: list[Any]) -> None:
         if not records:
             return
         if self._handle is None:
-            self._handle = self.log.open_new(self.log.path(self.name, "jsonl"))
-        self._handle.writelines(self.log.scrub(json.dumps(record, ensure_ascii=False, default=str)) + "\n" for record in records)
+            self._path = self.log.path(self.name, "jsonl")
+            self._handle = self.log.open_new(self._path)
+        with self._write_errors():
+            self._handle.writelines(self.log.scrub(json.dumps(record, ensure_ascii=False, default=str)) + "\n" for record in records)
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            with self._write_errors():  # closing flushes: a full disk may show only then
+                self._handle.close()
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """A full disk under log_dir is the log folder's problem (exit 2), not a bug."""
+        try:
+            yield
+        except OSError as exc:
+            raise LogWriteError(f"cannot write {self._path}: {exc.strerror}") from None
 
 
 def redact_url_credentials(text: str) -> str:
@@ -176,6 +190,15 @@ def _without_fragments(text: str, secret: str) -> str:
         text = text[:found] + REDACTED + text[found + length:]
         start = found + len(REDACTED)
     return text
+
+
+def _old_tool_file(path: Path, cutoff: float) -> bool:
+    """A tool file last changed before `cutoff`; one that another run sharing log_dir has just
+    pruned is not (its disappearance stopped the run with exit 2)."""
+    try:
+        return is_tool_file(path) and path.lstat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
 
 def _now_iso() -> str:

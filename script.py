@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -97,7 +98,9 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
     if not args.dry_run:
         settings.require_microsoft()
     scope = None
-    if args.event:
+    if args.event is not None:  # `--event ""` must not widen the run to every event
+        if not args.event.strip():
+            raise ConfigError("--event needs a MISP event UUID, not an empty text")
         scope = {args.event.strip().lower()}
         primary, *others = settings.misp_event_filters
         settings = dataclasses.replace(settings, misp_event_filters=({**primary, "uuid": args.event.strip()}, *others))
@@ -147,7 +150,7 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
                 target.adopt(note or "--rebuild-state")
             finally:
                 store.close()
-        out.write(f"{target.report.target}: state rebuilt from the service: {target.report.rebuilt}\n")
+        say(out, f"{target.report.target}: state rebuilt from the service: {target.report.rebuilt}\n")
     return ExitCode.OK
 
 
@@ -266,12 +269,24 @@ def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: 
                 store.close()
         label = target_label(settings, spec)
         for result in results:
-            out.write(f"{label}: {result.key}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
+            say(out, f"{label}: {result.key}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
         done.update(r.key for r in results if r.accepted)
         failed = [r for r in results if not r.accepted]
         if failed:
-            log.error(f"delete {label}", f"{len(failed)} of {len(results)} ids not deleted", results=[dataclasses.asdict(r) for r in failed])
+            message = f"{len(failed)} of {len(results)} ids not deleted"
+            log.error(f"delete {label}", message, results=[dataclasses.asdict(r) for r in failed])
+            sys.stderr.write(f"misp2sentinel: error: {label}: {message} (details under logs/)\n")  # exit 1 speaks under --quiet too
     return ExitCode.OK if done == set(ids) else ExitCode.REJECTED
+
+
+def say(out: TextIO, text: str) -> None:
+    """A line of an action that changes things (-d, --rebuild-state): a reader of stdout that
+    has gone (`| head -1`) must not leave the remaining targets undone or turn exit 1 into 0."""
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        silence_stdout()
 
 
 def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: str = "") -> ExitCode:
@@ -285,9 +300,13 @@ def fail(code: ExitCode, message: str, log: RequestLog | None = None, context: s
     return code
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """The console command: a reader that closes stdout early (`| head -1`) ends the output
     quietly, not as an internal error."""
+    replace_closed_streams()
+    with contextlib.suppress(ValueError):  # (called from another thread: no handler)
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
+    out = sys.stdout if out is None else out
     try:
         code = dispatch(argv, out)
         out.flush()
@@ -295,6 +314,20 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     except BrokenPipeError:
         silence_stdout()
         return ExitCode.OK
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """systemd's stop, or `timeout`, ends the run as Ctrl-C does (exit 130), so it still leaves
+    its run report and last-run.json, and the state's open transaction is rolled back."""
+    raise KeyboardInterrupt
+
+
+def replace_closed_streams() -> None:
+    """A crontab's `>&-` or `2>&-` starts Python without stdout or stderr (None): that output
+    goes nowhere, as into a closed pipe, instead of ending in a traceback and exit 1."""
+    for name in ("stdout", "stderr"):  # in fd order, so each takes its own number back
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
 
 
 def silence_stdout() -> None:
@@ -329,7 +362,7 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
             return delete_indicators(settings, log, args.delete, out)
         if args.rebuild_state:
             return rebuild_state(settings, log, out)
-        if args.explain:
+        if args.explain is not None:  # `--explain ""` (an unset shell variable) must not fall through to a sync
             return explain(settings, log, args.explain, out)
         return sync(settings, log, args, out)
     except BrokenPipeError:

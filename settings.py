@@ -15,6 +15,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from dotenv import dotenv_values
 
 import constants as C
@@ -188,7 +191,10 @@ def _env(config_path: Path, environ: Mapping[str, str]) -> dict[str, str]:
     dotenv_file = config_path.parent / ".env"
     if not dotenv_file.is_file():
         return dict(environ)
-    values = dotenv_values(stream=io.StringIO(read_text(dotenv_file, "secrets file")))
+    text = read_text(dotenv_file, "secrets file")
+    if text.startswith("\ufeff"):  # it would hide the first line's name: "misp_key is empty" while it is set
+        raise ConfigError(f"{dotenv_file} starts with a byte-order mark: save it as UTF-8 without BOM")
+    values = dotenv_values(stream=io.StringIO(text))
     from_file = {k: v for k, v in values.items() if v is not None}
     return {**from_file, **environ}
 
@@ -237,7 +243,7 @@ class _Reader:
     def https_url(self, name: str, default: str) -> str:
         value = self.text(name, default).rstrip("/")
         if not value.startswith("https://") or len(value) <= len("https://"):
-            raise ConfigError(f"{name} must be an https:// URL, not {value!r} (in {self.source})")
+            raise ConfigError(f"{name} must be an https:// URL, not {redact_url_credentials(value)!r} (in {self.source})")
         return value
 
 
@@ -428,7 +434,27 @@ def _certificate(read: _Reader, base: Path, env: Mapping[str, str]) -> Path | No
         missing = "private key" if not key else "certificate"
         raise ConfigError(f"client_certificate_path: {path} has no PEM {missing}; the file must hold the private key "
                           f"and its certificate (in {read.source})")
+    _check_pem(path, key, certificate, _certificate_password(read, env), read.source)
     return path
+
+
+def _certificate_password(read: _Reader, env: Mapping[str, str]) -> str:
+    return env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")
+
+
+def _check_pem(path: Path, key: str, certificate: str, password: str, source: str) -> None:
+    """Load the key and the certificate now: MSAL would fail on them only at the token request,
+    in words that blame the tenant (a wrong password) or as a bug (a missing password)."""
+    try:
+        serialization.load_pem_private_key(key.encode("ascii"), password.encode("utf-8") or None)
+    except (TypeError, ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"client_certificate_path: the private key in {path} cannot be loaded ({exc}): check "
+                          f"client_certificate_password or AZURE_CLIENT_CERTIFICATE_PASSWORD (in {source})") from None
+    try:
+        x509.load_pem_x509_certificates(certificate.encode("ascii"))
+    except ValueError:
+        raise ConfigError(f"client_certificate_path: the certificate in {path} is damaged: copy it again from where "
+                          f"it was made (in {source})") from None
 
 
 def split_pem(pem: bytes) -> tuple[str, str]:
@@ -463,11 +489,11 @@ def _misp_url(read: _Reader, env: Mapping[str, str]) -> str:
     return url
 
 
-def _warnings(raw: Mapping[str, Any], config_path: Path) -> tuple[str, ...]:
+def _warnings(raw: Mapping[str, Any], config_path: Path, environ: Mapping[str, str]) -> tuple[str, ...]:
     """Ignored setting names, a MISP whose certificate is not checked (said once per run:
     urllib3's warning on every request is silenced), and trust set where it is not read."""
     unverified = ["misp_verifycert = False: the MISP server's certificate is not checked"] if raw.get("misp_verifycert") is False else []
-    return (*_unknown_settings(raw, config_path.name), *unverified, *_ignored_dotenv(config_path))
+    return (*_unknown_settings(raw, config_path.name), *unverified, *_ignored_dotenv(config_path, environ))
 
 
 def _unknown_settings(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:
@@ -484,12 +510,29 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else ""
 
 
-def _ignored_dotenv(config_path: Path) -> list[str]:
-    """.env feeds settings only: a CA variable there would reach no connection, silently."""
+def _ignored_dotenv(config_path: Path, environ: Mapping[str, str]) -> list[str]:
+    """.env feeds settings only: a CA variable there reaches no connection, unless systemd's
+    EnvironmentFile= (the shipped unit) put it in the environment, where it reaches them all."""
     dotenv_file = config_path.parent / ".env"
     names = dotenv_values(dotenv_file).keys() if dotenv_file.is_file() else ()
-    return [f".env: {name} is not honoured there (it would apply to Microsoft too); "
-            "set misp_ca_bundle in the config for the MISP CA" for name in C.CA_ENVIRONMENT_VARIABLES if name in names]
+    return [f".env: {_dotenv_ca_effect(name, environ)}; set misp_ca_bundle in the config for the MISP CA"
+            for name in C.CA_ENVIRONMENT_VARIABLES if name in names]
+
+
+def _dotenv_ca_effect(name: str, environ: Mapping[str, str]) -> str:
+    if name in environ:
+        return (f"{name} is in the environment too (systemd's EnvironmentFile= loads .env), so it applies to every "
+                "connection, Microsoft's too")
+    return f"{name} is not honoured there (it would apply to Microsoft too)"
+
+
+def _check_ca_environment(environ: Mapping[str, str]) -> None:
+    """requests fails on a CA bundle variable naming a missing file only when it connects, with
+    an OSError that read as a bug (exit 5)."""
+    name = next((name for name in C.REQUESTS_CA_VARIABLES if environ.get(name)), None)
+    if name and not os.path.exists(environ[name]):
+        raise ConfigError(f"the environment variable {name} names {environ[name]!r}, which does not exist: "
+                          f"correct the path or unset {name}")
 
 
 def _sourcesystem(read: _Reader) -> str:
@@ -503,7 +546,9 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
     """Read, merge and validate every setting; raise ConfigError naming the first bad one."""
     config_path = config_path.resolve()
     raw = read_assignments(config_path)
-    env = _env(config_path, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    _check_ca_environment(environ)
+    env = _env(config_path, environ)
     source = config_path.name
     read = _Reader(raw, source)
     auth = _graph_auth(raw, env, source)
@@ -550,9 +595,9 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         graph_requests_per_minute=read.integer("graph_requests_per_minute", C.GRAPH_REQUESTS_PER_MINUTE, 1, 100000),
         max_concurrent_requests=read.integer("max_concurrent_requests", C.DEFAULT_CONCURRENT_REQUESTS, 1, 64),
         client_certificate_path=_certificate(read, config_path.parent, env),
-        client_certificate_password=(env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")),
+        client_certificate_password=_certificate_password(read, env),
         managed_identity=_managed_identity(read),
         misp_allow_plain_http=read.boolean("misp_allow_plain_http", False),
         unknown_settings=_unknown_settings(raw, source),
-        warnings=_warnings(raw, config_path),
+        warnings=_warnings(raw, config_path, environ),
     )

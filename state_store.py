@@ -115,6 +115,13 @@ def _open_private(path: Path, flags: int) -> int:
         raise StoreUnsafe(str(exc)) from None
 
 
+def refuse_symlinks(path: Path) -> None:
+    """A state or lock file, or its state_dir, that is a symlink (even a dangling one) is refused."""
+    for where in (path.parent, path):
+        if where.is_symlink():
+            raise StoreUnsafe(f"{where} is a symlink; remove it and point state_dir at the real folder")
+
+
 @contextlib.contextmanager
 def target_lock(path: Path) -> Iterator[None]:
     """An exclusive, non-blocking lock: a second cron run fails fast instead of interleaving."""
@@ -156,7 +163,9 @@ class StateStore:
     @classmethod
     def read_only(cls, path: Path) -> StateStore:
         """The file as it is, opened so that nothing can be written (for --explain, which may
-        run beside a sync); a missing file reads as an empty store."""
+        run beside a sync); a missing file reads as an empty store. Like a sync, it never reads
+        through a symlink planted at the file or at state_dir."""
+        refuse_symlinks(path)
         if not path.exists():
             return cls(None)
         store = cls.__new__(cls)

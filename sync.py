@@ -914,12 +914,14 @@ class TargetRun:
         }
 
 
-def last_run_status(previous: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+def last_run_status(previous: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
     """`last-run.json` for monitoring: per target the last exit code and when it last succeeded
-    (kept from the previous file while the target keeps failing)."""
-    status = dict(previous)
+    (kept from the previous file while the target keeps failing). A previous file that is JSON
+    but not this shape (edited by hand, written by something else) is started afresh."""
+    status = dict(previous) if isinstance(previous, dict) else {}
     for record in records:
-        before = previous.get(record["target"], {})
+        before = status.get(record["target"])
+        before = before if isinstance(before, dict) else {}
         succeeded = record["exit_code"] == ExitCode.OK
         status[record["target"]] = {
             "last_exit_code": record["exit_code"], "last_run": record["ended"], "last_error": record["error"],

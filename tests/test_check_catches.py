@@ -92,3 +92,34 @@ def test_a_misp_502_says_502(standins, tmp_path):
     for args in ((), ("--check",)):
         run = run_process(config, *args)
         assert run.code == ExitCode.MISP and "502 Bad Gateway" in run.out + run.err, run.out + run.err
+
+
+def test_an_encrypted_key_without_its_password_or_a_damaged_certificate_is_a_config_error(standins, tmp_path):
+    """MSAL only finds these at the token request: a missing password was a bug (exit 5), a wrong
+    one "no tenant ... check AZURE_TENANT_ID", a damaged certificate an internal error in --check."""
+    certificate = make_client_certificate(passphrase=b"right-password")
+    standins.entra.register_certificate(standins.client_id, certificate.certificate_pem)
+    path = tmp_path / "client.pem"
+    damaged = b"-----BEGIN CERTIFICATE-----\nMIIBjunk\n-----END CERTIFICATE-----\n"
+    cases = {"": certificate.certificate_pem, "wrong-password": certificate.certificate_pem,
+             "right-password": damaged}
+    for password, certificate_pem in cases.items():
+        path.write_bytes(certificate.private_key_pem + certificate_pem)
+        config = write_config(tmp_path, standins, client_certificate_path=str(path), client_certificate_password=password)
+        for args in (("-q",), ("--check",)):
+            run = run_process(config, *args)
+            assert run.code == ExitCode.CONFIG, (password, args, run.out + run.err)
+            assert "client_certificate_path" in run.out + run.err and "tenant" not in run.out + run.err
+            if password:
+                assert password not in run.out + run.err
+
+
+def test_a_misp_url_at_another_server_is_not_a_refused_key(standins, tmp_path):
+    """misp_domain at a server that answers 401/403 without MISP's "Authentication failed"
+    (here Graph's stand-in) was reported as "MISP refused the API key: check MISP_KEY"."""
+    config = write_config(tmp_path, standins, misp_domain=standins.graph.url)
+    for args in ((), ("--check",)):
+        run = run_process(config, *args)
+        assert run.code == ExitCode.MISP and "refused the API key" not in run.out + run.err
+        assert "misp_domain may point at another server" in run.out + run.err
+    assert "fix: check misp_domain" in run.out

@@ -112,3 +112,19 @@ def test_summary_names_the_deleted_and_rejected_indicators(standins, tmp_path):
     assert run.out.count("  rejected: 203.0.113.66: ") == 2
     records = [json.loads(line) for path in run.log_dir.glob("*_deleted-*.jsonl") for line in path.read_text().splitlines()]
     assert sorted((r["key"] == SENT, r["value"]) for r in records) == [(False, "203.0.113.7"), (True, "")]
+
+
+@pytest.mark.parametrize("needle", ["", "   "], ids=["empty", "blank"])
+def test_an_empty_needle_is_refused_and_sends_nothing(standins, tmp_path, needle):
+    """`--explain "$VALUE"` with VALUE unset ran a full sync (287 indicators sent to Graph); a
+    blank one listed every attribute in MISP (MISP takes an empty value as no filter)."""
+    run = run_process(write_config(tmp_path, standins), "--explain", needle)
+    assert run.code == ExitCode.CONFIG and run.out == "" and "--explain needs" in run.err, run.out[:300] + run.err
+    assert standins.graph.indicators == {}
+
+
+def test_an_empty_event_uuid_is_refused_and_sends_nothing(standins, tmp_path):
+    """`--event "$UUID"` with UUID unset synced every event instead of one."""
+    run = run_process(write_config(tmp_path, standins), "--event", " ")
+    assert run.code == ExitCode.CONFIG and "--event needs" in run.err, run.err
+    assert standins.graph.indicators == {}

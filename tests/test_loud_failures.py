@@ -6,13 +6,17 @@ import datetime as dt
 import fcntl
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from constants import LAST_RUN_FILE, VERSION, ExitCode
 from settings import load_settings
 from sync import state_paths
-from tests.support import run_process, write_config
+from tests.support import ROOT, run_process, write_config
 
 NO_WAIT = {"Retry-After": "0"}
 
@@ -92,3 +96,71 @@ def test_config_failure_after_loading_still_writes_a_report(standins, tmp_path):
     assert run.code == ExitCode.CONFIG and run.err.count("\n") == 1
     (report,) = run.logs("run-report")
     assert report["exit_code"] == ExitCode.CONFIG and report["error"].startswith("configuration:")
+
+
+@pytest.mark.parametrize("previous", ["[1, 2]", '"ok"', '{"graph tenant %s": "ok"}'], ids=["list", "string", "entry"])
+def test_a_last_run_file_of_another_shape_is_started_afresh(standins, tmp_path, previous):
+    """Valid JSON that is not last-run.json's shape (edited by hand, or another tool's) made
+    every run an internal error (exit 5) while writing the reports."""
+    config = write_config(tmp_path, standins)
+    (tmp_path / "logs").mkdir(mode=0o700)
+    (tmp_path / "logs" / LAST_RUN_FILE).write_text(previous % standins.tenant if "%s" in previous else previous)
+    standins.misp.fail_page(None, "500")
+    run = run_process(config, "--quiet")
+    assert run.code == ExitCode.MISP and "please report" not in run.err, run.err
+    status = json.loads((run.log_dir / LAST_RUN_FILE).read_text())
+    assert status[f"graph tenant {standins.tenant}"]["last_exit_code"] == ExitCode.MISP
+
+
+def test_a_delete_that_leaves_ids_says_so_on_stderr(standins, tmp_path):
+    """-d exiting 1 printed its per-id lines on stdout only: nothing on stderr named the failure."""
+    run = run_process(write_config(tmp_path, standins), "--quiet", "-d", "no-such-graph-id")
+    assert run.code == ExitCode.REJECTED
+    assert run.err == f"misp2sentinel: error: graph tenant {standins.tenant}: 1 of 1 ids not deleted (details under logs/)\n"
+
+
+@pytest.mark.parametrize("body", [
+    "<html>\n<head><title>400 Bad Request</title></head>\n<body>\x1b[31mproxy</body>\n</html>\n",
+    {"error": {"code": "BadRequest", "message": "line one\nline two\x1b[2J"}},
+], ids=["html", "json"])
+def test_a_multi_line_answer_from_microsoft_is_one_line(standins, tmp_path, body):
+    """A proxy's HTML page (or a message with newlines) came through whole: stderr and the
+    report's error ran over several lines, and the page's ESC bytes reached the terminal."""
+    standins.graph.fail_next(400, body, times=100)
+    run = run_process(write_config(tmp_path, standins), "--quiet")
+    assert run.code == ExitCode.MICROSOFT and run.err.count("\n") == 1 and "\x1b" not in run.err, run.err
+    error = run.logs("run-report")[-1]["error"]
+    assert "\n" not in error and "\x1b" not in error and "\\x1b" in error
+
+
+def test_a_refused_token_is_one_clean_line(standins, tmp_path):
+    """Entra's error_description ends its first line with \\r\\n: the \\r was kept in the run
+    report's error and on stderr."""
+    config = write_config(tmp_path, standins)
+    (tmp_path / ".env").write_text(f"MISP_KEY={standins.misp_key}\nAZURE_CLIENT_SECRET=wrong\n")
+    completed = subprocess.run([sys.executable, str(ROOT / "script.py"), "--config", str(config), "--quiet"],
+                               capture_output=True, cwd="/")
+    assert completed.returncode == ExitCode.MICROSOFT and b"AADSTS7000215" in completed.stderr
+    assert b"\r" not in completed.stderr
+    report = json.loads(sorted((tmp_path / "logs").glob("*_run-report_*.json"))[-1].read_text())
+    assert "\r" not in report["error"] and report["error"].endswith("'.")
+
+
+def test_a_run_stopped_by_sigterm_leaves_its_report(standins, tmp_path):
+    """systemd's stop (or `timeout`) sends SIGTERM: the run died at once, with no run report and
+    a last-run.json that still showed the run before."""
+    standins.graph.latency = 0.5
+    config = write_config(tmp_path, standins)
+    process = subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "state").glob("*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the run has started (the handler is set before any lock is taken)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == ExitCode.INTERRUPTED and err == "misp2sentinel: error: interrupted\n", err
+    report = json.loads(sorted((tmp_path / "logs").glob("*_run-report_*.json"))[-1].read_text())
+    assert report["exit_code"] == ExitCode.INTERRUPTED
+    status = json.loads((tmp_path / "logs" / LAST_RUN_FILE).read_text())
+    assert status[report["target"]]["last_exit_code"] == ExitCode.INTERRUPTED

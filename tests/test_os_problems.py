@@ -50,6 +50,15 @@ def test_unreadable_env_file_is_a_config_error(tmp_path):
     assert result.stderr.count("\n") == 1 and str(tmp_path / ".env") in result.stderr and "readable" in result.stderr
 
 
+def test_env_file_with_a_byte_order_mark_is_a_config_error(tmp_path):
+    """The BOM became part of the first name, so the key it set was missing: "misp_key is
+    empty: set it in config.py or MISP_KEY" while .env set it."""
+    (tmp_path / "config.py").write_text("misp_domain = 'https://misp.example'\n")
+    (tmp_path / ".env").write_text("\ufeffMISP_KEY=x\n", encoding="utf-8")
+    run = run_process(tmp_path / "config.py")
+    assert_config_error(run, str(tmp_path / ".env"), "byte-order mark")
+
+
 @pytest.mark.parametrize(("content", "named"), [
     ("\ufeffmisp_domain = 'https://misp.example'\n".encode("utf-8"), "byte-order mark"),
     ("misp_domain = 'https://misp.example'  # caf\xe9\n".encode("latin-1"), "UTF-8"),
@@ -109,6 +118,16 @@ def test_full_disk_under_log_dir(standins, tmp_path):
     assert_config_error(run, str(tmp_path / "logs"), "space")
 
 
+def test_full_disk_under_log_dir_while_writing_skipped_attributes(standins, tmp_path):
+    """Without request files the skipped-attributes file is the first to hit the full disk, as
+    a bare OSError when flushed: it was exit 5, "please report"."""
+    config = write_config(tmp_path, standins, write_post_json=False)
+    with mounted(tmp_path / "logs", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as logs:
+        fill(logs)
+        run = run_process(config)
+    assert_config_error(run, "skipped-graph", "No space left")
+
+
 def test_full_disk_under_state_dir(standins, tmp_path):
     config = write_config(tmp_path, standins)
     with mounted(tmp_path / "state", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as state:
@@ -125,6 +144,16 @@ def test_missing_ca_bundle_is_a_config_error(standins, tmp_path):
     run = run_process(config)
     assert run.code in (ExitCode.CONFIG, ExitCode.MISP), run.err
     assert run.err.count("\n") == 1 and "no-such-ca.pem" in run.err and "internal error" not in run.err
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_variable_naming_a_missing_file_is_a_config_error(standins, tmp_path, variable):
+    """requests found it only when connecting, as an OSError: exit 5, "please report"."""
+    config = write_config(tmp_path, standins)
+    for args in ((), ("--check",)):
+        run = run_process(config, *args, env={"REQUESTS_CA_BUNDLE": "", variable: str(tmp_path / "gone.pem")})
+        assert run.code == ExitCode.CONFIG and "please report" not in run.out + run.err, run.out + run.err
+        assert f"{variable} names" in run.out + run.err and "gone.pem" in run.out + run.err
 
 
 def test_state_file_damaged_mid_file_is_moved_aside_and_rebuilt(standins, tmp_path):

@@ -7,6 +7,8 @@ import stat
 import time
 
 import constants as C
+import private_files
+import request_log
 from constants import ExitCode
 from tests.support import run_process, write_config
 
@@ -75,3 +77,39 @@ def test_planted_state_and_lock_symlinks_are_refused(standins, tmp_path):
         assert run.code == ExitCode.CONFIG and "symlink" in run.err, (suffix, run.err)
         assert victim.read_text() == "keep me"
         planted.unlink()
+
+
+def test_explain_and_check_refuse_planted_state_symlinks_too(standins, tmp_path, fixture_events):
+    """--explain read the state through a planted link (it resolved the path), a dangling one
+    read as an empty state, and --check passed while every sync would refuse the link."""
+    config = write_config(tmp_path, standins)
+    assert run_process(config).code == ExitCode.OK
+    state = tmp_path / "state"
+    name = f"graph_{standins.tenant}_{standins.client_id}".lower()
+    real = state / f"{name}.sqlite"
+    moved = real.rename(tmp_path / "elsewhere.sqlite")
+    uuid = fixture_events[0]["Event"]["Attribute"][0]["uuid"]
+    for suffix, target in (("sqlite", moved), ("sqlite", tmp_path / "gone"), ("lock", moved)):
+        planted = state / f"{name}.{suffix}"
+        planted.unlink(missing_ok=True)
+        planted.symlink_to(target)
+        for args in (("--explain", uuid), ("--check",)) if suffix == "sqlite" else (("--check",),):  # --explain takes no lock
+            run = run_process(config, *args)
+            assert run.code == ExitCode.CONFIG and "symlink" in run.out + run.err, (suffix, target, args, run.out + run.err)
+        planted.unlink()
+
+
+def test_pruning_beside_another_run_sharing_log_dir(tmp_path, monkeypatch):
+    """Two configs sharing one log_dir prune at the same time: a file the other run removed
+    between listing and checking it raised FileNotFoundError, and the run stopped (exit 2)."""
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    gone, kept = (aged(logs / f"{C.LOG_FILE_PREFIX}{name}_error_00001.json") for name in ("a", "b"))
+
+    def pruned_by_the_other_run(path):
+        if path == gone:
+            path.unlink()
+        return private_files.is_tool_file(path)
+    monkeypatch.setattr(request_log, "is_tool_file", pruned_by_the_other_run)
+    assert request_log.RequestLog(logs, False, False).prune(30) == 1
+    assert not kept.exists()

@@ -25,10 +25,22 @@ def test_misp_ca_bundle_and_verifycert_together_are_refused(standins, tmp_path):
     assert run.code == ExitCode.CONFIG and "not both" in run.err
 
 
-def test_requests_ca_bundle_in_dotenv_is_reported_as_not_honoured(standins, tmp_path):
+def test_requests_ca_bundle_in_dotenv_is_reported_as_not_honoured(standins, tmp_path, monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     config = write_config(tmp_path, standins)
     with (tmp_path / ".env").open("a") as dotenv:
         dotenv.write(f"REQUESTS_CA_BUNDLE={standins.ca_bundle_path}\n")
     run = run_process(config)
-    assert run.code == ExitCode.OK, run.err
+    assert run.code != ExitCode.OK  # indeed not honoured: the stand-ins' CA is not trusted
     assert "REQUESTS_CA_BUNDLE is not honoured" in run.err and "misp_ca_bundle" in run.err
+
+
+def test_requests_ca_bundle_in_dotenv_loaded_by_systemd_is_not_called_unhonoured(standins, tmp_path):
+    """The shipped unit's EnvironmentFile= puts .env in the environment, where requests reads
+    it for every connection: the warning said it was not honoured while it was."""
+    config = write_config(tmp_path, standins)
+    with (tmp_path / ".env").open("a") as dotenv:
+        dotenv.write(f"REQUESTS_CA_BUNDLE={standins.ca_bundle_path}\n")
+    run = run_process(config)  # the fixture's REQUESTS_CA_BUNDLE stands for the one systemd loads
+    assert run.code == ExitCode.OK, run.err
+    assert "not honoured" not in run.err and "applies to every connection" in run.err and "misp_ca_bundle" in run.err
