@@ -184,3 +184,22 @@ def test_incremental_nights_converge_to_what_full_reads_give(standins, tmp_path,
         assert all(report["run_kind"] == "full" for report in
                    [json.loads(p.read_text()) for p in (tmp_path / "full" / "logs").glob("*_run-report_*.json")])
         assert _held(standins) == _held(other) and len(_held(standins)) > 250
+
+
+def test_a_changed_event_unpublished_mid_run_keeps_its_indicators(standins, tmp_path):
+    """The listing saw the event changed; between the listing and its read by uuid it was
+    unpublished: this run cannot read it and removes nothing of it. The next run, which no
+    longer lists it, removes its indicators."""
+    config = write_config(tmp_path, standins, max_delete_fraction=1.0)
+    assert run_process(config).code == ExitCode.OK
+    held = held_external_ids(standins)
+    changed = published(standins)[1]
+    changed.setdefault("Attribute", []).append(new_attribute("7", "mid-run.example"))
+    standins.misp.on_page(1, lambda: changed.update(published=False))
+    run = run_process(config)
+    assert run.code == ExitCode.OK, run.err
+    report = report_of(run)
+    assert (report["events_read_in_full"], report["deleted"]) == (0, 0) and report["kept_not_read"] > 0
+    assert held_external_ids(standins) == held
+    assert report_of(run_process(config))["deleted"] == report["kept_not_read"]
+    assert held_external_ids(standins) == expected_external_ids(standins.misp.events)
