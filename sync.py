@@ -1010,7 +1010,7 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
     asked = "--event" if scope is not None else "--full" if full else ""
     try:
         listed = source.listing()
-        plans = {id(run): run.target.read_plan(listed.events, asked, run.fingerprint) for run in runs}
+        plans = _read_plans(runs, listed.events, asked, log)
         full_reasons = sorted({reason for reason, _ in plans.values() if reason})
         if full_reasons:
             _feed_pages(runs, source.pages(listed), read, bar, log)
@@ -1027,11 +1027,21 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
     alive = _once(source.alive_event_uuids)
     for run in runs:
         run.report.full_read, run.report.events_listed, run.report.events_read_in_full = "; ".join(full_reasons), len(listed.events), len(read)
-        unchanged = listed.events.keys() - plans[id(run)][1] - read.keys()
+        unchanged = listed.events.keys() - plans.get(id(run), ("", set()))[1] - read.keys()
         run.guard(log, lambda run=run: run.target.keep_unchanged(unchanged))
         run.guard(log, lambda run=run: run.target.remove_gone(read.keys(), listed.events.keys(), alive, allow_mass_delete, scope))
         run.guard(log, lambda run=run: run.target.settle(read, listed.events.keys(), kind, run.fingerprint))
         run.report.progress.close()
+
+
+def _read_plans(runs: list[TargetRun], listed: Mapping[str, EventStamp], asked: str, log: RequestLog) -> dict[int, tuple[str, set[str]]]:
+    """Each target's read plan, by id of its run; a target whose store fails here fails alone."""
+    plans: dict[int, tuple[str, set[str]]] = {}
+    for run in runs:
+        def read_plan(run: TargetRun = run) -> None:
+            plans[id(run)] = run.target.read_plan(listed, asked, run.fingerprint)
+        run.guard(log, read_plan)
+    return plans
 
 
 def _feed_pages(runs: list[TargetRun], pages: Iterator[list[dict[str, Any]]], read: dict[str, EventStamp], bar: tqdm,
