@@ -10,6 +10,8 @@ import json
 import sqlite3
 from typing import Any
 
+import pytest
+
 from constants import ExitCode
 from standins import StandIns
 from tests.support import run_process, write_config
@@ -28,7 +30,8 @@ def full_bodies(standins: Any, since: int = 0) -> list[dict[str, Any]]:
 
 
 def new_attribute(uuid_tail: str, value: str) -> dict[str, Any]:
-    return {"uuid": f"33333333-0000-4000-8000-{uuid_tail:0>12}", "type": "domain", "value": value, "to_ids": True}
+    return {"uuid": f"33333333-0000-4000-8000-{uuid_tail:0>12}", "type": "domain", "value": value, "to_ids": True,
+            "timestamp": "1700000000"}
 
 
 def report_of(run: Any) -> dict[str, Any]:
@@ -165,25 +168,31 @@ def _history(servers: StandIns, run: Any) -> None:
         assert run(), "a sync failed"
 
 
-def _held(servers: StandIns) -> dict[str, str]:
-    """What Graph holds, per MISP attribute, without the fields a run stamps itself."""
-    stamped = {"id", "expirationDateTime", "ingestedDateTime", "azureTenantId", "lastReportedDateTime"}
-    return {item["externalId"]: json.dumps({k: v for k, v in item.items() if k not in stamped}, sort_keys=True)
-            for item in servers.graph.indicators.values()}
+def _held(servers: StandIns, target: str) -> dict[str, str]:
+    """What the target holds, per key, without the fields a run stamps itself."""
+    if target == "graph":
+        stamped = {"id", "expirationDateTime", "ingestedDateTime", "azureTenantId", "lastReportedDateTime"}
+        items = {item["externalId"]: item for item in servers.graph.indicators.values()}
+    else:
+        stamped = {"modified", "valid_until"}
+        items = dict(servers.sentinel.objects)
+    return {key: json.dumps({k: v for k, v in item.items() if k not in stamped}, sort_keys=True).replace(servers.misp.url, "MISP")
+            for key, item in items.items()}
 
 
-def test_incremental_nights_converge_to_what_full_reads_give(standins, tmp_path, fixture_events, monkeypatch):
-    incremental = write_config(tmp_path, standins, max_delete_fraction=1.0)
+@pytest.mark.parametrize("target", ["graph", "sentinel"])
+def test_incremental_nights_converge_to_what_full_reads_give(standins, tmp_path, fixture_events, monkeypatch, target):
+    incremental = write_config(tmp_path, standins, target=target, max_delete_fraction=1.0)
     assert run_process(incremental).code == ExitCode.OK
     _history(standins, lambda: run_process(incremental).code == ExitCode.OK)
     with StandIns(tmp_path / "full", events=fixture_events) as other:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other.ca_bundle_path))
-        always_full = write_config(tmp_path / "full", other, full_resync_days=0, max_delete_fraction=1.0)
+        always_full = write_config(tmp_path / "full", other, target=target, full_resync_days=0, max_delete_fraction=1.0)
         assert run_process(always_full).code == ExitCode.OK
         _history(other, lambda: run_process(always_full).code == ExitCode.OK)
         assert all(report["run_kind"] == "full" for report in
                    [json.loads(p.read_text()) for p in (tmp_path / "full" / "logs").glob("*_run-report_*.json")])
-        assert _held(standins) == _held(other) and len(_held(standins)) > 250
+        assert _held(standins, target) == _held(other, target) and len(_held(standins, target)) > 250
 
 
 def test_a_changed_event_unpublished_mid_run_keeps_its_indicators(standins, tmp_path):
