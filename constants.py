@@ -337,6 +337,8 @@ HEX_HASH_RES = {
                      + "(?:" + "|".join(f"[0-9a-fA-F]{{{n}}}" for n in lengths) + ")$")
     for name, lengths in HEX_HASH_LENGTHS.items()
 }
+# Any white space, Unicode's too: the same characters str.isspace() finds (re's \s on str).
+WHITE_SPACE_RE = re.compile(r"\s")
 HOSTNAME_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 HOSTNAME_MAX = 253
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import misp_transformer
@@ -145,3 +145,42 @@ def test_the_common_fields_hold_no_free_text_but_the_tag_names(wrapped, policy, 
     for transformer in (GraphTransformer(policy, NOW), StixTransformer(policy, NOW)):
         common = transformer.common_fields(context, facts)
         assert json_bytes(common) <= misp_transformer._FIXED_BYTES // 2 + misp_transformer._BYTES_PER_CHAR * name_chars(facts)
+
+
+def _codec_hostname(value: str) -> str:
+    """normalize_hostname as it was before its fast paths: every name through ipaddress and the
+    IDNA codec (the reference the fast paths must agree with)."""
+    import ipaddress
+    host = value.strip().rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return "IP"
+    ascii_host = host.encode("idna").decode("ascii").lower()
+    labels = ascii_host.split(".")
+    if len(ascii_host) > 253 or not all(misp_transformer.C.HOSTNAME_LABEL_RE.match(label) for label in labels):
+        raise ValueError
+    return ascii_host
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from("abcXYZ019.-_:% ²٣\u00e4"), min_size=1, max_size=70))
+@example("192.0.2.1")
+@example("192.0.2.1.")
+@example("::1")
+@example("1.2.3")
+@example("².1.1.1")
+def test_hostname_fast_paths_agree_with_the_codec(value):
+    """The ASCII shortcut and the could-be-an-IP pre-check give what the codec path gives."""
+    try:
+        expected = _codec_hostname(value)
+    except (UnicodeError, ValueError):
+        expected = None
+    assume(value.strip().rstrip("."))
+    try:
+        got = misp_transformer.normalize_hostname(value)
+    except misp_transformer.InvalidValue as exc:
+        got = "IP" if "IP address" in str(exc) else None
+    assert got == expected
