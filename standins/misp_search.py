@@ -35,7 +35,8 @@ Simplifications (the stand-in's, not MISP's):
 - Relative and absolute times: epoch numbers, `<n>d|h|m|s`, and ISO dates or date-times (UTC)
   for PHP's `strtotime`; anything else matches nothing, as MISP's `time() + 1`.
 - `date`/`from`/`to` compare `Event.date` (YYYY-MM-DD) in UTC.
-- Not applied: `value`, `searchall`, `eventinfo`, `sharinggroup`, `distribution`, `comment`,
+- `value` compares whole halves, or `%` patterns, without MISP's IPv6 compression.
+- Not applied: `searchall`, `sharinggroup`, `distribution`, `comment`,
   `excludeLocalTags`, sharing rules (the user sees every event), proposals, correlations.
 - Decay: one Polynomial model with a fixed `default_base_score` (no taxonomy ratios).
 """
@@ -163,7 +164,7 @@ class Search:
         """Event::filterEventIds for one event."""
         return all(check(event) for check in (
             self._eventid, self._tags_match, self._times, self._org, self._uuid,
-            self._published_selects, self._threat_level, self._attribute_scope))
+            self._published_selects, self._threat_level, self._eventinfo, self._attribute_scope))
 
     def _given(self, key: str) -> Any:
         """The body's value for `key`, or _SKIPPED when MISP would not apply it."""
@@ -289,9 +290,19 @@ class Search:
         value = self._given("threat_level_id")
         return value is _SKIPPED or _column_in(event.get("threat_level_id"), value)
 
+    def _eventinfo(self, event: dict[str, Any]) -> bool:
+        """set_filter_eventinfo (Event.php 2758-2765): generic_add_filter on Event.info."""
+        value = self._given("eventinfo")
+        return value is _SKIPPED or _php_empty(value) or _generic_filter(_convert_filters(value), str(event.get("info") or ""))
+
     def _attribute_scope(self, event: dict[str, Any]) -> bool:
         """Each attribute-scope filter: some attribute of the event (any) satisfies it."""
         attributes = event_attributes(event)
+        value = self._given("value")
+        if value is not _SKIPPED and not _php_empty(value):
+            groups = _convert_filters(value)
+            if not any(_value_hit(groups, str(a.get("value") or "")) for a in attributes):
+                return False
         for key in ("type", "category", "object_relation"):
             value = self._given(key)
             if value is not _SKIPPED and not _php_empty(value):
@@ -485,6 +496,15 @@ def _generic_filter(groups: dict[str, list[Any]], column: str) -> bool:
         patterns = [v for v in groups["AND"] if v not in plain]
         ok = ok and (not plain or any(hit(v) for v in plain)) and all(hit(v) for v in patterns)
     return ok
+
+
+def _value_hit(groups: dict[str, list[Any]], value: str) -> bool:
+    """set_filter_value (Event.php 2956-2977): generic_add_filter over value1 and value2 (the
+    halves of a composite `a|b`): a positive group hits either half, a NOT group neither."""
+    halves = value.split("|", 1)
+    positive = {op: groups[op] for op in ("OR", "AND") if op in groups}
+    hit = not positive or any(_generic_filter(positive, half) for half in halves)
+    return hit and not ("NOT" in groups and any(_generic_filter({"OR": groups["NOT"]}, half) for half in halves))
 
 
 def _with_email(groups: dict[str, list[Any]]) -> dict[str, list[Any]]:

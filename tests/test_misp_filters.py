@@ -104,6 +104,22 @@ def test_eventid_and_uuid_select_those_events_and_an_attribute_uuid_selects_its_
     assert infos(standins, tmp_path, {"uuid": {"NOT": [a["Event"]["uuid"]]}}) == ["b", "c"]
 
 
+def test_value_selects_events_with_a_matching_whole_value_or_half(standins, tmp_path):
+    standins.misp.events = [event("ip", attribute("192.0.2.1")), event("pair", attribute("evil.example|198.51.100.7", "domain|ip")),
+                            event("other", attribute("203.0.113.9"))]
+    assert infos(standins, tmp_path, {"value": "192.0.2.1"}) == ["ip"]
+    assert infos(standins, tmp_path, {"value": "198.51.100.7"}) == ["pair"]  # value2 of a composite
+    assert infos(standins, tmp_path, {"value": "%.example"}) == ["pair"]
+    assert infos(standins, tmp_path, {"value": {"NOT": ["192.0.2.1"]}}) == ["other", "pair"]
+    assert fetched(standins, tmp_path, {"value": "192.0.2.1"}) == {"ip": ["192.0.2.1"]}
+
+
+def test_eventinfo_selects_by_the_events_info(standins, tmp_path):
+    standins.misp.events = [event("OSINT - Sednit", attribute("192.0.2.1")), event("Ransomware wave", attribute("192.0.2.2"))]
+    assert infos(standins, tmp_path, {"eventinfo": "%sednit%"}) == ["OSINT - Sednit"]
+    assert infos(standins, tmp_path, {"eventinfo": {"NOT": ["%sednit%"]}}) == ["Ransomware wave"]
+
+
 def test_threat_level_id_selects_by_equality(standins, tmp_path):
     standins.misp.events = [event("high", attribute("192.0.2.1"), threat_level_id="1"),
                             event("low", attribute("192.0.2.2"), threat_level_id="3"),
