@@ -235,8 +235,8 @@ class Target:
         self.owned_at_start = 0
         self.listing_read = False  # the service's whole listing was read back in this run
         self._seen: list[str] = []  # this page's desired keys, marked in the store per page
-        self._page_keys: set[str] = set()
-        self._queued_keys: set[str] = set()  # offered on an earlier page, still waiting for a batch
+        self._page_keys: dict[str, str] = {}  # key -> event that offered it on this page
+        self._queued_keys: dict[str, str] = {}  # offered on an earlier page, still waiting for a batch
         self._seen_in_dry_run: set[str] = set()
         self.concurrency = settings.max_concurrent_requests
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload") if client is not None else None
@@ -305,17 +305,18 @@ class Target:
         if self._already_offered(key):
             self.report.indicators -= 1
             self.report.skipped[SkipReason.DUPLICATE.value] += 1
+            self._shared(key, event_uuid)
             return
         known = self.store.known(key)
         action = plan(known, indicator, self.renew_before)
         self.report.actions[action.value] += 1
         self._seen.append(key)
-        self._page_keys.add(key)
+        self._page_keys[key] = event_uuid
         if action is Action.UNCHANGED:
             return
         queue = self.queues[action]
         queue.append(self.prepare(key, indicator, event_uuid, known))
-        self._queued_keys.add(key)
+        self._queued_keys[key] = event_uuid
         if len(queue) >= C.GRAPH_MAX_BATCH:
             self._flush(action)
 
@@ -325,6 +326,14 @@ class Target:
         if key in self._page_keys or key in self._queued_keys or key in self._seen_in_dry_run:
             return True
         return self.store.seen_in_run(key, self.run)
+
+    def _shared(self, key: str, event_uuid: str) -> None:
+        """A key two events yield: its row names one of them, so an incremental run reading
+        only that one (after it dropped the key) would remove what the other still wants.
+        Both stay unsettled, read on every run while they share it."""
+        known = self.store.known(key)
+        first = self._page_keys.get(key) or self._queued_keys.get(key) or (known.event_uuid if known else "")
+        self.unsettled.update({event_uuid, first} - {""})
 
     def keep(self, attribute_uuids: Iterable[str]) -> None:
         """Attributes this run could not transform (a bug, not MISP's wish): whatever was sent
@@ -342,7 +351,7 @@ class Target:
         else:
             self.store.mark_seen(self._seen, self.run)
         self._seen = []
-        self._page_keys = set()
+        self._page_keys = {}
 
     def flush_all(self) -> None:
         """Send every queued batch and wait for all answers (an answer may queue more)."""
@@ -394,7 +403,8 @@ class Target:
         batch, self.queues[action] = self.queues[action], []
         if not batch:
             return
-        self._queued_keys.difference_update(item.key for item in batch)
+        for item in batch:
+            self._queued_keys.pop(item.key, None)
         if self.dry_run:
             self.log.write(f"dry-run-{action.value}", [item.indicator for item in batch])
         else:

@@ -184,3 +184,33 @@ def test_incremental_nights_converge_to_what_full_reads_give(standins, tmp_path,
         assert all(report["run_kind"] == "full" for report in
                    [json.loads(p.read_text()) for p in (tmp_path / "full" / "logs").glob("*_run-report_*.json")])
         assert _held(standins) == _held(other) and len(_held(standins)) > 250
+
+
+def _owner_and_other(standins: Any, tmp_path: Any, shared: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Of the two events holding attribute `shared`, the one its state row names, then the other."""
+    with sqlite3.connect(store_file(tmp_path, "graph")) as db:
+        (owner,) = db.execute("SELECT event_uuid FROM indicators WHERE external_id = ?", (shared,)).fetchone()
+    holding = [e["Event"] for e in standins.misp.events if any(a.get("uuid") == shared for a in e["Event"].get("Attribute", []))]
+    first, second = sorted(holding, key=lambda event: event["uuid"] != owner)
+    return first, second
+
+
+def test_an_attribute_two_events_share_stays_when_one_event_drops_it(standins, tmp_path):
+    import os
+    """Attribute X is in events A and B; the state row names one of them. When that one drops
+    X, a full read still finds X in the other event and keeps it: so must an incremental night,
+    although the other event did not change."""
+    config = write_config(tmp_path, standins, full_resync_days=0)
+    source = published(standins)[0]
+    twin = copy.deepcopy(source)
+    twin.update(uuid="44444444-0000-4000-8000-000000000003", id="9003", Object=[],
+                Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1])
+    standins.misp.events.append({"Event": twin})
+    shared = twin["Attribute"][0]["uuid"]
+    assert run_process(config).code == ExitCode.OK and shared in held_external_ids(standins)
+    owner, _ = _owner_and_other(standins, tmp_path, shared)
+    owner["Attribute"] = [a for a in owner["Attribute"] if a.get("uuid") != shared]
+    run = run_process(config)
+    assert run.code == ExitCode.OK, run.err
+    assert report_of(run)["deleted"] == 0 and shared in held_external_ids(standins)
+    assert report_of(run_process(config, "--full"))["new"] == 0  # nothing a full read had to bring back
