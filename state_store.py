@@ -351,11 +351,10 @@ class StateStore:
     def settle_events(self, stamps: dict[str, tuple[int, int]], unsettled: Iterable[str], kept: Iterable[str] | None,
                       meta: dict[str, str]) -> None:
         """Record the clocks of events this run settled and forget `unsettled` ones. `kept`: the
-        recorded events still listed (a full read records exactly what it read, so None)."""
+        recorded events still listed (a full read records exactly what it read, so none); None
+        keeps every record (an `--event` run lists one event, the others are not gone)."""
         with self.transaction():
-            if kept is None:
-                self.db.execute("DELETE FROM events")
-            else:
+            if kept is not None:
                 self.db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (uuid TEXT PRIMARY KEY)")
                 self.db.execute("DELETE FROM kept")
                 self.db.executemany("INSERT OR IGNORE INTO kept VALUES (?)", ((uuid,) for uuid in kept))

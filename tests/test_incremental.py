@@ -214,3 +214,13 @@ def test_an_attribute_two_events_share_stays_when_one_event_drops_it(standins, t
     assert run.code == ExitCode.OK, run.err
     assert report_of(run)["deleted"] == 0 and shared in held_external_ids(standins)
     assert report_of(run_process(config, "--full"))["new"] == 0  # nothing a full read had to bring back
+
+
+def test_an_event_run_keeps_the_other_events_clocks(standins, tmp_path):
+    """`--event` reads one event: the next night still skips every other unchanged event."""
+    config = write_config(tmp_path, standins)
+    assert run_process(config).code == ExitCode.OK
+    one = published(standins)[1]["uuid"]
+    assert run_process(config, "--event", one).code == ExitCode.OK
+    report = report_of(run_process(config))
+    assert (report["run_kind"], report["events_read_in_full"]) == ("incremental", 0)
