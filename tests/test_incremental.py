@@ -224,3 +224,25 @@ def test_an_event_run_keeps_the_other_events_clocks(standins, tmp_path):
     assert run_process(config, "--event", one).code == ExitCode.OK
     report = report_of(run_process(config))
     assert (report["run_kind"], report["events_read_in_full"]) == ("incremental", 0)
+
+
+def test_an_attribute_two_events_share_takes_what_a_full_read_gives(standins, tmp_path):
+    """Two events yield attribute X with different event details: the first one MISP lists
+    wins on a full read, and must win on an incremental night too (not the first by uuid)."""
+    config = write_config(tmp_path, standins)
+    source = published(standins)[0]
+    twin = copy.deepcopy(source)
+    twin.update(uuid="00000000-0000-4000-8000-000000000004", id="9004", info="a twin with another title", Object=[],
+                Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1])
+    standins.misp.events.append({"Event": twin})
+    shared = twin["Attribute"][0]["uuid"]
+    assert run_process(config).code == ExitCode.OK
+    source["info"] = source["info"] + " (edited)"
+    twin["info"] = twin["info"] + " (edited)"
+    assert run_process(config, "--full").code == ExitCode.OK
+    after_full = _held(standins)[shared]
+    next(a for a in source["Attribute"] if a.get("to_ids") and a["uuid"] != shared).update(comment="edited again")
+    published(standins)[1].setdefault("Attribute", []).append(new_attribute("7", "another-change.example"))
+    run = run_process(config)
+    assert report_of(run)["run_kind"] == "incremental", run.err
+    assert _held(standins)[shared] == after_full
