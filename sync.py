@@ -234,7 +234,7 @@ class Target:
         self.run = 0
         self.owned_at_start = 0
         self.listing_read = False  # the service's whole listing was read back in this run
-        self._seen: list[str] = []  # this page's desired keys, marked in the store per page
+        self._seen: list[tuple[str, str]] = []  # this page's desired (key, event), marked in the store per page
         self._page_keys: dict[str, str] = {}  # key -> event that offered it on this page
         self._queued_keys: dict[str, str] = {}  # offered on an earlier page, still waiting for a batch
         self._seen_in_dry_run: set[str] = set()
@@ -310,7 +310,7 @@ class Target:
         known = self.store.known(key)
         action = plan(known, indicator, self.renew_before)
         self.report.actions[action.value] += 1
-        self._seen.append(key)
+        self._seen.append((key, event_uuid))
         self._page_keys[key] = event_uuid
         if action is Action.UNCHANGED:
             return
@@ -335,10 +335,11 @@ class Target:
         first = self._page_keys.get(key) or self._queued_keys.get(key) or (known.event_uuid if known else "")
         self.unsettled.update({event_uuid, first} - {""})
 
-    def keep(self, attribute_uuids: Iterable[str]) -> None:
-        """Attributes this run could not transform (a bug, not MISP's wish): whatever was sent
-        for them stays, as if seen."""
-        self._seen.extend(key for uuid in attribute_uuids if uuid for key in self.keys_of_attribute(uuid.strip().lower()))
+    def keep(self, attribute_uuids: Iterable[str], event_uuid: str) -> None:
+        """Attributes of `event_uuid` this run could not transform (a bug, not MISP's wish):
+        whatever was sent for them stays, as if seen."""
+        self._seen.extend((key, event_uuid) for uuid in attribute_uuids if uuid
+                          for key in self.keys_of_attribute(uuid.strip().lower()))
 
     def keys_of_attribute(self, attribute_uuid: str) -> list[str]:
         raise NotImplementedError
@@ -347,7 +348,7 @@ class Target:
         """Mark this page's desired indicators as seen (what is unseen at the end is removed);
         a dry run keeps the marks in memory and leaves the store untouched."""
         if self.dry_run:
-            self._seen_in_dry_run.update(self._seen)
+            self._seen_in_dry_run.update(key for key, _ in self._seen)
         else:
             self.store.mark_seen(self._seen, self.run)
         self._seen = []
@@ -1067,7 +1068,7 @@ def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
     if failed:  # a bug, not a data problem: it goes to the error files as well
         log.error("transform", f"{len(failed)} attributes of MISP event {failed[0].event_uuid} could not be transformed",
                   event_uuid=failed[0].event_uuid, attributes=[{"uuid": s.attribute_uuid, "error": s.detail} for s in failed])
-    run.target.keep(skip.attribute_uuid for skip in failed)
+    run.target.keep((skip.attribute_uuid for skip in failed), result.event_uuid)
     for indicator in result.indicators:
         run.guard(log, lambda indicator=indicator: run.target.offer(indicator, result.event_uuid))
     return result.event_uuid

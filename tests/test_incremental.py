@@ -246,3 +246,25 @@ def test_an_attribute_two_events_share_takes_what_a_full_read_gives(standins, tm
     run = run_process(config)
     assert report_of(run)["run_kind"] == "incremental", run.err
     assert _held(standins)[shared] == after_full
+
+
+def test_an_attribute_left_to_the_other_event_stays_when_the_first_event_goes(standins, tmp_path):
+    """Event A dropped attribute X that event B still has; later A is unpublished. A full read
+    keeps X (B yields it): so must the incremental nights, whose state row named A."""
+    config = write_config(tmp_path, standins)
+    source = published(standins)[0]
+    twin = copy.deepcopy(source)
+    twin.update(uuid="44444444-0000-4000-8000-000000000005", id="9005", Object=[],
+                Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1])
+    standins.misp.events.append({"Event": twin})
+    shared = twin["Attribute"][0]["uuid"]
+    assert run_process(config).code == ExitCode.OK
+    owner, _ = _owner_and_other(standins, tmp_path, shared)
+    owner["Attribute"] = [a for a in owner["Attribute"] if a.get("uuid") != shared]
+    assert run_process(config).code == ExitCode.OK and shared in held_external_ids(standins)
+    assert run_process(config).code == ExitCode.OK
+    owner.update(published=False)
+    run = run_process(config, "--allow-mass-delete")
+    assert run.code == ExitCode.OK, run.err
+    assert shared in held_external_ids(standins)
+    assert report_of(run_process(config, "--full"))["new"] == 0
