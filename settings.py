@@ -302,7 +302,9 @@ def _filter(entry: Any, index: int, source: str, now: float) -> dict[str, Any]:
         keyword = C.MISP_LEGACY_FILTERS.get(key, key)
         _check_applied(keyword, f"{where}: {key!r}", source)
         _check_single(sent_by, key, keyword, where, source)
-        if keyword in C.MISP_RELATIVE_TIME_FILTERS:
+        if keyword in C.MISP_DAY_FILTERS and isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key} takes one day, not a pair; use date for a range (in {source})")
+        if keyword in C.MISP_RELATIVE_TIME_FILTERS | C.MISP_DAY_FILTERS:
             value = _frozen_time(value, now, f"{where}: {key}", source)
         # MISP's event selection skips a JSON false while its fetch applies it, so pages would
         # come back short or empty (`published: False` would read nothing): 0 is applied by both

@@ -124,3 +124,13 @@ def test_two_keys_misp_receives_under_one_name_are_refused(standins, tmp_path, f
     assert run.code == ExitCode.CONFIG, run.err
     assert f"{first!r} and {second!r} both reach MISP as {wire!r}" in run.err
     assert standins.misp.requests_seen == []
+
+
+def test_a_relative_date_from_is_frozen_to_an_epoch_misp_reads_as_its_day(standins, tmp_path):
+    """MISP compares `from` with the event's date as text: "1d" would stand below every date
+    and select everything. Frozen to an epoch, MISP reads it as that day."""
+    config = write_config(tmp_path, standins, misp_event_filters={"published": True, "date_from": "1d"})
+    run = run_process(config, "--quiet")
+    assert run.code == ExitCode.OK, run.err
+    assert {type(body["from"]) for body in search_bodies(standins)} == {int}
+    assert run.logs("run-report")[-1]["indicators"] == 0 and standins.graph.indicators == {}
