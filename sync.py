@@ -308,6 +308,8 @@ class Target:
             self._shared(key, event_uuid)
             return
         known = self.store.known(key)
+        if known is not None and known.event_uuid != event_uuid:  # moved, or shared with an event not read now
+            self.unsettled.update({event_uuid, known.event_uuid} - {""})
         action = plan(known, indicator, self.renew_before)
         self.report.actions[action.value] += 1
         self._seen.append((key, event_uuid))
@@ -330,7 +332,9 @@ class Target:
     def _shared(self, key: str, event_uuid: str) -> None:
         """A key two events yield: its row names one of them, so an incremental run reading
         only that one (after it dropped the key) would remove what the other still wants.
-        Both stay unsettled, read on every run while they share it."""
+        Both stay unsettled, read on every run while they share it (a row naming another
+        event than the one yielding it now does the same in `offer`, for runs that read only
+        one of the two)."""
         known = self.store.known(key)
         first = self._page_keys.get(key) or self._queued_keys.get(key) or (known.event_uuid if known else "")
         self.unsettled.update({event_uuid, first} - {""})

@@ -268,3 +268,24 @@ def test_an_attribute_left_to_the_other_event_stays_when_the_first_event_goes(st
     assert run.code == ExitCode.OK, run.err
     assert shared in held_external_ids(standins)
     assert report_of(run_process(config, "--full"))["new"] == 0
+
+
+def test_an_attribute_two_events_share_survives_an_event_run_of_the_other(standins, tmp_path):
+    """`--event B` reads only B, so it cannot see that A shares X; the nights after must still
+    keep X when one of the two drops it, as a full read does."""
+    config = write_config(tmp_path, standins)
+    source = published(standins)[0]
+    twin = copy.deepcopy(source)
+    twin.update(uuid="44444444-0000-4000-8000-000000000006", id="9006", Object=[],
+                Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1])
+    standins.misp.events.append({"Event": twin})
+    shared = twin["Attribute"][0]["uuid"]
+    assert run_process(config).code == ExitCode.OK
+    owner, other = _owner_and_other(standins, tmp_path, shared)
+    assert run_process(config, "--event", other["uuid"]).code == ExitCode.OK
+    assert run_process(config).code == ExitCode.OK
+    owner, _ = _owner_and_other(standins, tmp_path, shared)
+    owner["Attribute"] = [a for a in owner["Attribute"] if a.get("uuid") != shared]
+    run = run_process(config)
+    assert run.code == ExitCode.OK, run.err
+    assert report_of(run)["deleted"] == 0 and shared in held_external_ids(standins)
