@@ -339,9 +339,11 @@ class Target:
         first = self._page_keys.get(key) or self._queued_keys.get(key) or (known.event_uuid if known else "")
         self.unsettled.update({event_uuid, first} - {""})
 
-    def keep(self, attribute_uuids: Iterable[str], event_uuid: str) -> None:
+    def keep(self, attribute_uuids: list[str], event_uuid: str) -> None:
         """Attributes of `event_uuid` this run could not transform (a bug, not MISP's wish):
-        whatever was sent for them stays, as if seen."""
+        whatever was sent for them stays, as if seen, and the event is read again next run."""
+        if attribute_uuids:
+            self.unsettled.add(event_uuid)
         self._seen.extend((key, event_uuid) for uuid in attribute_uuids if uuid
                           for key in self.keys_of_attribute(uuid.strip().lower()))
 
@@ -1072,7 +1074,7 @@ def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
     if failed:  # a bug, not a data problem: it goes to the error files as well
         log.error("transform", f"{len(failed)} attributes of MISP event {failed[0].event_uuid} could not be transformed",
                   event_uuid=failed[0].event_uuid, attributes=[{"uuid": s.attribute_uuid, "error": s.detail} for s in failed])
-    run.target.keep((skip.attribute_uuid for skip in failed), result.event_uuid)
+    run.target.keep([skip.attribute_uuid for skip in failed], result.event_uuid)
     for indicator in result.indicators:
         run.guard(log, lambda indicator=indicator: run.target.offer(indicator, result.event_uuid))
     return result.event_uuid

@@ -289,3 +289,23 @@ def test_an_attribute_two_events_share_survives_an_event_run_of_the_other(standi
     run = run_process(config)
     assert run.code == ExitCode.OK, run.err
     assert report_of(run)["deleted"] == 0 and shared in held_external_ids(standins)
+
+
+def test_an_event_that_could_not_be_transformed_is_read_again(standins, tmp_path, capsys, monkeypatch):
+    """README: an event with an attribute the tool failed to transform (a bug, maybe a passing
+    one) is read again on the next run, not left until the next full read."""
+    import misp_transformer
+    from tests.support import run_cli
+    config = write_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    changed = published(standins)[1]
+    changed.setdefault("Attribute", []).append({**new_attribute("8", "198.51.100.77"), "type": "ip-dst"})
+    builder = misp_transformer.GRAPH_BUILDERS["ip-dst"]
+
+    def failing(*args: Any) -> Any:
+        raise RuntimeError("a passing fault")
+    monkeypatch.setitem(misp_transformer.GRAPH_BUILDERS, "ip-dst", failing)
+    assert report_of(run_cli(config, capsys=capsys))["skipped"]["internal-error"] > 0
+    monkeypatch.setitem(misp_transformer.GRAPH_BUILDERS, "ip-dst", builder)
+    report = report_of(run_cli(config, capsys=capsys))
+    assert report["events_read_in_full"] >= 1 and "33333333-0000-4000-8000-000000000008" in held_external_ids(standins)
