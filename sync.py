@@ -1031,8 +1031,8 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
             _feed_pages(runs, source.pages(listed), read, bar, log)
             _feed_pages(runs, source.fetch_events(listed.events.keys() - read.keys()), read, bar, log)
         else:
-            wanted = set().union(*(wanted for _, wanted in plans.values()))
-            _feed_pages(runs, source.fetch_events(uuid for uuid in listed.events if uuid in wanted), read, bar, log)
+            needed = set().union(*(wanted for _, wanted in plans.values()))
+            _feed_pages(runs, source.fetch_events(uuid for uuid in listed.events if uuid in needed), read, bar, log)
     finally:
         bar.close()
         for run in runs:
