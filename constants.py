@@ -219,6 +219,10 @@ MISP_TIME_FILTERS = frozenset({"publish_timestamp", "last", "timestamp", "event_
 # Those MISP reads through resolveTimeDelta at every request ("14d" = 14 days before MISP's now):
 # the tool resolves them once per run, so the window cannot slide across the pages of a run.
 MISP_RELATIVE_TIME_FILTERS = frozenset({"publish_timestamp", "last", "timestamp", "event_timestamp", "date"})
+# PyMISP's date_from/date_to, sent as `from`/`to`: MISP compares them with the event's date as
+# text (a relative "14d" stands below every date and narrows nothing) and reads an epoch as its
+# day, so the tool freezes a relative one to an epoch as well.
+MISP_DAY_FILTERS = frozenset({"date_from", "date_to"})
 # MISP's relative time form (AppModel::resolveTimeDelta): a number and a unit, "14d", "12h".
 MISP_RELATIVE_TIME_RE = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]+)?)([dhmsDHMS])$")
 MISP_TIME_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

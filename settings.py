@@ -300,13 +300,17 @@ def _filter(entry: Any, index: int, source: str, now: float) -> dict[str, Any]:
         raise ConfigError(f"{where} must not set {', '.join(reserved)}: the tool sets it itself (page size: misp_event_limit_per_page) (in {source})")
     result: dict[str, Any] = {}
     negated: dict[str, list[Any]] = {}
+    sent_by: dict[str, str] = {}
     for key, value in entry.items():
         if key in C.MISP_LEGACY_NEGATED_FILTERS:
             negated[C.MISP_LEGACY_NEGATED_FILTERS[key]] = value if isinstance(value, list) else [value]
             continue
         keyword = C.MISP_LEGACY_FILTERS.get(key, key)
         _check_applied(keyword, f"{where}: {key!r}", source)
-        if keyword in C.MISP_RELATIVE_TIME_FILTERS:
+        _check_single(sent_by, key, keyword, where, source)
+        if keyword in C.MISP_DAY_FILTERS and isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {key} takes one day, not a pair; use date for a range (in {source})")
+        if keyword in C.MISP_RELATIVE_TIME_FILTERS | C.MISP_DAY_FILTERS:
             value = _frozen_time(value, now, f"{where}: {key}", source)
         # MISP's event selection skips a JSON false while its fetch applies it, so pages would
         # come back short or empty (`published: False` would read nothing): 0 is applied by both
@@ -345,6 +349,17 @@ def _check_applied(keyword: str, where: str, source: str) -> None:
     sent_as = f" (sent as {wire!r})" if wire != keyword else ""
     raise ConfigError(f"{where}{sent_as} is not applied by MISP's events restSearch, which would ignore it "
                       f"silently and sync every event; {hint} (in {source})")
+
+
+def _check_single(sent_by: dict[str, str], key: str, keyword: str, where: str, source: str) -> None:
+    """Refuse a second key reaching MISP under a name already sent (`last` replaces
+    `publish_timestamp`, a camelCase synonym wins): PyMISP sends one value, the other narrows
+    nothing. `sent_by` maps each wire name to the key that set it."""
+    wire = misp_wire_name(keyword) or keyword
+    if wire in sent_by:
+        raise ConfigError(f"{where}: {sent_by[wire]!r} and {key!r} both reach MISP as {wire!r}, which takes only one "
+                          f"of them; keep one (in {source})")
+    sent_by[wire] = key
 
 
 def _frozen_time(value: Any, now: float, where: str, source: str) -> Any:

@@ -257,9 +257,13 @@ class StateStore:
             return self.db.execute(f"DELETE {where}", (run, now)).rowcount
 
     # --- writes --------------------------------------------------------------------------
-    def mark_seen(self, external_ids: Iterable[str], run: int) -> None:
+    def mark_seen(self, seen: Iterable[tuple[str, str]], run: int) -> None:
+        """(key, event) pairs this run wants. The row names the event that yields it now: an
+        attribute two events share, or a row rebuilt without its event, would otherwise be
+        judged by an event that no longer holds it (and removed when that one goes)."""
         with self.transaction():
-            self.db.executemany("UPDATE indicators SET seen_run = ? WHERE external_id = ?", ((run, e) for e in external_ids))
+            self.db.executemany("UPDATE indicators SET seen_run = ?, event_uuid = ? WHERE external_id = ?",
+                                ((run, event_uuid, key) for key, event_uuid in seen))
 
     def mark_pending(self, rows: Iterable[Known], run: int) -> None:
         """Before a submit or upload of new indicators."""
@@ -360,11 +364,10 @@ class StateStore:
     def settle_events(self, stamps: dict[str, tuple[int, int]], unsettled: Iterable[str], kept: Iterable[str] | None,
                       meta: dict[str, str]) -> None:
         """Record the clocks of events this run settled and forget `unsettled` ones. `kept`: the
-        recorded events still listed (a full read records exactly what it read, so None)."""
+        recorded events still listed (a full read records exactly what it read, so none); None
+        keeps every record (an `--event` run lists one event, the others are not gone)."""
         with self.transaction():
-            if kept is None:
-                self.db.execute("DELETE FROM events")
-            else:
+            if kept is not None:
                 self.db.execute("CREATE TEMP TABLE IF NOT EXISTS kept (uuid TEXT PRIMARY KEY)")
                 self.db.execute("DELETE FROM kept")
                 self.db.executemany("INSERT OR IGNORE INTO kept VALUES (?)", ((uuid,) for uuid in kept))

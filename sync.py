@@ -17,7 +17,7 @@ import sqlite3
 import time
 import traceback
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from collections.abc import Callable, Iterable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from pathlib import Path
 from typing import Any
 
@@ -234,9 +234,9 @@ class Target:
         self.run = 0
         self.owned_at_start = 0
         self.listing_read = False  # the service's whole listing was read back in this run
-        self._seen: list[str] = []  # this page's desired keys, marked in the store per page
-        self._page_keys: set[str] = set()
-        self._queued_keys: set[str] = set()  # offered on an earlier page, still waiting for a batch
+        self._seen: list[tuple[str, str]] = []  # this page's desired (key, event), marked in the store per page
+        self._page_keys: dict[str, str] = {}  # key -> event that offered it on this page
+        self._queued_keys: dict[str, str] = {}  # offered on an earlier page, still waiting for a batch
         self._seen_in_dry_run: set[str] = set()
         self.concurrency = settings.max_concurrent_requests
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="upload") if client is not None else None
@@ -305,17 +305,20 @@ class Target:
         if self._already_offered(key):
             self.report.indicators -= 1
             self.report.skipped[SkipReason.DUPLICATE.value] += 1
+            self._shared(key, event_uuid)
             return
         known = self.store.known(key)
+        if known is not None and known.event_uuid != event_uuid:  # moved, or shared with an event not read now
+            self.unsettled.update({event_uuid, known.event_uuid} - {""})
         action = plan(known, indicator, self.renew_before)
         self.report.actions[action.value] += 1
-        self._seen.append(key)
-        self._page_keys.add(key)
+        self._seen.append((key, event_uuid))
+        self._page_keys[key] = event_uuid
         if action is Action.UNCHANGED:
             return
         queue = self.queues[action]
         queue.append(self.prepare(key, indicator, event_uuid, known))
-        self._queued_keys.add(key)
+        self._queued_keys[key] = event_uuid
         if len(queue) >= C.GRAPH_MAX_BATCH:
             self._flush(action)
 
@@ -326,10 +329,23 @@ class Target:
             return True
         return self.store.seen_in_run(key, self.run)
 
-    def keep(self, attribute_uuids: Iterable[str]) -> None:
-        """Attributes this run could not transform (a bug, not MISP's wish): whatever was sent
-        for them stays, as if seen."""
-        self._seen.extend(key for uuid in attribute_uuids if uuid for key in self.keys_of_attribute(uuid.strip().lower()))
+    def _shared(self, key: str, event_uuid: str) -> None:
+        """A key two events yield: its row names one of them, so an incremental run reading
+        only that one (after it dropped the key) would remove what the other still wants.
+        Both stay unsettled, read on every run while they share it (a row naming another
+        event than the one yielding it now does the same in `offer`, for runs that read only
+        one of the two)."""
+        known = self.store.known(key)
+        first = self._page_keys.get(key) or self._queued_keys.get(key) or (known.event_uuid if known else "")
+        self.unsettled.update({event_uuid, first} - {""})
+
+    def keep(self, attribute_uuids: list[str], event_uuid: str) -> None:
+        """Attributes of `event_uuid` this run could not transform (a bug, not MISP's wish):
+        whatever was sent for them stays, as if seen, and the event is read again next run."""
+        if attribute_uuids:
+            self.unsettled.add(event_uuid)
+        self._seen.extend((key, event_uuid) for uuid in attribute_uuids if uuid
+                          for key in self.keys_of_attribute(uuid.strip().lower()))
 
     def keys_of_attribute(self, attribute_uuid: str) -> list[str]:
         raise NotImplementedError
@@ -338,11 +354,11 @@ class Target:
         """Mark this page's desired indicators as seen (what is unseen at the end is removed);
         a dry run keeps the marks in memory and leaves the store untouched."""
         if self.dry_run:
-            self._seen_in_dry_run.update(self._seen)
+            self._seen_in_dry_run.update(key for key, _ in self._seen)
         else:
             self.store.mark_seen(self._seen, self.run)
         self._seen = []
-        self._page_keys = set()
+        self._page_keys = {}
 
     def flush_all(self) -> None:
         """Send every queued batch and wait for all answers (an answer may queue more)."""
@@ -394,7 +410,8 @@ class Target:
         batch, self.queues[action] = self.queues[action], []
         if not batch:
             return
-        self._queued_keys.difference_update(item.key for item in batch)
+        for item in batch:
+            self._queued_keys.pop(item.key, None)
         if self.dry_run:
             self.log.write(f"dry-run-{action.value}", [item.indicator for item in batch])
         else:
@@ -1016,7 +1033,8 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
             _feed_pages(runs, source.pages(listed), read, bar, log)
             _feed_pages(runs, source.fetch_events(listed.events.keys() - read.keys()), read, bar, log)
         else:
-            _feed_pages(runs, source.fetch_events(set().union(*(wanted for _, wanted in plans.values()))), read, bar, log)
+            needed = set().union(*(wanted for _, wanted in plans.values()))
+            _feed_pages(runs, source.fetch_events(uuid for uuid in listed.events if uuid in needed), read, bar, log)
     finally:
         bar.close()
         for run in runs:
@@ -1068,7 +1086,7 @@ def _feed(run: TargetRun, event: Any, log: RequestLog) -> str:
     if failed:  # a bug, not a data problem: it goes to the error files as well
         log.error("transform", f"{len(failed)} attributes of MISP event {failed[0].event_uuid} could not be transformed",
                   event_uuid=failed[0].event_uuid, attributes=[{"uuid": s.attribute_uuid, "error": s.detail} for s in failed])
-    run.target.keep(skip.attribute_uuid for skip in failed)
+    run.target.keep([skip.attribute_uuid for skip in failed], result.event_uuid)
     for indicator in result.indicators:
         run.guard(log, lambda indicator=indicator: run.target.offer(indicator, result.event_uuid))
     return result.event_uuid

@@ -109,3 +109,28 @@ def test_every_page_of_a_run_asks_for_the_same_window(standins, tmp_path):
     windows = {body["publish_timestamp"] for body in search_bodies(standins)}
     assert len(windows) == 1 and isinstance(windows.pop(), int)
 
+
+
+@pytest.mark.parametrize(("first", "second", "wire"), [
+    ("last", "publish_timestamp", "publish_timestamp"),
+    ("type", "type_attribute", "type"),
+    ("enforce_warninglist", "enforceWarninglist", "enforceWarninglist"),
+])
+def test_two_keys_misp_receives_under_one_name_are_refused(standins, tmp_path, first, second, wire):
+    """PyMISP sends one value per name (`last` replaces `publish_timestamp`, the camelCase
+    synonym wins): the other key narrows nothing, so the run stops before any request."""
+    filters = {"published": True, first: "1700000000" if wire == "publish_timestamp" else "1", second: "1"}
+    run = run_process(write_config(tmp_path, standins, misp_event_filters=filters), "--quiet")
+    assert run.code == ExitCode.CONFIG, run.err
+    assert f"{first!r} and {second!r} both reach MISP as {wire!r}" in run.err
+    assert standins.misp.requests_seen == []
+
+
+def test_a_relative_date_from_is_frozen_to_an_epoch_misp_reads_as_its_day(standins, tmp_path):
+    """MISP compares `from` with the event's date as text: "1d" would stand below every date
+    and select everything. Frozen to an epoch, MISP reads it as that day."""
+    config = write_config(tmp_path, standins, misp_event_filters={"published": True, "date_from": "1d"})
+    run = run_process(config, "--quiet")
+    assert run.code == ExitCode.OK, run.err
+    assert {type(body["from"]) for body in search_bodies(standins)} == {int}
+    assert run.logs("run-report")[-1]["indicators"] == 0 and standins.graph.indicators == {}

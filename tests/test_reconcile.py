@@ -74,7 +74,7 @@ def test_store_rows_move_pending_to_sent_and_survive_reopening(tmp_path):
     assert reopened.known("a2") is None and reopened.unfinished() == []
     assert reopened.begin_run("2026-12-02T00:00:00Z") == (run + 1, "2026-12-01T00:00:00Z")
     assert [row.external_id for row in reopened.unseen(run + 1)] == ["a1"]
-    reopened.mark_seen(["a1"], run + 1)
+    reopened.mark_seen([("a1", "e1")], run + 1)
     assert list(reopened.unseen(run + 1)) == []
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
