@@ -214,6 +214,17 @@ def test_a_changed_event_unpublished_mid_run_keeps_its_indicators(standins, tmp_
     assert held_external_ids(standins) == expected_external_ids(standins.misp.events)
 
 
+def add_twin(standins: Any, uuid: str, event_id: str, **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new published event holding a copy of the first IDS attribute of the first published
+    event: two events then yield one attribute. Returns (that first event, the twin)."""
+    source = published(standins)[0]
+    twin = copy.deepcopy(source)
+    twin.update(uuid=uuid, id=event_id, Object=[], Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1],
+                **fields)
+    standins.misp.events.append({"Event": twin})
+    return source, twin
+
+
 def _owner_and_other(standins: Any, tmp_path: Any, shared: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Of the two events holding attribute `shared`, the one its state row names, then the other."""
     with sqlite3.connect(store_file(tmp_path, "graph")) as db:
@@ -228,11 +239,7 @@ def test_an_attribute_two_events_share_stays_when_one_event_drops_it(standins, t
     X, a full read still finds X in the other event and keeps it: so must an incremental night,
     although the other event did not change."""
     config = write_config(tmp_path, standins)
-    source = published(standins)[0]
-    twin = copy.deepcopy(source)
-    twin.update(uuid="44444444-0000-4000-8000-000000000003", id="9003", Object=[],
-                Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1])
-    standins.misp.events.append({"Event": twin})
+    _, twin = add_twin(standins, "44444444-0000-4000-8000-000000000003", "9003")
     shared = twin["Attribute"][0]["uuid"]
     assert run_process(config).code == ExitCode.OK and shared in held_external_ids(standins)
     owner, _ = _owner_and_other(standins, tmp_path, shared)
@@ -257,11 +264,7 @@ def test_an_attribute_two_events_share_takes_what_a_full_read_gives(standins, tm
     """Two events yield attribute X with different event details: the first one MISP lists
     wins on a full read, and must win on an incremental night too (not the first by uuid)."""
     config = write_config(tmp_path, standins)
-    source = published(standins)[0]
-    twin = copy.deepcopy(source)
-    twin.update(uuid="00000000-0000-4000-8000-000000000004", id="9004", info="a twin with another title", Object=[],
-                Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1])
-    standins.misp.events.append({"Event": twin})
+    source, twin = add_twin(standins, "00000000-0000-4000-8000-000000000004", "9004", info="a twin with another title")
     shared = twin["Attribute"][0]["uuid"]
     assert run_process(config).code == ExitCode.OK
     source["info"] = source["info"] + " (edited)"
@@ -279,11 +282,7 @@ def test_an_attribute_left_to_the_other_event_stays_when_the_first_event_goes(st
     """Event A dropped attribute X that event B still has; later A is unpublished. A full read
     keeps X (B yields it): so must the incremental nights, whose state row named A."""
     config = write_config(tmp_path, standins)
-    source = published(standins)[0]
-    twin = copy.deepcopy(source)
-    twin.update(uuid="44444444-0000-4000-8000-000000000005", id="9005", Object=[],
-                Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1])
-    standins.misp.events.append({"Event": twin})
+    _, twin = add_twin(standins, "44444444-0000-4000-8000-000000000005", "9005")
     shared = twin["Attribute"][0]["uuid"]
     assert run_process(config).code == ExitCode.OK
     owner, _ = _owner_and_other(standins, tmp_path, shared)
@@ -301,11 +300,7 @@ def test_an_attribute_two_events_share_survives_an_event_run_of_the_other(standi
     """`--event B` reads only B, so it cannot see that A shares X; the nights after must still
     keep X when one of the two drops it, as a full read does."""
     config = write_config(tmp_path, standins)
-    source = published(standins)[0]
-    twin = copy.deepcopy(source)
-    twin.update(uuid="44444444-0000-4000-8000-000000000006", id="9006", Object=[],
-                Attribute=[copy.deepcopy(a) for a in source["Attribute"] if a.get("to_ids")][:1])
-    standins.misp.events.append({"Event": twin})
+    _, twin = add_twin(standins, "44444444-0000-4000-8000-000000000006", "9006")
     shared = twin["Attribute"][0]["uuid"]
     assert run_process(config).code == ExitCode.OK
     owner, other = _owner_and_other(standins, tmp_path, shared)
