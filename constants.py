@@ -257,6 +257,8 @@ PYMISP_WIRE_NAMES = {
 # overwritten with None, and PyMISP drops them. The keyword to use instead.
 PYMISP_OVERWRITTEN = {"type": "type_attribute", "from": "date_from", "to": "date_to",
                       "sgReferenceOnly": "sg_reference_only", "excludeDecayed": "exclude_decayed"}
+# The to_ids values PyMISP's search() accepts (it raises ValueError on any other, a list too).
+PYMISP_TO_IDS_VALUES = (0, 1, "0", "1")
 # What to use instead of a key MISP's events restSearch ignores.
 MISP_IGNORED_FILTER_HINTS = {
     "quickFilter": "use value (with % wildcards) or searchall",

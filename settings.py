@@ -308,13 +308,7 @@ def _filter(entry: Any, index: int, source: str, now: float) -> dict[str, Any]:
         keyword = C.MISP_LEGACY_FILTERS.get(key, key)
         _check_applied(keyword, f"{where}: {key!r}", source)
         _check_single(sent_by, key, keyword, where, source)
-        if keyword in C.MISP_DAY_FILTERS and isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} takes one day, not a pair; use date for a range (in {source})")
-        if keyword in C.MISP_RELATIVE_TIME_FILTERS | C.MISP_DAY_FILTERS:
-            value = _frozen_time(value, now, f"{where}: {key}", source)
-        # MISP's event selection skips a JSON false while its fetch applies it, so pages would
-        # come back short or empty (`published: False` would read nothing): 0 is applied by both
-        result[keyword] = 0 if value is False else value
+        result[keyword] = _filter_value(keyword, value, now, f"{where}: {key}", source)
     for target, excluded in negated.items():
         included = result.get(target)
         if included is not None and not isinstance(included, (str, list)):
@@ -324,6 +318,19 @@ def _filter(entry: Any, index: int, source: str, now: float) -> dict[str, Any]:
             query["OR"] = included if isinstance(included, list) else [included]
         result[target] = query
     return result
+
+
+def _filter_value(keyword: str, value: Any, now: float, where: str, source: str) -> Any:
+    """A filter's value as MISP will read it the same way on every page, or a ConfigError."""
+    if keyword in C.MISP_DAY_FILTERS and isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} takes one day, not a pair; use date for a range (in {source})")
+    if keyword == "to_ids" and value not in C.PYMISP_TO_IDS_VALUES:
+        raise ConfigError(f"{where} must be 0 or 1 (PyMISP's search() refuses anything else) (in {source})")
+    if keyword in C.MISP_RELATIVE_TIME_FILTERS | C.MISP_DAY_FILTERS:
+        value = _frozen_time(value, now, where, source)
+    # MISP's event selection skips a JSON false while its fetch applies it, so pages would
+    # come back short or empty (`published: False` would read nothing): 0 is applied by both
+    return 0 if value is False else value
 
 
 _FILTER_KEYWORDS = C.MISP_EVENT_SEARCH_KEYS | C.PYMISP_WIRE_NAMES.keys()

@@ -134,3 +134,17 @@ def test_a_relative_date_from_is_frozen_to_an_epoch_misp_reads_as_its_day(standi
     assert run.code == ExitCode.OK, run.err
     assert {type(body["from"]) for body in search_bodies(standins)} == {int}
     assert run.logs("run-report")[-1]["indicators"] == 0 and standins.graph.indicators == {}
+
+
+@pytest.mark.parametrize("value", [[0, 1], "yes", 2])
+def test_a_to_ids_pymisp_would_refuse_is_a_config_error(standins, tmp_path, value):
+    """PyMISP raises ValueError at the first search for any to_ids but 0 or 1: that was exit 3
+    after the run had started; it is a config error now."""
+    with pytest.raises(ConfigError, match=r"misp_event_filters\[0\]: to_ids must be 0 or 1"):
+        load_settings(write_config(tmp_path, standins, misp_event_filters={"to_ids": value}), environ={})
+
+
+@pytest.mark.parametrize(("value", "sent"), [(True, True), (False, 0), (1, 1), ("0", "0")])
+def test_the_to_ids_values_pymisp_takes_pass(standins, tmp_path, value, sent):
+    settings = load_settings(write_config(tmp_path, standins, misp_event_filters={"to_ids": value}), environ={})
+    assert settings.misp_event_filters[0]["to_ids"] == sent
