@@ -324,7 +324,7 @@ class StateStore:
             self.db.execute("DELETE FROM indicators")
             self.db.execute("DELETE FROM revoked")
             self.db.execute("DELETE FROM events")
-            self.db.execute("DELETE FROM meta WHERE key IN ('settled', 'full_read')")
+            self.db.execute("DELETE FROM meta WHERE key IN ('fingerprint', 'full_read')")
             self.db.executemany(
                 "INSERT INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 ((k.external_id, k.remote_id, k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.event_uuid, SENT, k.body)

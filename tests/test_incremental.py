@@ -331,3 +331,15 @@ def test_an_event_that_could_not_be_transformed_is_read_again(standins, tmp_path
     monkeypatch.setitem(misp_transformer.GRAPH_BUILDERS, "ip-dst", builder)
     report = report_of(run_cli(config, capsys=capsys))
     assert report["events_read_in_full"] >= 1 and "33333333-0000-4000-8000-000000000008" in held_external_ids(standins)
+
+
+def test_a_rebuilt_state_is_followed_by_a_full_read(standins, tmp_path):
+    """Rows rebuilt from the service carry the service's copies, not what MISP wants now: the
+    next run reads every event, and the one after is incremental again."""
+    config = write_config(tmp_path, standins)
+    assert run_process(config).code == ExitCode.OK
+    assert run_process(config, "--rebuild-state").code == ExitCode.OK
+    report = report_of(run_process(config))
+    assert (report["run_kind"], report["full_read_reason"], report["events_read_in_full"]) == (
+        "full", "no record of an earlier full read", 4)
+    assert report_of(run_process(config))["run_kind"] == "incremental"
