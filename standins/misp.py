@@ -67,7 +67,8 @@ def _truthy(value: object) -> bool:
 
 
 def _int(value: object) -> int:
-    return int(value) if isinstance(value, int) or (isinstance(value, str) and value.isdigit()) else 0
+    """An epoch as MISP stores it; "²" and other non-ASCII digits (isdigit() but not int()) are 0."""
+    return int(value) if isinstance(value, int) or (isinstance(value, str) and value.isascii() and value.isdigit()) else 0
 
 
 def _as_list(value: object) -> list[str]:
