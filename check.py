@@ -21,9 +21,9 @@ from constants import ExitCode
 from graph_client import GraphClient
 from misp_source import MispError, MispSource
 from ms_client import MicrosoftClient, MicrosoftError
+from private_files import UnsafePath, private_dir
 from request_log import RequestLog
 from sentinel_client import SentinelClient
-from private_files import UnsafePath, private_dir
 from settings import ConfigError, Settings, TargetSettings, load_settings, split_pem
 from state_store import StateStore, StoreError, StoreUnsafe, refuse_symlinks
 from sync import state_paths
@@ -166,7 +166,7 @@ def certificate_line(path: Path) -> Line:
     """The client certificate's expiry: Entra refuses an expired one, so say so a month ahead."""
     _, pem = split_pem(path.read_bytes())
     expires = x509.load_pem_x509_certificate(pem.encode("ascii")).not_valid_after_utc
-    left = expires - dt.datetime.now(dt.timezone.utc)
+    left = expires - dt.datetime.now(dt.UTC)
     detail = f"{path} expires {expires:%Y-%m-%d}"
     if left.total_seconds() <= 0:
         return Line(False, "certificate", f"{path} expired on {expires:%Y-%m-%d}", "create a new certificate and upload it to the app registration")

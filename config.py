@@ -55,6 +55,7 @@ days_to_expire = 60
 defaultConfidenceLevel = 50
 network_ignore_direction = False      # also fill networkIPv4/IPv6/CidrBlock/Port
 allow_weak_observables = False        # send lone `port` and `size-in-bytes` attributes
+allow_broad_cidr = False              # send CIDR blocks broader than /16 (IPv4) or /32 (IPv6)
 
 # --- MISP ---
 misp_domain = ""                      # https://misp.example.org/ (or MISP_URL)

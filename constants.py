@@ -9,7 +9,6 @@ import enum
 import errno
 import re
 
-
 VERSION = "1.0.0"  # pyproject.toml reads it from here
 
 
@@ -19,7 +18,7 @@ class ExitCode(enum.IntEnum):
 
     description: str
 
-    def __new__(cls, value: int, description: str) -> "ExitCode":
+    def __new__(cls, value: int, description: str) -> ExitCode:
         member = int.__new__(cls, value)
         member._value_ = value
         member.description = description
@@ -230,18 +229,7 @@ MISP_TIME_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 MISP_ABSOLUTE_TIME_RE = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?|[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2})?)?)$")
 # The keys MISP 2.5.1 applies in events/restSearch (RestSearchComponent::$paramArray['Event'];
 # lifecycle.md section 1). AppController::_harvestParameters drops every other key silently.
-MISP_EVENT_SEARCH_KEYS = frozenset("""
-    returnFormat value type category org tags searchall from to last eventid withAttachments metadata
-    uuid publish_timestamp timestamp event_timestamp event_tags published enforceWarninglist
-    sgReferenceOnly limit page requested_attributes includeContext headerless includeWarninglistHits
-    attackGalaxy to_ids deleted excludeLocalTags date includeSightingdb tag object_relation
-    threat_level_id eventinfo sharinggroup idList includeAllTags includeAttachments event_uuid
-    distribution sharing_group_id disableSiteAdmin flatten blockedAttributeTags eventsExtendingUuid
-    extended extensionList excludeGalaxy includeAnalystData includeRelatedTags includeDecayScore
-    includeScoresOnEvent includeFeedCorrelations includeServerCorrelations noEventReports
-    noShadowAttributes order protected includeGranularCorrelations policy walled_garden ns email serial
-    refresh retry expiry minimum_ttl ttl org.sector org.local org.nationality
-""".split())
+MISP_EVENT_SEARCH_KEYS = frozenset(["returnFormat", "value", "type", "category", "org", "tags", "searchall", "from", "to", "last", "eventid", "withAttachments", "metadata", "uuid", "publish_timestamp", "timestamp", "event_timestamp", "event_tags", "published", "enforceWarninglist", "sgReferenceOnly", "limit", "page", "requested_attributes", "includeContext", "headerless", "includeWarninglistHits", "attackGalaxy", "to_ids", "deleted", "excludeLocalTags", "date", "includeSightingdb", "tag", "object_relation", "threat_level_id", "eventinfo", "sharinggroup", "idList", "includeAllTags", "includeAttachments", "event_uuid", "distribution", "sharing_group_id", "disableSiteAdmin", "flatten", "blockedAttributeTags", "eventsExtendingUuid", "extended", "extensionList", "excludeGalaxy", "includeAnalystData", "includeRelatedTags", "includeDecayScore", "includeScoresOnEvent", "includeFeedCorrelations", "includeServerCorrelations", "noEventReports", "noShadowAttributes", "order", "protected", "includeGranularCorrelations", "policy", "walled_garden", "ns", "email", "serial", "refresh", "retry", "expiry", "minimum_ttl", "ttl", "org.sector", "org.local", "org.nationality"])
 MISP_EVENT_SEARCH_KEY_PREFIXES = ("galaxy.",)
 # PyMISP 2.5 search(): each keyword it renames, and the name MISP receives (keywords it sends
 # under their own name, and unknown ones it passes through, are not listed).

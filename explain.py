@@ -32,7 +32,7 @@ def explain(settings: Settings, log: RequestLog, needle: str, out: TextIO) -> Ex
     if not attributes:
         out.write(f"no MISP attribute has the uuid or value {shown_value(log, needle)!r}\n")
         return ExitCode.NOT_FOUND
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with contextlib.ExitStack() as stack:
         targets = [_open_target(settings, spec, log, now, stack) for spec in settings.targets]
         for attribute in attributes:

@@ -122,7 +122,7 @@ def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str,
                 if not hand_over("page", page):
                     return
             hand_over("end", None)
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the consuming thread
+        except BaseException as exc:
             hand_over("error", exc)
 
     helper = threading.Thread(target=fetch, name="misp-prefetch", daemon=True)

@@ -37,6 +37,7 @@ class MappingPolicy:
     default_confidence: int = 50
     default_tlp: str = C.DEFAULT_TLP
     allow_weak_observables: bool = False
+    allow_broad_cidr: bool = False
     misp_url: str = ""
 
 
@@ -121,7 +122,7 @@ def _dicts(value: Any) -> list[Mapping[str, Any]]:
 
 def iso_utc(moment: dt.datetime) -> str:
     """Graph wants ISO 8601 UTC with a Z."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ascii_number(text: str, maximum: int) -> int | None:
@@ -144,7 +145,7 @@ def epoch_seconds(value: Any) -> int | None:
 
 def epoch_to_iso(value: Any) -> str | None:
     seconds = epoch_seconds(value)
-    return None if seconds is None else iso_utc(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
+    return None if seconds is None else iso_utc(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
 # --- observable value rules (mapping.md "Values") ---------------------------------------------
@@ -720,7 +721,7 @@ class Transformer:
         try:
             pairs = list(event_attributes(event))
             context = event_context(event, [attribute for attribute, _ in pairs], self.policy)
-        except Exception as exc:  # noqa: BLE001 - any failure here costs this event only
+        except Exception as exc:
             return _unreadable(event, pairs, SkipReason.INTERNAL_ERROR, f"{type(exc).__name__} while reading the event")
         if not C.UUID_RE.fullmatch(context.uuid.strip()):
             return _unreadable(event, pairs, SkipReason.MALFORMED, "event without a valid uuid")
@@ -742,7 +743,7 @@ class Transformer:
         (internal-error, naming the exception type but not the value), never the run."""
         try:
             return self._candidate(context, attribute, object_deleted)
-        except Exception as exc:  # noqa: BLE001 - the fault is isolated and reported as a skip
+        except Exception as exc:
             return _skip(context.uuid, attribute, SkipReason.INTERNAL_ERROR, f"{type(exc).__name__} while transforming")
 
     def _candidate(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
@@ -927,7 +928,7 @@ STIX_BUILDERS: dict[str, StixBuilder] = {
 
 def stix_time(moment: dt.datetime) -> str:
     """RFC 3339 UTC with milliseconds, as STIX 2.1 timestamps are written."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def stix_id(key: str) -> str:
@@ -1006,7 +1007,7 @@ def _stix_reported(raw: str | int, now_seconds: int) -> str | None:
     seconds = epoch_seconds(raw)
     if seconds is None or seconds >= now_seconds:
         return None
-    return stix_time(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
+    return stix_time(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
 def galaxy_tag_names(holder: Mapping[str, Any]) -> list[str]:

@@ -55,7 +55,7 @@ def parse_expiry(value: Any) -> dt.datetime | None:
         moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def event_uuid_of(indicator: Mapping[str, Any]) -> str:

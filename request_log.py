@@ -60,7 +60,7 @@ class RequestLog:
     def path(self, name: str, suffix: str) -> Path:
         """A new file name in the (private) log directory: prefix, UTC time, kind, sequence number."""
         self.ensure_directory()
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         return self.directory / f"{C.LOG_FILE_PREFIX}{stamp}_{name}_{next(self._sequence):05d}.{suffix}"
 
     def replace(self, filename: str, payload: Any) -> Path:
@@ -202,7 +202,7 @@ def _old_tool_file(path: Path, cutoff: float) -> bool:
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _dump(payload: Any) -> str:

@@ -9,16 +9,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import itertools
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import signal
 import sys
 import traceback
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 import constants as C
@@ -31,8 +31,7 @@ from request_log import LogWriteError, RequestLog
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, load_settings
 from state_store import StateStore, target_lock
-from sync import (TargetRun, classify, last_run_status, make_target, new_run, open_run, open_store, run_all, state_paths,
-                  target_label)
+from sync import TargetRun, classify, last_run_status, make_target, new_run, open_run, open_store, run_all, state_paths, target_label
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
@@ -73,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: TextIO) -> ExitCode:
     """Reconcile MISP's desired indicators with what each target holds; MISP is read once.
     Every target gets a run report, also when the run stops early."""
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     runs = [new_run(settings, spec) for spec in settings.targets]
     try:
         sync_targets(settings, log, args, runs, started)
@@ -140,7 +139,7 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
     """Recreate every target's state store from the service's own listing (Graph: removing
     duplicate copies; Sentinel: recovering revoked ids and first-upload times)."""
     settings.require_microsoft()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for spec in settings.targets:
         lock, path = state_paths(settings, spec)
         with target_lock(lock):
@@ -256,7 +255,7 @@ def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: 
         if wanted and not any(spec.kind == kind for spec in settings.targets):
             raise ConfigError(f"-d {wanted[0]} needs a {kind} target in `target`")
     done: set[str] = set()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for spec in settings.targets:
         if not by_kind[spec.kind]:
             continue
@@ -346,7 +345,7 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
             raise
         except KeyboardInterrupt:
             return fail(ExitCode.INTERRUPTED, "interrupted")
-        except Exception as exc:  # noqa: BLE001 - one line and a code, never a traceback
+        except Exception as exc:
             return fail(ExitCode.INTERNAL, f"internal error in --check {type(exc).__name__} (please report)")
     try:
         settings = load_settings(args.config)
@@ -367,7 +366,7 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
         return sync(settings, log, args, out)
     except BrokenPipeError:
         raise
-    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - cron gets one line and a code, never a traceback
+    except (Exception, KeyboardInterrupt) as exc:
         code, message, context = classify(exc, log)
         return fail(code, message, log, context)
 

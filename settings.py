@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import io
 import difflib
+import io
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -25,7 +25,7 @@ from request_log import redact_url_credentials
 
 KNOWN_SETTINGS = frozenset({
     "graph_auth", "graph_endpoint", "authority_host", "targetProduct", "action", "passiveOnly",
-    "days_to_expire", "defaultConfidenceLevel", "network_ignore_direction", "allow_weak_observables",
+    "days_to_expire", "defaultConfidenceLevel", "network_ignore_direction", "allow_weak_observables", "allow_broad_cidr",
     "misp_domain", "misp_key", "misp_verifycert", "misp_event_filters", "misp_event_limit_per_page",
     "misp_ignore_localtags", "log_dir", "write_post_json", "verbose_log", "http_timeout",
     "state_dir", "max_delete_fraction", "renew_days", "log_retention_days", "full_resync_days",
@@ -89,6 +89,7 @@ class Settings:
     default_confidence: int
     network_ignore_direction: bool
     allow_weak_observables: bool
+    allow_broad_cidr: bool
     misp_url: str
     misp_key: str = dataclasses.field(repr=False)
     misp_verifycert: bool | str
@@ -592,6 +593,7 @@ def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -
         default_confidence=read.integer("defaultConfidenceLevel", 50, 0, 100),
         network_ignore_direction=read.boolean("network_ignore_direction", False),
         allow_weak_observables=read.boolean("allow_weak_observables", False),
+        allow_broad_cidr=read.boolean("allow_broad_cidr", False),
         misp_url=misp_url if misp_url.endswith("/") or not misp_url else misp_url + "/",
         misp_key=(env.get("MISP_KEY") or read.text("misp_key", "")).strip(),
         misp_verifycert=_verifycert(raw, config_path.parent, source),

@@ -16,8 +16,8 @@ import re
 import sqlite3
 import time
 import traceback
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterator, Mapping, Set
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,27 @@ import constants as C
 from constants import ExitCode, SkipReason
 from graph_client import GraphClient
 from misp_source import EventStamp, MispError, MispSource, stamp_of
-from misp_transformer import (EventResult, GraphTransformer, MappingPolicy, Skip, StixTransformer, Transformer, iso_utc,
-                              stix_id, stix_time)
+from misp_transformer import EventResult, GraphTransformer, MappingPolicy, Skip, StixTransformer, Transformer, iso_utc, stix_id, stix_time
 from ms_client import ItemResult, MicrosoftError
 from rebuild import Rebuilt, graph_rows, sentinel_rows
-from reconcile import (Action, changed_events, clock_problem, content_hash, fixed_hash, full_read_reason, mass_delete_blocked,
-                       next_modified, plan, renew_body, renewal_threshold, update_body)
+from reconcile import (
+    Action,
+    changed_events,
+    clock_problem,
+    content_hash,
+    fixed_hash,
+    full_read_reason,
+    mass_delete_blocked,
+    next_modified,
+    plan,
+    renew_body,
+    renewal_threshold,
+    update_body,
+)
 from request_log import JsonLines, LogWriteError, RequestLog, strip_url_credentials
 from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings
-from state_store import (DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnavailable, StoreUnsafe, sqlite_fix,
-                         target_lock)
+from state_store import DELETING, SENT, Known, StateStore, StoreError, StoreLocked, StoreUnavailable, StoreUnsafe, sqlite_fix, target_lock
 
 # Skips that only confirm MISP's own filtering: not candidates, and capped in the skipped file.
 ROUTINE_SKIPS = frozenset({SkipReason.NOT_TO_IDS, SkipReason.CONTEXT, SkipReason.DELETED})
@@ -156,7 +166,7 @@ def policy_from(settings: Settings) -> MappingPolicy:
         target_product=settings.target_product, action=settings.action, passive_only=settings.passive_only,
         days_to_expire=settings.days_to_expire, network_ignore_direction=settings.network_ignore_direction,
         ignore_local_tags=settings.ignore_local_tags, default_confidence=settings.default_confidence,
-        allow_weak_observables=settings.allow_weak_observables, misp_url=strip_url_credentials(settings.misp_url),
+        allow_weak_observables=settings.allow_weak_observables, allow_broad_cidr=settings.allow_broad_cidr, misp_url=strip_url_credentials(settings.misp_url),
     )
 
 
@@ -638,7 +648,7 @@ class GraphTarget(Target):
 
     def _submitted(self, batch: list[_Queued], results: list[ItemResult]) -> None:
         by_key = {q.key: q for q in batch}
-        self.store.mark_suspects([r.key for r in results if r.ambiguous], iso_utc(dt.datetime.now(dt.timezone.utc)))
+        self.store.mark_suspects([r.key for r in results if r.ambiguous], iso_utc(dt.datetime.now(dt.UTC)))
         self.store.record_sent([(r.key, r.remote_id) for r in results if r.accepted], [r.key for r in results if not r.accepted])
         self.count(batch, "submitTiIndicators", sum(r.accepted for r in results),
                    [(by_key[r.key], r.error) for r in results if not r.accepted])
@@ -883,7 +893,7 @@ class TargetRun:
             return
         try:
             step()
-        except Exception as exc:  # noqa: BLE001 - whatever it is, it stops this target, never the others
+        except Exception as exc:
             code, message, _ = classify(exc, log)
             self.fail(log, code, message)
             if code is ExitCode.INTERNAL:
@@ -927,7 +937,7 @@ class TargetRun:
         """The run report: outcome, times and version as well as the counts, failed runs included."""
         return self.report.as_dict(dry_run) | {
             "exit_code": int(self.exit_code()), "error": self.problem() or None, "started": iso_utc(started),
-            "ended": iso_utc(dt.datetime.now(dt.timezone.utc)), "version": C.VERSION,
+            "ended": iso_utc(dt.datetime.now(dt.UTC)), "version": C.VERSION,
         }
 
 

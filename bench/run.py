@@ -40,7 +40,7 @@ def transform_rate(attributes: int) -> dict[str, float]:
     events = list(generate(attributes, seed=7))
     rates = {}
     for name, cls in (("graph", GraphTransformer), ("sentinel", StixTransformer)):
-        transformer = cls(MappingPolicy(misp_url="https://misp.example/"), dt.datetime.now(dt.timezone.utc))
+        transformer = cls(MappingPolicy(misp_url="https://misp.example/"), dt.datetime.now(dt.UTC))
         started = time.perf_counter()
         for event in events:
             transformer.transform(event)

@@ -25,7 +25,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -89,8 +89,8 @@ def make_client_certificate(ca: PrivateCA | None = None, *, passphrase: bytes | 
     """A fresh RSA 2048 key and certificate (valid until `not_after`, default in a year),
     self-signed (Entra accepts self-signed app certificates) or, given `ca`, issued by it."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = datetime.now(timezone.utc)
-    not_after = (not_after or now + timedelta(days=365)).astimezone(timezone.utc)
+    now = datetime.now(UTC)
+    not_after = (not_after or now + timedelta(days=365)).astimezone(UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "misp2sentinel stand-in client")])
     issuer, signing_key = subject, key
     if ca is not None:  # PrivateCA wraps a trustme.CA, which hands out its key and cert as PEM
@@ -113,7 +113,7 @@ def make_client_certificate(ca: PrivateCA | None = None, *, passphrase: bytes | 
 def _aad_error(status: int, error: str, code: int, text: str) -> Reply:
     """Entra's error body: the AADSTS text plus trace ids, as MSAL passes it through."""
     trace_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     return json_reply(status, {
         "error": error,
         "error_description": (f"AADSTS{code}: {text}\r\nTrace ID: {trace_id}\r\n"
@@ -140,7 +140,7 @@ def _epoch(value: Any) -> float | None:
 
 def _entra_time(epoch: float) -> str:
     """Entra's 7-digit-fraction UTC stamp, e.g. 2024-10-02T22:05:03.6755160Z."""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
 
 
 def _unbase64(text: str, *, urlsafe: bool) -> bytes:
@@ -404,7 +404,7 @@ class EntraStandIn(HttpsStandIn):
                                 if digest and c.fingerprint(algorithm) == digest), None)
         if certificate is None or chain[:1] not in ([], [certificate.public_bytes(_DER)]):
             return _key_problem("The key was not found.", client_id, thumbprint)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
             return _key_problem("The key used is expired.", client_id, thumbprint, certificate)
         try:

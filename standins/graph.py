@@ -12,14 +12,14 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
 from .entra import EntraStandIn, TokenInfo
 from .tls import Fault, HttpsStandIn, Reply, SeenRequest, html_reply, json_reply
 
-__all__ = ["FAILED_ID", "GraphStandIn", "SUBMIT_LIMIT", "validate_indicator"]
+__all__ = ["FAILED_ID", "SUBMIT_LIMIT", "GraphStandIn", "validate_indicator"]
 
 BASE_PATH = "/beta/security/tiindicators"
 SUBMIT_LIMIT = 100
@@ -397,7 +397,7 @@ class GraphStandIn(HttpsStandIn):
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
 def _graph_reply(request: SeenRequest, status: int, payload: dict[str, Any],

@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from .misp_search import DecayingModel, Search, Warninglist

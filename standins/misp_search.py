@@ -49,7 +49,7 @@ import ipaddress
 import re
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["DecayingModel", "Search", "Warninglist", "event_attributes"]
@@ -562,7 +562,7 @@ def _iso_epoch(value: Any) -> int | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp())
 
 

@@ -19,7 +19,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
@@ -30,8 +30,15 @@ from stix2patterns.validator import run_validator
 from .entra import EntraStandIn, TokenInfo
 from .tls import Fault, HttpsStandIn, Reply, SeenRequest, json_reply
 
-__all__ = ["ITEM_TYPE", "RESERVED_SOURCE", "SentinelStandIn", "UPLOAD_API_VERSION", "UPLOAD_LIMIT",
-           "analyse_pattern", "validate_stix_object"]
+__all__ = [
+    "ITEM_TYPE",
+    "RESERVED_SOURCE",
+    "UPLOAD_API_VERSION",
+    "UPLOAD_LIMIT",
+    "SentinelStandIn",
+    "analyse_pattern",
+    "validate_stix_object",
+]
 
 UPLOAD_API_VERSION = "2024-02-01-preview"
 UPLOAD_LIMIT = 100
@@ -204,7 +211,7 @@ def validate_stix_object(obj: Any) -> list[str]:
 
 
 def _now_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _query_value(request: SeenRequest, name: str) -> str | None:

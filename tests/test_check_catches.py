@@ -1,7 +1,7 @@
 """--check catches what a later sync would fail on, with the right hint (issue 10, item 9)."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from constants import ExitCode
 from standins.entra import make_client_certificate
@@ -34,7 +34,7 @@ def test_folders_that_cannot_be_written_are_caught(standins, tmp_path):
 
 
 def certificate_config(standins, tmp_path, days: float, with_key: bool = True):
-    certificate = make_client_certificate(not_after=datetime.now(timezone.utc) + timedelta(days=days))
+    certificate = make_client_certificate(not_after=datetime.now(UTC) + timedelta(days=days))
     standins.entra.register_certificate(standins.client_id, certificate.certificate_pem)
     path = tmp_path / "client.pem"
     path.write_bytes((certificate.private_key_pem if with_key else b"") + certificate.certificate_pem)

@@ -81,6 +81,7 @@ def test_graph_listing_with_ever_new_next_links_stops(standins, tmp_path):
     $skiptoken) never ends: the run (here: rebuilding a lost store) loops forever. The same
     holds for Sentinel queryIndicators (nextLink)."""
     import shutil
+
     from standins.tls import Reply
     config = write_config(tmp_path, standins)
     assert run_process(config).code == ExitCode.OK
@@ -152,6 +153,7 @@ def test_graph_listing_item_without_an_id_is_a_garbled_answer_not_a_crash(standi
     graph_rows then reads item["id"] and the run dies with exit 5 (internal error), on every
     run while the store is fresh. It is a garbled answer: exit 4, or the item ignored."""
     import shutil
+
     from standins.tls import Reply
     config = write_config(tmp_path, standins)
     assert run_process(config).code == ExitCode.OK
@@ -174,6 +176,7 @@ def test_sentinel_query_item_with_junk_properties_is_not_a_crash(standins, tmp_p
     """queryIndicators items are only checked to be objects; rebuild's stix_object/
     sentinel_rows then call .get on whatever `properties` holds."""
     import shutil
+
     from standins.tls import Reply
     config = write_config(tmp_path, standins, target="sentinel")
     assert run_process(config).code == ExitCode.OK

@@ -181,7 +181,7 @@ def test_rebuild_state_for_sentinel_then_sync_sends_nothing(standins, tmp_path):
 def _shift_previous_run(path, days: float, expired: bool) -> None:
     """What a clock jump leaves behind: the previous start (and, far ahead, every expiry) on the
     other side of this run's clock."""
-    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
+    moment = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'started'", (moment.strftime("%Y-%m-%dT%H:%M:%SZ"),))
         if expired:
@@ -227,7 +227,7 @@ def test_clock_far_ahead_does_not_prune_the_logs(standins, tmp_path):
 def test_sentinel_modified_moves_past_the_last_version_when_the_clock_is_behind(standins, tmp_path):
     config = sentinel_config(tmp_path, standins)
     assert run_process(config).code == ExitCode.OK
-    ahead = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     for obj in standins.sentinel.objects.values():  # the last versions came from a clock 10 minutes ahead
         obj["modified"] = ahead
     with sqlite3.connect(store_file(tmp_path, "sentinel")) as db:

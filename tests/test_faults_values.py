@@ -31,7 +31,7 @@ def skipped(run, target: str) -> list[dict]:
 
 
 def expected_skips(events: list[dict], target: str, reason: SkipReason) -> int:
-    transformer = TRANSFORMERS[target](MappingPolicy(), dt.datetime.now(dt.timezone.utc))
+    transformer = TRANSFORMERS[target](MappingPolicy(), dt.datetime.now(dt.UTC))
     return sum(1 for wrapped in events if wrapped["Event"].get("published") is True
                for skip in transformer.transform(wrapped).skips if skip.reason is reason)
 

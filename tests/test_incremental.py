@@ -131,7 +131,7 @@ def test_a_failed_upload_leaves_its_event_to_be_read_again(standins, tmp_path):
 def test_indicators_due_for_renewal_are_read_and_renewed(standins, tmp_path):
     config = write_config(tmp_path, standins)
     assert run_process(config).code == ExitCode.OK
-    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with sqlite3.connect(store_file(tmp_path, "graph")) as db:
         (event_uuid,) = db.execute("SELECT event_uuid FROM indicators LIMIT 1").fetchone()
         db.execute("UPDATE indicators SET expires_at = ? WHERE event_uuid = ?", (soon, event_uuid))

@@ -17,6 +17,7 @@ from settings import load_settings
 from sync import state_paths
 from tests.support import ROOT, run_cli, run_process, write_config
 
+
 @contextlib.contextmanager
 def mounted(directory: Path, *options: str):
     """A tmpfs (or a read-only bind) at `directory` for the test; skipped where mount is not allowed."""

@@ -7,11 +7,10 @@ import stat
 
 import pytest
 
-from reconcile import (Action, content_hash, event_uuid_of, fixed_hash, mass_delete_blocked, plan, renew_body,
-                       update_body)
+from reconcile import Action, content_hash, event_uuid_of, fixed_hash, mass_delete_blocked, plan, renew_body, update_body
 from state_store import PENDING, Known, StateStore, StoreLocked, target_lock
 
-NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 INDICATOR = {
     "externalId": "a1", "targetProduct": "Azure Sentinel", "action": "alert", "threatType": "WatchList",
     "tlpLevel": "red", "description": "d", "domainName": "evil.example", "expirationDateTime": "2027-01-27T00:00:00Z",
@@ -83,18 +82,15 @@ def test_store_rows_move_pending_to_sent_and_survive_reopening(tmp_path):
 def test_a_failed_transaction_leaves_the_store_as_it_was(tmp_path):
     store = StateStore(tmp_path / "s.sqlite")
     store.mark_pending([Known("a1", "", "c", "f", "x", "e1", "now", "")], 1)
-    with pytest.raises(RuntimeError):
-        with store.transaction():
-            store.db.execute("DELETE FROM indicators")
-            raise RuntimeError("crash inside")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.db.execute("DELETE FROM indicators")
+        raise RuntimeError("crash inside")
     assert [p.external_id for p in store.unfinished()] == ["a1"]
 
 
 def test_lock_is_exclusive(tmp_path):
     lock = tmp_path / "graph.lock"
-    with target_lock(lock):
-        with pytest.raises(StoreLocked):
-            with target_lock(lock):
-                pass
+    with target_lock(lock), pytest.raises(StoreLocked), target_lock(lock):
+        pass
     with target_lock(lock):
         pass

@@ -20,7 +20,7 @@ from tests.test_sync import expected_external_ids, held_external_ids
 
 
 def expected_stix_ids(events: list[dict]) -> set[str]:
-    transformer = StixTransformer(MappingPolicy(), dt.datetime.now(dt.timezone.utc))
+    transformer = StixTransformer(MappingPolicy(), dt.datetime.now(dt.UTC))
     return {obj["id"] for wrapped in events if wrapped["Event"].get("published") is True
             for obj in transformer.transform(wrapped).indicators}
 
@@ -53,7 +53,7 @@ def test_sentinel_target_syncs_the_same_misp_data(standins, tmp_path, capsys):
 
 
 def test_rejected_objects_are_logged_with_sentinels_messages(standins, tmp_path, capsys):
-    transformer = StixTransformer(MappingPolicy(), dt.datetime.now(dt.timezone.utc))
+    transformer = StixTransformer(MappingPolicy(), dt.datetime.now(dt.UTC))
     victim = next(obj for wrapped in standins.misp.events if wrapped["Event"].get("published") is True
                   for obj in transformer.transform(wrapped).indicators if obj["pattern"].startswith("[ipv4-addr"))
     standins.sentinel.reject_value(victim["name"], "Indicator is on the allow list")

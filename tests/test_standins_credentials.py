@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -142,7 +142,7 @@ def test_unregistered_certificate_is_700027_key_not_found(standins: StandIns) ->
 
 
 def test_expired_certificate_is_700027_key_expired(standins: StandIns) -> None:
-    expired = registered(standins, not_after=datetime.now(timezone.utc) - timedelta(days=1))
+    expired = registered(standins, not_after=datetime.now(UTC) - timedelta(days=1))
     result = cert_app(standins, {"private_key": expired.private_key_pem.decode(),
                                  "thumbprint": expired.thumbprint_sha1}
                       ).acquire_token_for_client([f"{standins.graph.url}/.default"])

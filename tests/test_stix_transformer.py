@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from stix2patterns.pattern import Pattern
 from stix2patterns.validator import run_validator
 
-from constants import SkipReason
 import misp_transformer
+from constants import SkipReason
 from misp_transformer import MappingPolicy, StixTransformer, stix_id
 from tests.test_transformer import MD5, SHA1, SHA256, attribute, event
 from tests.test_transformer_fuzz import POLICIES, events
 
-NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 POLICY = MappingPolicy(misp_url="https://misp.example.org/")
 
 

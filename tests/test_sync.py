@@ -9,13 +9,13 @@ import pytest
 
 import constants as C
 from constants import ExitCode
-from misp_transformer import MappingPolicy, GraphTransformer
+from misp_transformer import GraphTransformer, MappingPolicy
 from tests.support import run_cli, run_process, write_config
 
 
 def expected_external_ids(events: list[dict]) -> set[str]:
     """What Graph should hold after a sync: indicators of the published events only."""
-    transformer = GraphTransformer(MappingPolicy(), dt.datetime.now(dt.timezone.utc))
+    transformer = GraphTransformer(MappingPolicy(), dt.datetime.now(dt.UTC))
     return {
         indicator["externalId"]
         for wrapped in events if wrapped["Event"].get("published") is True

@@ -11,7 +11,7 @@ import reconcile
 from constants import INDICATOR_MAX_BYTES, SkipReason
 from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer, json_bytes
 
-NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 
 
 def attribute(misp_type: str, value: str, to_ids=True, **extra) -> dict:

@@ -11,8 +11,18 @@ from hypothesis import strategies as st
 
 import misp_transformer
 from constants import INDICATOR_MAX_BYTES, TEXT_FIELD_MAX, SkipReason
-from misp_transformer import (GraphTransformer, MappingPolicy, StixTransformer, event_attributes, event_context, json_bytes,
-                              merged_facts, name_chars, stix_id, tag_names)
+from misp_transformer import (
+    GraphTransformer,
+    MappingPolicy,
+    StixTransformer,
+    event_attributes,
+    event_context,
+    json_bytes,
+    merged_facts,
+    name_chars,
+    stix_id,
+    tag_names,
+)
 from standins.graph import validate_indicator
 
 TYPES = (Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "misp-attribute-types.txt")
@@ -100,7 +110,7 @@ POLICIES = [MappingPolicy(), MappingPolicy(target_product="Microsoft Defender AT
                                         allow_weak_observables=True, ignore_local_tags=False)]
 
 
-NOW = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 
 
 def sources(indicators: list[dict]) -> int:
