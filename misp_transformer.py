@@ -61,6 +61,7 @@ class EventResult:
     skips: list[Skip]
     attributes: int
     event_uuid: str = ""
+    refanged: int = 0  # values sent after undoing defanging (hxxp, [.], ...): counted, not skipped
 
 
 # --- small parsers that accept what real MISP servers and feeds send -------------------------

@@ -70,6 +70,7 @@ class RunReport:
     kept_not_read: int = 0
     forgotten_expired: int = 0
     recovered: int = 0
+    refanged: int = 0
     rebuilt: str = ""
     clock_problem: str = ""
     full_read: str = ""  # why every listed event was read in full; "" for an incremental run
@@ -87,6 +88,7 @@ class RunReport:
         self.events += 1
         self.attributes += result.attributes
         self.indicators += len(result.indicators)
+        self.refanged += result.refanged
         self.skipped.update(skip.reason.value for skip in result.skips)
 
     def name(self, named: list[tuple[str, str]], value: str, reason: str) -> None:
@@ -109,7 +111,7 @@ class RunReport:
             "forgotten_expired": self.forgotten_expired,
             "run_kind": "full" if self.full_read else "incremental", "full_read_reason": self.full_read or None,
             "events_listed": self.events_listed, "events_read_in_full": self.events_read_in_full,
-            "recovered": self.recovered, "state_rebuilt": self.rebuilt or None, "clock_problem": self.clock_problem or None,
+            "recovered": self.recovered, "refanged": self.refanged, "state_rebuilt": self.rebuilt or None, "clock_problem": self.clock_problem or None,
             "deletions_blocked": self.deletions_blocked, "requests": self.requests,
             "skipped": dict(sorted(self.skipped.items())), "seconds": round(time.monotonic() - self.started, 3),
         }
@@ -131,6 +133,7 @@ class RunReport:
             + (f"kept, event listed but not readable in this run: {data['kept_not_read']}\n" if data["kept_not_read"] else "")
             + (f"DELETIONS BLOCKED by the safety valve: {data['deletions_blocked']}\n" if data["deletions_blocked"] else "")
             + (f"recovered from an interrupted run: {data['recovered']}\n" if data["recovered"] else "")
+            + (f"refanged (defanged in MISP, sent as real values): {data['refanged']}\n" if data["refanged"] else "")
             + (f"STATE REBUILT from the service: {data['state_rebuilt']}\n" if data["state_rebuilt"] else "")
             + (f"NOTHING FORGOTTEN OR REMOVED: {data['clock_problem']}\n" if data["clock_problem"] else "")
             + _named("deleted", self.named_deleted, self.deleted) + _named("rejected", self.named_rejected, self.rejected)
