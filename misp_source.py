@@ -35,7 +35,7 @@ class MispError(Exception):
     """MISP could not be reached, refused us, or answered something that is not events."""
 
 
-def _first_line(text: str, limit: int = 200) -> str:
+def _first_line(text: object, limit: int = 200) -> str:
     line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
     return line[:limit]
 

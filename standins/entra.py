@@ -27,13 +27,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from .tls import Fault, HttpsStandIn, PrivateCA, Reply, SeenRequest, json_reply
@@ -92,16 +93,17 @@ def make_client_certificate(ca: PrivateCA | None = None, *, passphrase: bytes | 
     now = datetime.now(UTC)
     not_after = (not_after or now + timedelta(days=365)).astimezone(UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "misp2sentinel stand-in client")])
-    issuer, signing_key = subject, key
+    issuer = subject
+    signing_key: CertificateIssuerPrivateKeyTypes = key
     if ca is not None:  # PrivateCA wraps a trustme.CA, which hands out its key and cert as PEM
         issuer = x509.load_pem_x509_certificate(ca._ca.cert_pem.bytes()).subject
-        signing_key = serialization.load_pem_private_key(ca._ca.private_key_pem.bytes(), None)
+        signing_key = cast(CertificateIssuerPrivateKeyTypes, serialization.load_pem_private_key(ca._ca.private_key_pem.bytes(), None))
     certificate = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(min(now, not_after) - timedelta(days=1)).not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(signing_key, hashes.SHA256()))  # type: ignore[arg-type]
+        .sign(signing_key, hashes.SHA256()))
     encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
                   else serialization.NoEncryption())
     return ClientCertificate(
@@ -407,8 +409,11 @@ class EntraStandIn(HttpsStandIn):
         now = datetime.now(UTC)
         if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
             return _key_problem("The key used is expired.", client_id, thumbprint, certificate)
+        public_key = certificate.public_key()
+        if not isinstance(public_key, rsa.RSAPublicKey):  # the assertion algorithms are RSA ones
+            return _key_problem("The key was not found.", client_id, thumbprint)
         try:
-            jwt.decode(assertion, certificate.public_key(), algorithms=_ASSERTION_ALGORITHMS,
+            jwt.decode(assertion, public_key, algorithms=_ASSERTION_ALGORITHMS,
                        options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
                                 "verify_aud": False, "verify_iss": False, "verify_sub": False,
                                 "verify_jti": False})

@@ -56,7 +56,7 @@ _CLOCKS = frozenset({"timestamp", "publish_timestamp", "published"})
 def load_event_file(path: Path | str) -> dict[str, Any]:
     """Read one exported event; exports without the `Event` wrapper get wrapped."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {"Event": data["Event"] if "Event" in data else data}
+    return {"Event": data.get("Event", data)}
 
 
 def _truthy(value: object) -> bool:

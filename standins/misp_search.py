@@ -502,7 +502,7 @@ def _value_hit(groups: dict[str, list[Any]], value: str) -> bool:
     """set_filter_value (Event.php 2956-2977): generic_add_filter over value1 and value2 (the
     halves of a composite `a|b`): a positive group hits either half, a NOT group neither."""
     halves = value.split("|", 1)
-    positive = {op: groups[op] for op in ("OR", "AND") if op in groups}
+    positive: dict[str, list[Any]] = {op: groups[op] for op in ("OR", "AND") if op in groups}
     hit = not positive or any(_generic_filter(positive, half) for half in halves)
     return hit and not ("NOT" in groups and any(_generic_filter({"OR": groups["NOT"]}, half) for half in halves))
 

@@ -8,6 +8,7 @@ production. Subclasses only implement `respond(request) -> Reply`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import math
 import socket
@@ -65,7 +66,7 @@ class Headers(dict[str, str]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and super().__contains__(name.lower())
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return super().get(name.lower(), default)
 
 
@@ -78,7 +79,7 @@ class SeenRequest:
     query: dict[str, list[str]]
     headers: Headers
     body: bytes
-    json: object | None
+    json: Any  # the parsed body, whatever JSON shape the client sent (None if none)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         split = urlsplit(self.path)
         try:
-            parsed: object | None = json.loads(body) if body else None
+            parsed: Any = json.loads(body) if body else None
         except ValueError:
             parsed = None
         seen = SeenRequest(self.command, split.path, parse_qs(split.query, keep_blank_values=True),
@@ -268,10 +269,8 @@ class HttpsStandIn:
         with self.lock:
             connections, self._open = list(self._open), set()
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 socket.socket.shutdown(connection, socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def __enter__(self) -> HttpsStandIn:
         return self.start()

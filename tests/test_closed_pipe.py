@@ -16,6 +16,7 @@ def closed_stdout(config, *args: str) -> subprocess.CompletedProcess[bytes]:
     after its first line, but with no race)."""
     process = subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config), *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    assert process.stdout is not None and process.stderr is not None
     process.stdout.close()
     stderr = process.stderr.read()
     return subprocess.CompletedProcess(process.args, process.wait(timeout=120), b"", stderr)

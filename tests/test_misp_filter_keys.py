@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from typing import Any
 
 import pytest
 from pymisp import PyMISP
@@ -19,11 +20,16 @@ from tests.test_sync import search_bodies
 # search() parameters that are not filters: the tool sets them, or they shape the Python answer.
 _NOT_FILTERS = {"self", "controller", "return_format", "limit", "page", "pythonify", "kwargs"}
 # A value each keyword accepts, for sending it once through the real PyMISP.
-_SAMPLE = {"to_ids": 1, "date_from": "2024-01-01", "date_to": "2024-01-02"}
+_SAMPLE: dict[str, Any] = {"to_ids": 1, "date_from": "2024-01-01", "date_to": "2024-01-02"}
 
 
 def _search_keywords() -> list[str]:
     return [name for name in inspect.signature(PyMISP.search).parameters if name not in _NOT_FILTERS]
+
+
+def _keywords(name: str, value: Any) -> dict[str, Any]:
+    """One search() keyword, typed loosely: the tests send values PyMISP's hints do not list."""
+    return {name: value}
 
 
 @pytest.mark.parametrize("keyword", _search_keywords())
@@ -32,7 +38,7 @@ def test_wire_names_are_what_pymisp_really_sends(standins, keyword):
     body PyMISP posts for each search() keyword."""
     misp = PyMISP(standins.misp.url, standins.misp_key, ssl=True, tool="test")
     misp.search(controller="events")
-    misp.search(controller="events", **{keyword: _SAMPLE.get(keyword, "1")})
+    misp.search(controller="events", **_keywords(keyword, _SAMPLE.get(keyword, "1")))
     plain, sent = search_bodies(standins)
     assert {key for key in sent if sent[key] != plain.get(key)} == {misp_wire_name(keyword)}
 
@@ -41,7 +47,7 @@ def test_wire_names_are_what_pymisp_really_sends(standins, keyword):
 def test_names_pymisp_overwrites_never_reach_misp(standins, name):
     misp = PyMISP(standins.misp.url, standins.misp_key, ssl=True, tool="test")
     misp.search(controller="events")
-    misp.search(controller="events", **{name: "1"})
+    misp.search(controller="events", **_keywords(name, "1"))
     plain, sent = search_bodies(standins)
     assert sent == plain
     assert misp_wire_name(name) is None

@@ -130,7 +130,7 @@ def test_rest_search_filters(standins: StandIns) -> None:
     assert len(search(client, timestamp="1513948642")) == 2  # existing_event and SamSam
     assert search(client, publish_timestamp="14d") == []
 
-    fresh = {"Event": {"id": "1", "uuid": "0b7a6f5c-1d2e-4f3a-8b9c-0d1e2f3a4b5c", "info": "fresh",
+    fresh: dict[str, Any] = {"Event": {"id": "1", "uuid": "0b7a6f5c-1d2e-4f3a-8b9c-0d1e2f3a4b5c", "info": "fresh",
                        "org_id": "1", "published": True, "timestamp": str(int(time.time())),
                        "publish_timestamp": str(int(time.time())),
                        "Attribute": [{"type": "ip-dst", "value": "192.0.2.1", "to_ids": True,
