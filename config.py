@@ -4,9 +4,10 @@
 # (strings, numbers, True/False/None, lists, dicts) are allowed. Names follow the 2023
 # misp2sentinel config.py so an existing file can be brought over (see README, "Upgrading").
 #
-# Keep secrets out of this file: MISP_KEY, MISP_URL, AZURE_TENANT_ID, AZURE_CLIENT_ID and
-# AZURE_CLIENT_SECRET from the environment, or from a `.env` file beside this one, override
-# the values below.
+# Keep secrets out of this file: MISP_KEY, MISP_URL, AZURE_TENANT_ID, AZURE_CLIENT_ID,
+# AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH and AZURE_CLIENT_CERTIFICATE_PASSWORD from
+# the environment, or from a `.env` file beside this one, override the values below.
+# README's "Configuration" table lists every setting (`python settings.py --readme-table`).
 
 # --- Where indicators go ---
 # "graph" (Microsoft Graph tiIndicators, retired by Microsoft for new Sentinel customers),

@@ -1,17 +1,23 @@
 """Read config.py (without executing it) and the environment into one validated Settings.
 
-Everything the tool can get wrong about its configuration is found here, at start-up, before
-any network call, and reported as one line naming the setting.
+Every setting is one row of SETTINGS: its name, how it is read and validated, its default, its
+environment variable and its one-line doc. Validation, the known names (and the did-you-mean
+for a typo), and README's settings table (`python settings.py --readme-table`, tested to agree)
+all come from that table. Everything the tool can get wrong about its configuration is found
+here, at start-up, before any network call, and reported as one line naming the setting.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import difflib
+import enum
 import io
 import os
+import sys
+import textwrap
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +28,6 @@ from dotenv import dotenv_values
 
 import constants as C
 from request_log import redact_url_credentials
-
-KNOWN_SETTINGS = frozenset({
-    "graph_auth", "graph_endpoint", "authority_host", "targetProduct", "action", "passiveOnly",
-    "days_to_expire", "defaultConfidenceLevel", "network_ignore_direction", "allow_weak_observables", "allow_broad_cidr",
-    "misp_domain", "misp_key", "misp_verifycert", "misp_event_filters", "misp_event_limit_per_page",
-    "misp_ignore_localtags", "log_dir", "write_post_json", "verbose_log", "http_timeout",
-    "state_dir", "max_delete_fraction", "renew_days", "log_retention_days", "full_resync_days",
-    "target", "workspace_id", "subscription_id", "resource_group", "workspace_name", "sentinel_endpoint",
-    "sentinel_api_version", "management_endpoint", "management_api_version", "sourcesystem",
-    "max_requests_per_minute", "graph_requests_per_minute", "max_concurrent_requests",
-    "client_certificate_path", "client_certificate_password", "managed_identity",
-    "misp_allow_plain_http", "misp_ca_bundle",
-})
-_WORKSPACE_FIELDS = ("workspace_id", "subscription_id", "resource_group", "workspace_name")
-
-ENV_OVERRIDES = {
-    "MISP_KEY": "misp_key",
-    "MISP_URL": "misp_domain",
-    "AZURE_TENANT_ID": "tenant",
-    "AZURE_CLIENT_ID": "client_id",
-    "AZURE_CLIENT_SECRET": "client_secret",
-}
 
 
 class ConfigError(Exception):
@@ -123,7 +107,8 @@ class Settings:
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (used to scrub error text)."""
-        return tuple(value for value in (self.client_secret, self.misp_key, self.client_certificate_password) if value)
+        values = (getattr(self, row.attribute) for row in SETTINGS if row.secret and row.attribute)
+        return tuple(value for value in values if value)
 
     @property
     def credential_kind(self) -> str:
@@ -136,17 +121,511 @@ class Settings:
         """Fail before any network call when the Entra app settings are missing."""
         needed = {"managed identity": (), "certificate": ("tenant", "client_id")}.get(
             self.credential_kind, ("tenant", "client_id", "client_secret"))
-        for name in needed:
-            if not getattr(self, name):
-                env = next(key for key, field in ENV_OVERRIDES.items() if field == name)
-                raise ConfigError(f"graph_auth['{name}'] is empty: set it in {self.config_path.name} or {env}")
+        self._require(*needed)
 
     def require_misp(self) -> None:
         """Fail before any network call when MISP cannot be reached or authenticated."""
-        if not self.misp_url:
-            raise ConfigError(f"misp_domain is empty: set it in {self.config_path.name} or MISP_URL")
-        if not self.misp_key:
-            raise ConfigError(f"misp_key is empty: set it in {self.config_path.name} or MISP_KEY")
+        self._require("misp_url", "misp_key")
+
+    def _require(self, *attributes: str) -> None:
+        for row in SETTINGS:
+            if row.attribute in attributes and not getattr(self, row.attribute):
+                raise ConfigError(f"{row.label} is empty: set it in {self.config_path.name} or {row.env}")
+
+
+class Scope(enum.Enum):
+    """Where a setting may be written."""
+
+    GLOBAL = "global"  # at the top level of config.py only
+    TARGET = "per-target"  # at the top level (for every workspace) or in one `target` dict
+
+
+# Reads one setting's value as written (or its default) into the typed value Settings holds.
+Kind = Callable[["Setting", Any, "_Context"], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One row of the settings table."""
+
+    name: str
+    kind: Kind
+    default: Any
+    doc: str  # README's meaning column
+    field: str | None = ""  # the Settings attribute it fills: "" for `name`, None when it only feeds others
+    env: str = ""  # an environment variable (or .env line) that overrides the file when set
+    within: str = ""  # the dict setting it is a key of, such as graph_auth
+    scope: Scope = Scope.GLOBAL
+    secret: bool = False  # never echoed in an error, scrubbed from every log
+    shown: str = ""  # README's default column when the default is worked out (Markdown)
+
+    @property
+    def label(self) -> str:
+        """The name as the operator writes it, used in every message."""
+        return f"{self.within}['{self.name}']" if self.within else self.name
+
+    @property
+    def attribute(self) -> str | None:
+        return self.name if self.field == "" else self.field
+
+
+class _Context:
+    """One config file being read: raw values, environment, and each setting once validated.
+
+    Settings are validated on first use, so one that depends on another (renew_days on
+    days_to_expire) reads it whatever the order of the table.
+    """
+
+    def __init__(self, raw: Mapping[str, Any], config_path: Path, env: Mapping[str, str], now: float) -> None:
+        self.raw = raw
+        self.source = config_path.name
+        self.base = config_path.parent
+        self.env = env
+        self.now = now
+        self._values: dict[str, Any] = {}
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{message} (in {self.source})")
+
+    def given(self, row: Setting) -> Any:
+        """The value as written: the environment variable when set, else config.py, else the default."""
+        if row.env and self.env.get(row.env):
+            return self.env[row.env]
+        return self._container(row.within).get(row.name, row.default)
+
+    def value(self, label: str) -> Any:
+        if label not in self._values:
+            row = SETTING[label]
+            self._values[label] = row.kind(row, self.given(row), self)
+        return self._values[label]
+
+    def _container(self, within: str) -> Mapping[str, Any]:
+        if not within:
+            return self.raw
+        value = self.raw.get(within, {})
+        if not isinstance(value, dict):
+            keys = [row.name for row in SETTINGS if row.within == within]
+            raise self.error(f"{within} must be a dict with {', '.join(keys[:-1])} and {keys[-1]}")
+        return value
+
+
+# --- Kinds: each reads one value or raises a ConfigError naming the setting -------------------
+
+def _flag(row: Setting, value: Any, ctx: _Context) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.error(f"{row.label} must be True or False, not {value!r}")
+    return value
+
+
+def _whole(low: int, high: int) -> Kind:
+    def whole(row: Setting, value: Any, ctx: _Context) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ctx.error(f"{row.label} must be a whole number from {low} to {high}, not {value!r}")
+        return value
+    return whole
+
+
+def _number(low: float, high: float) -> Kind:
+    def number(row: Setting, value: Any, ctx: _Context) -> float:
+        return _in_range(row, value, low, high, ctx)
+    return number
+
+
+def _in_range(row: Setting, value: Any, low: float, high: float, ctx: _Context) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ctx.error(f"{row.label} must be a number from {low} to {high}, not {value!r}")
+    return float(value)
+
+
+def _text(row: Setting, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str):
+        shown = "an unquoted value (put it in quotes)" if row.secret else repr(value)
+        raise ctx.error(f"{row.label} must be a string, not {shown}")
+    return value.strip()
+
+
+def _choice(*allowed: str) -> Kind:
+    def choice(row: Setting, value: Any, ctx: _Context) -> str:
+        text = _text(row, value, ctx)
+        if text not in allowed:
+            raise ctx.error(f"{row.label} must be one of {', '.join(map(repr, allowed))}, not {text!r}")
+        return text
+    return choice
+
+
+def _https_url(row: Setting, value: Any, ctx: _Context) -> str:
+    url = _text(row, value, ctx).rstrip("/")
+    if not url.startswith("https://") or len(url) <= len("https://"):
+        raise ctx.error(f"{row.label} must be an https:// URL, not {redact_url_credentials(url)!r}")
+    return url
+
+
+def _folder(row: Setting, value: Any, ctx: _Context) -> Path:
+    """A folder the tool writes; a relative one is beside the config file, an empty one the default."""
+    path = Path(_text(row, value, ctx) or row.default)
+    return path if path.is_absolute() else ctx.base / path
+
+
+def _renew_days(row: Setting, value: Any, ctx: _Context) -> float:
+    """A quarter of days_to_expire unless set, and never more than it."""
+    days: int = ctx.value("days_to_expire")
+    return _in_range(row, days / 4 if value is None else value, 0, days, ctx)
+
+
+def _misp_url(row: Setting, value: Any, ctx: _Context) -> str:
+    """https:// only: the key travels in every request. Plain http:// needs misp_allow_plain_http.
+    A trailing / is added, so urljoin keeps a sub-path install."""
+    url = _text(row, value, ctx)
+    shown = redact_url_credentials(url)
+    if url and not url.startswith(("https://", "http://")):
+        raise ctx.error(f"{row.label} must start with https://, not {shown!r}")
+    if url.startswith("http://") and not ctx.value("misp_allow_plain_http"):
+        raise ctx.error(f"{row.label} {shown!r} is plain http: the API key would cross the network in clear; use "
+                        "https:// or set misp_allow_plain_http = True")
+    return url if url.endswith("/") or not url else url + "/"
+
+
+def _ca_bundle(row: Setting, value: Any, ctx: _Context) -> str:
+    """A CA file that MISP's certificate alone is checked against, or ""."""
+    if not value:
+        return ""
+    if ctx.given(SETTING["misp_verifycert"]) is not True:
+        raise ctx.error(f"set {row.label} or misp_verifycert, not both")
+    if not isinstance(value, str):
+        raise ctx.error(f"{row.label} must be the path of a PEM CA file, not {value!r}")
+    return _ca_file(row, value, ctx)
+
+
+def _verifycert(row: Setting, value: Any, ctx: _Context) -> bool | str:
+    """True (system CAs, or REQUESTS_CA_BUNDLE from the real environment), False, or a CA file
+    that MISP's certificate alone is checked against: misp_ca_bundle, or a path here."""
+    bundle: str = ctx.value("misp_ca_bundle")
+    if bundle:
+        return bundle
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() not in ("true", "false", ""):
+        return _ca_file(row, value, ctx)
+    raise ctx.error(f"{row.label} must be True, False or the path of a CA bundle, not {value!r}")
+
+
+def _ca_file(row: Setting, value: str, ctx: _Context) -> str:
+    """A CA bundle path, relative to the config file's folder, that must exist."""
+    path = (ctx.base / value.strip()).resolve()
+    if path.exists():
+        return str(path)
+    raise ctx.error(f"{row.label}: CA bundle {value!r} does not exist")
+
+
+def _event_filters(row: Setting, value: Any, ctx: _Context) -> tuple[dict[str, Any], ...]:
+    """A dict (one search) or the seed's list of dicts (events matching every one of them).
+
+    Published events only unless a filter says otherwise: PyMISP sends no `published` itself.
+    """
+    entries = [value] if isinstance(value, dict) else value
+    if not isinstance(entries, list):
+        raise ctx.error(f"{row.label} must be a dict or a list of dicts")
+    filters = [_filter(entry, index, ctx.source, ctx.now) for index, entry in enumerate(entries)] or [{}]
+    if not any("published" in entry for entry in filters):
+        filters[0] = {"published": True, **filters[0]}
+    return tuple(filters)
+
+
+def _targets(row: Setting, value: Any, ctx: _Context) -> tuple[TargetSettings, ...]:
+    """`target` is "graph", "sentinel", or a list of those and of dicts naming other workspaces."""
+    entries = value if isinstance(value, list) else [value]
+    targets = [_target(entry, f"{row.label}[{index}]" if isinstance(value, list) else row.label, ctx)
+               for index, entry in enumerate(entries)]
+    labels = [target.label for target in targets]
+    if not targets or len(set(labels)) != len(labels):
+        raise ctx.error(f"{row.label} must name at least one target, each once, not {value!r}")
+    _distinct_management_names([target for target in targets if target.kind == "sentinel"], ctx)
+    return tuple(targets)
+
+
+def _target(entry: Any, where: str, ctx: _Context) -> TargetSettings:
+    """One target; a workspace takes each per-target setting from its dict, else from the top level."""
+    spec = {"type": entry} if isinstance(entry, str) else entry
+    if not isinstance(spec, dict) or spec.get("type") not in C.TARGET_KINDS:
+        raise ctx.error(f"{where} must be 'graph', 'sentinel' or a dict with type 'sentinel', not {entry!r}")
+    names = [row.name for row in PER_TARGET]
+    unknown = sorted(spec.keys() - {"type", *names}, key=repr)
+    if unknown:
+        raise ctx.error(f"{where}: only string {', '.join(names)} may be set, not {unknown}")
+    if spec["type"] != "sentinel":
+        return TargetSettings(spec["type"])
+    fields = {row.name: row.kind(dataclasses.replace(row, within=where), spec[row.name], ctx) if row.name in spec
+              else ctx.value(row.label) for row in PER_TARGET}
+    if not fields["workspace_id"]:
+        raise ctx.error(f"{where} is sentinel but workspace_id is empty: set the Log Analytics workspace id (a GUID)")
+    if not C.GUID_RE.fullmatch(fields["workspace_id"]):
+        raise ctx.error(f"{where}: workspace_id {fields['workspace_id']!r} is not a GUID: copy the Log Analytics "
+                        "workspace's Workspace ID, not its name")
+    return TargetSettings(spec["type"], **fields)
+
+
+def _distinct_management_names(workspaces: list[TargetSettings], ctx: _Context) -> None:
+    """Two workspaces inheriting the same subscription, resource group and name would read each
+    other back: the second would adopt the first one's indicators and receive nothing."""
+    seen: dict[tuple[str, ...], str] = {}
+    for workspace in workspaces:
+        names = tuple(getattr(workspace, name).lower() for name in ("subscription_id", "resource_group", "workspace_name"))
+        if all(names) and names in seen:
+            raise ctx.error(f"target: workspaces {seen[names]} and {workspace.workspace_id} have the same subscription_id, "
+                            "resource_group and workspace_name; set them in each workspace's dict")
+        seen[names] = workspace.workspace_id
+
+
+def _certificate(row: Setting, value: Any, ctx: _Context) -> Path | None:
+    """A PEM file holding the private key and the certificate (readable by the tool's user only)."""
+    text = _text(row, value, ctx)
+    if not text:
+        return None
+    path = (ctx.base / text).resolve()
+    if not path.is_file():
+        raise ctx.error(f"{row.label}: {text!r} is not a file")
+    try:
+        key, certificate = split_pem(path.read_bytes())
+    except OSError as exc:
+        raise ctx.error(f"{row.label}: cannot read {path}: {exc.strerror}") from None
+    if not key or not certificate:
+        missing = "private key" if not key else "certificate"
+        raise ctx.error(f"{row.label}: {path} has no PEM {missing}; the file must hold the private key and its certificate")
+    _check_pem(row, path, key, certificate, ctx)
+    return path
+
+
+def _check_pem(row: Setting, path: Path, key: str, certificate: str, ctx: _Context) -> None:
+    """Load the key and the certificate now: MSAL would fail on them only at the token request,
+    in words that blame the tenant (a wrong password) or as a bug (a missing password)."""
+    password: str = ctx.value("client_certificate_password")
+    try:
+        serialization.load_pem_private_key(key.encode("ascii"), password.encode("utf-8") or None)
+    except (TypeError, ValueError, UnsupportedAlgorithm) as exc:
+        raise ctx.error(f"{row.label}: the private key in {path} cannot be loaded ({exc}): check "
+                        "client_certificate_password or AZURE_CLIENT_CERTIFICATE_PASSWORD") from None
+    try:
+        x509.load_pem_x509_certificates(certificate.encode("ascii"))
+    except ValueError:
+        raise ctx.error(f"{row.label}: the certificate in {path} is damaged: copy it again from where it was made") from None
+
+
+def _managed_identity(row: Setting, value: Any, ctx: _Context) -> str:
+    if value is False or value == "":
+        return ""
+    if value is True:
+        return "system"
+    if isinstance(value, str):
+        return value.strip()
+    raise ctx.error(f"{row.label} must be False, True (system-assigned) or a user-assigned identity's client id, "
+                    f"not {value!r}")
+
+
+def _sourcesystem(row: Setting, value: Any, ctx: _Context) -> str:
+    text = _text(row, value, ctx)
+    if not text or text.lower() == C.RESERVED_SOURCESYSTEM:
+        raise ctx.error(f"{row.label} must be a name of your own: {text!r} is reserved by Microsoft")
+    return text
+
+
+# --- The table: one row per setting, in README's order -----------------------------------------
+_MANAGEMENT_NAMES = ("how the management API names the workspace. `-r`, `--check`, `--rebuild-state`, `-d` of an id "
+                     "the state does not know, and a sync that finds no state (a first run, or a lost state file: it "
+                     "reads the workspace back before sending) need them, and say which are missing")
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("target", _targets, "graph",
+        '`graph`, `sentinel`, or a list of targets such as `["graph", "sentinel"]`. A list item can also be a'
+        ' dict `{"type": "sentinel", "workspace_id": …, "workspace_name": …}` for a further workspace; fields'
+        " it leaves out come from the top-level workspace settings. MISP is read once, and each target keeps "
+        "its own state, lock and report",
+        field="targets"),
+    Setting("workspace_id", _text, "",
+        "the Log Analytics workspace id (a GUID) that uploads go to. Required for `sentinel`",
+        field=None, scope=Scope.TARGET),
+    Setting("subscription_id", _text, "",
+        _MANAGEMENT_NAMES,
+        field=None, scope=Scope.TARGET),
+    Setting("resource_group", _text, "",
+        _MANAGEMENT_NAMES,
+        field=None, scope=Scope.TARGET),
+    Setting("workspace_name", _text, "",
+        _MANAGEMENT_NAMES,
+        field=None, scope=Scope.TARGET),
+    Setting("sourcesystem", _sourcesystem, C.DEFAULT_SOURCESYSTEM,
+        "the source name the indicators carry in Sentinel. `Microsoft Sentinel` is reserved and refused"),
+    Setting("sentinel_endpoint", _https_url, C.DEFAULT_SENTINEL_ENDPOINT,
+        "the STIX objects upload API"),
+    Setting("sentinel_api_version", _text, C.DEFAULT_SENTINEL_API_VERSION,
+        "its api-version"),
+    Setting("management_endpoint", _https_url, C.DEFAULT_MANAGEMENT_ENDPOINT,
+        "the management API for `-r`. The Sentinel token scope is `{management_endpoint}/.default`"),
+    Setting("management_api_version", _text, C.DEFAULT_MANAGEMENT_API_VERSION,
+        "api-version for `queryIndicators`"),
+    Setting("max_requests_per_minute", _whole(1, 100000), C.SENTINEL_REQUESTS_PER_MINUTE,
+        "the client-side pace for Sentinel uploads. It never sends more than this many in any 60 s and waits "
+        "only when the window is full"),
+    Setting("graph_requests_per_minute", _whole(1, 100000), C.GRAPH_REQUESTS_PER_MINUTE,
+        "the same pace for every Graph call (Graph allows 1000 tiIndicator requests per minute per app and "
+        "tenant)"),
+    Setting("max_concurrent_requests", _whole(1, 64), C.DEFAULT_CONCURRENT_REQUESTS,
+        "batches in flight per target. At 300 ms per answer, 1000 requests per minute need 5 in flight, so 8 "
+        "leaves room. The limiter still caps the rate"),
+    Setting("tenant", _text, "",
+        "the Entra app registration's directory (tenant) id",
+        env="AZURE_TENANT_ID", within="graph_auth"),
+    Setting("client_id", _text, "",
+        "its application (client) id",
+        env="AZURE_CLIENT_ID", within="graph_auth"),
+    Setting("client_secret", _text, "",
+        "its client secret. Not needed with a certificate or a managed identity",
+        env="AZURE_CLIENT_SECRET", within="graph_auth", secret=True),
+    Setting("client_certificate_path", _certificate, "",
+        "a PEM file with the app's private key and certificate, used instead of the secret (or "
+        "`AZURE_CLIENT_CERTIFICATE_PATH`; relative to the config file)",
+        env="AZURE_CLIENT_CERTIFICATE_PATH"),
+    Setting("client_certificate_password", _text, "",
+        "the key's password. Better in `AZURE_CLIENT_CERTIFICATE_PASSWORD`",
+        env="AZURE_CLIENT_CERTIFICATE_PASSWORD", secret=True),
+    Setting("managed_identity", _managed_identity, False,
+        "`True` for the host's system-assigned identity, or a user-assigned identity's client id. Then no "
+        "tenant, client id or secret is needed"),
+    Setting("graph_endpoint", _https_url, C.DEFAULT_GRAPH_ENDPOINT,
+        "Graph root. The token scope is `{graph_endpoint}/.default`"),
+    Setting("authority_host", _https_url, C.DEFAULT_AUTHORITY_HOST,
+        "Entra authority host. The tenant is appended to it"),
+    Setting("targetProduct", _choice(*C.GRAPH_TARGET_PRODUCTS), C.TARGET_SENTINEL,
+        "or `Microsoft Defender ATP`, which accepts only domain, URL, destination IP and md5/sha1/sha256 "
+        "observables. Other candidates are counted as `not-for-target`",
+        field="target_product"),
+    Setting("action", _choice(*C.GRAPH_ACTIONS), "alert",
+        "`alert`, `allow`, `block` or `unknown`"),
+    Setting("passiveOnly", _flag, False,
+        "Graph `passiveOnly`",
+        field="passive_only"),
+    Setting("days_to_expire", _whole(1, 3650), 60,
+        "`expirationDateTime` is now + this many days"),
+    Setting("defaultConfidenceLevel", _whole(0, 100), 50,
+        "the confidence used when no `misp:confidence-level` tag applies",
+        field="default_confidence"),
+    Setting("network_ignore_direction", _flag, False,
+        "also fill the direction-less `networkIPv4`/`IPv6`/`CidrBlock`/`Port` fields"),
+    Setting("allow_weak_observables", _flag, False,
+        "send lone `port` and `size-in-bytes` attributes. By default they are `weak-observable`"),
+    Setting("allow_broad_cidr", _flag, False,
+        "send CIDR blocks broader than /16 (IPv4) or /32 (IPv6). By default they are `weak-observable`: "
+        "`0.0.0.0/0` must never reach a block list"),
+    Setting("misp_domain", _misp_url, "",
+        "the MISP URL. A trailing `/` is added, so sub-path installs work",
+        field="misp_url", env="MISP_URL"),
+    Setting("misp_key", _text, "",
+        "the MISP automation key (prefer `MISP_KEY`)",
+        env="MISP_KEY", secret=True),
+    Setting("misp_allow_plain_http", _flag, False,
+        "a plain `http://` `misp_domain` is refused (exit 2), because the key would cross the network in "
+        'clear. `True` allows it, and `--check` then shows a ✗ `MISP transport` line saying "not TLS"'),
+    Setting("misp_ca_bundle", _ca_bundle, "",
+        "a PEM file with the CA that signed the MISP server's certificate. It is used for MISP only and used "
+        "alone: MISP's certificate is checked against this file, not against the system CAs as well. Entra, "
+        "Graph and Sentinel keep the system CAs. Not together with `misp_verifycert`",
+        field=None),
+    Setting("misp_verifycert", _verifycert, True,
+        "TLS verification for MISP: `True` (system CAs, or `REQUESTS_CA_BUNDLE` from the real environment), "
+        "or the path of a CA bundle (prefer `misp_ca_bundle`). `False` turns verification off; don't. With "
+        "`False`, each run prints one warning line instead of urllib3's warning on every request"),
+    Setting("misp_event_filters", _event_filters, C.DEFAULT_MISP_EVENT_FILTERS,
+        "keywords passed to PyMISP `search()`. It can also be a list of such dicts, as in the 2018 Microsoft "
+        "sample: an event must then match every dict. `published: True` is added unless a filter sets "
+        "`published`. The sample's old names `values`, `not_values` and `not_tags` are translated. Each key "
+        "is checked by the name MISP finally receives, after PyMISP's renaming (`type_attribute` → `type`, "
+        "`date_from` → `from`, `last` → `publish_timestamp`), against the keys MISP 2.5's events restSearch "
+        "applies. A key MISP would drop without a word stops the run with exit 2, naming it and what to use "
+        "instead: `quick_filter` (use `value` with `%` or `searchall`), `object_name`, `include_event_uuid`, "
+        "the decay filters (`excludeDecayed`, `decayingModel`, `score`: attributes restSearch only), and "
+        "names PyMISP overwrites (`from`: use `date_from`). Two keys MISP would receive under one name "
+        "(`last` and `publish_timestamp`, `type` and `type_attribute`, a snake_case and a camelCase synonym) "
+        "are refused too: PyMISP sends only one of them. Relative times (`'14d'`, `'12h'`, or a `[from, to]` "
+        "pair) in `publish_timestamp`, `last`, `timestamp`, `event_timestamp` and `date`, and a relative "
+        "`date_from` or `date_to` (one value, which MISP reads as its day), are turned into an epoch once, at"
+        " start-up, so the window cannot slide across the pages of a long run; English forms such as "
+        "`'yesterday'` are refused. A `False` value is sent as `0`, because MISP's event selection skips a "
+        "JSON `false` while its fetch applies it (`published: False` would read nothing). `to_ids` must be 0 "
+        "or 1, as PyMISP requires. `limit`, `page` and `metadata` are refused because the tool sets them "
+        "itself",
+        shown=f"`{C.DEFAULT_MISP_EVENT_FILTERS!r}` (`--check` prints the filters in effect)"),
+    Setting("misp_event_limit_per_page", _whole(1, 10000), C.MISP_DEFAULT_PAGE_SIZE,
+        "events per MISP request. Memory holds one page",
+        field="misp_page_size"),
+    Setting("misp_ignore_localtags", _flag, True,
+        "ignore local tags (`local` true or 1)",
+        field="ignore_local_tags"),
+    Setting("log_dir", _folder, "logs",
+        "where the JSON files go (relative to the config file)"),
+    Setting("write_post_json", _flag, True,
+        "one JSON file per request (body sent and response)"),
+    Setting("verbose_log", _flag, False,
+        "print every request body and response"),
+    Setting("http_timeout", _number(1, 3600), 60,
+        "seconds, for every HTTP request (MISP, Entra, Graph)"),
+    Setting("state_dir", _folder, "state",
+        "where the state store lives (relative to the config file): one SQLite file and one lock file per "
+        "target tenant and app"),
+    Setting("max_delete_fraction", _number(0, 1), 0.2,
+        "the safety valve: a run that would delete more than this share of the owned indicators deletes "
+        "nothing"),
+    Setting("renew_days", _renew_days, None,
+        "an unchanged indicator whose expiry is less than this many days away gets a new `expirationDateTime`"
+        " (`updateTiIndicators`)",
+        shown="`days_to_expire / 4`"),
+    Setting("log_retention_days", _whole(1, 3650), 30,
+        "this tool's files in `log_dir` older than this are removed at the start of each run"),
+    Setting("full_resync_days", _whole(0, 3650), C.DEFAULT_FULL_RESYNC_DAYS,
+        "days between full reads of every listed event; the runs in between read in full only the events that"
+        ' changed (see "Incremental nights"). `0` reads everything on every run'),
+)
+
+SETTING = {row.label: row for row in SETTINGS}
+PER_TARGET = tuple(row for row in SETTINGS if row.scope is Scope.TARGET)
+KNOWN_SETTINGS = frozenset(row.within or row.name for row in SETTINGS)
+# Dict settings and the keys each holds (graph_auth: tenant, client_id, client_secret).
+_CONTAINERS = {within: frozenset(row.name for row in SETTINGS if row.within == within)
+               for within in sorted({row.within for row in SETTINGS} - {""})}
+
+
+# --- Reading ------------------------------------------------------------------------------------
+
+def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate every setting; raise ConfigError naming the first bad one."""
+    config_path = config_path.resolve()
+    raw = read_assignments(config_path)
+    environ = os.environ if environ is None else environ
+    _check_ca_environment(environ)
+    ctx = _Context(raw, config_path, _env(config_path, environ), time.time())
+    values = {row.label: ctx.value(row.label) for row in SETTINGS}  # each one, used or not
+    fields = {row.attribute: values[row.label] for row in SETTINGS if row.attribute}
+    return Settings(config_path=config_path, **fields, unknown_settings=_unknown_settings(raw, config_path.name),
+                    warnings=_warnings(raw, config_path, environ))
+
+
+def _warnings(raw: Mapping[str, Any], config_path: Path, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Ignored setting names, a MISP whose certificate is not checked (said once per run:
+    urllib3's warning on every request is silenced), and trust set where it is not read."""
+    unverified = ["misp_verifycert = False: the MISP server's certificate is not checked"] if raw.get("misp_verifycert") is False else []
+    return (*_unknown_settings(raw, config_path.name), *unverified, *_ignored_dotenv(config_path, environ))
+
+
+def _unknown_settings(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    """Names this version does not read, top-level or inside a dict setting such as graph_auth,
+    with the known name a typo most likely meant."""
+    def message(shown: str, name: str, known: Iterable[str]) -> str:
+        close = _did_you_mean(name, known)
+        return f"{source}: setting {shown} is not used by this version and is ignored" + (f" ({close})" if close else "")
+    found = [message(repr(name), name, KNOWN_SETTINGS) for name in sorted(raw.keys() - KNOWN_SETTINGS)]
+    for within, keys in _CONTAINERS.items():
+        inner = raw.get(within)
+        if isinstance(inner, dict):
+            found += [message(f"{within}[{key!r}]", str(key), keys) for key in sorted(inner.keys() - keys, key=repr)]
+    return tuple(found)
 
 
 def read_assignments(path: Path) -> dict[str, Any]:
@@ -200,96 +679,6 @@ def _env(config_path: Path, environ: Mapping[str, str]) -> dict[str, str]:
     return {**from_file, **environ}
 
 
-class _Reader:
-    """Typed access to the raw settings; each getter names the setting when it refuses a value."""
-
-    def __init__(self, raw: Mapping[str, Any], source: str) -> None:
-        self.raw = raw
-        self.source = source
-
-    def _get(self, name: str, default: Any) -> Any:
-        return self.raw.get(name, default)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self._get(name, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be True or False, not {value!r} (in {self.source})")
-        return value
-
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        value = self._get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(f"{name} must be a whole number from {low} to {high}, not {value!r} (in {self.source})")
-        return value
-
-    def number(self, name: str, default: float, low: float, high: float) -> float:
-        value = self._get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ConfigError(f"{name} must be a number from {low} to {high}, not {value!r} (in {self.source})")
-        return float(value)
-
-    def text(self, name: str, default: str) -> str:
-        value = self._get(name, default)
-        if not isinstance(value, str):
-            shown = "an unquoted value (put it in quotes)" if name in C.SECRET_SETTINGS else repr(value)
-            raise ConfigError(f"{name} must be a string, not {shown} (in {self.source})")
-        return value.strip()
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(name, default)
-        if value not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r} (in {self.source})")
-        return value
-
-    def https_url(self, name: str, default: str) -> str:
-        value = self.text(name, default).rstrip("/")
-        if not value.startswith("https://") or len(value) <= len("https://"):
-            raise ConfigError(f"{name} must be an https:// URL, not {redact_url_credentials(value)!r} (in {self.source})")
-        return value
-
-
-def _graph_auth(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> dict[str, str]:
-    auth = raw.get("graph_auth", {})
-    if not isinstance(auth, dict):
-        raise ConfigError(f"graph_auth must be a dict with tenant, client_id and client_secret (in {source})")
-    result = {}
-    for name in ("tenant", "client_id", "client_secret"):
-        value = auth.get(name, "")
-        if not isinstance(value, str):
-            raise ConfigError(f"graph_auth['{name}'] must be a string (in {source})")
-        result[name] = value.strip()
-    for env_name, field in ENV_OVERRIDES.items():
-        if field in result and env.get(env_name):
-            result[field] = env[env_name].strip()
-    return result
-
-
-def _verifycert(raw: Mapping[str, Any], base: Path, source: str) -> bool | str:
-    """True (system CAs, or REQUESTS_CA_BUNDLE from the real environment), False, or a CA file
-    that MISP's certificate alone is checked against: misp_ca_bundle, or a path here."""
-    bundle = raw.get("misp_ca_bundle", "")
-    value = raw.get("misp_verifycert", True)
-    if bundle:
-        if value is not True:
-            raise ConfigError(f"set misp_ca_bundle or misp_verifycert, not both (in {source})")
-        if not isinstance(bundle, str):
-            raise ConfigError(f"misp_ca_bundle must be the path of a PEM CA file, not {bundle!r} (in {source})")
-        return _ca_file("misp_ca_bundle", bundle, base, source)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() not in ("true", "false", ""):
-        return _ca_file("misp_verifycert", value, base, source)
-    raise ConfigError(f"misp_verifycert must be True, False or the path of a CA bundle, not {value!r} (in {source})")
-
-
-def _ca_file(name: str, value: str, base: Path, source: str) -> str:
-    """A CA bundle path, relative to the config file's folder, that must exist."""
-    path = (base / value.strip()).resolve()
-    if path.exists():
-        return str(path)
-    raise ConfigError(f"{name}: CA bundle {value!r} does not exist (in {source})")
-
-
 def _filter(entry: Any, index: int, source: str, now: float) -> dict[str, Any]:
     """One search() keyword dict: legacy seed names translated, keys MISP would ignore refused,
     relative times frozen to `now`."""
@@ -298,11 +687,13 @@ def _filter(entry: Any, index: int, source: str, now: float) -> dict[str, Any]:
         raise ConfigError(f"{where} must be a dict of PyMISP search() keywords (in {source})")
     reserved = sorted(C.MISP_RESERVED_FILTERS & entry.keys())
     if reserved:
-        raise ConfigError(f"{where} must not set {', '.join(reserved)}: the tool sets it itself (page size: misp_event_limit_per_page) (in {source})")
+        raise ConfigError(f"{where} must not set {', '.join(reserved)}: the tool sets it itself (page size: "
+                          f"misp_event_limit_per_page) (in {source})")
+    keywords: dict[str, Any] = entry
     result: dict[str, Any] = {}
     negated: dict[str, list[Any]] = {}
     sent_by: dict[str, str] = {}
-    for key, value in entry.items():
+    for key, value in keywords.items():
         if key in C.MISP_LEGACY_NEGATED_FILTERS:
             negated[C.MISP_LEGACY_NEGATED_FILTERS[key]] = value if isinstance(value, list) else [value]
             continue
@@ -386,145 +777,12 @@ def _frozen_time(value: Any, now: float, where: str, source: str) -> Any:
                       f"or a [from, to] pair of them (in {source})")
 
 
-def _event_filters(raw: Mapping[str, Any], source: str, now: float) -> tuple[dict[str, Any], ...]:
-    """A dict (one search) or the seed's list of dicts (events matching every one of them).
-
-    Published events only unless a filter says otherwise: PyMISP sends no `published` itself.
-    """
-    value = raw.get("misp_event_filters", C.DEFAULT_MISP_EVENT_FILTERS)
-    entries = [value] if isinstance(value, dict) else value
-    if not isinstance(entries, list):
-        raise ConfigError(f"misp_event_filters must be a dict or a list of dicts (in {source})")
-    filters = [_filter(entry, index, source, now) for index, entry in enumerate(entries)] or [{}]
-    if not any("published" in entry for entry in filters):
-        filters[0] = {"published": True, **filters[0]}
-    return tuple(filters)
-
-
-def _targets(raw: Mapping[str, Any], read: _Reader, source: str) -> tuple[TargetSettings, ...]:
-    """`target` is "graph", "sentinel", or a list of those and of dicts naming other workspaces."""
-    value = raw.get("target", "graph")
-    entries = value if isinstance(value, list) else [value]
-    defaults = {name: read.text(name, "") for name in _WORKSPACE_FIELDS}
-    targets = []
-    for index, entry in enumerate(entries):
-        where = "target" if not isinstance(value, list) else f"target[{index}]"
-        spec = {"type": entry} if isinstance(entry, str) else entry
-        if not isinstance(spec, dict) or spec.get("type") not in C.TARGET_KINDS:
-            raise ConfigError(f"{where} must be 'graph', 'sentinel' or a dict with type 'sentinel', not {entry!r} (in {source})")
-        unknown = sorted(spec.keys() - {"type", *_WORKSPACE_FIELDS})
-        if unknown or not all(isinstance(spec.get(name, ""), str) for name in _WORKSPACE_FIELDS):
-            raise ConfigError(f"{where}: only string {', '.join(_WORKSPACE_FIELDS)} may be set, not {unknown or spec} (in {source})")
-        fields = {name: spec.get(name, defaults[name]).strip() for name in _WORKSPACE_FIELDS} if spec["type"] == "sentinel" else {}
-        if spec["type"] == "sentinel" and not fields["workspace_id"]:
-            raise ConfigError(f"{where} is sentinel but workspace_id is empty: set the Log Analytics workspace id (a GUID) (in {source})")
-        if spec["type"] == "sentinel" and not C.GUID_RE.fullmatch(fields["workspace_id"]):
-            raise ConfigError(f"{where}: workspace_id {fields['workspace_id']!r} is not a GUID: copy the Log Analytics "
-                              f"workspace's Workspace ID, not its name (in {source})")
-        targets.append(TargetSettings(spec["type"], **fields))
-    labels = [target.label for target in targets]
-    if not targets or len(set(labels)) != len(labels):
-        raise ConfigError(f"target must name at least one target, each once, not {value!r} (in {source})")
-    _distinct_management_names([target for target in targets if target.kind == "sentinel"], source)
-    return tuple(targets)
-
-
-def _distinct_management_names(workspaces: list[TargetSettings], source: str) -> None:
-    """Two workspaces inheriting the same subscription, resource group and name would read each
-    other back: the second would adopt the first one's indicators and receive nothing."""
-    seen: dict[tuple[str, ...], str] = {}
-    for workspace in workspaces:
-        names = tuple(getattr(workspace, name).lower() for name in ("subscription_id", "resource_group", "workspace_name"))
-        if all(names) and names in seen:
-            raise ConfigError(f"target: workspaces {seen[names]} and {workspace.workspace_id} have the same subscription_id, "
-                              f"resource_group and workspace_name; set them in each workspace's dict (in {source})")
-        seen[names] = workspace.workspace_id
-
-
-def _certificate(read: _Reader, base: Path, env: Mapping[str, str]) -> Path | None:
-    """A PEM file holding the private key and the certificate (readable by the tool's user only)."""
-    value = env.get("AZURE_CLIENT_CERTIFICATE_PATH") or read.text("client_certificate_path", "")
-    if not value:
-        return None
-    path = (base / value).resolve()
-    if not path.is_file():
-        raise ConfigError(f"client_certificate_path: {value!r} is not a file (in {read.source})")
-    try:
-        key, certificate = split_pem(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"client_certificate_path: cannot read {path}: {exc.strerror} (in {read.source})") from None
-    if not key or not certificate:
-        missing = "private key" if not key else "certificate"
-        raise ConfigError(f"client_certificate_path: {path} has no PEM {missing}; the file must hold the private key "
-                          f"and its certificate (in {read.source})")
-    _check_pem(path, key, certificate, _certificate_password(read, env), read.source)
-    return path
-
-
-def _certificate_password(read: _Reader, env: Mapping[str, str]) -> str:
-    return env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or read.text("client_certificate_password", "")
-
-
-def _check_pem(path: Path, key: str, certificate: str, password: str, source: str) -> None:
-    """Load the key and the certificate now: MSAL would fail on them only at the token request,
-    in words that blame the tenant (a wrong password) or as a bug (a missing password)."""
-    try:
-        serialization.load_pem_private_key(key.encode("ascii"), password.encode("utf-8") or None)
-    except (TypeError, ValueError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"client_certificate_path: the private key in {path} cannot be loaded ({exc}): check "
-                          f"client_certificate_password or AZURE_CLIENT_CERTIFICATE_PASSWORD (in {source})") from None
-    try:
-        x509.load_pem_x509_certificates(certificate.encode("ascii"))
-    except ValueError:
-        raise ConfigError(f"client_certificate_path: the certificate in {path} is damaged: copy it again from where "
-                          f"it was made (in {source})") from None
-
-
 def split_pem(pem: bytes) -> tuple[str, str]:
     """The private key block and the certificate block(s) of one PEM file."""
     blocks = [match.group(0) for match in C.PEM_BLOCK_RE.finditer(pem.decode("ascii", "replace"))]
     key = "".join(block + "\n" for block in blocks if "PRIVATE KEY-----" in block.split("\n", 1)[0])
     certificate = "".join(block + "\n" for block in blocks if block.startswith("-----BEGIN CERTIFICATE-----"))
     return key, certificate
-
-
-def _managed_identity(read: _Reader) -> str:
-    value = read.raw.get("managed_identity", False)
-    if value is False or value == "":
-        return ""
-    if value is True:
-        return "system"
-    if isinstance(value, str):
-        return value.strip()
-    raise ConfigError(f"managed_identity must be False, True (system-assigned) or a user-assigned identity's "
-                      f"client id, not {value!r} (in {read.source})")
-
-
-def _misp_url(read: _Reader, env: Mapping[str, str]) -> str:
-    """https:// only: the key travels in every request. Plain http:// needs misp_allow_plain_http."""
-    url = (env.get("MISP_URL") or read.text("misp_domain", "")).strip()
-    shown = redact_url_credentials(url)
-    if url and not url.startswith(("https://", "http://")):
-        raise ConfigError(f"misp_domain must start with https://, not {shown!r} (in {read.source})")
-    if url.startswith("http://") and not read.boolean("misp_allow_plain_http", False):
-        raise ConfigError(f"misp_domain {shown!r} is plain http: the API key would cross the network in clear; use https:// "
-                          f"or set misp_allow_plain_http = True (in {read.source})")
-    return url
-
-
-def _warnings(raw: Mapping[str, Any], config_path: Path, environ: Mapping[str, str]) -> tuple[str, ...]:
-    """Ignored setting names, a MISP whose certificate is not checked (said once per run:
-    urllib3's warning on every request is silenced), and trust set where it is not read."""
-    unverified = ["misp_verifycert = False: the MISP server's certificate is not checked"] if raw.get("misp_verifycert") is False else []
-    return (*_unknown_settings(raw, config_path.name), *unverified, *_ignored_dotenv(config_path, environ))
-
-
-def _unknown_settings(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:
-    """Names this version does not read, with the known name a typo most likely meant."""
-    def message(name: str) -> str:
-        close = _did_you_mean(name, KNOWN_SETTINGS)
-        return f"{source}: setting {name!r} is not used by this version and is ignored" + (f" ({close})" if close else "")
-    return tuple(message(name) for name in sorted(raw.keys() - KNOWN_SETTINGS))
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -558,70 +816,41 @@ def _check_ca_environment(environ: Mapping[str, str]) -> None:
                           f"correct the path or unset {name}")
 
 
-def _sourcesystem(read: _Reader) -> str:
-    value = read.text("sourcesystem", C.DEFAULT_SOURCESYSTEM)
-    if not value or value.lower() == C.RESERVED_SOURCESYSTEM:
-        raise ConfigError(f"sourcesystem must be a name of your own: {value!r} is reserved by Microsoft (in {read.source})")
-    return value
+# --- README's settings section, made from the table ---------------------------------------------
+README_START = "<!-- settings: made by `python settings.py --readme-table` from settings.SETTINGS; a test keeps them equal -->"
+README_END = "<!-- end of settings -->"
 
 
-def load_settings(config_path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, merge and validate every setting; raise ConfigError naming the first bad one."""
-    config_path = config_path.resolve()
-    raw = read_assignments(config_path)
-    environ = os.environ if environ is None else environ
-    _check_ca_environment(environ)
-    env = _env(config_path, environ)
-    source = config_path.name
-    read = _Reader(raw, source)
-    auth = _graph_auth(raw, env, source)
-    misp_url = _misp_url(read, env)
-    log_dir = Path(read.text("log_dir", "logs") or "logs")
-    state_dir = Path(read.text("state_dir", "state") or "state")
-    days_to_expire = read.integer("days_to_expire", 60, 1, 3650)
-    return Settings(
-        config_path=config_path,
-        tenant=auth["tenant"],
-        client_id=auth["client_id"],
-        client_secret=auth["client_secret"],
-        graph_endpoint=read.https_url("graph_endpoint", C.DEFAULT_GRAPH_ENDPOINT),
-        authority_host=read.https_url("authority_host", C.DEFAULT_AUTHORITY_HOST),
-        target_product=read.choice("targetProduct", C.TARGET_SENTINEL, C.GRAPH_TARGET_PRODUCTS),
-        action=read.choice("action", "alert", C.GRAPH_ACTIONS),
-        passive_only=read.boolean("passiveOnly", False),
-        days_to_expire=days_to_expire,
-        default_confidence=read.integer("defaultConfidenceLevel", 50, 0, 100),
-        network_ignore_direction=read.boolean("network_ignore_direction", False),
-        allow_weak_observables=read.boolean("allow_weak_observables", False),
-        allow_broad_cidr=read.boolean("allow_broad_cidr", False),
-        misp_url=misp_url if misp_url.endswith("/") or not misp_url else misp_url + "/",
-        misp_key=(env.get("MISP_KEY") or read.text("misp_key", "")).strip(),
-        misp_verifycert=_verifycert(raw, config_path.parent, source),
-        misp_event_filters=_event_filters(raw, source, time.time()),
-        misp_page_size=read.integer("misp_event_limit_per_page", C.MISP_DEFAULT_PAGE_SIZE, 1, 10000),
-        ignore_local_tags=read.boolean("misp_ignore_localtags", True),
-        log_dir=log_dir if log_dir.is_absolute() else config_path.parent / log_dir,
-        write_post_json=read.boolean("write_post_json", True),
-        verbose_log=read.boolean("verbose_log", False),
-        http_timeout=read.number("http_timeout", 60, 1, 3600),
-        state_dir=state_dir if state_dir.is_absolute() else config_path.parent / state_dir,
-        max_delete_fraction=read.number("max_delete_fraction", 0.2, 0, 1),
-        renew_days=read.number("renew_days", days_to_expire / 4, 0, days_to_expire),
-        log_retention_days=read.integer("log_retention_days", 30, 1, 3650),
-        full_resync_days=read.integer("full_resync_days", C.DEFAULT_FULL_RESYNC_DAYS, 0, 3650),
-        targets=_targets(raw, read, source),
-        sentinel_endpoint=read.https_url("sentinel_endpoint", C.DEFAULT_SENTINEL_ENDPOINT),
-        sentinel_api_version=read.text("sentinel_api_version", C.DEFAULT_SENTINEL_API_VERSION),
-        management_endpoint=read.https_url("management_endpoint", C.DEFAULT_MANAGEMENT_ENDPOINT),
-        management_api_version=read.text("management_api_version", C.DEFAULT_MANAGEMENT_API_VERSION),
-        sourcesystem=_sourcesystem(read),
-        max_requests_per_minute=read.integer("max_requests_per_minute", C.SENTINEL_REQUESTS_PER_MINUTE, 1, 100000),
-        graph_requests_per_minute=read.integer("graph_requests_per_minute", C.GRAPH_REQUESTS_PER_MINUTE, 1, 100000),
-        max_concurrent_requests=read.integer("max_concurrent_requests", C.DEFAULT_CONCURRENT_REQUESTS, 1, 64),
-        client_certificate_path=_certificate(read, config_path.parent, env),
-        client_certificate_password=_certificate_password(read, env),
-        managed_identity=_managed_identity(read),
-        misp_allow_plain_http=read.boolean("misp_allow_plain_http", False),
-        unknown_settings=_unknown_settings(raw, source),
-        warnings=_warnings(raw, config_path, environ),
-    )
+def readme_table() -> str:
+    """README's environment paragraph and settings table; rows with the same default and doc share a line."""
+    names = ", ".join(f"`{row.env}`" for row in SETTINGS if row.env)
+    lines = [README_START, *textwrap.wrap(
+        "Secrets should not live in `config.py`. These environment variables override it, and so does a `.env` "
+        f"file beside the config file (read with python-dotenv; the real environment wins): {names}.", 96,
+        break_on_hyphens=False), "", "| setting | default | meaning |", "|---|---|---|"]
+    groups: list[tuple[list[str], str, str]] = []
+    for row in SETTINGS:
+        default = row.shown or _shown_default(row.default)
+        if groups and groups[-1][1:] == (default, row.doc):
+            groups[-1][0].append(row.label)
+        else:
+            groups.append(([row.label], default, row.doc))
+    lines += [f"| {', '.join(f'`{label}`' for label in labels)} | {default} | {doc} |" for labels, default, doc in groups]
+    return "\n".join([*lines, README_END]) + "\n"
+
+
+def _shown_default(value: Any) -> str:
+    """A default as README shows it: a word bare, an empty string as '', anything else as Python."""
+    return f"`{value}`" if isinstance(value, str) and value else f"`{value!r}`"
+
+
+def main(argv: Sequence[str]) -> int:
+    if list(argv) != ["--readme-table"]:
+        sys.stderr.write("usage: python settings.py --readme-table\n")
+        return C.ExitCode.CONFIG
+    sys.stdout.write(readme_table())
+    return C.ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
