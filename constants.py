@@ -83,7 +83,6 @@ GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the
 SECRET_FRAGMENT_MIN = 8  # a cut secret's start this long or longer is still redacted
 # user:password@ in any URL, up to the last @ before the path: urllib3 reads `p@ss` in `user:p@ss@host` as the password
 URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/'\"]+@")
-SECRET_SETTINGS = frozenset({"misp_key", "client_certificate_password"})  # never echoed in a config error
 REQUESTS_CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # requests uses the first one set, for every connection
 CA_ENVIRONMENT_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")  # read from the real environment only
 GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
