@@ -97,11 +97,12 @@ OS_ERROR_FIXES = {
     errno.EISDIR: "the path is a folder, not a file: correct it in the config",
 }
 OS_ERROR_FIX = "check the path, its owner and its permissions"
-SQLITE_ERROR_FIXES = (
-    ("disk is full", "free disk space in state_dir (the disk is full)"),
-    ("readonly", "make state_dir and its files writable by the user running misp2sentinel"),
-    ("unable to open", "make state_dir readable and writable by the user running misp2sentinel"),
-)
+# By SQLite's primary result code (sqlite3.Error.sqlite_errorcode & 0xFF): FULL, READONLY, CANTOPEN.
+SQLITE_ERROR_FIXES = {
+    13: "free disk space in state_dir (the disk is full)",
+    8: "make state_dir and its files writable by the user running misp2sentinel",
+    14: "make state_dir readable and writable by the user running misp2sentinel",
+}
 
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error

@@ -425,16 +425,16 @@ class Engine:
         else:
             self.store.mark_events_seen(event_uuids, self.run_number)
 
-    def settle(self, read: Mapping[str, EventStamp], listed: Set[str], kind: str, fingerprint: str) -> None:
+    def settle(self, read: Mapping[str, EventStamp], listed: Set[str], reading: str, fingerprint: str) -> None:
         """After removal, record the clocks of the events whose indicators are all settled
         (sent, unchanged or removed): the next incremental run skips them while they keep those
-        clocks. `kind`: "full" (the record becomes what was read), "incremental" or "event"."""
+        clocks. `reading`: "full" (the record becomes what was read), "incremental" or "event"."""
         if self.dry_run:
             return
         unsettled = self.unsettled | (self.store.unsettled_events(self.run_number) & read.keys())
         stamps = {uuid: (stamp.timestamp, stamp.publish_timestamp) for uuid, stamp in read.items() if uuid not in unsettled}
-        keep_only: Iterable[str] | None = {"full": (), "incremental": listed, "event": None}[kind]
-        meta = {"full_read": iso_utc(self.now), "fingerprint": fingerprint} if kind == "full" else {}
+        keep_only: Iterable[str] | None = {"full": (), "incremental": listed, "event": None}[reading]
+        meta = {"full_read": iso_utc(self.now), "fingerprint": fingerprint} if reading == "full" else {}
         self.store.settle_events(stamps, unsettled, keep_only, meta)
 
     # --- removal ------------------------------------------------------------------------

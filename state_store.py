@@ -71,7 +71,9 @@ class StoreUnavailable(StoreError):
 
 def sqlite_fix(exc: sqlite3.Error) -> str:
     """"; <fix>" for an SQLite error the operator can fix (a full disk, permissions), else ""."""
-    return next((f"; {fix}" for text, fix in C.SQLITE_ERROR_FIXES if text in str(exc)), "")
+    code = getattr(exc, "sqlite_errorcode", None)
+    fix = C.SQLITE_ERROR_FIXES.get(code & 0xFF) if isinstance(code, int) else None
+    return f"; {fix}" if fix else ""
 
 
 class StoreUnsafe(StoreError):

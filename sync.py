@@ -130,7 +130,7 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
             run.guard(log, engine.flush_all)  # what was planned is sent even after a MISP error
             if run.skipped_file is not None:
                 run.skipped_file.close()
-    kind = "event" if scope is not None else "full" if full_reasons else "incremental"
+    reading = "event" if scope is not None else "full" if full_reasons else "incremental"
     alive = _once(source.alive_event_uuids)
     for run, engine in live:
         report = run.report
@@ -138,7 +138,7 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
         unchanged = listed.events.keys() - plans.get(id(run), ("", set()))[1] - read.keys()
         run.guard(log, functools.partial(engine.keep_unchanged, unchanged))
         run.guard(log, functools.partial(engine.remove_gone, read.keys(), listed.events.keys(), alive, allow_mass_delete, scope))
-        run.guard(log, functools.partial(engine.settle, read, listed.events.keys(), kind, run.fingerprint))
+        run.guard(log, functools.partial(engine.settle, read, listed.events.keys(), reading, run.fingerprint))
         run.report.progress.close()
 
 

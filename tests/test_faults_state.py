@@ -40,9 +40,9 @@ def first_ids_attribute(standins) -> dict:
                 for a in e["Event"]["Attribute"] if a.get("to_ids") is True and a["type"] in ("ip-dst", "domain", "url"))
 
 
-def active_keys(standins) -> collections.Counter:
+def active_keys(standins) -> collections.Counter[str]:
     """Live workspace objects per MISP key (base STIX id), whatever their revival generation."""
-    keys = collections.Counter()
+    keys: collections.Counter[str] = collections.Counter()
     for stix, obj in standins.sentinel.objects.items():
         if not obj.get("revoked"):
             attribute_uuid, _ = misp_reference(obj)
