@@ -212,7 +212,7 @@ def permission_line(target: TargetSettings, adapter: targets.Adapter) -> tuple[L
     except ConfigError as exc:
         return Line(False, label, str(exc), f"set them so --check can verify {adapter.permission}"), False
     except MicrosoftError as exc:
-        return Line(False, label, str(exc), adapter.permission_fix), False
+        return Line(False, label, str(exc), C.PROBE_FIXES.get(exc.cause, adapter.permission_fix)), False
     return Line(True, label, f"the listing can be read ({adapter.permission})"), bool(page and page.get("value"))
 
 

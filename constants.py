@@ -417,6 +417,15 @@ TOKEN_FIXES = {
     ErrorCause.CREDENTIAL_UNREADABLE: "client_certificate_path must be a readable PEM file with the private key and its certificate",
 }
 TOKEN_FIX = "check authority_host and the network path to Microsoft Entra"
+# --check's fix for a failed permission read, by cause (a refused permission gets its adapter's fix).
+PROBE_FIXES = {
+    ErrorCause.NOT_FOUND: "the service has no such resource: check graph_endpoint, management_endpoint and the workspace names",
+    ErrorCause.THROTTLED: "the service is throttling this app: run --check again in a minute",
+    ErrorCause.SERVICE_FAILED: "the service is failing: check its status, then run --check again",
+    ErrorCause.TRANSPORT: "check the network path to the service (see Firewall: outbound hosts in README)",
+    ErrorCause.GARBLED: "something between this host and the service answers in its place: check the proxy",
+    ErrorCause.PAGING_LOOP: "the service's listing does not advance: run --check again, and report it if it stays",
+}
 MISP_FIXES = (
     ("not trusted", "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)"),
     ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
