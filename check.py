@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from cryptography import x509
 
 import constants as C
+import targets
 from constants import ExitCode
-from graph_client import GraphClient
 from misp_source import MispError, MispSource
-from ms_client import MicrosoftClient, MicrosoftError
+from ms_client import MicrosoftError
 from private_files import UnsafePath, private_dir
 from request_log import RequestLog
-from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, TargetSettings, load_settings, split_pem
 from state_store import StateStore, StoreError, StoreUnsafe, refuse_symlinks
 from sync import state_paths
@@ -97,7 +95,8 @@ def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> Non
     except MispError as exc:
         checklist.add(Line(False, "MISP", str(exc), misp_fix(str(exc))), ExitCode.MISP)
         return
-    version = (misp.misp_instance_version or {}).get("version", "unknown")
+    instance = misp.misp_instance_version
+    version = instance.get("version", "unknown") if isinstance(instance, dict) else "unknown"
     tls = misp_transport(settings)
     checklist.add(Line(True, "MISP", f"{settings.misp_url} reachable, {tls}, key accepted, MISP {version}"), ExitCode.MISP)
     try:
@@ -106,13 +105,14 @@ def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> Non
         checklist.add(Line(False, "MISP filters", str(exc), "check misp_event_filters"), ExitCode.MISP)
         return
     fix = "" if events else "no event matches: check misp_event_filters (published, time window, tags)"
-    checklist.add(Line(bool(events), "MISP filters", f"{events} events match misp_event_filters {filter_text(settings)}", fix), ExitCode.MISP)
+    checklist.add(Line(bool(events), "MISP filters", f"{events} events match misp_event_filters {filter_text(settings)}", fix),
+                  ExitCode.MISP)
 
 
 def filter_text(settings: Settings) -> str:
     """The filters in effect, defaults included, as the operator would write them in config.py."""
     filters = settings.misp_event_filters
-    return repr(filters[0] if len(filters) == 1 else list(filters))
+    return repr(filters[0]) if len(filters) == 1 else repr(list(filters))
 
 
 def misp_transport(settings: Settings) -> str:
@@ -130,15 +130,24 @@ def misp_fix(message: str) -> str:
 
 
 def check_target(settings: Settings, target: TargetSettings, log: RequestLog, checklist: Checklist) -> None:
-    client: MicrosoftClient = GraphClient(settings, log) if target.kind == "graph" else SentinelClient(settings, target, log)
+    adapter = targets.adapter(settings, target, log)
     try:
-        client.token()
+        check_service(settings, target, adapter, checklist)
+    finally:
+        adapter.close()
+
+
+def check_service(settings: Settings, target: TargetSettings, adapter: targets.Adapter, checklist: Checklist) -> None:
+    """The token, the permission (one harmless read) and, when the service holds indicators of
+    ours, the local state."""
+    try:
+        audience = adapter.token()
     except MicrosoftError as exc:
-        checklist.add(Line(False, f"{target.label}: token", str(exc), token_fix(str(exc))), ExitCode.MICROSOFT)
+        checklist.add(Line(False, f"{target.label}: token", str(exc), token_fix(exc)), ExitCode.MICROSOFT)
         return
-    checklist.add(Line(True, f"{target.label}: token", f"issued for {client.resource} ({settings.credential_kind})"),
+    checklist.add(Line(True, f"{target.label}: token", f"issued for {audience} ({settings.credential_kind})"),
                   ExitCode.MICROSOFT)
-    line, held = permission_line(settings, target, client)
+    line, held = permission_line(target, adapter)
     if checklist.add(line, ExitCode.MICROSOFT) and held:
         checklist.add(state_line(settings, target), ExitCode.CONFIG)
 
@@ -169,7 +178,8 @@ def certificate_line(path: Path) -> Line:
     left = expires - dt.datetime.now(dt.UTC)
     detail = f"{path} expires {expires:%Y-%m-%d}"
     if left.total_seconds() <= 0:
-        return Line(False, "certificate", f"{path} expired on {expires:%Y-%m-%d}", "create a new certificate and upload it to the app registration")
+        return Line(False, "certificate", f"{path} expired on {expires:%Y-%m-%d}",
+                    "create a new certificate and upload it to the app registration")
     if left.days < C.CERTIFICATE_WARNING_DAYS:
         return Line(False, "certificate", f"{detail}, in {left.days} days", "renew it now and upload the new one to the app registration")
     return Line(True, "certificate", detail)
@@ -193,34 +203,21 @@ def state_line(settings: Settings, target: TargetSettings) -> Line:
                 "run --rebuild-state to take them over now; a normal sync also rebuilds the state from the service by itself")
 
 
-def permission_line(settings: Settings, target: TargetSettings, client: Any) -> tuple[Line, bool]:
-    """One harmless read: Graph lists this app's indicators; Sentinel queries the workspace.
-    Also says whether that first page held any indicator."""
+def permission_line(target: TargetSettings, adapter: targets.Adapter) -> tuple[Line, bool]:
+    """One harmless read: the first page of what the service holds of ours. Also says whether
+    that page held any indicator."""
     label = f"{target.label}: permission"
-    if target.kind == "graph":
-        read, granted, fix = client.list_pages, "ThreatIndicators.ReadWrite.OwnedBy works (list read)", \
-            "add the application permission ThreatIndicators.ReadWrite.OwnedBy and grant admin consent"
-    else:
-        try:
-            target.require_management(settings.config_path.name)
-        except ConfigError as exc:
-            return Line(False, label, str(exc), "set them so --check can verify the Microsoft Sentinel Contributor role"), False
-        read, granted, fix = client.query_pages, "the workspace can be read (Microsoft Sentinel Contributor)", \
-            "assign the app the Microsoft Sentinel Contributor role on the workspace"
     try:
-        page = next(read(), None)
+        page = next(adapter.probe(), None)
+    except ConfigError as exc:
+        return Line(False, label, str(exc), f"set them so --check can verify {adapter.permission}"), False
     except MicrosoftError as exc:
-        return Line(False, label, str(exc), fix), False
-    return Line(True, label, granted), bool(page and page.get("value"))
+        return Line(False, label, str(exc), C.PROBE_FIXES.get(exc.cause, adapter.permission_fix)), False
+    return Line(True, label, f"the listing can be read ({adapter.permission})"), bool(page and page.get("value"))
 
 
-def token_fix(message: str) -> str:
-    """A plain-language fix for the AADSTS codes users really hit."""
-    if "has no tenant" in message:
-        return C.AADSTS_FIXES[90002]
-    code = re.search(r"AADSTS(\d+)", message)
-    if code and int(code.group(1)) in C.AADSTS_FIXES:
-        return C.AADSTS_FIXES[int(code.group(1))]
-    if code:
-        return f"look the code up: https://login.microsoftonline.com/error?code={code.group(1)}"
-    return "check authority_host and the network path to Microsoft Entra"
+def token_fix(exc: MicrosoftError) -> str:
+    """A plain-language fix: the AADSTS codes users really hit, else by the error's cause."""
+    if exc.aadsts is not None:
+        return C.AADSTS_FIXES.get(exc.aadsts) or C.AADSTS_LOOKUP.format(code=exc.aadsts)
+    return C.TOKEN_FIXES.get(exc.cause, C.TOKEN_FIX)

@@ -56,6 +56,31 @@ class SkipReason(str, enum.Enum):
     INTERNAL_ERROR = "internal-error"  # a bug or an unforeseen input: it costs the attribute, not the run
 
 
+class Outcome(enum.Enum):
+    """What a service said about one item of a bulk request, as the adapter read it."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"  # refused, with the service's reason
+    GONE = "gone"  # the service no longer holds it (deleted or purged there)
+    ALREADY_REVOKED = "already-revoked"  # its id is revoked for good: no later version is taken
+
+
+class ErrorCause(enum.Enum):
+    """Why a Microsoft call failed for good; `--check` looks its fix up by this, not by text."""
+
+    NO_TENANT = "no-tenant"  # Entra has no such tenant (its OpenID configuration was refused)
+    AUTH_REFUSED = "auth-refused"  # Entra refused the token request (an AADSTS code says why)
+    CREDENTIAL_UNREADABLE = "credential-unreadable"  # the client certificate file cannot be used
+    ENTRA_UNREACHABLE = "entra-unreachable"
+    PERMISSION_MISSING = "permission-missing"  # HTTP 401/403 from the service
+    NOT_FOUND = "not-found"  # the service has no such resource (a workspace id, an API path)
+    THROTTLED = "throttled"  # still 429 after every retry
+    SERVICE_FAILED = "service-failed"  # a 5xx after every retry, or another undocumented status
+    TRANSPORT = "transport"  # no answer at all (refused, reset, timed out)
+    GARBLED = "garbled"  # a 2xx whose body is not the documented JSON
+    PAGING_LOOP = "paging-loop"  # a listing whose next link does not advance
+
+
 # --- Files in log_dir ---------------------------------------------------------------------------
 LAST_RUN_FILE = "last-run.json"  # per target: last exit code and last successful run, for monitoring
 
@@ -72,11 +97,12 @@ OS_ERROR_FIXES = {
     errno.EISDIR: "the path is a folder, not a file: correct it in the config",
 }
 OS_ERROR_FIX = "check the path, its owner and its permissions"
-SQLITE_ERROR_FIXES = (
-    ("disk is full", "free disk space in state_dir (the disk is full)"),
-    ("readonly", "make state_dir and its files writable by the user running misp2sentinel"),
-    ("unable to open", "make state_dir readable and writable by the user running misp2sentinel"),
-)
+# By SQLite's primary result code (sqlite3.Error.sqlite_errorcode & 0xFF): FULL, READONLY, CANTOPEN.
+SQLITE_ERROR_FIXES = {
+    13: "free disk space in state_dir (the disk is full)",
+    8: "make state_dir and its files writable by the user running misp2sentinel",
+    14: "make state_dir readable and writable by the user running misp2sentinel",
+}
 
 # --- Microsoft APIs (both targets) ------------------------------------------------------------
 GARBLED_BODY_SHOWN = 200  # characters of an undocumented 2xx body quoted in the error
@@ -228,7 +254,20 @@ MISP_TIME_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 MISP_ABSOLUTE_TIME_RE = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?|[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2})?)?)$")
 # The keys MISP 2.5.1 applies in events/restSearch (RestSearchComponent::$paramArray['Event'];
 # lifecycle.md section 1). AppController::_harvestParameters drops every other key silently.
-MISP_EVENT_SEARCH_KEYS = frozenset(["returnFormat", "value", "type", "category", "org", "tags", "searchall", "from", "to", "last", "eventid", "withAttachments", "metadata", "uuid", "publish_timestamp", "timestamp", "event_timestamp", "event_tags", "published", "enforceWarninglist", "sgReferenceOnly", "limit", "page", "requested_attributes", "includeContext", "headerless", "includeWarninglistHits", "attackGalaxy", "to_ids", "deleted", "excludeLocalTags", "date", "includeSightingdb", "tag", "object_relation", "threat_level_id", "eventinfo", "sharinggroup", "idList", "includeAllTags", "includeAttachments", "event_uuid", "distribution", "sharing_group_id", "disableSiteAdmin", "flatten", "blockedAttributeTags", "eventsExtendingUuid", "extended", "extensionList", "excludeGalaxy", "includeAnalystData", "includeRelatedTags", "includeDecayScore", "includeScoresOnEvent", "includeFeedCorrelations", "includeServerCorrelations", "noEventReports", "noShadowAttributes", "order", "protected", "includeGranularCorrelations", "policy", "walled_garden", "ns", "email", "serial", "refresh", "retry", "expiry", "minimum_ttl", "ttl", "org.sector", "org.local", "org.nationality"])
+MISP_EVENT_SEARCH_KEYS = frozenset([
+    "returnFormat", "value", "type", "category", "org", "tags", "searchall", "from", "to", "last", "eventid",
+    "withAttachments", "metadata", "uuid", "publish_timestamp", "timestamp", "event_timestamp", "event_tags",
+    "published", "enforceWarninglist", "sgReferenceOnly", "limit", "page", "requested_attributes",
+    "includeContext", "headerless", "includeWarninglistHits", "attackGalaxy", "to_ids", "deleted",
+    "excludeLocalTags", "date", "includeSightingdb", "tag", "object_relation", "threat_level_id", "eventinfo",
+    "sharinggroup", "idList", "includeAllTags", "includeAttachments", "event_uuid", "distribution",
+    "sharing_group_id", "disableSiteAdmin", "flatten", "blockedAttributeTags", "eventsExtendingUuid",
+    "extended", "extensionList", "excludeGalaxy", "includeAnalystData", "includeRelatedTags",
+    "includeDecayScore", "includeScoresOnEvent", "includeFeedCorrelations", "includeServerCorrelations",
+    "noEventReports", "noShadowAttributes", "order", "protected", "includeGranularCorrelations", "policy",
+    "walled_garden", "ns", "email", "serial", "refresh", "retry", "expiry", "minimum_ttl", "ttl",
+    "org.sector", "org.local", "org.nationality",
+])
 MISP_EVENT_SEARCH_KEY_PREFIXES = ("galaxy.",)
 # PyMISP 2.5 search(): each keyword it renames, and the name MISP receives (keywords it sends
 # under their own name, and unknown ones it passes through, are not listed).
@@ -369,6 +408,23 @@ AADSTS_FIXES = {
     500011: "the resource is unknown in this tenant: check graph_endpoint / management_endpoint",
     1002012: "the scope is invalid: check graph_endpoint / management_endpoint",
 }
+AADSTS_CODE_RE = re.compile(r"AADSTS(\d+)")
+AADSTS_LOOKUP = "look the code up: https://login.microsoftonline.com/error?code={code}"
+# --check's fix for a failed token request, by cause (an AADSTS code's own fix comes first).
+TOKEN_FIXES = {
+    ErrorCause.NO_TENANT: AADSTS_FIXES[90002],
+    ErrorCause.CREDENTIAL_UNREADABLE: "client_certificate_path must be a readable PEM file with the private key and its certificate",
+}
+TOKEN_FIX = "check authority_host and the network path to Microsoft Entra"
+# --check's fix for a failed permission read, by cause (a refused permission gets its adapter's fix).
+PROBE_FIXES = {
+    ErrorCause.NOT_FOUND: "the service has no such resource: check graph_endpoint, management_endpoint and the workspace names",
+    ErrorCause.THROTTLED: "the service is throttling this app: run --check again in a minute",
+    ErrorCause.SERVICE_FAILED: "the service is failing: check its status, then run --check again",
+    ErrorCause.TRANSPORT: "check the network path to the service (see Firewall: outbound hosts in README)",
+    ErrorCause.GARBLED: "something between this host and the service answers in its place: check the proxy",
+    ErrorCause.PAGING_LOOP: "the service's listing does not advance: run --check again, and report it if it stays",
+}
 MISP_FIXES = (
     ("not trusted", "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)"),
     ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
@@ -389,11 +445,8 @@ GRAPH_OBSERVABLE_FIELDS = (
     "networkCidrBlock", "fileHashValue", "fileName", "emailSenderAddress", "emailRecipient", "emailSubject",
     "emailXMailer", "emailSenderName", "fileMutexName", "userAgent", "networkSourceAsn", "networkPort", "fileSize",
 )
-LISTING_COLUMNS = {
-    "graph": ("id", "externalId", "observable", "tlpLevel", "expirationDateTime"),
-    "sentinel": ("externalId", "pattern", "validUntil", "revoked"),
-}
-# Table widths of those columns: a SHA-256 observable or pattern fits whole.
-LISTING_WIDTHS = {"graph": (64, 44, 64, 10, 24), "sentinel": (48, 96, 26, 7)}
+# (column, table width): a SHA-256 observable or pattern fits whole.
+GRAPH_LISTING_COLUMNS = (("id", 64), ("externalId", 44), ("observable", 64), ("tlpLevel", 10), ("expirationDateTime", 24))
+SENTINEL_LISTING_COLUMNS = (("externalId", 48), ("pattern", 96), ("validUntil", 26), ("revoked", 7))
 CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: these cells get a leading '
 CONTROL_CHARACTERS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from standins import StandIns, seed_events
 
@@ -27,7 +28,7 @@ def run_tool(config: Path, env: dict[str, str], *args: str) -> subprocess.Comple
                           env=env, capture_output=True, text=True, timeout=600)
 
 
-def json_documents(text: str) -> list[dict]:
+def json_documents(text: str) -> list[dict[str, Any]]:
     """`-r` prints one JSON document per target, one after the other."""
     decoder, documents, position = json.JSONDecoder(), [], 0
     while text[position:].strip():

@@ -11,14 +11,17 @@ import datetime as dt
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
+import targets
 from constants import ExitCode
+from engine import Engine
 from misp_source import MispSource
-from misp_transformer import EventResult, GraphTransformer, StixTransformer, event_attributes
-from reconcile import plan, renewal_threshold
+from misp_transformer import EventResult, event_attributes
+from reconcile import plan
+from report import shown_value, skipped_records
 from request_log import RequestLog
 from settings import ConfigError, Settings, TargetSettings
 from state_store import StateStore
-from sync import Target, make_target, policy_from, shown_value, skipped_records, state_paths
+from sync import make_engine, policy_from, state_paths
 
 
 def explain(settings: Settings, log: RequestLog, needle: str, out: TextIO) -> ExitCode:
@@ -34,26 +37,27 @@ def explain(settings: Settings, log: RequestLog, needle: str, out: TextIO) -> Ex
         return ExitCode.NOT_FOUND
     now = dt.datetime.now(dt.UTC)
     with contextlib.ExitStack() as stack:
-        targets = [_open_target(settings, spec, log, now, stack) for spec in settings.targets]
+        engines = [_open_target(settings, spec, log, now, stack) for spec in settings.targets]
         for attribute in attributes:
-            out.write(_explain_attribute(settings, source, log, targets, attribute, now))
+            out.write(_explain_attribute(settings, source, log, engines, attribute, now))
     return ExitCode.OK
 
 
 def _open_target(settings: Settings, spec: TargetSettings, log: RequestLog, now: dt.datetime,
-                 stack: contextlib.ExitStack) -> Target:
-    """A target without a client (nothing can be sent) over its state opened read-only."""
+                 stack: contextlib.ExitStack) -> Engine:
+    """A target's engine without a connection (nothing can be sent) over its state opened read-only."""
     store = StateStore.read_only(state_paths(settings, spec)[1])
     stack.callback(store.close)
-    target = make_target(settings, spec, log, store, now, dry_run=True)
-    stack.callback(target.close)
-    return target
+    engine = make_engine(settings, targets.adapter(settings, spec, log, online=False), store, log, now, online=False)
+    stack.callback(engine.close)
+    return engine
 
 
-def _explain_attribute(settings: Settings, source: MispSource, log: RequestLog, targets: list[Target],
+def _explain_attribute(settings: Settings, source: MispSource, log: RequestLog, engines: list[Engine],
                        attribute: Mapping[str, Any], now: dt.datetime) -> str:
     uuid = str(attribute.get("uuid", "")).lower()
-    header = attribute.get("Event") if isinstance(attribute.get("Event"), Mapping) else {}
+    event_header = attribute.get("Event")
+    header: Mapping[str, Any] = event_header if isinstance(event_header, Mapping) else {}
     event_uuid = str(header.get("uuid", "")).lower()
     lines = [f"attribute {uuid} ({attribute.get('type')}) {shown_value(log, str(attribute.get('value', '')))!r} "
              f"in MISP event {event_uuid} {shown_value(log, str(header.get('info', '')))!r}"]
@@ -61,13 +65,12 @@ def _explain_attribute(settings: Settings, source: MispSource, log: RequestLog, 
     lines += [f"  NOT SENT: {note}" for note in notes]
     event = synced or source.event(event_uuid, {})
     if event is None:
-        return "\n".join(lines + ["  MISP does not return its event (deleted, or not visible to this API key)"]) + "\n"
+        return "\n".join([*lines, "  MISP does not return its event (deleted, or not visible to this API key)"]) + "\n"
     if notes:
         lines.append("  were it selected:")
-    for target in targets:
-        transformer = GraphTransformer if target.kind == "graph" else StixTransformer
-        result = transformer(policy_from(settings), now).transform(event)
-        lines += [f"  {target.report.target}: {decision}" for decision in _decisions(target, result, uuid, log, now)]
+    for engine in engines:
+        result = engine.adapter.transformer(policy_from(settings), now).transform(event)
+        lines += [f"  {engine.report.target}: {decision}" for decision in _decisions(engine, result, uuid, log)]
     return "\n".join(lines) + "\n"
 
 
@@ -80,7 +83,7 @@ def _as_synced(settings: Settings, source: MispSource, event_uuid: str, uuid: st
              "(unpublished, outside the time window, or excluded by its tags)"
              for index, one in enumerate(settings.misp_event_filters)
              if (event if index == 0 else source.event(event_uuid, {**one, "metadata": True})) is None]
-    if notes:
+    if notes or event is None:
         return None, notes
     if uuid not in set(_attribute_uuids(event)):
         return None, [f"misp_event_filters[0] {primary!r} leaves this attribute out of its event "
@@ -93,25 +96,16 @@ def _attribute_uuids(wrapped: Mapping[str, Any]) -> Iterator[str]:
         yield str(attribute.get("uuid", "")).lower()
 
 
-def _decisions(target: Target, result: EventResult, uuid: str, log: RequestLog, now: dt.datetime) -> list[str]:
+def _decisions(engine: Engine, result: EventResult, uuid: str, log: RequestLog) -> list[str]:
     """What a sync would do with this attribute on this target: each indicator's plan, or the skip."""
     skips = skipped_records([skip for skip in result.skips if skip.attribute_uuid.lower() == uuid], log)
     decisions = [f"skipped: {record['reason']}" + (f" ({record['detail']})" if record["detail"] else "") for record in skips]
-    renew_before = renewal_threshold(now, target.settings.renew_days)
     for indicator in result.indicators:
-        if _attribute_key(indicator) != uuid:
+        if engine.adapter.attribute_of(indicator) != uuid:
             continue
-        key = target.key_of(indicator)
-        known = target.store.known(key)
-        remote = target.prepare(key, indicator, "", known).remote_id  # Sentinel: a revoked id's successor
+        key = engine.adapter.key_of(indicator)
+        row = engine.store.known(key)
+        remote = engine.queued(key, indicator, "", row).remote_id  # a retired id's successor, where ids are retired
         where = f" (service id {remote})" if remote and remote != key else ""
-        decisions.append(f"sends {key}{where}: {plan(known, indicator, renew_before).value}")
+        decisions.append(f"sends {key}{where}: {plan(row, indicator, engine.renew_before).value}")
     return decisions or ["no indicator and no skip (the transform did not see this attribute)"]
-
-
-def _attribute_key(indicator: Mapping[str, Any]) -> str:
-    """The attribute an indicator came from: Graph's externalId, or the STIX MISP reference."""
-    if "externalId" in indicator:
-        return str(indicator["externalId"]).lower()
-    references = indicator.get("external_references") or [{}]
-    return str(references[0].get("external_id", "")).lower()

@@ -12,47 +12,94 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import msal
 import requests
 import requests.adapters
 
 import constants as C
+from constants import ErrorCause, Outcome
 from request_log import RequestLog
 from settings import Settings, split_pem
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+STATUS_CAUSES = {404: ErrorCause.NOT_FOUND, 429: ErrorCause.THROTTLED}
 WINDOW_SECONDS = 60.0
 MAX_ATTEMPTS = 5
 MAX_WAIT_SECONDS = 120.0
 
 
 class MicrosoftError(Exception):
-    """A call failed for good; `fatal` means no later call can succeed either (auth, permission)."""
+    """A call failed for good. `cause` says why (`--check` finds its fix by it); `fatal` means
+    no later call can succeed either (auth, permission); `aadsts` is Entra's error code."""
 
-    def __init__(self, message: str, fatal: bool = False) -> None:
+    def __init__(self, message: str, cause: ErrorCause, fatal: bool = False, aadsts: int | None = None) -> None:
         super().__init__(message)
+        self.cause = cause
         self.fatal = fatal
+        self.aadsts = aadsts
 
 
 @dataclasses.dataclass(frozen=True)
 class ItemResult:
-    """What the service said about one item of a bulk request; `key` is what it was sent under.
+    """What the service said about one item of a bulk request; `key` is what it was sent under,
+    `reason` the service's words when it was not accepted.
 
     `ambiguous`: an earlier try of this request may also have been processed (a timeout, a 5xx,
-    a garbled 2xx); the copies it made were removed before the retry, but one Graph creates
-    only later can still appear.
+    a garbled 2xx); the copies it made were removed before the retry, but one the service
+    creates only later can still appear.
     """
 
     key: str
     remote_id: str | None
-    error: str | None = None
+    outcome: Outcome = Outcome.ACCEPTED
+    reason: str = ""
     ambiguous: bool = False
 
     @property
     def accepted(self) -> bool:
-        return self.error is None
+        return self.outcome is Outcome.ACCEPTED
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """How the Entra app proves who it is: a managed identity, a certificate or a secret."""
+
+    tenant: str
+    client_id: str
+    authority_host: str
+    client_secret: str = dataclasses.field(repr=False)
+    certificate_path: Path | None
+    certificate_password: str = dataclasses.field(repr=False)
+    managed_identity: str  # "", "system", or a user-assigned identity's client id
+
+    @classmethod
+    def of(cls, settings: Settings) -> Credentials:
+        return cls(settings.tenant, settings.client_id, settings.authority_host, settings.client_secret,
+                   settings.client_certificate_path, settings.client_certificate_password, settings.managed_identity)
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """The slice of the settings one client needs: who it is, which resource, how fast."""
+
+    credentials: Credentials
+    resource: str  # the token audience, and the base URL of the calls
+    per_minute: int
+    concurrency: int
+    timeout: float
+
+    @classmethod
+    def of(cls, settings: Settings, resource: str, per_minute: int) -> Connection:
+        return cls(Credentials.of(settings), resource, per_minute, settings.max_concurrent_requests, settings.http_timeout)
+
+
+def aadsts_code(text: str) -> int | None:
+    """The AADSTS number Entra writes at the start of its error descriptions, if any."""
+    match = C.AADSTS_CODE_RE.search(text)
+    return int(match.group(1)) if match else None
 
 
 def error_text(body: Any, fallback: str) -> str:
@@ -144,59 +191,65 @@ class RateLimiter:
 
 
 class MicrosoftClient:
-    """An Entra app calling one Microsoft resource (`resource` is the token audience)."""
+    """An Entra app calling one Microsoft resource (`connection.resource` is the token audience)."""
 
     service = "Microsoft"
-    permission_hint = ""
+    permission = ""  # what the app must be granted, in the words of the service's portal
     limited_operations: frozenset[str] | None = None  # calls the per-minute limit covers (None: all)
 
-    def __init__(self, settings: Settings, log: RequestLog, resource: str, per_minute: int) -> None:
-        self.settings = settings
+    def __init__(self, connection: Connection, log: RequestLog) -> None:
+        self.connection = connection
+        self.credentials = connection.credentials
         self.log = log
-        self.resource = resource
-        self.limiter = RateLimiter(per_minute, WINDOW_SECONDS)
+        self.resource = connection.resource
+        self.limiter = RateLimiter(connection.per_minute, WINDOW_SECONDS)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "misp2sentinel"
-        self.session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=settings.max_concurrent_requests))
-        self._app: msal.ConfidentialClientApplication | None = None
+        self.session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=connection.concurrency))
+        self._app: msal.ConfidentialClientApplication | msal.ManagedIdentityClient | None = None
         self._lock = threading.Lock()  # one token request at a time; counters
         self.requests_sent = 0
 
     # --- token ------------------------------------------------------------------------------
-    def _new_app(self) -> Any:
+    def _new_app(self) -> msal.ConfidentialClientApplication | msal.ManagedIdentityClient:
         """MSAL for the configured credential: a managed identity (no secret anywhere), a
         certificate, or a client secret."""
-        if self.settings.managed_identity:
-            identity = (msal.SystemAssignedManagedIdentity() if self.settings.managed_identity == "system"
-                        else msal.UserAssignedManagedIdentity(client_id=self.settings.managed_identity))
+        credentials = self.credentials
+        if credentials.managed_identity:
+            identity = (msal.SystemAssignedManagedIdentity() if credentials.managed_identity == "system"
+                        else msal.UserAssignedManagedIdentity(client_id=credentials.managed_identity))
             return msal.ManagedIdentityClient(identity, http_client=self.session)
-        authority = f"{self.settings.authority_host}/{self.settings.tenant}"
+        authority = f"{credentials.authority_host}/{credentials.tenant}"
         try:
             return msal.ConfidentialClientApplication(
-                self.settings.client_id, client_credential=self._credential(), authority=authority,
-                instance_discovery=False, azure_region=False, timeout=self.settings.http_timeout,
+                credentials.client_id, client_credential=self._credential(), authority=authority,
+                instance_discovery=False, azure_region=False, timeout=self.connection.timeout,
             )
         except ValueError as exc:
-            raise MicrosoftError(f"Microsoft Entra has no tenant {self.settings.tenant!r} at {self.settings.authority_host} "
-                                 f"(its OpenID configuration was refused: {self.log.scrub(str(exc))[:120]})", fatal=True) from None
+            raise MicrosoftError(f"Microsoft Entra has no tenant {credentials.tenant!r} at {credentials.authority_host} "
+                                 f"(its OpenID configuration was refused: {self.log.scrub(str(exc))[:120]})",
+                                 ErrorCause.NO_TENANT, fatal=True) from None
         except requests.RequestException as exc:
-            raise MicrosoftError(f"cannot reach Microsoft Entra at {self.settings.authority_host}: {type(exc).__name__}", fatal=True) from None
+            raise MicrosoftError(f"cannot reach Microsoft Entra at {credentials.authority_host}: {type(exc).__name__}",
+                                 ErrorCause.ENTRA_UNREACHABLE, fatal=True) from None
 
     def _credential(self) -> str | dict[str, Any]:
         """The secret, or MSAL's certificate form (private key + public certificate: PS256, x5c)."""
-        path = self.settings.client_certificate_path
+        path = self.credentials.certificate_path
         if path is None:
-            return self.settings.client_secret
+            return self.credentials.client_secret
         try:
             pem = path.read_bytes()
         except OSError as exc:
-            raise MicrosoftError(f"cannot read client_certificate_path {path}: {exc.strerror}", fatal=True) from None
+            raise MicrosoftError(f"cannot read client_certificate_path {path}: {exc.strerror}",
+                                 ErrorCause.CREDENTIAL_UNREADABLE, fatal=True) from None
         key, certificate = split_pem(pem)
         if not key or not certificate:
-            raise MicrosoftError(f"client_certificate_path {path} must hold a PEM private key and its certificate", fatal=True)
+            raise MicrosoftError(f"client_certificate_path {path} must hold a PEM private key and its certificate",
+                                 ErrorCause.CREDENTIAL_UNREADABLE, fatal=True)
         credential: dict[str, Any] = {"private_key": key, "public_certificate": certificate}
-        if self.settings.client_certificate_password:
-            credential["passphrase"] = self.settings.client_certificate_password
+        if self.credentials.certificate_password:
+            credential["passphrase"] = self.credentials.certificate_password
         return credential
 
     def token(self) -> str:
@@ -213,20 +266,25 @@ class MicrosoftClient:
             else:
                 result = self._app.acquire_token_for_client([f"{self.resource}/.default"])
         except msal.exceptions.MsalServiceError as exc:
-            raise MicrosoftError(f"Microsoft Entra token endpoint failed: {exc}", fatal=True) from None
+            raise MicrosoftError(f"Microsoft Entra token endpoint failed: {exc}", ErrorCause.AUTH_REFUSED, fatal=True,
+                                 aadsts=aadsts_code(str(exc))) from None
         except requests.RequestException as exc:
-            raise MicrosoftError(f"cannot reach Microsoft Entra token endpoint: {type(exc).__name__}", fatal=True) from None
+            raise MicrosoftError(f"cannot reach Microsoft Entra token endpoint: {type(exc).__name__}",
+                                 ErrorCause.ENTRA_UNREACHABLE, fatal=True) from None
         if "access_token" not in result:
-            raise MicrosoftError(self._token_error(result), fatal=True)
-        self.log.add_secret(result["access_token"])
-        return result["access_token"]
+            raise self._token_error(result)
+        token = str(result["access_token"])
+        self.log.add_secret(token)
+        return token
 
-    def _token_error(self, result: dict[str, Any]) -> str:
+    def _token_error(self, result: dict[str, Any]) -> MicrosoftError:
         """One line with the AADSTS code; whoever catches the error writes its error file."""
         codes = result.get("error_codes") or []
         description = str(result.get("error_description", "")).split("\n")[0].strip()  # Entra ends the line with "\r\n"
         code = f"AADSTS{codes[0]}" if codes else description.split(":")[0]
-        return self.log.scrub(f"Microsoft Entra refused the token request ({result.get('error', 'error')}, {code}): {description}")
+        aadsts = codes[0] if codes and isinstance(codes[0], int) else aadsts_code(description)
+        message = self.log.scrub(f"Microsoft Entra refused the token request ({result.get('error', 'error')}, {code}): {description}")
+        return MicrosoftError(message, ErrorCause.AUTH_REFUSED, fatal=True, aadsts=aadsts)
 
     def pages(self, name: str, url: str, next_key: str, method: str = "GET", body: Any = None) -> Iterator[dict[str, Any]]:
         """Pages of a listing, following `next_key` with GET. A link seen twice (a known Azure
@@ -237,12 +295,14 @@ class MicrosoftClient:
         next_url: str | None = url
         while next_url:
             if next_url in seen:
-                raise MicrosoftError(f"{name}: {self.service} returned the same {next_key} twice ({next_url})")
+                raise MicrosoftError(f"{name}: {self.service} returned the same {next_key} twice ({next_url})",
+                                     ErrorCause.PAGING_LOOP)
             seen.add(next_url)
             page = self._check(name, self._call(name, method, next_url, body, value_list(identified=True)), (200,))
             ids = {item["id"] for item in page["value"]}
             if ids and ids <= listed:
-                raise MicrosoftError(f"{name}: {self.service} returned a page of items already listed (its {next_key} does not advance)")
+                raise MicrosoftError(f"{name}: {self.service} returned a page of items already listed "
+                                     f"(its {next_key} does not advance)", ErrorCause.PAGING_LOOP)
             listed |= ids
             yield page
             next_url, method, body = page.get(next_key), "GET", None
@@ -273,9 +333,9 @@ class MicrosoftClient:
                 if before_retry is not None and (response is None or response.status_code != 429):
                     before_retry()
         if response is None:
-            raise MicrosoftError(f"{name}: {self.service} unreachable after {MAX_ATTEMPTS} attempts: {failure}")
+            raise MicrosoftError(f"{name}: {self.service} unreachable after {MAX_ATTEMPTS} attempts: {failure}", ErrorCause.TRANSPORT)
         if failure:
-            raise MicrosoftError(f"{name}: {self.service} {failure} ({MAX_ATTEMPTS} attempts)")
+            raise MicrosoftError(f"{name}: {self.service} {failure} ({MAX_ATTEMPTS} attempts)", ErrorCause.GARBLED)
         return response
 
     def _garbled(self, response: requests.Response, documented: Callable[[Any], bool]) -> str:
@@ -296,7 +356,7 @@ class MicrosoftClient:
         with self._lock:
             self.requests_sent += 1
         try:
-            response = self.session.request(method, url, json=body, headers=headers, timeout=self.settings.http_timeout)
+            response = self.session.request(method, url, json=body, headers=headers, timeout=self.connection.timeout)
         except requests.RequestException as exc:
             failure = f"{type(exc).__name__}"
             self.log.request(name, method, url, body, None, {"exception": failure}, time.monotonic() - started)
@@ -315,6 +375,35 @@ class MicrosoftClient:
         reason = error_text(body, f"HTTP {response.status_code}")
         if response.status_code in (401, 403):
             raise MicrosoftError(f"{name}: {self.service} refused access (HTTP {response.status_code}, {reason}); "
-                                 f"{self.permission_hint}", fatal=True)
-        raise MicrosoftError(f"{name}: {self.service} answered HTTP {response.status_code}: {reason}")
+                                 f"check the app has {self.permission}", ErrorCause.PERMISSION_MISSING, fatal=True)
+        cause = STATUS_CAUSES.get(response.status_code, ErrorCause.SERVICE_FAILED)
+        raise MicrosoftError(f"{name}: {self.service} answered HTTP {response.status_code}: {reason}", cause)
 
+
+Client = TypeVar("Client", bound=MicrosoftClient)
+
+
+class MicrosoftAdapter(Generic[Client]):
+    """What the adapters of Microsoft services share: a client, or none (a dry run, `--explain`)."""
+
+    def __init__(self, client: Client | None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError(f"{type(self).__name__} has no connection (a dry run sends nothing)")
+        return self._client
+
+    @property
+    def requests_sent(self) -> int:
+        return self._client.requests_sent if self._client else 0
+
+    def token(self) -> str:
+        """A token now (MicrosoftError if none); returns its audience."""
+        self.client.token()
+        return self.client.resource
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.session.close()

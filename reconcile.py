@@ -1,4 +1,4 @@
-"""Decide, per indicator, what a run must do in Graph: pure functions over hashes and dates.
+"""Decide, per indicator, what a run must do in its target: pure functions over hashes and dates.
 
 The state store remembers what was sent; this module compares it with what MISP wants now.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import constants as C
 from misp_transformer import stix_time
-from state_store import SENT
+from state_store import SENT, StateRow
 
 # Fields that change without the indicator changing, or that Graph stamps itself.
 _NOT_CONTENT = frozenset({
@@ -33,7 +33,9 @@ class Action(enum.Enum):
 
 
 def _digest(fields: Mapping[str, Any]) -> str:
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """An absent field, null and an empty list are the same (Graph echoes a cleared collection as [])."""
+    present = {name: value for name, value in fields.items() if value is not None and value != []}
+    text = json.dumps(present, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -42,8 +44,9 @@ def content_hash(indicator: Mapping[str, Any]) -> str:
     return _digest({k: v for k, v in indicator.items() if k not in _NOT_CONTENT and not k.startswith("@")})
 
 
-def fixed_hash(indicator: Mapping[str, Any]) -> str:
-    """Hash of the fields updateTiIndicators cannot change (observables, threatType, target)."""
+def immutable_hash(indicator: Mapping[str, Any]) -> str:
+    """Hash of the fields an update cannot change (Graph's observables, threatType, target):
+    when it changes, the indicator is replaced."""
     return _digest({k: v for k, v in indicator.items() if k not in C.GRAPH_UPDATABLE and k not in _NOT_CONTENT and not k.startswith("@")})
 
 
@@ -64,32 +67,19 @@ def event_uuid_of(indicator: Mapping[str, Any]) -> str:
     return match.group(1).lower() if match else ""
 
 
-def plan(known: Any, indicator: Mapping[str, Any], renew_before: dt.datetime) -> Action:
+def plan(row: StateRow | None, indicator: Mapping[str, Any], renew_before: dt.datetime) -> Action:
     """What to do with one desired indicator, given its state row (or None). A row still
     `pending` may never have arrived, so it is sent again as new."""
-    if known is None or known.status != SENT:
+    if row is None or row.status != SENT:
         return Action.NEW
-    if fixed_hash(indicator) != known.fixed_hash:
+    if immutable_hash(indicator) != row.immutable_hash:
         return Action.REPLACE
-    if content_hash(indicator) != known.content_hash:
+    if content_hash(indicator) != row.content_hash:
         return Action.UPDATE
-    expires = parse_expiry(known.expires_at)
+    expires = parse_expiry(row.expires_at)
     if expires is None or expires <= renew_before:
         return Action.RENEW
     return Action.UNCHANGED
-
-
-def update_body(graph_id: str, indicator: Mapping[str, Any]) -> dict[str, Any]:
-    """Every editable field, with null for the optional ones the indicator no longer has."""
-    body: dict[str, Any] = {"id": graph_id, "targetProduct": indicator["targetProduct"]}
-    for name in sorted(C.GRAPH_UPDATABLE):
-        body[name] = indicator.get(name)
-    return body
-
-
-def renew_body(graph_id: str, indicator: Mapping[str, Any]) -> dict[str, Any]:
-    """The smallest update Graph accepts: a new expiry."""
-    return {"id": graph_id, "expirationDateTime": indicator["expirationDateTime"], "targetProduct": indicator["targetProduct"]}
 
 
 def renewal_threshold(now: dt.datetime, renew_days: float) -> dt.datetime:

@@ -17,27 +17,28 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import constants as C
+import targets
 from check import run_checks
-from constants import ExitCode
+from constants import ExitCode, Outcome
 from explain import explain
-from graph_client import GraphClient
 from misp_source import MispSource
+from report import TargetRun, classify, last_run_status
 from request_log import LogWriteError, RequestLog
-from sentinel_client import SentinelClient
 from settings import ConfigError, Settings, load_settings
-from state_store import StateStore, target_lock
-from sync import TargetRun, classify, last_run_status, make_target, new_run, open_run, open_store, run_all, state_paths, target_label
+from state_store import StateStore, open_store, target_lock
+from sync import make_engine, new_run, open_run, run_all, state_paths
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
 EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT, ExitCode.MISP,
                  ExitCode.CONFIG, ExitCode.INTERNAL, ExitCode.INTERRUPTED]
-
+# What -d reports as done: the indicator is deleted, or revoked already.
+DELETED = frozenset({Outcome.ACCEPTED, Outcome.ALREADY_REVOKED})
 
 
 def epilog() -> str:
@@ -54,18 +55,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", action="version", version=f"%(prog)s {C.VERSION}")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("-r", "--read", action="store_true", help="list the indicators this app owns in Graph, as JSON")
-    action.add_argument("-d", "--delete", nargs="+", metavar="ID", help="delete indicators by Graph id, or revoke them by STIX id (indicator--…)")
-    action.add_argument("--dry-run", action="store_true", help="fetch, transform and plan against the state; write what would be sent to the log directory, send nothing")
-    action.add_argument("--check", action="store_true", help="check config, MISP, token and permission for every target; print ✓/✗ per line with the fix")
-    action.add_argument("--explain", metavar="VALUE-or-UUID", help="say per target why a MISP attribute (by uuid or value) is sent or not; read-only")
+    action.add_argument("-d", "--delete", nargs="+", metavar="ID",
+                        help="delete indicators by Graph id, or revoke them by STIX id (indicator--…)")
+    action.add_argument("--dry-run", action="store_true",
+                        help="fetch, transform and plan against the state; write what would be sent to the log directory, send nothing")
+    action.add_argument("--check", action="store_true",
+                        help="check config, MISP, token and permission for every target; print ✓/✗ per line with the fix")
+    action.add_argument("--explain", metavar="VALUE-or-UUID",
+                        help="say per target why a MISP attribute (by uuid or value) is sent or not; read-only")
     action.add_argument("--rebuild-state", action="store_true", help="recreate each target's local state from what the service holds")
-    parser.add_argument("--allow-mass-delete", action="store_true", help="let this run delete more than max_delete_fraction of the owned indicators")
-    parser.add_argument("--full", action="store_true", help="read every listed event in full, not only the changed ones (as every full_resync_days)")
+    parser.add_argument("--allow-mass-delete", action="store_true",
+                        help="let this run delete more than max_delete_fraction of the owned indicators")
+    parser.add_argument("--full", action="store_true",
+                        help="read every listed event in full, not only the changed ones (as every full_resync_days)")
     parser.add_argument("--event", metavar="UUID", help="sync only this MISP event (removals limited to it too)")
     parser.add_argument("--format", choices=("json", "table", "csv"), default="json", help="output of -r (default json)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only (no summary, no progress bars)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every request body and response")
-    parser.add_argument("--config", type=Path, default=HERE / "config.py", metavar="PATH", help="settings file (default: config.py beside script.py)")
+    parser.add_argument("--config", type=Path, default=HERE / "config.py", metavar="PATH",
+                        help="settings file (default: config.py beside script.py)")
     return parser.parse_args(argv)
 
 
@@ -73,7 +81,7 @@ def sync(settings: Settings, log: RequestLog, args: argparse.Namespace, out: Tex
     """Reconcile MISP's desired indicators with what each target holds; MISP is read once.
     Every target gets a run report, also when the run stops early."""
     started = dt.datetime.now(dt.UTC)
-    runs = [new_run(settings, spec) for spec in settings.targets]
+    runs = [new_run(settings, spec, log, args.dry_run, started) for spec in settings.targets]
     try:
         sync_targets(settings, log, args, runs, started)
     except BaseException as exc:
@@ -113,8 +121,7 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
             run_all(runs, MispSource(settings, log), log, args.allow_mass_delete, scope, progress, args.full)
         finally:
             for run in runs:
-                client = run.target.client if run.target else None
-                run.report.requests = client.requests_sent if client else 0
+                run.report.requests = run.adapter.requests_sent
 
 
 def write_reports(runs: list[TargetRun], log: RequestLog, args: argparse.Namespace, started: dt.datetime, out: TextIO) -> None:
@@ -144,12 +151,13 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
         lock, path = state_paths(settings, spec)
         with target_lock(lock):
             store, note = open_store(path, False, now)
+            engine = make_engine(settings, targets.adapter(settings, spec, log), store, log, now, online=True)
             try:
-                target = make_target(settings, spec, log, store, now)
-                target.adopt(note or "--rebuild-state")
+                engine.adopt(note or "--rebuild-state")
             finally:
+                engine.close()
                 store.close()
-        say(out, f"{target.report.target}: state rebuilt from the service: {target.report.rebuilt}\n")
+        say(out, f"{engine.report.target}: state rebuilt from the service: {engine.report.rebuilt}\n")
     return ExitCode.OK
 
 
@@ -160,18 +168,13 @@ def read_indicators(settings: Settings, log: RequestLog, out: TextIO, output: st
     settings.require_microsoft()
     log.write_requests = False
     for spec in settings.targets:
-        if spec.kind == "graph":
-            pages = GraphClient(settings, log).list_pages()
-        else:
-            spec.require_management(settings.config_path.name)
-            pages = SentinelClient(settings, spec, log).query_pages()
-        label = target_label(settings, spec)
-        counted = Counted(pages)
+        adapter = targets.adapter(settings, spec, log)
+        counted = Counted(adapter.listing())
         if output == "json":
-            write_listing(label, counted, out)
+            write_listing(adapter.label, counted, out)
         else:
-            write_rows(spec.kind, label, counted, out, output)
-        log.write("listing", {"target": label, "pages": counted.pages, "indicators": counted.items})
+            write_rows(adapter, counted, out, output)
+        log.write("listing", {"target": adapter.label, "pages": counted.pages, "indicators": counted.items})
     return ExitCode.OK
 
 
@@ -205,21 +208,24 @@ def write_listing(label: str, pages: Iterator[dict[str, Any]], out: TextIO) -> N
     out.write("\n]}\n")
 
 
-def write_rows(kind: str, label: str, pages: Iterator[dict[str, Any]], out: TextIO, output: str) -> None:
+def write_rows(adapter: targets.Adapter, pages: Iterator[dict[str, Any]], out: TextIO, output: str) -> None:
     """The columns an analyst scans for, after the target's name, as CSV (cells a spreadsheet
     would run as formulas are defused) or as a fixed-width table (control characters escaped,
     cut values ending in an ellipsis)."""
-    columns = ("target", *C.LISTING_COLUMNS[kind])
-    if output == "csv":
-        writer = csv.writer(out)
-        emit = lambda row: writer.writerow([csv_cell(value) for value in row])  # noqa: E731
-    else:
-        widths = (len(label), *C.LISTING_WIDTHS[kind])
-        emit = lambda row: out.write("  ".join(table_cell(value, width) for value, width in zip(row, widths)).rstrip() + "\n")  # noqa: E731
+    columns = ("target", *(column for column, _ in adapter.listing_columns))
+    widths = (len(adapter.label), *(width for _, width in adapter.listing_columns))
+    writer = csv.writer(out)
+
+    def emit(row: Iterable[Any]) -> None:
+        if output == "csv":
+            writer.writerow([csv_cell(value) for value in row])
+        else:
+            out.write("  ".join(table_cell(value, width) for value, width in zip(row, widths, strict=True)).rstrip() + "\n")
+
     emit(columns)
     for page in pages:
         for item in page["value"]:
-            emit([label, *(listing_cell(kind, item, column) for column in columns[1:])])
+            emit([adapter.label, *(adapter.listing_cell(item, column) for column in columns[1:])])
 
 
 def csv_cell(value: Any) -> str:
@@ -237,43 +243,37 @@ def table_cell(value: Any, width: int) -> str:
     return f"{text:<{width}}"
 
 
-def listing_cell(kind: str, item: dict[str, Any], column: str) -> Any:
-    if kind == "sentinel":
-        return item.get("properties", {}).get(column, "")
-    if column == "observable":
-        return next((item[name] for name in C.GRAPH_OBSERVABLE_FIELDS if name in item), "")
-    return item.get(column, "")
-
-
 def delete_indicators(settings: Settings, log: RequestLog, ids: list[str], out: TextIO) -> ExitCode:
     """-d: Graph ids are deleted, STIX ids (indicator--…) revoked, each on the targets of its
     kind, and the state is updated so the next sync re-creates what MISP still wants."""
     settings.require_microsoft()
-    by_kind = {"sentinel": [i for i in ids if C.STIX_INDICATOR_ID_RE.fullmatch(i)]}
-    by_kind["graph"] = [i for i in ids if i not in by_kind["sentinel"]]
-    for kind, wanted in by_kind.items():
-        if wanted and not any(spec.kind == kind for spec in settings.targets):
-            raise ConfigError(f"-d {wanted[0]} needs a {kind} target in `target`")
+    adapters = [targets.adapter(settings, spec, log) for spec in settings.targets]
+    for wanted in ids:
+        if not any(adapter.owns_id(wanted) for adapter in adapters):
+            raise ConfigError(f"-d {wanted}: no configured target has ids of this kind; add its target to `target`")
     done: set[str] = set()
     now = dt.datetime.now(dt.UTC)
-    for spec in settings.targets:
-        if not by_kind[spec.kind]:
+    for spec, adapter in zip(settings.targets, adapters, strict=True):
+        owned = [wanted for wanted in ids if adapter.owns_id(wanted)]
+        if not owned:
             continue
         lock, path = state_paths(settings, spec)
         with target_lock(lock):
             store = StateStore(path)
+            engine = make_engine(settings, adapter, store, log, now, online=True)
             try:
-                results = make_target(settings, spec, log, store, now).delete_ids(by_kind[spec.kind])
+                results = engine.delete_ids(owned)
             finally:
+                engine.close()
                 store.close()
-        label = target_label(settings, spec)
+        label = adapter.label
         for result in results:
-            say(out, f"{label}: {result.key}: {'deleted' if result.accepted else 'not deleted: ' + str(result.error)}\n")
-        done.update(r.key for r in results if r.accepted)
-        failed = [r for r in results if not r.accepted]
+            say(out, f"{label}: {result.key}: {'deleted' if result.outcome in DELETED else 'not deleted: ' + result.reason}\n")
+        done.update(r.key for r in results if r.outcome in DELETED)
+        failed = [r for r in results if r.outcome not in DELETED]
         if failed:
             message = f"{len(failed)} of {len(results)} ids not deleted"
-            log.error(f"delete {label}", message, results=[dataclasses.asdict(r) for r in failed])
+            log.error(f"delete {label}", message, results=[{"id": r.key, "outcome": r.outcome.value, "reason": r.reason} for r in failed])
             sys.stderr.write(f"misp2sentinel: error: {label}: {message} (details under logs/)\n")  # exit 1 speaks under --quiet too
     return ExitCode.OK if done == set(ids) else ExitCode.REJECTED
 
@@ -326,7 +326,7 @@ def replace_closed_streams() -> None:
     goes nowhere, as into a closed pipe, instead of ending in a traceback and exit 1."""
     for name in ("stdout", "stderr"):  # in fd order, so each takes its own number back
         if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (open for the life of the process)
 
 
 def silence_stdout() -> None:

@@ -1,61 +1,89 @@
-"""Microsoft Sentinel: the STIX objects upload API, and the management API to read a workspace back.
+"""Microsoft Sentinel: the STIX objects upload API and the management API that reads a workspace
+back (the client), and the Sentinel adapter.
 
 Uploads are paced by the shared sliding-window limiter so the documented per-minute limit is
-never exceeded, and a 429 still gets the same objects resent after the wait it names.
+never exceeded, and a 429 still gets the same objects resent after the wait it names. Every change
+is an upload of the same STIX id with a newer `modified`; removal re-uploads it with `revoked:
+true` (revocation is permanent: a revived key gets the next id, derived from the revoked one).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import constants as C
-from ms_client import ItemResult, MicrosoftClient, MicrosoftError, error_text, response_body
+from constants import ErrorCause, Outcome
+from misp_transformer import StixTransformer, Transformer, iso_utc, stix_id, stix_time
+from ms_client import Connection, ItemResult, MicrosoftAdapter, MicrosoftClient, MicrosoftError, error_text, response_body
+from rebuild import Rebuilt
+from reconcile import Action, content_hash, immutable_hash, next_modified
 from request_log import RequestLog
 from settings import Settings, TargetSettings
+from state_store import StateRow
+
+_EVENT_URL_RE = re.compile(r"/events/view/([0-9a-fA-F-]{36})$")
+# A revoked id that comes back gets stix_id(revoked id); no key is revived more often than this.
+MAX_GENERATIONS = 64
+# Sentinel documents no error codes, only messages: this one says the id is revoked for good.
+REVOKED_MESSAGE = "revoked"
+
+
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    """The slice of the settings that names one workspace in the upload and management APIs."""
+
+    upload_url: str
+    query_url: str
+    sourcesystem: str
+
+    @classmethod
+    def of(cls, settings: Settings, spec: TargetSettings) -> Workspace:
+        upload = C.SENTINEL_UPLOAD_PATH.format(workspace_id=spec.workspace_id)
+        query = C.SENTINEL_QUERY_PATH.format(subscription_id=spec.subscription_id, resource_group=spec.resource_group,
+                                             workspace_name=spec.workspace_name)
+        return cls(f"{settings.sentinel_endpoint}{upload}?api-version={settings.sentinel_api_version}",
+                   f"{settings.management_endpoint}{query}?api-version={settings.management_api_version}",
+                   settings.sourcesystem)
 
 
 class SentinelClient(MicrosoftClient):
     """One workspace: upload STIX objects, list what our sourcesystem holds there."""
 
     service = "Sentinel"
-    permission_hint = "check the app has the Microsoft Sentinel Contributor role on the workspace"
+    permission = "the Microsoft Sentinel Contributor role on the workspace"
     limited_operations = frozenset({"upload"})  # the management API has its own, separate limits
 
-    def __init__(self, settings: Settings, target: TargetSettings, log: RequestLog) -> None:
-        super().__init__(settings, log, settings.management_endpoint, settings.max_requests_per_minute)
-        self.target = target
+    def __init__(self, connection: Connection, workspace: Workspace, log: RequestLog) -> None:
+        super().__init__(connection, log)
+        self.workspace = workspace
 
     def upload(self, objects: list[dict[str, Any]]) -> list[ItemResult]:
         """≤100 objects; every index the service does not list in `errors` was accepted."""
         if len(objects) > C.SENTINEL_MAX_BATCH:
             raise ValueError(f"a Sentinel upload holds at most {C.SENTINEL_MAX_BATCH} objects")
-        path = C.SENTINEL_UPLOAD_PATH.format(workspace_id=self.target.workspace_id)
-        url = f"{self.settings.sentinel_endpoint}{path}?api-version={self.settings.sentinel_api_version}"
-        body = {"sourcesystem": self.settings.sourcesystem, "stixobjects": objects}
+        body = {"sourcesystem": self.workspace.sourcesystem, "stixobjects": objects}
         documented = documented_upload(len(objects))
-        response = self._call("upload", "POST", url, body, documented)
+        response = self._call("upload", "POST", self.workspace.upload_url, body, documented)
         answer = response_body(response)
         if response.status_code in (200, 400) and isinstance(answer, dict) and documented(answer):
             return _results(objects, answer["errors"])
         if response.status_code == 400:
             reason = error_text(answer, "HTTP 400")
-            return [ItemResult(obj["id"], None, f"upload refused: {reason}") for obj in objects]
+            return [ItemResult(obj["id"], None, Outcome.REJECTED, f"upload refused: {reason}") for obj in objects]
         if response.status_code == 404:
-            raise MicrosoftError(f"upload: {error_text(answer, 'HTTP 404')} (check workspace_id)", fatal=True)
+            raise MicrosoftError(f"upload: {error_text(answer, 'HTTP 404')} (check workspace_id)", ErrorCause.NOT_FOUND, fatal=True)
         self._check("upload", response, (200,))
         return [ItemResult(obj["id"], obj["id"]) for obj in objects]
 
     def query_pages(self) -> Iterator[dict[str, Any]]:
         """Pages of the workspace's indicators from our sourcesystem; nextLink read with GET,
         and a repeated nextLink (a known Azure paging bug) stops the listing with an error."""
-        self.target.require_management(self.settings.config_path.name)
-        path = C.SENTINEL_QUERY_PATH.format(
-            subscription_id=self.target.subscription_id, resource_group=self.target.resource_group,
-            workspace_name=self.target.workspace_name,
-        )
-        url = f"{self.settings.management_endpoint}{path}?api-version={self.settings.management_api_version}"
-        criteria = {"pageSize": C.SENTINEL_QUERY_PAGE_SIZE, "sources": [self.settings.sourcesystem]}
-        return self.pages("queryIndicators", url, "nextLink", "POST", criteria)
+        criteria = {"pageSize": C.SENTINEL_QUERY_PAGE_SIZE, "sources": [self.workspace.sourcesystem]}
+        return self.pages("queryIndicators", self.workspace.query_url, "nextLink", "POST", criteria)
 
 
 def documented_upload(count: int) -> Callable[[Any], bool]:
@@ -81,5 +109,185 @@ def _results(objects: list[dict[str, Any]], errors: list[Any]) -> list[ItemResul
     for error in errors:
         texts = error.get("errorMessages") or ["rejected without a reason"]
         messages[error["recordIndex"]] = "; ".join(str(text) for text in texts)
-    return [ItemResult(obj["id"], None if index in messages else obj["id"], messages.get(index))
-            for index, obj in enumerate(objects)]
+    return [_result(obj["id"], messages.get(index)) for index, obj in enumerate(objects)]
+
+
+def _result(stix: str, message: str | None) -> ItemResult:
+    if message is None:
+        return ItemResult(stix, stix)
+    outcome = Outcome.ALREADY_REVOKED if REVOKED_MESSAGE in message.lower() else Outcome.REJECTED
+    return ItemResult(stix, None, outcome, message)
+
+
+def revocation(last: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The last version sent, again, revoked, with a `modified` later than that version's."""
+    return {**last, "revoked": True, "modified": next_modified(stix_time(now), last.get("modified"))}
+
+
+
+def stix_object(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The STIX indicator a queryIndicators item shows, in the form this tool uploads it, so
+    a revocation can repeat it and its content hash matches what the transformer builds."""
+    props = properties(item)
+    obj: dict[str, Any] = {
+        "type": "indicator", "spec_version": "2.1", "id": props.get("externalId"),
+        "created": props.get("created"), "modified": props.get("modified"),
+        "valid_from": props.get("validFrom"), "pattern_type": props.get("patternType", "stix"),
+        "pattern_version": "2.1", "pattern": props.get("pattern"),
+    }
+    optional = {
+        "valid_until": props.get("validUntil"), "name": props.get("displayName"),
+        "description": props.get("description"), "indicator_types": props.get("threatTypes"),
+        "confidence": props.get("confidence"), "labels": props.get("labels"),
+        "object_marking_refs": props.get("objectMarkingRefs"),
+        "kill_chain_phases": [{"kill_chain_name": p.get("killChainName"), "phase_name": p.get("phaseName")}
+                              for p in _objects(props.get("killChainPhases"))],
+        "external_references": [{key: ref[name] for key, name in C.STIX_REFERENCE_FIELDS.items() if name in ref}
+                                for ref in _objects(props.get("externalReferences"))],
+    }
+    obj.update({key: value for key, value in optional.items() if value not in (None, [], "")})
+    return obj
+
+
+def properties(item: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A queryIndicators item's properties; junk there makes the item foreign, not a crash."""
+    props = item.get("properties")
+    return props if isinstance(props, Mapping) else {}
+
+
+def _objects(value: Any) -> list[Mapping[str, Any]]:
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def misp_reference(obj: Mapping[str, Any]) -> tuple[str, str]:
+    """(attribute uuid, event uuid) from the object's MISP external reference ("" if absent)."""
+    for ref in _objects(obj.get("external_references")):
+        if ref.get("source_name") == "MISP" and isinstance(ref.get("external_id"), str):
+            match = _EVENT_URL_RE.search(str(ref.get("url", "")))
+            return ref["external_id"].lower(), match.group(1).lower() if match else ""
+    return "", ""
+
+
+def key_and_generation(stix: str, attribute_uuid: str) -> tuple[str, int] | None:
+    """Which key (base STIX id) and revival generation a STIX id belongs to, or None."""
+    for suffix in C.STIX_PART_SUFFIXES:
+        key = candidate = stix_id(attribute_uuid + suffix)
+        for generation in range(MAX_GENERATIONS):
+            if candidate == stix:
+                return key, generation
+            candidate = stix_id(candidate)
+    return None
+
+
+def sentinel_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebuilt:
+    """Sentinel state rows from the workspace: per key, its newest generation; a revoked one
+    becomes the key's revoked id (a revival then gets the next id), a live one an owned row."""
+    newest: dict[str, tuple[int, dict[str, Any], str, bool]] = {}
+    rebuilt = Rebuilt()
+    for item in items:
+        obj = stix_object(item)
+        revoked = properties(item).get("revoked") is True
+        attribute_uuid, event_uuid = misp_reference(obj)
+        found = key_and_generation(str(obj["id"]), attribute_uuid) if attribute_uuid else None
+        if found is None:
+            rebuilt.foreign += 1
+            continue
+        key, generation = found
+        if key not in newest or generation > newest[key][0]:
+            newest[key] = (generation, obj, event_uuid, revoked)
+    for key, (_, obj, event_uuid, revoked) in newest.items():
+        if revoked:
+            rebuilt.revoked.append((key, obj["id"]))
+        else:
+            rebuilt.rows.append(StateRow(key, obj["id"], content_hash(obj), immutable_hash(obj), str(obj.get("valid_until", "")),
+                                      event_uuid, iso_utc(now), json.dumps(obj, sort_keys=True)))
+    return rebuilt
+
+
+class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
+    """A Sentinel workspace as a target."""
+
+    kind = "sentinel"
+    transformer: type[Transformer] = StixTransformer
+    max_batch = C.SENTINEL_MAX_BATCH
+    keeps_body = True
+    retires_ids = True
+    permission = SentinelClient.permission
+    permission_fix = "assign the app the Microsoft Sentinel Contributor role on the workspace"
+    listing_columns: tuple[tuple[str, int], ...] = C.SENTINEL_LISTING_COLUMNS
+
+    def __init__(self, settings: Settings, spec: TargetSettings, log: RequestLog, online: bool) -> None:
+        self.label = spec.label
+        self._spec = spec
+        self._config_name = settings.config_path.name
+        connection = Connection.of(settings, settings.management_endpoint, settings.max_requests_per_minute)
+        super().__init__(SentinelClient(connection, Workspace.of(settings, spec), log) if online else None)
+
+    # --- pure -------------------------------------------------------------------------------
+    @staticmethod
+    def state_key(settings: Settings, spec: TargetSettings) -> str:
+        """Per workspace."""
+        return f"sentinel_{spec.workspace_id}"
+
+    def key_of(self, indicator: dict[str, Any]) -> str:
+        return str(indicator["id"])
+
+    def keys_of_attribute(self, attribute_uuid: str) -> list[str]:
+        return [stix_id(attribute_uuid + suffix) for suffix in C.STIX_PART_SUFFIXES]
+
+    def attribute_of(self, indicator: dict[str, Any]) -> str:
+        references = indicator.get("external_references") or [{}]
+        return str(references[0].get("external_id", "")).lower()
+
+    def expiry_of(self, indicator: dict[str, Any]) -> str:
+        return str(indicator["valid_until"])
+
+    def value_of(self, indicator: dict[str, Any]) -> str:
+        return str(indicator.get("name", ""))
+
+    def row_value(self, row: StateRow) -> str:
+        return str(json.loads(row.body).get("name", "")) if row.body else ""
+
+    def prepare(self, key: str, indicator: dict[str, Any], row: StateRow | None,
+                revoked_id: str | None) -> tuple[dict[str, Any], str | None]:
+        """Keep the first upload's id, `created` and `valid_from`, and send a `modified` later
+        than the last version's even when the clock is behind; a key whose id was revoked gets
+        a new id derived from the revoked one (still the same on every machine)."""
+        if row is not None:
+            last = json.loads(row.body) if row.body else indicator
+            indicator = {**indicator, "id": row.remote_id, "created": last["created"], "valid_from": last["valid_from"],
+                         "modified": next_modified(indicator["modified"], last.get("modified"))}
+        elif revoked_id is not None:
+            indicator = {**indicator, "id": stix_id(revoked_id)}
+        return indicator, str(indicator["id"])
+
+    def owns_id(self, remote_id: str) -> bool:
+        return bool(C.STIX_INDICATOR_ID_RE.fullmatch(remote_id))
+
+    def listing_cell(self, item: dict[str, Any], column: str) -> Any:
+        return item.get("properties", {}).get(column, "")
+
+    # --- the service ------------------------------------------------------------------------
+    def probe(self) -> Iterator[dict[str, Any]]:
+        return self.listing()
+
+    def listing(self) -> Iterator[dict[str, Any]]:
+        """The management API names the workspace by subscription, resource group and name."""
+        self._spec.require_management(self._config_name)
+        return self.client.query_pages()
+
+    def read_back(self, now: dt.datetime) -> Rebuilt:
+        """The workspace's indicators from our sourcesystem (needs the management settings)."""
+        return sentinel_rows((item for page in self.listing() for item in page["value"]), now)
+
+    def create(self, indicators: list[dict[str, Any]]) -> list[ItemResult]:
+        return self.client.upload(indicators)
+
+    def change(self, action: Action, items: list[tuple[str, dict[str, Any]]]) -> list[ItemResult]:
+        """Every change, a replacement too, is an upload of the same id with a newer `modified`."""
+        return self.client.upload([indicator for _, indicator in items])
+
+    def remove(self, rows: list[StateRow]) -> list[ItemResult]:
+        """Revoke: the last object sent, again, with `revoked: true` and a newer `modified`."""
+        now = dt.datetime.now(dt.UTC)
+        return self.client.upload([revocation(json.loads(row.body), now) for row in rows])

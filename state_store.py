@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import errno
 import fcntl
 import os
@@ -50,7 +51,8 @@ INSERT OR REPLACE INTO revoked SELECT external_id, remote_id FROM indicators WHE
 DELETE FROM indicators WHERE status = 'revoked';
 """
 
-_KNOWN = "external_id, remote_id, content_hash, fixed_hash, expires_at, event_uuid, sent_at, body, status"
+# `fixed_hash` is the column of StateRow.immutable_hash (the name older state files carry).
+_ROW = "external_id, COALESCE(remote_id, ''), content_hash, fixed_hash, expires_at, event_uuid, sent_at, body, status"
 _OWNED = "status IN ('sent', 'pending')"
 _FORGET_EVENT_OF = "DELETE FROM events WHERE uuid IN (SELECT event_uuid FROM indicators WHERE external_id = ?)"
 
@@ -69,7 +71,9 @@ class StoreUnavailable(StoreError):
 
 def sqlite_fix(exc: sqlite3.Error) -> str:
     """"; <fix>" for an SQLite error the operator can fix (a full disk, permissions), else ""."""
-    return next((f"; {fix}" for text, fix in C.SQLITE_ERROR_FIXES if text in str(exc)), "")
+    code = getattr(exc, "sqlite_errorcode", None)
+    fix = C.SQLITE_ERROR_FIXES.get(code & 0xFF) if isinstance(code, int) else None
+    return f"; {fix}" if fix else ""
 
 
 class StoreUnsafe(StoreError):
@@ -77,27 +81,18 @@ class StoreUnsafe(StoreError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Known:
-    """One indicator this tool owns, as last sent."""
+class StateRow:
+    """One indicator this tool owns (or is sending or removing), as last sent."""
 
     external_id: str
     remote_id: str
     content_hash: str
-    fixed_hash: str
+    immutable_hash: str  # of the fields an update cannot change (reconcile.immutable_hash)
     expires_at: str
     event_uuid: str
     sent_at: str
     body: str
     status: str = SENT
-
-
-@dataclasses.dataclass(frozen=True)
-class Pending:
-    """A row a crashed run left half done."""
-
-    external_id: str
-    remote_id: str | None
-    status: str
 
 
 def _private_dir(path: Path) -> None:
@@ -158,7 +153,6 @@ class StateStore:
             if sqlite_fix(exc):
                 raise StoreUnavailable(f"state file {path}: {exc}{sqlite_fix(exc)}") from None
             raise StoreError(f"state file {path} is unreadable ({exc})") from None
-        self.path = path
 
     @classmethod
     def read_only(cls, path: Path) -> StateStore:
@@ -174,7 +168,6 @@ class StateStore:
             store.db.execute("SELECT 1 FROM indicators LIMIT 1").fetchall()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"state file {path} is unreadable ({exc})") from None
-        store.path = path
         return store
 
     def close(self) -> None:
@@ -213,22 +206,22 @@ class StateStore:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def known(self, external_id: str) -> Known | None:
+    def known(self, external_id: str) -> StateRow | None:
         """The owned row of a key, sent or maybe sent (`pending`)."""
-        row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ? AND {_OWNED}", (external_id,)).fetchone()
-        return Known(*row) if row else None
+        row = self.db.execute(f"SELECT {_ROW} FROM indicators WHERE external_id = ? AND {_OWNED}", (external_id,)).fetchone()
+        return StateRow(*row) if row else None
 
     def revoked_id(self, external_id: str) -> str | None:
         """The STIX id last revoked for this key: a revived indicator must not reuse it."""
         row = self.db.execute("SELECT remote_id FROM revoked WHERE external_id = ?", (external_id,)).fetchone()
         return row[0] if row else None
 
-    def rows(self, external_ids: Iterable[str]) -> list[Known]:
+    def rows(self, external_ids: Iterable[str]) -> list[StateRow]:
         return [row for key in external_ids if (row := self._any(key)) is not None]
 
-    def _any(self, external_id: str) -> Known | None:
-        row = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE external_id = ?", (external_id,)).fetchone()
-        return Known(*row) if row else None
+    def _any(self, external_id: str) -> StateRow | None:
+        row = self.db.execute(f"SELECT {_ROW} FROM indicators WHERE external_id = ?", (external_id,)).fetchone()
+        return StateRow(*row) if row else None
 
     def seen_in_run(self, external_id: str, run: int) -> bool:
         row = self.db.execute("SELECT 1 FROM indicators WHERE external_id = ? AND seen_run = ?", (external_id, run)).fetchone()
@@ -237,15 +230,16 @@ class StateStore:
     def owned_count(self) -> int:
         return self.db.execute(f"SELECT COUNT(*) FROM indicators WHERE {_OWNED}").fetchone()[0]
 
-    def unfinished(self) -> list[Pending]:
-        rows = self.db.execute("SELECT external_id, remote_id, status FROM indicators WHERE status != ?", (SENT,))
-        return [Pending(*row) for row in rows]
+    def unfinished(self) -> list[StateRow]:
+        """Rows a killed run left half done: `pending` (maybe sent) or `deleting` (maybe removed)."""
+        rows = self.db.execute(f"SELECT {_ROW} FROM indicators WHERE status != ? ORDER BY external_id", (SENT,))
+        return [StateRow(*row) for row in rows]
 
-    def unseen(self, run: int) -> Iterator[Known]:
+    def unseen(self, run: int) -> Iterator[StateRow]:
         """Owned rows no desired indicator touched in this run: candidates for removal, read
         row by row (most are usually outside the filter window and only counted)."""
-        rows = self.db.execute(f"SELECT {_KNOWN} FROM indicators WHERE {_OWNED} AND seen_run != ? ORDER BY external_id", (run,))
-        return (Known(*row) for row in rows)
+        rows = self.db.execute(f"SELECT {_ROW} FROM indicators WHERE {_OWNED} AND seen_run != ? ORDER BY external_id", (run,))
+        return (StateRow(*row) for row in rows)
 
     def forget_expired(self, run: int, now: str, dry_run: bool) -> int:
         """Unseen rows whose expiry has passed: the service has expired them, nothing to do
@@ -265,12 +259,12 @@ class StateStore:
             self.db.executemany("UPDATE indicators SET seen_run = ?, event_uuid = ? WHERE external_id = ?",
                                 ((run, event_uuid, key) for key, event_uuid in seen))
 
-    def mark_pending(self, rows: Iterable[Known], run: int) -> None:
+    def mark_pending(self, rows: Iterable[StateRow], run: int) -> None:
         """Before a submit or upload of new indicators."""
         with self.transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                ((k.external_id, k.remote_id or None, k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.event_uuid,
+                ((k.external_id, k.remote_id or None, k.content_hash, k.immutable_hash, k.expires_at, k.sent_at, k.event_uuid,
                   PENDING, run, k.body) for k in rows),
             )
 
@@ -284,12 +278,12 @@ class StateStore:
             self.db.executemany("UPDATE indicators SET remote_id = ?, status = ? WHERE external_id = ?", ((r, SENT, e) for e, r in sent))
             self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in failed))
 
-    def record_updated(self, rows: Iterable[Known]) -> None:
+    def record_updated(self, rows: Iterable[StateRow]) -> None:
         """After an update, renewal or re-upload of indicators already owned."""
         with self.transaction():
             self.db.executemany(
                 "UPDATE indicators SET content_hash = ?, fixed_hash = ?, expires_at = ?, sent_at = ?, body = ? WHERE external_id = ?",
-                ((k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.body, k.external_id) for k in rows),
+                ((k.content_hash, k.immutable_hash, k.expires_at, k.sent_at, k.body, k.external_id) for k in rows),
             )
 
     def record_revoked(self, revoked: Iterable[tuple[str, str]]) -> None:
@@ -318,7 +312,7 @@ class StateStore:
                 self.db.execute(_FORGET_EVENT_OF, (external_id,))
                 self.db.execute("DELETE FROM indicators WHERE external_id = ?", (external_id,))
 
-    def replace_all(self, rows: Iterable[Known], revoked: Iterable[tuple[str, str]] = ()) -> None:
+    def replace_all(self, rows: Iterable[StateRow], revoked: Iterable[tuple[str, str]] = ()) -> None:
         """A rebuild from the service's listing: exactly these owned rows and revoked ids."""
         with self.transaction():
             self.db.execute("DELETE FROM indicators")
@@ -327,7 +321,7 @@ class StateStore:
             self.db.execute("DELETE FROM meta WHERE key IN ('fingerprint', 'full_read')")
             self.db.executemany(
                 "INSERT INTO indicators VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                ((k.external_id, k.remote_id, k.content_hash, k.fixed_hash, k.expires_at, k.sent_at, k.event_uuid, SENT, k.body)
+                ((k.external_id, k.remote_id, k.content_hash, k.immutable_hash, k.expires_at, k.sent_at, k.event_uuid, SENT, k.body)
                  for k in rows),
             )
             self.db.executemany("INSERT OR REPLACE INTO revoked VALUES (?, ?)", revoked)
@@ -390,3 +384,28 @@ class StateStore:
         """A listing found these clean long enough after their ambiguous answer: no copy can come now."""
         with self.transaction():
             self.db.execute("DELETE FROM suspects WHERE since < ?", (before,))
+
+
+def adopt_case_variant(store: Path) -> None:
+    """Rename a store file whose name differs only in letter case to the canonical name."""
+    if store.exists() or not store.parent.is_dir():
+        return
+    variant = next((path for path in store.parent.glob("*.sqlite") if path.name.lower() == store.name), None)
+    if variant is not None:
+        variant.rename(store)
+
+
+def open_store(path: Path, dry_run: bool, now: dt.datetime) -> tuple[StateStore, str]:
+    """The target's store, and a note when an unreadable file had to be moved aside (the run
+    then rebuilds from the service). A dry run never moves anything."""
+    adopt_case_variant(path)
+    if dry_run:
+        return StateStore(path if path.exists() else None), ""
+    try:
+        return StateStore(path), ""
+    except (StoreUnavailable, StoreUnsafe):  # sound but unusable now, or refused: never moved aside
+        raise
+    except StoreError as exc:
+        aside = path.with_name(f"{path.name}.unreadable-{now.strftime('%Y%m%dT%H%M%SZ')}")
+        path.rename(aside)
+        return StateStore(path), f"{exc}; moved to {aside.name}"

@@ -116,6 +116,13 @@ def _value_error(name: str, value: Any) -> str | None:
     return None
 
 
+def _null_collection(name: str) -> str:
+    """OData's refusal of null for a property the CSDL declares Collection(Edm.String) (not nullable)."""
+    kind = "Collection(Edm.String)[Nullable=False]"
+    return (f"A null value was found for the property named '{name}', which has the expected type '{kind}'. "
+            f"The expected type '{kind}' does not allow null values.")
+
+
 def validate_indicator(item: dict[str, Any]) -> str | None:
     """The first documented tiIndicator rule `item` breaks (naming the property), or None."""
     for name in item:
@@ -348,17 +355,21 @@ class GraphStandIn(HttpsStandIn):
                         if item.get(name) in (None, "")), None)
         problem = problem or next((f"Property '{name}' cannot be updated." for name in item
                                    if name not in _UPDATABLE), None)
+        problem = problem or next((_null_collection(name) for name in sorted(_STRING_LISTS)
+                                   if name in item and item[name] is None), None)
         problem = problem or next((_value_error(n, v) for n, v in item.items()
                                    if v is not None and _value_error(n, v)), None)
         with self.lock:
-            stored = self.indicators.get(item.get("id")) if self.owners.get(item.get("id")) == client_id else None
+            ident = str(item.get("id"))
+            stored = self.indicators.get(ident) if self.owners.get(ident) == client_id else None
             if problem is None and stored is None:
                 problem = f"Indicator {item.get('id')} not found."
-            if problem is None:
+            if problem is None and stored is not None:
                 stored.update({k: v for k, v in item.items() if v is not None})
                 for name in [k for k, v in item.items() if v is None]:
                     stored.pop(name, None)
                 return dict(stored)
+        problem = problem or "rejected"
         error = {"code": "InvalidInput" if "not found" not in problem else "NotFound", "message": problem}
         return {**item, "Error": json.dumps({"error": error})}
 

@@ -2,7 +2,8 @@
 the line that fails, with its fix, and never a secret."""
 from __future__ import annotations
 
-from constants import ExitCode
+import constants as C
+from constants import ErrorCause, ExitCode
 from tests.support import run_cli, write_config
 
 
@@ -55,3 +56,16 @@ def test_misp_problems_come_with_their_fix(standins, tmp_path, capsys, monkeypat
 def test_bad_config_is_the_first_and_only_line(standins, tmp_path, capsys):
     run = run_cli(write_config(tmp_path, standins, passiveOnly="False"), "--check", capsys=capsys)
     assert run.code == ExitCode.CONFIG and len(lines(run)) == 1 and "passiveOnly" in lines(run)[0]
+
+
+def test_a_failed_permission_read_gets_the_fix_for_its_cause(standins, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ms_client.MAX_WAIT_SECONDS", 0.0)
+    config = write_config(tmp_path, standins)
+    standins.graph.fail_next(403, path_suffix="/tiIndicators")
+    run = run_cli(config, "--check", capsys=capsys)
+    assert run.code == ExitCode.MICROSOFT
+    assert "fix: add the application permission ThreatIndicators.ReadWrite.OwnedBy" in run.out
+    standins.graph.fail_next(503, times=10, path_suffix="/tiIndicators")
+    run = run_cli(config, "--check", capsys=capsys)
+    (fix,) = [line for line in run.out.splitlines() if "fix:" in line]
+    assert run.code == ExitCode.MICROSOFT and fix.strip() == "fix: " + C.PROBE_FIXES[ErrorCause.SERVICE_FAILED]

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from constants import ExitCode
-from rebuild import key_and_generation, misp_reference
+from sentinel_client import key_and_generation, misp_reference
 from tests.support import ROOT, run_process, write_config
 from tests.test_reconciliation import assert_no_duplicates, graph_calls, wait_for
 from tests.test_sentinel import active_ids, expected_stix_ids, uploads
@@ -40,9 +40,9 @@ def first_ids_attribute(standins) -> dict:
                 for a in e["Event"]["Attribute"] if a.get("to_ids") is True and a["type"] in ("ip-dst", "domain", "url"))
 
 
-def active_keys(standins) -> collections.Counter:
+def active_keys(standins) -> collections.Counter[str]:
     """Live workspace objects per MISP key (base STIX id), whatever their revival generation."""
-    keys = collections.Counter()
+    keys: collections.Counter[str] = collections.Counter()
     for stix, obj in standins.sentinel.objects.items():
         if not obj.get("revoked"):
             attribute_uuid, _ = misp_reference(obj)
@@ -135,7 +135,7 @@ def test_lost_graph_state_is_rebuilt_from_graph_before_planning(standins, tmp_pa
     assert run.code == ExitCode.OK, run.err
     assert len(standins.graph.indicators) == len(held) and held_external_ids(standins) == held
     assert "submitTiIndicators" not in graph_calls(standins, before)
-    assert ("STATE REBUILT from the service: %d indicators" % len(held) in run.out) is rebuilt
+    assert (f"STATE REBUILT from the service: {len(held)} indicators" in run.out) is rebuilt
 
 
 def test_lost_sentinel_state_keeps_created_and_gives_a_revived_attribute_a_fresh_id(standins, tmp_path):

@@ -7,8 +7,9 @@ import stat
 
 import pytest
 
-from reconcile import Action, content_hash, event_uuid_of, fixed_hash, mass_delete_blocked, plan, renew_body, update_body
-from state_store import PENDING, Known, StateStore, StoreLocked, target_lock
+from graph_client import renew_body, update_body
+from reconcile import Action, content_hash, event_uuid_of, immutable_hash, mass_delete_blocked, plan
+from state_store import PENDING, StateRow, StateStore, StoreLocked, target_lock
 
 NOW = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
 INDICATOR = {
@@ -18,8 +19,8 @@ INDICATOR = {
 }
 
 
-def known(indicator=INDICATOR, expires="2027-01-27T00:00:00Z") -> Known:
-    return Known("a1", "g1", content_hash(indicator), fixed_hash(indicator), expires, "e1", "2026-11-28T00:00:00Z", "")
+def known(indicator=INDICATOR, expires="2027-01-27T00:00:00Z") -> StateRow:
+    return StateRow("a1", "g1", content_hash(indicator), immutable_hash(indicator), expires, "e1", "2026-11-28T00:00:00Z", "")
 
 
 def test_plan_covers_every_case():
@@ -38,14 +39,17 @@ def test_plan_covers_every_case():
 def test_graph_echo_hashes_like_what_was_sent():
     echo = {**INDICATOR, "id": "g1", "azureTenantId": "t", "ingestedDateTime": "2026-11-28T00:00:00Z",
             "@odata.type": "#microsoft.graph.tiIndicator", "expirationDateTime": "2027-02-01T00:00:00Z"}
-    assert content_hash(echo) == content_hash(INDICATOR) and fixed_hash(echo) == fixed_hash(INDICATOR)
+    assert content_hash(echo) == content_hash(INDICATOR) and immutable_hash(echo) == immutable_hash(INDICATOR)
 
 
 def test_update_bodies_clear_removed_fields_and_renewal_is_minimal():
     body = update_body("g1", {**INDICATOR, "tags": []})
-    assert body["id"] == "g1" and body["targetProduct"] == "Azure Sentinel" and body["killChain"] is None
+    assert body["id"] == "g1" and body["targetProduct"] == "Azure Sentinel" and body["description"] == "d"
+    assert body["knownFalsePositives"] is None  # an optional text the indicator does not have
+    assert body["tags"] == [] and body["killChain"] == []  # collections are not nullable (mapping.md "Graph collections")
     assert "domainName" not in body and "threatType" not in body
-    assert renew_body("g1", INDICATOR) == {"id": "g1", "expirationDateTime": INDICATOR["expirationDateTime"], "targetProduct": "Azure Sentinel"}
+    assert renew_body("g1", INDICATOR) == {"id": "g1", "expirationDateTime": INDICATOR["expirationDateTime"],
+                                           "targetProduct": "Azure Sentinel"}
 
 
 def test_event_uuid_is_read_back_from_additional_information():
@@ -63,13 +67,13 @@ def test_store_rows_move_pending_to_sent_and_survive_reopening(tmp_path):
     store = StateStore(path)
     run, previous = store.begin_run("2026-12-01T00:00:00Z")
     assert previous is None
-    store.mark_pending([Known("a1", "", "c", "f", "2027-01-01T00:00:00Z", "e1", "now", ""),
-                        Known("a2", "", "c", "f", "x", "e1", "now", "")], run)
+    store.mark_pending([StateRow("a1", "", "c", "f", "2027-01-01T00:00:00Z", "e1", "now", ""),
+                        StateRow("a2", "", "c", "f", "x", "e1", "now", "")], run)
     assert [(p.external_id, p.status) for p in store.unfinished()] == [("a1", PENDING), ("a2", PENDING)]
     store.record_sent([("a1", "g1")], failed=["a2"])
     store.close()
     reopened = StateStore(path)
-    assert reopened.known("a1") == Known("a1", "g1", "c", "f", "2027-01-01T00:00:00Z", "e1", "now", "")
+    assert reopened.known("a1") == StateRow("a1", "g1", "c", "f", "2027-01-01T00:00:00Z", "e1", "now", "")
     assert reopened.known("a2") is None and reopened.unfinished() == []
     assert reopened.begin_run("2026-12-02T00:00:00Z") == (run + 1, "2026-12-01T00:00:00Z")
     assert [row.external_id for row in reopened.unseen(run + 1)] == ["a1"]
@@ -81,7 +85,7 @@ def test_store_rows_move_pending_to_sent_and_survive_reopening(tmp_path):
 
 def test_a_failed_transaction_leaves_the_store_as_it_was(tmp_path):
     store = StateStore(tmp_path / "s.sqlite")
-    store.mark_pending([Known("a1", "", "c", "f", "x", "e1", "now", "")], 1)
+    store.mark_pending([StateRow("a1", "", "c", "f", "x", "e1", "now", "")], 1)
     with pytest.raises(RuntimeError), store.transaction():
         store.db.execute("DELETE FROM indicators")
         raise RuntimeError("crash inside")

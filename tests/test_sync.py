@@ -45,7 +45,7 @@ def test_sync_sends_every_indicator_of_published_events(standins, tmp_path, caps
     report = run.logs("run-report")[0]
     assert report["accepted"] == report["new"] == report["indicators"] == len(expected)
     assert report["events"] == published and report["rejected"] == report["failed"] == 0
-    assert "accepted: %d" % len(expected) in run.out and "skipped:" in run.out
+    assert f"accepted: {len(expected)}" in run.out and "skipped:" in run.out
     assert report["attributes"] == report["indicators"] + sum(report["skipped"].values())
     submits = [r for r in standins.graph.requests_seen if r.path.endswith("/submitTiIndicators")]
     assert len(submits) == -(-len(expected) // 100) or len(submits) >= len(expected) / 100
@@ -262,3 +262,25 @@ def test_routine_skips_are_capped_per_reason_in_the_skipped_file(standins, tmp_p
     logged = collections.Counter(json.loads(line)["reason"] for line in path.read_text().splitlines())
     assert run.logs("run-report")[0]["skipped"]["not-to-ids"] > logged["not-to-ids"] == 5
     assert logged["unsupported-type"] == 2
+
+
+def test_an_update_clears_a_dropped_list_with_an_empty_list_not_null(standins, tmp_path, capsys):
+    """mapping.md "Graph collections": Graph's CSDL collections are not nullable, so the
+    stand-in refuses null for them in updateTiIndicators, as Graph does."""
+    attribute = {"uuid": "11111111-0000-4000-8000-0000000000b1", "type": "domain", "value": "tagged.example",
+                 "to_ids": True, "Tag": [{"name": "custom:one"}]}
+    standins.misp.events[:] = [{"Event": {
+        "uuid": "11111111-0000-4000-8000-000000000002", "info": "Tag test", "published": True,
+        "timestamp": "1700000000", "publish_timestamp": "1700000000", "Attribute": [attribute],
+    }}]
+    config = write_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    (held,) = standins.graph.indicators.values()
+    assert held["tags"] == ["custom:one"]
+    del attribute["Tag"]
+    run = run_cli(config, capsys=capsys)
+    assert run.code == ExitCode.OK and "updated: 1" in run.out and "rejected: 0" in run.out
+    (held,) = standins.graph.indicators.values()
+    assert held.get("tags", []) == []
+    (update,) = [r.json for r in standins.graph.requests_seen if r.path.endswith("/updateTiIndicators")]
+    assert update["value"][0]["tags"] == [] and update["value"][0]["killChain"] == []
