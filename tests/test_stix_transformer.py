@@ -14,6 +14,7 @@ from stix2patterns.validator import run_validator
 import misp_transformer
 from constants import SkipReason
 from misp_transformer import MappingPolicy, StixTransformer, stix_id
+from standins.sentinel import validate_stix_object
 from tests.test_transformer import MD5, SHA1, SHA256, attribute, event
 from tests.test_transformer_fuzz import POLICIES, events
 
@@ -29,6 +30,7 @@ def objects(*attributes: dict, policy: MappingPolicy = POLICY, **event_kw) -> li
 
 
 def assert_valid(obj: dict) -> None:
+    assert validate_stix_object(obj) == []  # the OASIS JSON schemas, as the Sentinel stand-in checks them
     stix2.parse(obj, allow_custom=False)
     assert run_validator(obj["pattern"], stix_version="2.1") == []
     assert len(Pattern(obj["pattern"]).inspect().comparisons) == 1
