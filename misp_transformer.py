@@ -213,7 +213,8 @@ def refang(value: str) -> str:
     one clicks them; the tool reads them as they were."""
     if "[" not in value and "(" not in value and "xx" not in value[:4].lower():
         return value
-    return C.DEFANGED_SCHEME_RE.sub(r"http\1", C.DEFANGED_RE.sub(lambda found: C.REFANGED[found[0].lower()], value))
+    text = C.DEFANGED_RE.sub(lambda found: C.REFANGED[found[0].lower()], value)
+    return C.DEFANGED_SCHEME_RE.sub(lambda found: "http" + found[1].lower(), text)
 
 
 def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | ipaddress.IPv4Network | ipaddress.IPv6Network:
