@@ -183,3 +183,13 @@ def test_created_and_valid_from_come_from_the_misp_attribute_not_the_run():
     assert future["created"] == unstamped["created"] == future["modified"] == misp_transformer.stix_time(NOW)
     for obj in (stamped, future, unstamped):
         assert_valid(obj)
+
+
+def test_ids_are_the_uuid5_they_always_were():
+    """stix_id writes uuid5 out by hand for speed: every id must stay what uuid.uuid5 gives, or a
+    new version would orphan the indicators its state holds."""
+    import uuid
+
+    namespace = uuid.UUID("6b1c5e3a-5f0e-4e1f-9a51-3d2b6c7f8e90")
+    for key in ("57153590-f73c-11e5-be4b-4737950d210f", "5a0d5bf4-99c8-4f15-9879-22b1950d210f|domain", "x|ip", "é", ""):
+        assert stix_id(key) == f"indicator--{uuid.uuid5(namespace, key)}"
