@@ -118,6 +118,17 @@ def json_bytes(value: Any) -> int:
     return len(_COMPACT_JSON.encode(value))
 
 
+def text_bytes(texts: str | tuple[str, ...]) -> int:
+    """json_bytes of a text or a tuple of texts, without encoding the usual ones (once per
+    distinct comment of every event): printable ASCII takes a byte a character, a newline two,
+    plus the quotes; anything else is encoded."""
+    parts = (texts,) if isinstance(texts, str) else texts
+    if not all(part.isascii() and '"' not in part and "\\" not in part and part.replace("\n", "").isprintable() for part in parts):
+        return json_bytes(texts)
+    sizes = sum(len(part) + part.count("\n") + 2 for part in parts)
+    return sizes if isinstance(texts, str) else sizes + len(parts) + 1
+
+
 def _dicts(value: Any) -> list[Mapping[str, Any]]:
     """A MISP list that may be absent, null or hold junk: keep only the objects."""
     if not isinstance(value, list):
@@ -212,7 +223,7 @@ def split_composite(value: str) -> tuple[str, str]:
 def refang(value: str) -> str:
     """`hxxp://evil[.]example` as `http://evil.example`: feeds defang network values so that no
     one clicks them; the tool reads them as they were."""
-    if "[" not in value and "(" not in value and "xx" not in value[:4].lower():
+    if "[" not in value and "(" not in value and value[1:3].lower() != "xx":
         return value
     text = C.DEFANGED_RE.sub(lambda found: C.REFANGED[found[0].lower()], value)
     return C.DEFANGED_SCHEME_RE.sub(lambda found: "http" + found[1].lower(), text)
@@ -916,7 +927,7 @@ class Transformer:
         texts = self._texts.get(raw)
         if texts is None:
             texts = self._texts[raw] = self.describe(context, clean_text(raw))
-            self._largest_texts = max(self._largest_texts, json_bytes(texts))
+            self._largest_texts = max(self._largest_texts, text_bytes(texts))
             self._count_spare()
         return texts
 
@@ -969,21 +980,22 @@ class Transformer:
         return result
 
     def _candidate(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
-        misp_type = attribute.get("type")
-        uuid = attribute.get("uuid")
+        get = attribute.get  # looked up once: this runs for every attribute
+        misp_type = get("type")
+        uuid = get("uuid")
         key = uuid.strip().lower() if isinstance(uuid, str) else ""
         if not isinstance(misp_type, str) or not C.UUID_RE.fullmatch(key):
             return _skip(context.uuid, attribute, SkipReason.MALFORMED, "attribute without a type or a valid uuid")
-        deleted = attribute.get("deleted")
+        deleted = get("deleted")
         if object_deleted or (deleted is not False and is_true(deleted)):
             return _skip(context.uuid, attribute, SkipReason.DELETED)
         if misp_type in C.CONTEXT_TYPES:
             return _skip(context.uuid, attribute, SkipReason.CONTEXT, "used as event context")
-        to_ids = attribute.get("to_ids")
+        to_ids = get("to_ids")
         if to_ids is not True and not is_true(to_ids):
             return _skip(context.uuid, attribute, SkipReason.NOT_TO_IDS)
         try:
-            value = as_text(attribute.get("value"))
+            value = as_text(get("value"))
             observables, refanged = read_attribute(misp_type, value, self.policy)
             indicators = self.render(context, attribute, observables, value, key)
             if 2 * len(value) + len(key) > self._spare:
@@ -992,7 +1004,8 @@ class Transformer:
             return _skip(context.uuid, attribute, SkipReason.INVALID_VALUE, str(exc))
         except _Refused as refused:
             return _skip(context.uuid, attribute, refused.reason, str(refused))
-        self._refanged += refanged
+        if refanged:
+            self._refanged += 1
         return indicators
 
     def render(self, context: EventContext, attribute: Mapping[str, Any], observables: tuple[Observable, ...], value: str,

@@ -199,3 +199,11 @@ def test_hostname_fast_paths_agree_with_the_codec(value):
     except misp_transformer.InvalidValue as exc:
         got = "IP" if "IP address" in str(exc) else None
     assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.tuples(st.text(), st.text()),
+                 st.text(alphabet=st.sampled_from('ab \n"\\\t~\x7f\u00e9'))))
+def test_text_bytes_is_json_bytes(texts):
+    """The shortcut for the usual texts counts what encoding them counts."""
+    assert misp_transformer.text_bytes(texts) == json_bytes(texts)
