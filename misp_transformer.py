@@ -523,18 +523,6 @@ OBSERVABLE_TYPES: dict[str, Reader | NetworkReader] = {
 }
 
 
-def read_attribute(misp_type: str, value: str, policy: MappingPolicy) -> tuple[tuple[Observable, ...], bool]:
-    """The one reading of an attribute value that every target renders, and whether the value
-    was defanged."""
-    reader = OBSERVABLE_TYPES.get(misp_type)
-    if reader is None:
-        raise _Refused(SkipReason.UNSUPPORTED_TYPE, f"no observable for MISP type {misp_type}")
-    if isinstance(reader, NetworkReader):
-        text = refang(value)
-        return reader.read(text, policy), text != value
-    return reader(value, policy), False
-
-
 # --- observables -> Graph tiIndicator fields (mapping.md "Graph tiIndicator") -----------------
 
 GraphRenderer = Callable[[Observable, MappingPolicy], dict[str, Any]]
@@ -996,7 +984,14 @@ class Transformer:
             return _skip(context.uuid, attribute, SkipReason.NOT_TO_IDS)
         try:
             value = as_text(get("value"))
-            observables, refanged = read_attribute(misp_type, value, self.policy)
+            reader = OBSERVABLE_TYPES.get(misp_type)  # the one reading, that every target renders
+            if reader is None:
+                raise _Refused(SkipReason.UNSUPPORTED_TYPE, f"no observable for MISP type {misp_type}")
+            if isinstance(reader, NetworkReader):
+                text = refang(value)
+                refanged, observables = text != value, reader.read(text, self.policy)
+            else:
+                refanged, observables = False, reader(value, self.policy)
             indicators = self.render(context, attribute, observables, value, key)
             if 2 * len(value) + len(key) > self._spare:
                 indicators = [fit(indicator, self.cuts(context)) for indicator in indicators]  # worst case too big: measure
@@ -1023,11 +1018,7 @@ class GraphTransformer(Transformer):
 
     def render(self, context: EventContext, attribute: Mapping[str, Any], observables: tuple[Observable, ...], value: str,
                key: str) -> list[dict[str, Any]]:
-        fields = graph_fields(observables, self.policy)
-        indicator = self.template(context, attribute).copy()
-        indicator["externalId"] = key
-        indicator.update(fields)
-        return [indicator]
+        return [{**self.template(context, attribute), "externalId": key, **graph_fields(observables, self.policy)}]
 
     def text_fields(self, texts: tuple[str, str]) -> dict[str, str]:
         return {"description": texts[0], "additionalInformation": texts[1]}
