@@ -419,6 +419,7 @@ PORT_MAX = 65535
 # One 0.9 MB event of comments once made every indicator 0.9 MB; these keep each one small.
 TEXT_FIELD_MAX = 4096  # characters of Graph additionalInformation and STIX description (and any free text read)
 INDICATOR_MAX_BYTES = 16384  # one indicator's compact JSON in UTF-8
+TAG_SETS_CACHED = 1024  # distinct tag lists whose reading the transformer keeps (a pure function's memo)
 EVENT_CONTEXT_VALUES_MAX = 20  # distinct comment / threat-actor / malware-type values read per event, per type
 ELLIPSIS = "\u2026"
 

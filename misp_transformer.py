@@ -123,10 +123,12 @@ def text_bytes(texts: str | tuple[str, ...]) -> int:
     distinct comment of every event): printable ASCII takes a byte a character, a newline two,
     plus the quotes; anything else is encoded."""
     parts = (texts,) if isinstance(texts, str) else texts
-    if not all(part.isascii() and '"' not in part and "\\" not in part and part.replace("\n", "").isprintable() for part in parts):
-        return json_bytes(texts)
-    sizes = sum(len(part) + part.count("\n") + 2 for part in parts)
-    return sizes if isinstance(texts, str) else sizes + len(parts) + 1
+    sizes = 0 if isinstance(texts, str) else len(parts) + 1
+    for part in parts:
+        if not (part.isascii() and '"' not in part and "\\" not in part and part.replace("\n", "").isprintable()):
+            return json_bytes(texts)
+        sizes += len(part) + part.count("\n") + 2
+    return sizes
 
 
 def _dicts(value: Any) -> list[Mapping[str, Any]]:
@@ -528,10 +530,15 @@ OBSERVABLE_TYPES: dict[str, Reader | NetworkReader] = {
 GraphRenderer = Callable[[Observable, MappingPolicy], dict[str, Any]]
 
 
+# Graph's network field names, by direction (None: the direction-less field) and address kind.
+_NETWORK_FIELDS = {(direction, kind): f"network{direction.value if direction else ''}{kind}"
+                   for direction in (*C.Direction, None) for kind in ("IPv4", "IPv6", "CidrBlock", "Port")}
+
+
 def _graph_port(observable: Observable, policy: MappingPolicy) -> dict[str, Any]:
     if observable.port is None:
         return {}
-    fields: dict[str, Any] = {f"network{(observable.direction or C.Direction.DESTINATION).value}Port": observable.port}
+    fields: dict[str, Any] = {_NETWORK_FIELDS[observable.direction or C.Direction.DESTINATION, "Port"]: observable.port}
     if policy.network_ignore_direction:
         fields["networkPort"] = observable.port
     return fields
@@ -540,13 +547,15 @@ def _graph_port(observable: Observable, policy: MappingPolicy) -> dict[str, Any]
 def _graph_ip(observable: Observable, policy: MappingPolicy) -> dict[str, Any]:
     """`network<Direction><IPv4|IPv6|CidrBlock>`; the direction-less field as well when the
     direction is ignored, or alone when there is none (domain|ip)."""
-    suffix = "CidrBlock" if observable.is_network else f"IPv{observable.version}"
+    kind = "CidrBlock" if observable.is_network else f"IPv{observable.version}"
     fields: dict[str, Any] = {}
     if observable.direction is not None:
-        fields[f"network{observable.direction.value}{suffix}"] = observable.value
+        fields[_NETWORK_FIELDS[observable.direction, kind]] = observable.value
     if observable.direction is None or policy.network_ignore_direction:
-        fields[f"network{suffix}"] = observable.value
-    return fields | _graph_port(observable, policy)
+        fields[_NETWORK_FIELDS[None, kind]] = observable.value
+    if observable.port is not None:
+        fields.update(_graph_port(observable, policy))
+    return fields
 
 
 def _graph_email(observable: Observable, policy: MappingPolicy) -> dict[str, Any]:
@@ -673,6 +682,13 @@ def _more_restrictive(current: str | None, level: str) -> str:
 
 def read_tags(names: Iterable[str]) -> TagFacts:
     """Fold tag names into TagFacts; tags a mapping consumes do not become labels."""
+    return _read_tags(tuple(names))
+
+
+@functools.lru_cache(maxsize=C.TAG_SETS_CACHED)
+def _read_tags(names: tuple[str, ...]) -> TagFacts:
+    """read_tags, once per distinct tag list: events of one MISP share a few dozen tag lists,
+    and folding them is most of what an event costs before its attributes."""
     tlp = threat_type = diamond = None
     confidence: int | None = None
     kill_chain: list[str] = []
@@ -786,16 +802,21 @@ def event_attributes(event: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, An
 
 def merged_facts(context: EventContext, own_tag_names: Iterable[str]) -> TagFacts:
     """The attribute's own tags over the event's, taxonomy by taxonomy; names and labels merged."""
+    return _merged_facts(context.tags, context.activity_groups, context.malware_families, tuple(own_tag_names))
+
+
+@functools.lru_cache(maxsize=C.TAG_SETS_CACHED)
+def _merged_facts(event: TagFacts, groups: tuple[str, ...], families: tuple[str, ...], own_tag_names: tuple[str, ...]) -> TagFacts:
+    """merged_facts, once per distinct event facts and own tags (across events too)."""
     own = read_tags(own_tag_names)
-    event = context.tags
     return TagFacts(
         tlp=own.tlp or event.tlp,
         threat_type=own.threat_type or event.threat_type,
         kill_chain=own.kill_chain or event.kill_chain,
         diamond_model=own.diamond_model or event.diamond_model,
         confidence=_first_set(own.confidence, event.confidence, None),
-        activity_groups=tuple(_merge_unique(context.activity_groups, own.activity_groups)),
-        malware_families=tuple(_merge_unique(context.malware_families, own.malware_families)),
+        activity_groups=tuple(_merge_unique(groups, own.activity_groups)),
+        malware_families=tuple(_merge_unique(families, own.malware_families)),
         labels=tuple(_merge_unique(event.labels, own.labels)),
     )
 
@@ -857,10 +878,12 @@ def _shorter(value: str | list[str], tail: str, excess: int) -> str | list[str]:
 
 
 class Transformer:
-    """What every target shares: candidates, context and skip accounting. It keeps nothing
-    from one event to the next (the target's state store spots an attribute seen twice).
+    """What every target shares: candidates, their one reading (OBSERVABLE_TYPES), context and
+    skip accounting. It keeps no event's data for the next (the target's state store spots an
+    attribute seen twice); only pure memos (tag folding) outlive an event.
 
-    Subclasses say how one candidate becomes the target's indicator(s) in `build`.
+    Subclasses render a candidate's observables as the target's indicator(s) in `render`; a new
+    target is a new renderer, the reading stays.
     """
 
     def __init__(self, policy: MappingPolicy, now: dt.datetime) -> None:
