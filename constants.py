@@ -125,8 +125,7 @@ GRAPH_DELETE_PATH = GRAPH_TI_PATH + "/deleteTiIndicators"
 GRAPH_LIST_PAGE_SIZE = 100
 GRAPH_MAX_BATCH = 100
 GRAPH_DESCRIPTION_MAX = 100
-GRAPH_INT32_MAX = 2**31 - 1
-GRAPH_INT64_MAX = 2**63 - 1  # fileSize is Edm.Int64
+GRAPH_INT64_MAX = 2**63 - 1  # fileSize and the ASN fields are Edm.Int64
 GRAPH_REQUESTS_PER_MINUTE = 1000  # "any operation on tiIndicator", per app and tenant
 # Requests in flight per target: 1000/min at 300 ms latency needs 5; 8 leaves room.
 DEFAULT_CONCURRENT_REQUESTS = 8
@@ -216,10 +215,16 @@ STIX_KILL_CHAIN_PHASES = {
 STIX_HASH_NAMES = {
     "md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256", "sha512": "SHA-512", "sha3-256": "SHA3-256",
     "sha3-512": "SHA3-512", "ssdeep": "SSDEEP", "tlsh": "TLSH", "sha224": "SHA-224", "sha384": "SHA-384",
-    "sha512/224": "SHA-512/224", "sha512/256": "SHA-512/256", "sha3-224": "SHA3-224", "sha3-384": "SHA3-384",
-}
+    "sha512/224": "SHA-512-224", "sha512/256": "SHA-512-256", "sha3-224": "SHA3-224", "sha3-384": "SHA3-384",
+}  # the vocabulary's names, then custom keys within ^[a-zA-Z0-9_-]{3,250}$; any other type: its upper-case name
 X509_FINGERPRINTS = {"x509-fingerprint-md5": "md5", "x509-fingerprint-sha1": "sha1", "x509-fingerprint-sha256": "sha256"}
-MAC_ADDRESS_RE = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+# MAC addresses as written (lower-cased first): colon or hyphen pairs, Cisco's dotted quads, bare hex.
+MAC_ADDRESS_RE = re.compile(r"^(?:[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}|[0-9a-f]{12})$")
+# Registry hives as STIX windows-registry-key wants them, written out.
+REGISTRY_HIVES = {
+    "hklm": "HKEY_LOCAL_MACHINE", "hkcu": "HKEY_CURRENT_USER", "hkcr": "HKEY_CLASSES_ROOT",
+    "hku": "HKEY_USERS", "hkcc": "HKEY_CURRENT_CONFIG",
+}
 
 # --- MISP ------------------------------------------------------------------------------------
 MISP_DEFAULT_PAGE_SIZE = 100
@@ -343,6 +348,36 @@ GALAXY_MALWARE_FAMILIES = (
     "misp-galaxy:malpedia=", "misp-galaxy:malware=", "misp-galaxy:ransomware=", "misp-galaxy:tool=",
 )
 
+class ObservableKind(str, enum.Enum):
+    """What one observable is, whatever MISP type it came from; each target renders the kinds
+    it has a field or pattern for."""
+
+    IP = "ip"
+    DOMAIN = "domain"
+    URL = "url"
+    EMAIL = "email"
+    EMAIL_SUBJECT = "email-subject"
+    EMAIL_X_MAILER = "email-x-mailer"
+    EMAIL_DISPLAY_NAME = "email-display-name"
+    FILE_NAME = "file-name"
+    FILE_HASH = "file-hash"
+    X509_HASH = "x509-hash"
+    MUTEX = "mutex"
+    USER_AGENT = "user-agent"
+    ASN = "asn"
+    PORT = "port"
+    FILE_SIZE = "file-size"
+    MAC = "mac"
+    REGISTRY_KEY = "registry-key"
+
+
+class Direction(str, enum.Enum):
+    """Which end of the traffic a network observable is (Graph names fields after it)."""
+
+    SOURCE = "Source"
+    DESTINATION = "Destination"
+
+
 # MISP attribute types that describe the event instead of being indicators.
 CONTEXT_TYPES = frozenset({"threat-actor", "malware-type", "comment"})
 
@@ -376,6 +411,24 @@ HOSTNAME_MAX = 253
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# RFC 3986: where the authority ends, and the characters a path, query or fragment may hold as
+# they are (unreserved, sub-delims, ':', '@', '/', '?'; '%' only before two hex digits).
+URL_AUTHORITY_END_RE = re.compile(r"[/?#]")
+URL_SAFE_CHARACTERS = "!$&'()*+,;=:@/?-._~"
+URL_USERINFO_SAFE_CHARACTERS = "!$&'()*+,;=:-._~"
+URL_TAIL_RE = re.compile(r"(?:[A-Za-z0-9!$&'()*+,;=:@/?._~-]|%[0-9A-Fa-f]{2})*(?:#(?:[A-Za-z0-9!$&'()*+,;=:@/?._~-]|%[0-9A-Fa-f]{2})*)?")
+URL_STRAY_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Defanged network values (hxxp://, [.], (.), [dot], [:]) are refanged before they are read.
+DEFANGED_RE = re.compile(r"\[\.\]|\(\.\)|\[dot\]|\[:\]", re.IGNORECASE)
+DEFANGED_SCHEME_RE = re.compile(r"^hxxp(s?)(?=:)", re.IGNORECASE)
+REFANGED = {"[.]": ".", "(.)": ".", "[dot]": ".", "[:]": ":"}
+# An e-mail local part: RFC 5322 dot-atom (RFC 6531 lets it hold non-ASCII too), at most 64 characters.
+EMAIL_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+)*$")
+EMAIL_LOCAL_MAX = 64
+# CIDR blocks broader than these prefixes match whole providers (0.0.0.0/0 matches everything):
+# weak-observable unless allow_broad_cidr.
+NARROWEST_BROAD_PREFIX = {4: 16, 6: 32}
+TLSH_VERSION_PREFIX = "t1"  # TLSH prints "T1" + 70 hex digits; STIX (and so every target) takes the 70
 ASN_MAX = 2**32 - 1
 # MISP uuids (any version, any letter case); anything else names no attribute or event.
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -392,6 +445,7 @@ PORT_MAX = 65535
 # One 0.9 MB event of comments once made every indicator 0.9 MB; these keep each one small.
 TEXT_FIELD_MAX = 4096  # characters of Graph additionalInformation and STIX description (and any free text read)
 INDICATOR_MAX_BYTES = 16384  # one indicator's compact JSON in UTF-8
+TAG_SETS_CACHED = 1024  # distinct tag lists whose reading the transformer keeps (a pure function's memo)
 EVENT_CONTEXT_VALUES_MAX = 20  # distinct comment / threat-actor / malware-type values read per event, per type
 ELLIPSIS = "\u2026"
 

@@ -32,6 +32,7 @@ _COLLECTION_CONTEXT = _METADATA + "Collection(microsoft.graph.tiIndicator)"
 _LIST_CONTEXT = _METADATA + "security/tiIndicators"
 _RESULT_CONTEXT = _METADATA + "Collection(microsoft.graph.resultInfo)"
 _INT32 = (-2**31, 2**31 - 1)
+_INT64 = (-2**63, 2**63 - 1)  # the beta CSDL's Edm.Int64: fileSize and the ASN fields
 
 _ENUMS: dict[str, tuple[str, ...]] = {
     "action": ("unknown", "allow", "block", "alert"),
@@ -45,9 +46,9 @@ _ENUMS: dict[str, tuple[str, ...]] = {
 _KILL_CHAIN = ("Actions", "C2", "Delivery", "Exploitation", "Installation", "Reconnaissance",
                "Weaponization")
 _INTEGERS: dict[str, tuple[int, int]] = {
-    "confidence": (0, 100), "severity": (0, 5), "fileSize": (-2**63, 2**63 - 1),
-    "networkDestinationAsn": _INT32, "networkDestinationPort": _INT32, "networkPort": _INT32,
-    "networkProtocol": _INT32, "networkSourceAsn": _INT32, "networkSourcePort": _INT32,
+    "confidence": (0, 100), "severity": (0, 5), "fileSize": _INT64,
+    "networkDestinationAsn": _INT64, "networkDestinationPort": _INT32, "networkPort": _INT32,
+    "networkProtocol": _INT32, "networkSourceAsn": _INT64, "networkSourcePort": _INT32,
 }
 _DATETIMES = frozenset({"expirationDateTime", "lastReportedDateTime", "ingestedDateTime",
                         "fileCompileDateTime", "fileCreatedDateTime"})
@@ -360,16 +361,16 @@ class GraphStandIn(HttpsStandIn):
         problem = problem or next((_value_error(n, v) for n, v in item.items()
                                    if v is not None and _value_error(n, v)), None)
         with self.lock:
-            ident = str(item.get("id"))
-            stored = self.indicators.get(ident) if self.owners.get(ident) == client_id else None
+            ident = item.get("id")
+            stored = self.indicators.get(ident) if isinstance(ident, str) and self.owners.get(ident) == client_id else None
             if problem is None and stored is None:
-                problem = f"Indicator {item.get('id')} not found."
+                problem = f"Indicator {ident} not found."
             if problem is None and stored is not None:
                 stored.update({k: v for k, v in item.items() if v is not None})
                 for name in [k for k, v in item.items() if v is None]:
                     stored.pop(name, None)
                 return dict(stored)
-        problem = problem or "rejected"
+        assert problem is not None  # every path without one returned above
         error = {"code": "InvalidInput" if "not found" not in problem else "NotFound", "message": problem}
         return {**item, "Error": json.dumps({"error": error})}
 

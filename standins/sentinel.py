@@ -22,8 +22,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
+import jsonschema
+import referencing
+import stix2
+import stix2.exceptions
 from stix2patterns.v21.pattern import Pattern
 from stix2patterns.validator import run_validator
 
@@ -62,6 +67,15 @@ _ITEM_NAMESPACE = uuid.UUID("6f1c2e0a-5b7d-4c1e-9a3f-2d8e4b6c0a17")  # names rea
 _REFERENCE_KEYS = {"source_name": "sourceName", "description": "description", "url": "url",
                    "external_id": "externalId", "hashes": "hashes"}
 _MISSING = object()
+# The OASIS STIX 2.1 JSON schemas (tests/stix_schemas/README.md says which commit).
+_SCHEMAS = Path(__file__).resolve().parent.parent / "tests" / "stix_schemas"
+_SCHEMA_BASE = "http://raw.githubusercontent.com/oasis-open/cti-stix2-json-schemas/stix2.1/schemas/"
+_OBSERVABLE_ID = "--00000000-0000-4000-8000-000000000000"  # the schemas require an id; any will do
+# RFC 3986 URI (the schema's "uri" format): a scheme, then only the characters the RFC allows,
+# '%' only as a percent-encoding; the authority's host a name, an IPv4 address or an [IPv6].
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?://(?:[A-Za-z0-9!$&'()*+,;=:._~-]|%[0-9A-Fa-f]{2})*@?"
+                  r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]*)(?::[0-9]*)?)?"
+                  r"(?:[A-Za-z0-9!$&'()*+,;=:@/?._~-]|%[0-9A-Fa-f]{2})*(?:#(?:[A-Za-z0-9!$&'()*+,;=:@/?._~-]|%[0-9A-Fa-f]{2})*)?")
 
 
 def _error(name: str, what: str, value: Any = _MISSING) -> str:
@@ -146,6 +160,82 @@ def analyse_pattern(pattern: str) -> tuple[str | None, str | None]:
     return None, raw
 
 
+def _dns_name(value: object) -> bool:
+    """The schema's idn-hostname, with what DNS allows beyond IDNA: underscore labels
+    (`_dmarc.example.com`)."""
+    if not isinstance(value, str):
+        return True
+    labels = value.split(".")
+    idna_part = ".".join(label for label in labels if not label.startswith("_"))
+    if any(not re.fullmatch(r"_[A-Za-z0-9_-]{1,62}", label) for label in labels if label.startswith("_")):
+        return False
+    return not idna_part or bool(_FORMATS.checkers["idn-hostname"][0](idna_part))
+
+
+_FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
+_CHECKS = jsonschema.FormatChecker()
+_CHECKS.checkers = dict(_FORMATS.checkers)
+_CHECKS.checks("uri")(lambda value: not isinstance(value, str) or bool(_URI.fullmatch(value)))
+_CHECKS.checks("idn-hostname")(_dns_name)
+
+
+@functools.cache
+def _schema_validator(name: str) -> jsonschema.protocols.Validator | None:
+    """A validator for one OASIS schema (`sdos/indicator.json`), None when it is not pinned."""
+    if not (_SCHEMAS / name).is_file():
+        return None
+    resources = [(_SCHEMA_BASE + path.relative_to(_SCHEMAS).as_posix(),
+                  referencing.Resource.from_contents(json.loads(path.read_text())))
+                 for path in _SCHEMAS.rglob("*.json")]
+    registry: referencing.Registry[Any] = referencing.Registry().with_resources(resources)
+    schema = registry.contents(_SCHEMA_BASE + name)
+    return jsonschema.Draft202012Validator(schema, registry=registry, format_checker=_CHECKS)
+
+
+def _schema_errors(name: str, obj: dict[str, Any], what: str, values_only: bool = False) -> list[str]:
+    """`obj` against one pinned schema; `values_only` keeps the errors of its properties' values
+    (a pattern names one property of its observable, not all the required ones)."""
+    validator = _schema_validator(name)
+    if validator is None:
+        return []
+    return [_error(what + "".join(f"[{p!r}]" for p in error.absolute_path),
+                   f"Does not match the STIX 2.1 schema ({error.message})")
+            for error in validator.iter_errors(obj) if error.absolute_path or not values_only]
+
+
+def _comparison_object(pattern: str) -> dict[str, Any] | None:
+    """The observable a single-comparison pattern describes (`[file:hashes.'MD5' = 'x']` is a
+    file with that hash), so that the value can be checked against the observable's schema;
+    None for list paths (`[*]`), which no one object stands for."""
+    ((object_type, ((path, _, raw),)),) = Pattern(pattern).inspect().comparisons.items()
+    if not all(isinstance(step, str) for step in path):
+        return None
+    value: Any = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith("'") else json.loads(raw)
+    for step in reversed(path):
+        value = {step: value}
+    return {"type": object_type, "id": object_type + _OBSERVABLE_ID, **value}
+
+
+def _specification_problems(obj: dict[str, Any]) -> list[str]:
+    """What the OASIS STIX 2.1 JSON schemas (the indicator's and its pattern's observable's) and
+    the stix2 library (no custom content) find wrong in a pattern-valid indicator."""
+    problems = _schema_errors("sdos/indicator.json", obj, "stixobject")
+    observable = _comparison_object(obj["pattern"])
+    if observable is not None:
+        problems += _schema_errors(f"observables/{observable['type']}.json", observable, "pattern", values_only=True)
+    try:
+        stix2.parse(obj, allow_custom=False)
+    except (stix2.exceptions.STIXError, ValueError) as exc:
+        problems.append(_error("stixobject", f"Not valid STIX 2.1 ({str(exc).splitlines()[0]})"))
+    return problems
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_specification_problems(canonical: str) -> tuple[str, ...]:
+    """The same objects are uploaded in test after test: each is checked once."""
+    return tuple(_specification_problems(json.loads(canonical)))
+
+
 def _indicator_problems(obj: dict[str, Any]) -> list[str]:
     problems = []
     pattern = obj.get("pattern", _MISSING)
@@ -207,7 +297,15 @@ def validate_stix_object(obj: Any) -> list[str]:
                  for name in required if not obj.get(name)]
     if kind == "indicator":
         problems += _indicator_problems(obj)
+        if not problems:  # as the service would: the real specifications, once the documented rules pass
+            problems += _cached_specification_problems(json.dumps(obj, sort_keys=True))
     return problems
+
+
+def _earlier(modified: str, stored: str) -> bool:
+    """Whether a (validated) `modified` is before the stored version's."""
+    mine, theirs = _timestamp(modified), _timestamp(stored)
+    return mine is not None and theirs is not None and mine < theirs
 
 
 def _now_utc() -> str:
@@ -398,7 +496,7 @@ class SentinelStandIn(HttpsStandIn):
             if stored is not None and stored.get("revoked") is True:
                 return [_error("id", "The object is revoked; no later version can be uploaded",
                                ident)]
-            if stored is not None and _timestamp(obj["modified"]) < _timestamp(stored["modified"]):
+            if stored is not None and _earlier(obj["modified"], stored["modified"]):
                 return [_error("modified", f"Older than the stored version ({stored['modified']})",
                                obj["modified"])]
             self.objects[ident] = copy.deepcopy(obj)

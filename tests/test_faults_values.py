@@ -50,13 +50,14 @@ def test_unicode_digits_in_values_are_invalid_and_the_run_goes_on(standins, tmp_
     assert report["skipped"]["invalid-value"] == expected_skips(standins.misp.events, target, SkipReason.INVALID_VALUE)
     assert "internal-error" not in report["skipped"]
     bad = {a["uuid"] for a in BAD_NUMBERS}
-    assert {r["attribute_uuid"]: r["reason"] for r in skipped(run, target) if r["attribute_uuid"] in bad} == dict.fromkeys(bad, "invalid-value")
+    reasons = {r["attribute_uuid"]: r["reason"] for r in skipped(run, target) if r["attribute_uuid"] in bad}
+    assert reasons == dict.fromkeys(bad, "invalid-value")
 
 
 def test_an_internal_error_is_a_logged_skip_and_the_run_goes_on(standins, tmp_path, capsys, monkeypatch):
     def failing(value, policy):
         raise RuntimeError("a bug in one builder")
-    monkeypatch.setitem(misp_transformer.GRAPH_BUILDERS, "ip-dst", failing)
+    monkeypatch.setitem(misp_transformer.OBSERVABLE_TYPES, "ip-dst", failing)
     event = first_published(standins)
     event["Attribute"].append({"uuid": "99999999-0000-4000-8000-000000000003", "type": "ip-dst", "value": "198.51.100.9",
                                "to_ids": True})
@@ -74,8 +75,8 @@ def test_an_internal_error_is_a_logged_skip_and_the_run_goes_on(standins, tmp_pa
     assert len(logged) == failed
 
 
-@pytest.mark.parametrize(("target", "builders"), [("graph", misp_transformer.GRAPH_BUILDERS),
-                                                   ("sentinel", misp_transformer.STIX_BUILDERS)])
+@pytest.mark.parametrize(("target", "builders"), [("graph", misp_transformer.OBSERVABLE_TYPES),
+                                                   ("sentinel", misp_transformer.OBSERVABLE_TYPES)])
 def test_an_internal_error_keeps_what_was_sent_for_the_attribute(standins, tmp_path, capsys, monkeypatch, target, builders):
     """A bug is not MISP's wish: indicators sent before for the attributes it hits stay."""
     config = write_config(tmp_path, standins, target=target, max_delete_fraction=1.0)

@@ -322,13 +322,13 @@ def test_an_event_that_could_not_be_transformed_is_read_again(standins, tmp_path
     assert run_cli(config, capsys=capsys).code == ExitCode.OK
     changed = published(standins)[1]
     changed.setdefault("Attribute", []).append({**new_attribute("8", "198.51.100.77"), "type": "ip-dst"})
-    builder = misp_transformer.GRAPH_BUILDERS["ip-dst"]
+    builder = misp_transformer.OBSERVABLE_TYPES["ip-dst"]
 
     def failing(*args: Any) -> Any:
         raise RuntimeError("a passing fault")
-    monkeypatch.setitem(misp_transformer.GRAPH_BUILDERS, "ip-dst", failing)
+    monkeypatch.setitem(misp_transformer.OBSERVABLE_TYPES, "ip-dst", failing)
     assert report_of(run_cli(config, capsys=capsys))["skipped"]["internal-error"] > 0
-    monkeypatch.setitem(misp_transformer.GRAPH_BUILDERS, "ip-dst", builder)
+    monkeypatch.setitem(misp_transformer.OBSERVABLE_TYPES, "ip-dst", builder)
     report = report_of(run_cli(config, capsys=capsys))
     assert report["events_read_in_full"] >= 1 and "33333333-0000-4000-8000-000000000008" in held_external_ids(standins)
 

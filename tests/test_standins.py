@@ -75,7 +75,7 @@ def test_pymisp_constructs_and_pages_published_events(standins: StandIns) -> Non
     assert [r.path for r in seen[:3]] == [
         "/servers/getVersion", "/users/view/me", "/attributes/describeTypes.json"]
     assert all(r.headers["authorization"] == standins.misp_key for r in seen)
-    bodies = [r.json for r in seen if r.path == "/events/restSearch"]
+    bodies: list[Any] = [r.json for r in seen if r.path == "/events/restSearch"]
     assert [(b["published"], b["limit"], b["page"], b["returnFormat"]) for b in bodies] == [
         (True, 2, 1, "json"), (True, 2, 2, "json"), (True, 2, 3, "json")]
 
@@ -303,7 +303,7 @@ BAD_ITEMS: list[tuple[dict[str, Any], str]] = [
     (indicator(confidence="50"), "confidence"),
     (indicator(severity=True), "severity"),
     (indicator(networkDestinationPort="443"), "networkDestinationPort"),
-    (indicator(networkDestinationAsn=2**31), "networkDestinationAsn"),
+    (indicator(networkDestinationAsn=2**63), "networkDestinationAsn"),
     (indicator(fileSize=1.5), "fileSize"),
     (indicator(expirationDateTime="next year"), "expirationDateTime"),
     (indicator(tags="tlp:white"), "tags"),

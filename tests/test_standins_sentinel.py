@@ -96,7 +96,7 @@ def test_invalid_records_are_listed_and_the_rest_stored(standins: StandIns,
 
 def test_quoted_and_inside_a_value_is_one_comparison(standins: StandIns,
                                                      session: requests.Session) -> None:
-    item = indicator(pattern="[url:value = 'http://evil.example/a AND b=\\'1\\'']")
+    item = indicator(pattern="[file:name = 'a AND b=\\'1\\'']")
     answer = upload(standins, session, [item])
 
     assert (answer.status_code, answer.content) == (200, b"")
@@ -133,7 +133,7 @@ def test_revoked_object_takes_no_later_version(standins: StandIns, session: requ
     assert upload(standins, session, [item]).status_code == 200
     assert upload(standins, session, [{**item, "modified": LATER, "revoked": True}]).content == b""
 
-    answer = upload(standins, session, [{**item, "modified": "2024-05-03T10:00:00Z"}, indicator()])
+    answer = upload(standins, session, [{**item, "modified": "2024-05-03T10:00:00.000Z"}, indicator()])
 
     assert answer.status_code == 200
     [error] = answer.json()["errors"]

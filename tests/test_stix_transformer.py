@@ -2,6 +2,7 @@
 object accepted by the OASIS stix2 parser (no custom content) and the stix2-patterns validator."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -13,6 +14,7 @@ from stix2patterns.validator import run_validator
 import misp_transformer
 from constants import SkipReason
 from misp_transformer import MappingPolicy, StixTransformer, stix_id
+from standins.sentinel import validate_stix_object
 from tests.test_transformer import MD5, SHA1, SHA256, attribute, event
 from tests.test_transformer_fuzz import POLICIES, events
 
@@ -28,6 +30,7 @@ def objects(*attributes: dict, policy: MappingPolicy = POLICY, **event_kw) -> li
 
 
 def assert_valid(obj: dict) -> None:
+    assert validate_stix_object(obj) == []  # the OASIS JSON schemas, as the Sentinel stand-in checks them
     stix2.parse(obj, allow_custom=False)
     assert run_validator(obj["pattern"], stix_version="2.1") == []
     assert len(Pattern(obj["pattern"]).inspect().comparisons) == 1
@@ -37,7 +40,7 @@ def assert_valid(obj: dict) -> None:
 STIX_ROWS = [
     ("ip-dst", "198.51.100.7", "[ipv4-addr:value = '198.51.100.7']"),
     ("ip-src", "2001:db8::1", "[ipv6-addr:value = '2001:db8::1']"),
-    ("ip-dst", "10.0.0.0/8", "[ipv4-addr:value = '10.0.0.0/8']"),
+    ("ip-dst", "10.0.0.0/16", "[ipv4-addr:value = '10.0.0.0/16']"),
     ("ip-src|port", "203.0.113.9|8080", "[ipv4-addr:value = '203.0.113.9']"),
     ("domain", "Evil.Example.", "[domain-name:value = 'evil.example']"),
     ("hostname", "c2.example.net", "[domain-name:value = 'c2.example.net']"),
@@ -53,8 +56,9 @@ STIX_ROWS = [
     ("sha512", "a" * 128, f"[file:hashes.'SHA-512' = '{'a' * 128}']"),
     ("sha3-256", "b" * 64, f"[file:hashes.'SHA3-256' = '{'b' * 64}']"),
     ("sha3-512", "c" * 128, f"[file:hashes.'SHA3-512' = '{'c' * 128}']"),
-    ("ssdeep", "96:s4Ud1Lj96tHHlZDrwciQmA:s4Ud1Lj96tHHlZDrwciQmA", "[file:hashes.'SSDEEP' = '96:s4Ud1Lj96tHHlZDrwciQmA:s4Ud1Lj96tHHlZDrwciQmA']"),
-    ("tlsh", "T1" + "A" * 70, f"[file:hashes.'TLSH' = '{'t1' + 'a' * 70}']"),
+    ("ssdeep", "96:s4Ud1Lj96tHHlZDrwciQmA:s4Ud1Lj96tHHlZDrwciQmA",
+     "[file:hashes.'SSDEEP' = '96:s4Ud1Lj96tHHlZDrwciQmA:s4Ud1Lj96tHHlZDrwciQmA']"),
+    ("tlsh", "T1" + "A" * 70, f"[file:hashes.'TLSH' = '{'a' * 70}']"),
     ("sha224", "d" * 56, f"[file:hashes.'SHA-224' = '{'d' * 56}']"),
     ("sha384", "e" * 96, f"[file:hashes.'SHA-384' = '{'e' * 96}']"),
     ("imphash", MD5, f"[file:hashes.'IMPHASH' = '{MD5}']"),
@@ -63,12 +67,12 @@ STIX_ROWS = [
     ("mutex", "Global\\Evil", "[mutex:name = 'Global\\\\Evil']"),
     ("AS", "AS64500", "[autonomous-system:number = 64500]"),
     ("mac-address", "AA-BB-CC-DD-EE-FF", "[mac-addr:value = 'aa:bb:cc:dd:ee:ff']"),
-    ("regkey", "HKLM\\Software\\Run", "[windows-registry-key:key = 'HKLM\\\\Software\\\\Run']"),
+    ("regkey", "HKLM\\Software\\Run", "[windows-registry-key:key = 'HKEY_LOCAL_MACHINE\\\\Software\\\\Run']"),
     ("x509-fingerprint-sha1", SHA1, f"[x509-certificate:hashes.'SHA-1' = '{SHA1}']"),
     ("x509-fingerprint-sha256", SHA256, f"[x509-certificate:hashes.'SHA-256' = '{SHA256}']"),
     ("x509-fingerprint-md5", MD5, f"[x509-certificate:hashes.'MD5' = '{MD5}']"),
     ("user-agent", "Mozilla/5.0 (EvilBot)",
-     "[network-traffic:extensions.'http-request-ext'.request_header.'User-Agent' = 'Mozilla/5.0 (EvilBot)']"),
+     "[network-traffic:extensions.'http-request-ext'.request_header.'User-Agent'[*] = 'Mozilla/5.0 (EvilBot)']"),
 ]
 
 
@@ -111,10 +115,20 @@ def test_context_becomes_markings_phases_labels_and_references():
     assert obj["valid_until"] == "2027-01-27T12:00:00.000Z" and obj["valid_from"] == "2026-11-28T12:00:00.000Z"
 
 
-@pytest.mark.parametrize("misp_type", ["email-x-mailer", "email-src-display-name", "port", "size-in-bytes", "yara", "regkey|value"])
+@pytest.mark.parametrize("misp_type", ["yara", "regkey|value"])
 def test_types_without_a_stix_pattern_are_unsupported(misp_type):
     result = StixTransformer(POLICY, NOW).transform(event(attribute(misp_type, "x|y")))
     assert result.indicators == [] and result.skips[0].reason is SkipReason.UNSUPPORTED_TYPE
+
+
+@pytest.mark.parametrize(("misp_type", "value"), [
+    ("email-x-mailer", "EvilMailer 1.0"), ("email-src-display-name", "Boss"), ("port", "443"), ("size-in-bytes", "1024"),
+])
+def test_observables_without_a_stix_pattern_are_not_for_this_target(misp_type, value):
+    """Read and valid, but STIX has no single-comparison pattern for them (Graph has a field)."""
+    policy = dataclasses.replace(POLICY, allow_weak_observables=True)
+    result = StixTransformer(policy, NOW).transform(event(attribute(misp_type, value)))
+    assert result.indicators == [] and result.skips[0].reason is SkipReason.NOT_FOR_TARGET
 
 
 def test_invalid_values_are_counted_for_stix_too():
@@ -148,9 +162,9 @@ def test_numbers_are_ascii_digits_only_for_stix_too(misp_type, value):
 
 
 def test_an_exception_in_one_attribute_becomes_an_internal_error_skip_for_stix_too(monkeypatch):
-    def failing(value):
-        raise RuntimeError("a bug in one builder")
-    monkeypatch.setitem(misp_transformer.STIX_BUILDERS, "md5", failing)
+    def failing(value, policy):
+        raise RuntimeError("a bug in one reader")
+    monkeypatch.setitem(misp_transformer.OBSERVABLE_TYPES, "md5", failing)
     bad = attribute("md5", MD5)
     result = StixTransformer(POLICY, NOW).transform(event(attribute("domain", "a.example"), bad, attribute("sha1", SHA1)))
     assert [o["pattern"].split(":")[0] for o in result.indicators] == ["[domain-name", "[file"]
@@ -169,3 +183,13 @@ def test_created_and_valid_from_come_from_the_misp_attribute_not_the_run():
     assert future["created"] == unstamped["created"] == future["modified"] == misp_transformer.stix_time(NOW)
     for obj in (stamped, future, unstamped):
         assert_valid(obj)
+
+
+def test_ids_are_the_uuid5_they_always_were():
+    """stix_id writes uuid5 out by hand for speed: every id must stay what uuid.uuid5 gives, or a
+    new version would orphan the indicators its state holds."""
+    import uuid
+
+    namespace = uuid.UUID("6b1c5e3a-5f0e-4e1f-9a51-3d2b6c7f8e90")
+    for key in ("57153590-f73c-11e5-be4b-4737950d210f", "5a0d5bf4-99c8-4f15-9879-22b1950d210f|domain", "x|ip", "é", ""):
+        assert stix_id(key) == f"indicator--{uuid.uuid5(namespace, key)}"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import idna
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import misp_transformer
-from constants import INDICATOR_MAX_BYTES, TEXT_FIELD_MAX, SkipReason
+from constants import HOSTNAME_LABEL_RE, INDICATOR_MAX_BYTES, TEXT_FIELD_MAX, SkipReason
 from misp_transformer import (
     GraphTransformer,
     MappingPolicy,
@@ -150,6 +151,7 @@ def test_the_common_fields_hold_no_free_text_but_the_tag_names(wrapped, policy, 
     must stay within half of the fixed allowance (the other half is for the other fields)."""
     event = wrapped.get("Event", wrapped) if isinstance(wrapped, dict) else None
     assume(isinstance(event, dict))
+    assert isinstance(event, dict)
     context = event_context(event, [attribute for attribute, _ in event_attributes(event)], policy)
     facts = merged_facts(context, tag_names(own, ignore_local=False))
     for transformer in (GraphTransformer(policy, NOW), StixTransformer(policy, NOW)):
@@ -158,8 +160,8 @@ def test_the_common_fields_hold_no_free_text_but_the_tag_names(wrapped, policy, 
 
 
 def _codec_hostname(value: str) -> str:
-    """normalize_hostname as it was before its fast paths: every name through ipaddress and the
-    IDNA codec (the reference the fast paths must agree with)."""
+    """normalize_hostname as it would be without its fast paths: every name through ipaddress
+    and IDNA 2008 with UTS #46 (the reference the fast paths must agree with)."""
     import ipaddress
     host = value.strip().rstrip(".")
     try:
@@ -168,9 +170,10 @@ def _codec_hostname(value: str) -> str:
         pass
     else:
         return "IP"
-    ascii_host = host.encode("idna").decode("ascii").lower()
+    mapped = idna.uts46_remap(host, std3_rules=False, transitional=False).rstrip(".")
+    ascii_host = ".".join(label if label.isascii() else idna.alabel(label).decode() for label in mapped.split("."))
     labels = ascii_host.split(".")
-    if len(ascii_host) > 253 or not all(misp_transformer.C.HOSTNAME_LABEL_RE.match(label) for label in labels):
+    if len(ascii_host) > 253 or not all(HOSTNAME_LABEL_RE.match(label) for label in labels):
         raise ValueError
     return ascii_host
 
@@ -184,13 +187,23 @@ def _codec_hostname(value: str) -> str:
 @example("².1.1.1")
 def test_hostname_fast_paths_agree_with_the_codec(value):
     """The ASCII shortcut and the could-be-an-IP pre-check give what the codec path gives."""
+    expected: str | None
     try:
         expected = _codec_hostname(value)
-    except (UnicodeError, ValueError):
+    except (UnicodeError, ValueError, idna.IDNAError):
         expected = None
     assume(value.strip().rstrip("."))
+    got: str | None
     try:
         got = misp_transformer.normalize_hostname(value)
     except misp_transformer.InvalidValue as exc:
         got = "IP" if "IP address" in str(exc) else None
     assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.tuples(st.text(), st.text()),
+                 st.text(alphabet=st.sampled_from('ab \n"\\\t~\x7f\u00e9'))))
+def test_text_bytes_is_json_bytes(texts):
+    """The shortcut for the usual texts counts what encoding them counts."""
+    assert misp_transformer.text_bytes(texts) == json_bytes(texts)
