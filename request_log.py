@@ -41,17 +41,16 @@ class RequestLog:
         self._sequence = itertools.count(1)
         self._out = out
 
-    def prune(self, retention_days: int) -> int:
+    def prune(self, retention_days: int) -> None:
         """Remove this tool's files (the name prefix, regular files only: never a symlink or a
-        stranger's file in a shared folder) older than the retention period; returns how many."""
+        stranger's file in a shared folder) older than the retention period."""
         if not self.directory.exists() and not self.directory.is_symlink():
-            return 0
+            return
         self.ensure_directory()
         cutoff = time.time() - retention_days * 86400
-        old = [path for path in self.directory.glob(f"{C.LOG_FILE_PREFIX}*") if _old_tool_file(path, cutoff)]
-        for path in old:
-            path.unlink(missing_ok=True)
-        return len(old)
+        for path in self.directory.glob(f"{C.LOG_FILE_PREFIX}*"):
+            if _old_tool_file(path, cutoff):
+                path.unlink(missing_ok=True)
 
     def ensure_directory(self) -> None:
         try:
