@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance benchmark (README "Performance"): one table, about five minutes on 2 cores.
+# The performance benchmark (README "Performance"): one table, about seven minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 . ./setup-venv.sh

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def _ip(rng: random.Random) -> str:
     return f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
 
 
-VALUES = {
+VALUES: dict[str, Callable[[random.Random], str]] = {
     "ip-dst": _ip, "ip-src": _ip,
     "ip-dst|port": lambda rng: f"{_ip(rng)}|{rng.randrange(1, 65536)}",
     "domain": _host, "hostname": _host,

@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -221,15 +222,30 @@ def test_second_run_while_first_holds_the_lock_exits_7(standins, tmp_path, capsy
     assert standins.misp.requests_seen == []
 
 
-def test_overlapping_cron_runs(standins, tmp_path):
-    standins.graph.latency = 1.5  # the first run outlives the second one's start-up, even on a loaded machine
-    config = write_config(tmp_path, standins)
+def test_overlapping_cron_runs(standins, tmp_path, monkeypatch):
+    """The first run's first submit is held in Graph until the second run has ended: the first
+    holds its lock for the whole of the second, however slow the machine (a barrier, no sleeps)."""
+    holding, release = threading.Event(), threading.Event()
+    answer = standins.graph.respond
+
+    def held_first_submit(request):
+        if request.path.endswith("/submitTiIndicators") and not holding.is_set():
+            holding.set()
+            release.wait(timeout=300)
+        return answer(request)
+
+    monkeypatch.setattr(standins.graph, "respond", held_first_submit)
+    config = write_config(tmp_path, standins, http_timeout=600)  # the held request outwaits a slow second run
     first = subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: graph_calls(standins)["submitTiIndicators"] >= 1)
-    second = run_process(config)
-    assert second.code == ExitCode.LOCKED
-    assert first.wait(timeout=60) == ExitCode.OK
+    try:
+        assert holding.wait(timeout=120), "the first run never reached Graph"
+        second = run_process(config)
+    finally:
+        release.set()
+    assert second.code == ExitCode.LOCKED, second.err
+    _, first_err = first.communicate(timeout=120)
+    assert first.returncode == ExitCode.OK, first_err
     assert held_external_ids(standins) == expected_external_ids(standins.misp.events)
 
 
@@ -246,8 +262,8 @@ def test_kill_9_at_any_point_then_the_next_run_converges(standins, tmp_path):
     for submits_before_kill in (1, 2, 1):
         process = subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        start = graph_calls(standins)["submitTiIndicators"]
-        wait_for(lambda: graph_calls(standins)["submitTiIndicators"] >= start + submits_before_kill)
+        enough = graph_calls(standins)["submitTiIndicators"] + submits_before_kill
+        wait_for(lambda enough=enough: graph_calls(standins)["submitTiIndicators"] >= enough)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     standins.graph.latency = 0.0
