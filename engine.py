@@ -99,7 +99,6 @@ class Engine:
         self._seen: list[tuple[str, str]] = []  # this page's desired (key, event), marked in the store per page
         self._page_keys: dict[str, str] = {}  # key -> event that offered it on this page
         self._queued_keys: dict[str, str] = {}  # offered on an earlier page, still waiting for a batch
-        self._seen_in_dry_run: set[str] = set()
         self._revived: set[str] = set()  # keys moved to a fresh id in this run (their id was retired)
         self._pool = ThreadPoolExecutor(limits.concurrency, thread_name_prefix="upload") if online else None
         self._in_flight: list[tuple[Future[Any], _Job]] = []
@@ -118,6 +117,7 @@ class Engine:
     def start(self) -> None:
         """Take a run number and check the clock against the previous run's start."""
         if self.dry_run:
+            self.store.open_dry_marks()
             self.run_number, previous = self.store.next_run(), self.store.meta("started")
         else:
             self.run_number, previous = self.store.begin_run(iso_utc(self.now))
@@ -174,9 +174,9 @@ class Engine:
     def _already_offered(self, key: str) -> bool:
         """The same attribute twice in one run (in two events): the store remembers what this
         run has seen, so memory does not grow with the size of the MISP."""
-        if key in self._page_keys or key in self._queued_keys or key in self._seen_in_dry_run:
+        if key in self._page_keys or key in self._queued_keys:
             return True
-        return self.store.seen_in_run(key, self.run_number)
+        return self.store.seen_dry(key) if self.dry_run else self.store.seen_in_run(key, self.run_number)
 
     def _shared(self, key: str, event_uuid: str) -> None:
         """A key two events yield: its row names one of them, so an incremental run reading
@@ -198,9 +198,9 @@ class Engine:
 
     def commit_seen(self) -> None:
         """Mark this page's desired indicators as seen (what is unseen at the end is removed);
-        a dry run keeps the marks in memory and leaves the store untouched."""
+        a dry run keeps them in a temporary table and leaves the state file untouched."""
         if self.dry_run:
-            self._seen_in_dry_run.update(key for key, _ in self._seen)
+            self.store.mark_seen_dry(key for key, _ in self._seen)
         else:
             self.store.mark_seen(self._seen, self.run_number)
         self._seen = []
@@ -421,7 +421,7 @@ class Engine:
     def keep_unchanged(self, event_uuids: Set[str]) -> None:
         """Indicators of listed events left unread because they did not change: still wanted."""
         if self.dry_run:
-            self._seen_in_dry_run.update(self.store.keys_of_events(event_uuids))
+            self.store.mark_events_seen_dry(event_uuids)
         else:
             self.store.mark_events_seen(event_uuids, self.run_number)
 
@@ -455,7 +455,7 @@ class Engine:
         gone: list[StateRow] = []
         alive: set[str] | None = None
         for row in self.store.unseen(self.run_number):
-            if row.external_id in self._seen_in_dry_run or (scope is not None and row.event_uuid not in scope):
+            if (self.dry_run and self.store.seen_dry(row.external_id)) or (scope is not None and row.event_uuid not in scope):
                 continue
             if row.event_uuid in fetched_events:
                 gone.append(row)

@@ -174,9 +174,9 @@ class StateStore:
         self.db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
         """All-or-nothing: a crash inside leaves the file as it was before."""
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(begin)
         try:
             yield
         except BaseException:
@@ -345,9 +345,26 @@ class StateStore:
                                (SENT, run))
         return {row[0] for row in rows}
 
-    def keys_of_events(self, event_uuids: Iterable[str]) -> list[str]:
-        query = f"SELECT external_id FROM indicators WHERE event_uuid = ? AND {_OWNED}"
-        return [row[0] for uuid in event_uuids for row in self.db.execute(query, (uuid,))]
+    # --- a dry run's marks: a temporary table, never the state file ----------------------
+    def open_dry_marks(self) -> None:
+        """A dry run's seen marks go to a temporary table that SQLite keeps in a file of its own,
+        deleted on close: memory stays flat however large the MISP (a set of every key grew by
+        about 110 bytes per indicator), and the state file is never written."""
+        self.db.execute("PRAGMA temp_store = FILE")
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS dry_seen (external_id TEXT PRIMARY KEY) WITHOUT ROWID")
+
+    def mark_seen_dry(self, external_ids: Iterable[str]) -> None:
+        with self.transaction("BEGIN"):  # deferred: only the temporary table is written, no lock on the state
+            self.db.executemany("INSERT OR IGNORE INTO dry_seen VALUES (?)", ((key,) for key in external_ids))
+
+    def mark_events_seen_dry(self, event_uuids: Iterable[str]) -> None:
+        """The rows of events an incremental dry run did not read because they did not change."""
+        with self.transaction("BEGIN"):
+            self.db.executemany(f"INSERT OR IGNORE INTO dry_seen SELECT external_id FROM indicators WHERE event_uuid = ? AND {_OWNED}",
+                                ((uuid,) for uuid in event_uuids))
+
+    def seen_dry(self, external_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM dry_seen WHERE external_id = ?", (external_id,)).fetchone() is not None
 
     def mark_events_seen(self, event_uuids: Iterable[str], run: int) -> None:
         """The rows of events an incremental run did not read because they did not change."""
