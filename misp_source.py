@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -100,7 +100,7 @@ def _describe_errors(errors: Any) -> str:
     return _first_line(errors)
 
 
-def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Generator[list[dict[str, Any]], None, None]:
     """Fetch page k+1 on a helper thread while page k is transformed and uploaded. At most one
     page waits in the hand-over, so memory stays bounded by a few pages; an error on the
     helper thread is raised here, in order."""

@@ -42,7 +42,7 @@ def duplicates(standins) -> list[str]:
 def test_graph_delete_killed_after_graph_deleted_is_sent_again_by_the_next_sync(standins, tmp_path):
     config = write_config(tmp_path, standins)
     assert run_process(config).code == ExitCode.OK
-    graph_id, item = next(iter(standins.graph.indicators.items()))
+    graph_id = next(iter(standins.graph.indicators))
     standins.graph.latency = 3.0  # Graph deletes, then answers late
     process = start(config, "-d", graph_id)
     wait_for(lambda: graph_id not in standins.graph.indicators)
@@ -119,7 +119,7 @@ def second_workspace(standins) -> SentinelStandIn:
     """A second workspace on the same hosts (as in Azure): same upload/management endpoints,
     another workspace id, resource group and name. The first stand-in routes its requests."""
     other = SentinelStandIn(standins.entra, SECOND_WORKSPACE, standins.sentinel.subscription_id, "rg-two", "law-two")
-    other._authenticate = standins.sentinel._authenticate  # tokens for the shared host
+    other._authenticate = standins.sentinel._authenticate  # type: ignore[method-assign]  # tokens for the shared host
     first_respond = standins.sentinel.respond
 
     def respond(request):

@@ -89,5 +89,5 @@ def test_kill_storm_then_one_clean_run_converges(standins, tmp_path, target):
     services = (standins.graph, standins.sentinel)
     before = [len(service.requests_seen) for service in services]
     settled = run_process(config)
-    writes = [r for service, since in zip(services, before) for r in service.requests_seen[since:] if r.method == "POST"]
+    writes = [r for service, since in zip(services, before, strict=True) for r in service.requests_seen[since:] if r.method == "POST"]
     assert settled.code == ExitCode.OK and writes == []  # (a Graph run after kills may read the listing once)

@@ -91,9 +91,9 @@ def test_a_page_of_non_events_is_a_misp_error(standins, tmp_path, page):
 def test_misp_ignoring_page_is_caught_on_the_second_request(standins, tmp_path):
     standins.misp.fail_page(None, "ignore-page")
     source = misp_source(standins, tmp_path)
-    with pytest.raises(MispError, match="^MISP filter 1 page 2 repeats only events of earlier pages: MISP ignores `page`$"):
+    with pytest.raises(MispError, match=r"^MISP filter 1 page 2 repeats only events of earlier pages: MISP ignores `page`$"):
         source.listing()
-    with pytest.raises(MispError, match="^MISP events page 2 repeats only events"):
+    with pytest.raises(MispError, match=r"^MISP events page 2 repeats only events"):
         list(source.pages())
     assert [b["page"] for b in search_bodies(standins)] == [1, 2, 1, 2]
 
