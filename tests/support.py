@@ -1,16 +1,30 @@
-"""Helpers shared by the end-to-end tests: a config file pointing at the stand-ins, and the CLI."""
+"""Helpers shared by the tests: a config pointing at the stand-ins, the CLI, what MISP holds and
+was asked, and what the targets should and do hold. Test modules import from here, never from
+each other."""
 from __future__ import annotations
 
+import collections
 import dataclasses
+import datetime as dt
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msal
+import pymisp
+import requests
+
 import script
+from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer
+from sentinel_client import key_and_generation, misp_reference
+from standins import StandIns
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +65,135 @@ def run_process(config: Path, *args: str, env: dict[str, str] | None = None, tim
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd="/",
     )
     return Run(completed.returncode, completed.stdout, completed.stderr, config.parent / "logs")
+
+
+def start(config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """script.py started in the background (to be killed or raced), output discarded."""
+    return subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def sentinel_config(tmp_path: Path, standins: Any, **overrides: Any) -> Path:
+    return write_config(tmp_path, standins, target="sentinel", **overrides)
+
+
+def store_file(tmp_path: Path, prefix: str) -> Path:
+    """The one state file of a target kind under the test's state folder."""
+    (path,) = (tmp_path / "state").glob(f"{prefix}_*.sqlite")
+    return path
+
+
+def shift_previous_run(path: Path, days: float, expired: bool) -> None:
+    """What a clock jump leaves behind: the previous start (and, far ahead, every expiry) on the
+    other side of this run's clock."""
+    moment = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'started'", (moment.strftime("%Y-%m-%dT%H:%M:%SZ"),))
+        if expired:
+            db.execute("UPDATE indicators SET expires_at = '2000-01-01T00:00:00Z'")
+
+
+# --- what MISP holds and what it was asked ------------------------------------------------------
+
+def published(standins: Any) -> list[dict[str, Any]]:
+    """The published events in the stand-in's (database) order."""
+    return [wrapped["Event"] for wrapped in standins.misp.events if wrapped["Event"].get("published") is True]
+
+
+def first_published(standins: Any) -> dict[str, Any]:
+    return published(standins)[0]
+
+
+def search_bodies(standins: Any) -> list[dict[str, Any]]:
+    return [r.json for r in standins.misp.requests_seen if r.path == "/events/restSearch"]
+
+
+def misp(s: StandIns) -> pymisp.PyMISP:
+    return pymisp.PyMISP(s.misp.url, s.misp_key, ssl=True)
+
+
+def search(client: pymisp.PyMISP, **filters: Any) -> Any:
+    return client.search(controller="events", **{"return_format": "json", **filters})
+
+
+# --- what the targets should and do hold --------------------------------------------------------
+
+def expected_external_ids(events: list[dict[str, Any]]) -> set[str]:
+    """What Graph should hold after a sync: indicators of the published events only."""
+    transformer = GraphTransformer(MappingPolicy(), dt.datetime.now(dt.UTC))
+    return {
+        indicator["externalId"]
+        for wrapped in events if wrapped["Event"].get("published") is True
+        for indicator in transformer.transform(wrapped).indicators
+    }
+
+
+def expected_stix_ids(events: list[dict[str, Any]]) -> set[str]:
+    """What Sentinel should hold live after a sync: indicators of the published events only."""
+    transformer = StixTransformer(MappingPolicy(), dt.datetime.now(dt.UTC))
+    return {obj["id"] for wrapped in events if wrapped["Event"].get("published") is True
+            for obj in transformer.transform(wrapped).indicators}
+
+
+def held_external_ids(standins: Any) -> set[str]:
+    return {item["externalId"] for item in standins.graph.indicators.values()}
+
+
+def assert_no_duplicates(standins: Any) -> None:
+    counts = collections.Counter(item["externalId"] for item in standins.graph.indicators.values())
+    assert [key for key, n in counts.items() if n > 1] == []
+
+
+def graph_calls(standins: Any, since: int = 0) -> collections.Counter[str]:
+    """Graph POSTs by action name (submitTiIndicators, ...), from request `since` on."""
+    return collections.Counter(r.path.rsplit("/", 1)[1] for r in standins.graph.requests_seen[since:] if r.method == "POST")
+
+
+def active_ids(standins: Any) -> set[str]:
+    return {oid for oid, obj in standins.sentinel.objects.items() if not obj.get("revoked")}
+
+
+def active_keys(standins: Any) -> collections.Counter[str]:
+    """Live workspace objects per MISP key (base STIX id), whatever their revival generation."""
+    keys: collections.Counter[str] = collections.Counter()
+    for stix, obj in standins.sentinel.objects.items():
+        if not obj.get("revoked"):
+            attribute_uuid, _ = misp_reference(obj)
+            found = key_and_generation(stix, attribute_uuid)
+            keys[found[0] if found else stix] += 1
+    return keys
+
+
+def uploads(standins: Any, since: int = 0) -> list[Any]:
+    return [r for r in standins.sentinel.requests_seen[since:] if r.path.endswith(":upload")]
+
+
+# --- talking to the stand-ins directly -----------------------------------------------------------
+
+def msal_app(s: StandIns, *, client_id: str | None = None,
+             secret: str | None = None) -> msal.ConfidentialClientApplication:
+    """A fresh app per call: MSAL caches tokens and (for 60 s) HTTP 400 errors per app."""
+    return msal.ConfidentialClientApplication(
+        client_id or s.client_id, client_credential=secret or s.client_secret,
+        authority=s.entra.authority, instance_discovery=False, azure_region=False)
+
+
+def graph_session(s: StandIns, resource: str | None = None, client_id: str | None = None,
+                  secret: str | None = None) -> requests.Session:
+    result = msal_app(s, client_id=client_id, secret=secret).acquire_token_for_client(
+        [f"{resource or s.graph.url}/.default"])
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {result['access_token']}"
+    return session
+
+
+def query_url(s: StandIns) -> str:
+    return (f"{s.sentinel.url}{s.sentinel.management_path}/queryIndicators"
+            "?api-version=2025-09-01")

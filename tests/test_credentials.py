@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from constants import ExitCode
 from standins import DEFAULT_USER_ASSIGNED_CLIENT_ID, make_client_certificate
-from tests.support import run_cli, write_config
-from tests.test_sentinel import active_ids, expected_stix_ids
-from tests.test_sync import expected_external_ids, held_external_ids
+from tests.support import active_ids, expected_external_ids, expected_stix_ids, held_external_ids, run_cli, write_config
 
 MANAGED_IDENTITY_VARIABLES = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT",
                               "MSI_SECRET", "IMDS_ENDPOINT", "IDENTITY_ENDPOINT")

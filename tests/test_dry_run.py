@@ -5,8 +5,7 @@ from __future__ import annotations
 import copy
 
 from constants import ExitCode
-from tests.support import run_process, write_config
-from tests.test_sync import expected_external_ids
+from tests.support import expected_external_ids, run_process, write_config
 
 
 def test_a_full_dry_run_after_a_sync_removes_only_what_misp_dropped(standins, tmp_path):

@@ -15,10 +15,19 @@ import pytest
 from constants import ExitCode
 from settings import load_settings
 from sync import state_paths
-from tests.support import run_process, write_config
-from tests.test_reconciliation import assert_no_duplicates, graph_calls, wait_for
-from tests.test_sentinel import active_ids, expected_stix_ids, sentinel_config, uploads
-from tests.test_sync import expected_external_ids, held_external_ids
+from tests.support import (
+    active_ids,
+    assert_no_duplicates,
+    expected_external_ids,
+    expected_stix_ids,
+    graph_calls,
+    held_external_ids,
+    run_process,
+    sentinel_config,
+    uploads,
+    wait_for,
+    write_config,
+)
 
 NO_WAIT = {"Retry-After": "0"}
 

@@ -9,22 +9,24 @@ import collections
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 from constants import ExitCode
 from standins import SentinelStandIn
-from tests.support import ROOT, run_process, write_config
-from tests.test_faults_state import active_keys, sentinel_config, store_file
-from tests.test_reconciliation import graph_calls, wait_for
-from tests.test_sentinel import active_ids, expected_stix_ids
-from tests.test_sync import expected_external_ids, held_external_ids
-
-
-def start(config, *args):
-    return subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+from tests.support import (
+    active_ids,
+    active_keys,
+    expected_external_ids,
+    expected_stix_ids,
+    graph_calls,
+    held_external_ids,
+    run_process,
+    sentinel_config,
+    start,
+    store_file,
+    wait_for,
+    write_config,
+)
 
 
 def kill(process) -> None:

@@ -10,13 +10,15 @@ import json
 import pytest
 
 from constants import ExitCode
-from tests.support import run_process, write_config
-from tests.test_sentinel import active_ids, expected_stix_ids
-from tests.test_sync import expected_external_ids, held_external_ids
-
-
-def first_published(standins) -> dict:
-    return next(e["Event"] for e in standins.misp.events if e["Event"].get("published") is True)
+from tests.support import (
+    active_ids,
+    expected_external_ids,
+    expected_stix_ids,
+    first_published,
+    held_external_ids,
+    run_process,
+    write_config,
+)
 
 
 def held(standins, target):

@@ -5,55 +5,39 @@ Every test drives script.py as a separate process against the HTTPS stand-ins, a
 """
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import json
 import os
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
 
 from constants import ExitCode
-from sentinel_client import key_and_generation, misp_reference
-from tests.support import ROOT, run_process, write_config
-from tests.test_reconciliation import assert_no_duplicates, graph_calls, wait_for
-from tests.test_sentinel import active_ids, expected_stix_ids, uploads
-from tests.test_sync import expected_external_ids, held_external_ids
-
-
-def sentinel_config(tmp_path, standins, **overrides):
-    return write_config(tmp_path, standins, target="sentinel", **overrides)
-
-
-def store_file(tmp_path, prefix: str):
-    (path,) = (tmp_path / "state").glob(f"{prefix}_*.sqlite")
-    return path
+from tests.support import (
+    active_ids,
+    active_keys,
+    assert_no_duplicates,
+    expected_external_ids,
+    expected_stix_ids,
+    graph_calls,
+    held_external_ids,
+    run_process,
+    sentinel_config,
+    shift_previous_run,
+    start,
+    store_file,
+    uploads,
+    wait_for,
+    write_config,
+)
 
 
 def first_ids_attribute(standins) -> dict:
     return next(a for e in standins.misp.events if e["Event"].get("published") is True
                 for a in e["Event"]["Attribute"] if a.get("to_ids") is True and a["type"] in ("ip-dst", "domain", "url"))
-
-
-def active_keys(standins) -> collections.Counter[str]:
-    """Live workspace objects per MISP key (base STIX id), whatever their revival generation."""
-    keys: collections.Counter[str] = collections.Counter()
-    for stix, obj in standins.sentinel.objects.items():
-        if not obj.get("revoked"):
-            attribute_uuid, _ = misp_reference(obj)
-            found = key_and_generation(stix, attribute_uuid)
-            keys[found[0] if found else stix] += 1
-    return keys
-
-
-def start(config, *args):
-    return subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # --- class 2: a Sentinel upload the tool never recorded is still owned --------------------------
@@ -178,16 +162,6 @@ def test_rebuild_state_for_sentinel_then_sync_sends_nothing(standins, tmp_path):
 
 # --- class 6: the clock -------------------------------------------------------------------------
 
-def _shift_previous_run(path, days: float, expired: bool) -> None:
-    """What a clock jump leaves behind: the previous start (and, far ahead, every expiry) on the
-    other side of this run's clock."""
-    moment = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE meta SET value = ? WHERE key = 'started'", (moment.strftime("%Y-%m-%dT%H:%M:%SZ"),))
-        if expired:
-            db.execute("UPDATE indicators SET expires_at = '2000-01-01T00:00:00Z'")
-
-
 @pytest.mark.parametrize(("days", "expired"), [(1, False), (-70, True)], ids=["clock-behind", "clock-70-days-ahead"])
 def test_clock_jump_forgets_and_removes_nothing_that_run(standins, tmp_path, days, expired):
     config = write_config(tmp_path, standins)
@@ -195,7 +169,7 @@ def test_clock_jump_forgets_and_removes_nothing_that_run(standins, tmp_path, day
     held = held_external_ids(standins)
     dropped = first_ids_attribute(standins)
     dropped["deleted"] = True
-    _shift_previous_run(store_file(tmp_path, "graph"), days, expired)
+    shift_previous_run(store_file(tmp_path, "graph"), days, expired)
     run = run_process(config)
     assert run.code == ExitCode.OK, run.err
     assert "clock" in run.err and "nothing was forgotten or removed" in run.err
@@ -218,7 +192,7 @@ def test_clock_far_ahead_does_not_prune_the_logs(standins, tmp_path):
     past = time.time() - 70 * 86400  # the logs and the last run, as a clock 70 days ahead sees them
     for path in written:
         os.utime(path, (past, past))
-    _shift_previous_run(store_file(tmp_path, "graph"), -70, expired=False)
+    shift_previous_run(store_file(tmp_path, "graph"), -70, expired=False)
     run = run_process(config)
     assert run.code == ExitCode.OK and "clock" in run.err
     assert all(path.exists() for path in written)

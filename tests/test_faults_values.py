@@ -10,19 +10,22 @@ import pytest
 import misp_transformer
 from constants import ExitCode, SkipReason
 from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer
-from tests.support import run_cli, run_process, write_config
-from tests.test_sentinel import active_ids, expected_stix_ids
-from tests.test_sync import expected_external_ids, held_external_ids
+from tests.support import (
+    active_ids,
+    expected_external_ids,
+    expected_stix_ids,
+    first_published,
+    held_external_ids,
+    run_cli,
+    run_process,
+    write_config,
+)
 
 BAD_NUMBERS = [
     {"uuid": "99999999-0000-4000-8000-000000000001", "type": "AS", "value": "AS\u00b2", "to_ids": True},
     {"uuid": "99999999-0000-4000-8000-000000000002", "type": "ip-dst|port", "value": "1.2.3.4|\u00b2", "to_ids": True},
 ]
 TRANSFORMERS = {"graph": GraphTransformer, "sentinel": StixTransformer}
-
-
-def first_published(standins) -> dict:
-    return next(e["Event"] for e in standins.misp.events if e["Event"].get("published") is True)
 
 
 def skipped(run, target: str) -> list[dict]:

@@ -14,14 +14,17 @@ import pytest
 
 from constants import ExitCode
 from standins import StandIns
-from tests.support import run_process, write_config
-from tests.test_faults_state import _shift_previous_run, store_file
-from tests.test_reconciliation import graph_calls
-from tests.test_sync import expected_external_ids, held_external_ids, search_bodies
-
-
-def published(standins: Any) -> list[dict[str, Any]]:
-    return [e["Event"] for e in standins.misp.events if e["Event"].get("published") is True]
+from tests.support import (
+    expected_external_ids,
+    graph_calls,
+    held_external_ids,
+    published,
+    run_process,
+    search_bodies,
+    shift_previous_run,
+    store_file,
+    write_config,
+)
 
 
 def full_bodies(standins: Any, since: int = 0) -> list[dict[str, Any]]:
@@ -349,6 +352,6 @@ def test_a_clock_behind_the_last_run_reads_everything(standins, tmp_path):
     """After a clock jump no record of this store's times can be trusted: a full read."""
     config = write_config(tmp_path, standins)
     assert run_process(config).code == ExitCode.OK
-    _shift_previous_run(store_file(tmp_path, "graph"), 1, expired=False)
+    shift_previous_run(store_file(tmp_path, "graph"), 1, expired=False)
     report = report_of(run_process(config))
     assert (report["run_kind"], report["full_read_reason"], report["events_read_in_full"]) == ("full", "the clock moved", 4)

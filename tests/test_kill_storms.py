@@ -15,10 +15,7 @@ import uuid
 import pytest
 
 from constants import ExitCode
-from tests.support import ROOT, run_process, write_config
-from tests.test_faults_state import active_keys
-from tests.test_sentinel import expected_stix_ids
-from tests.test_sync import expected_external_ids
+from tests.support import ROOT, active_keys, expected_external_ids, expected_stix_ids, run_process, write_config
 
 RUNS = 30
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)

@@ -14,8 +14,7 @@ from pymisp import PyMISP
 import constants as C
 from constants import ExitCode
 from settings import ConfigError, load_settings, misp_wire_name
-from tests.support import run_process, write_config
-from tests.test_sync import search_bodies
+from tests.support import run_process, search_bodies, write_config
 
 # search() parameters that are not filters: the tool sets them, or they shape the Python answer.
 _NOT_FILTERS = {"self", "controller", "return_format", "limit", "page", "pythonify", "kwargs"}

@@ -20,9 +20,7 @@ from misp_source import MispSource
 from request_log import RequestLog
 from settings import load_settings
 from standins.misp_search import DecayingModel, Warninglist
-from tests.support import write_config
-from tests.test_standins import misp, search
-from tests.test_sync import search_bodies
+from tests.support import misp, search, search_bodies, write_config
 
 NOW = int(time.time())
 DAY = 86400

@@ -15,21 +15,13 @@ from constants import ExitCode
 from misp_source import EventStamp, MispError, MispSource
 from request_log import RequestLog
 from settings import load_settings
-from tests.support import run_process, write_config
-from tests.test_reconciliation import graph_calls
-from tests.test_sentinel import active_ids
-from tests.test_sync import held_external_ids, search_bodies
+from tests.support import active_ids, graph_calls, held_external_ids, published, run_process, search_bodies, write_config
 
 
 def misp_source(standins: Any, tmp_path: Any, **overrides: Any) -> MispSource:
     """A MispSource on the stand-in, with the tests' page size of 2 events."""
     settings = load_settings(write_config(tmp_path, standins, **overrides), environ={})
     return MispSource(settings, RequestLog(tmp_path / "logs", write_requests=False, verbose=False))
-
-
-def published(standins: Any) -> list[dict[str, Any]]:
-    """The published events in the stand-in's (database) order."""
-    return [wrapped["Event"] for wrapped in standins.misp.events if wrapped["Event"].get("published") is True]
 
 
 def uuids_of(pages: Any) -> list[str]:

@@ -12,8 +12,7 @@ import sys
 import termios
 
 from constants import ExitCode
-from tests.support import ROOT, run_cli, write_config
-from tests.test_sync import expected_external_ids, held_external_ids
+from tests.support import ROOT, expected_external_ids, held_external_ids, run_cli, write_config
 
 
 def test_event_option_syncs_one_event_and_removes_only_within_it(standins, tmp_path, capsys):

@@ -9,8 +9,7 @@ import pytest
 from constants import ExitCode
 from misp_source import prefetched
 from ms_client import RateLimiter
-from tests.support import run_cli, write_config
-from tests.test_sync import expected_external_ids, held_external_ids
+from tests.support import expected_external_ids, held_external_ids, run_cli, write_config
 
 
 def test_limiter_counts_requests_in_flight_against_the_window():

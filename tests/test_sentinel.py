@@ -14,27 +14,19 @@ import pytest
 from constants import ExitCode
 from misp_transformer import MappingPolicy, StixTransformer
 from ms_client import RateLimiter
-from tests.support import ROOT, run_cli, run_process, write_config
-from tests.test_reconciliation import wait_for
-from tests.test_sync import expected_external_ids, held_external_ids
-
-
-def expected_stix_ids(events: list[dict]) -> set[str]:
-    transformer = StixTransformer(MappingPolicy(), dt.datetime.now(dt.UTC))
-    return {obj["id"] for wrapped in events if wrapped["Event"].get("published") is True
-            for obj in transformer.transform(wrapped).indicators}
-
-
-def active_ids(standins) -> set[str]:
-    return {oid for oid, obj in standins.sentinel.objects.items() if not obj.get("revoked")}
-
-
-def uploads(standins, since: int = 0) -> list:
-    return [r for r in standins.sentinel.requests_seen[since:] if r.path.endswith(":upload")]
-
-
-def sentinel_config(tmp_path, standins, **overrides):
-    return write_config(tmp_path, standins, target="sentinel", **overrides)
+from tests.support import (
+    ROOT,
+    active_ids,
+    expected_external_ids,
+    expected_stix_ids,
+    held_external_ids,
+    run_cli,
+    run_process,
+    sentinel_config,
+    uploads,
+    wait_for,
+    write_config,
+)
 
 
 def test_sentinel_target_syncs_the_same_misp_data(standins, tmp_path, capsys):

@@ -16,35 +16,11 @@ import requests
 
 from standins import StandIns
 from standins.graph import FAILED_ID
+from tests.support import graph_session, misp, msal_app, search
 
 PUBLISHED_INFOS = ["Ransomware - Xorist", "Cerber Ransomware",
                    "OSINT - ASERT Threat Intelligence Report 2016-03 The Four-Element Sword Engagement",
                    "MAR-10164494.r1.v1 (SamSam ransomware)"]
-
-
-def misp(s: StandIns) -> pymisp.PyMISP:
-    return pymisp.PyMISP(s.misp.url, s.misp_key, ssl=True)
-
-
-def search(client: pymisp.PyMISP, **filters: Any) -> Any:
-    return client.search(controller="events", **{"return_format": "json", **filters})
-
-
-def msal_app(s: StandIns, *, client_id: str | None = None,
-             secret: str | None = None) -> msal.ConfidentialClientApplication:
-    """A fresh app per call: MSAL caches tokens and (for 60 s) HTTP 400 errors per app."""
-    return msal.ConfidentialClientApplication(
-        client_id or s.client_id, client_credential=secret or s.client_secret,
-        authority=s.entra.authority, instance_discovery=False, azure_region=False)
-
-
-def graph_session(s: StandIns, resource: str | None = None, client_id: str | None = None,
-                  secret: str | None = None) -> requests.Session:
-    result = msal_app(s, client_id=client_id, secret=secret).acquire_token_for_client(
-        [f"{resource or s.graph.url}/.default"])
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {result['access_token']}"
-    return session
 
 
 def indicator(**overrides: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 
 from standins import DEFAULT_USER_ASSIGNED_CLIENT_ID, StandIns
 from standins.entra import JWT_BEARER, ClientCertificate, make_client_certificate
-from tests.test_standins_sentinel import query_url
+from tests.support import query_url
 
 UNKNOWN_ID = "cccccccc-dddd-eeee-ffff-000000000000"
 

@@ -14,7 +14,7 @@ import stix2
 
 from standins import StandIns
 from standins.sentinel import UPLOAD_API_VERSION
-from tests.test_standins import graph_session
+from tests.support import graph_session, query_url
 
 STAMP = "2024-05-01T10:00:00.000Z"
 LATER = "2024-05-02T10:00:00.000Z"
@@ -57,11 +57,6 @@ def upload_url(s: StandIns, workspace: str | None = None) -> str:
 def upload(s: StandIns, session: requests.Session, objects: list[Any], source: str = "MISP",
            workspace: str | None = None) -> requests.Response:
     return session.post(upload_url(s, workspace), json={"sourcesystem": source, "stixobjects": objects})
-
-
-def query_url(s: StandIns) -> str:
-    return (f"{s.sentinel.url}{s.sentinel.management_path}/queryIndicators"
-            "?api-version=2025-09-01")
 
 
 # --- upload ------------------------------------------------------------------------------

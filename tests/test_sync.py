@@ -2,33 +2,13 @@
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import json
 
 import pytest
 
 import constants as C
 from constants import ExitCode
-from misp_transformer import GraphTransformer, MappingPolicy
-from tests.support import run_cli, run_process, write_config
-
-
-def expected_external_ids(events: list[dict]) -> set[str]:
-    """What Graph should hold after a sync: indicators of the published events only."""
-    transformer = GraphTransformer(MappingPolicy(), dt.datetime.now(dt.UTC))
-    return {
-        indicator["externalId"]
-        for wrapped in events if wrapped["Event"].get("published") is True
-        for indicator in transformer.transform(wrapped).indicators
-    }
-
-
-def held_external_ids(standins) -> set[str]:
-    return {item["externalId"] for item in standins.graph.indicators.values()}
-
-
-def search_bodies(standins) -> list[dict]:
-    return [r.json for r in standins.misp.requests_seen if r.path == "/events/restSearch"]
+from tests.support import expected_external_ids, held_external_ids, run_cli, run_process, search_bodies, write_config
 
 
 def test_sync_sends_every_indicator_of_published_events(standins, tmp_path, capsys):

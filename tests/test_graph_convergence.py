@@ -1,7 +1,8 @@
-"""Issue 3 end to end: Graph converges on exactly what MISP wants, and no fault breaks that."""
+"""Graph end to end: it converges on exactly what MISP wants, and no fault (a retry, a kill, an
+expired token, an overlapping cron run) breaks that."""
 from __future__ import annotations
 
-import collections
+import functools
 import os
 import signal
 import stat
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -16,14 +18,20 @@ from constants import ExitCode
 from settings import load_settings
 from state_store import target_lock
 from sync import state_paths
-from tests.support import ROOT, run_cli, run_process, write_config
-from tests.test_sync import expected_external_ids, held_external_ids
+from tests.support import (
+    ROOT,
+    assert_no_duplicates,
+    expected_external_ids,
+    graph_calls,
+    held_external_ids,
+    run_cli,
+    run_process,
+    start,
+    wait_for,
+    write_config,
+)
 
 INDICATOR_CALLS = ("submitTiIndicators", "updateTiIndicators", "deleteTiIndicators", "deleteTiIndicatorsByExternalId")
-
-
-def graph_calls(standins, since: int = 0) -> collections.Counter:
-    return collections.Counter(r.path.rsplit("/", 1)[1] for r in standins.graph.requests_seen[since:] if r.method == "POST")
 
 
 def event(standins, info_start: str) -> dict:
@@ -32,11 +40,6 @@ def event(standins, info_start: str) -> dict:
 
 def ids_attributes(misp_event: dict) -> list[dict]:
     return [a for a in misp_event.get("Attribute", []) if a.get("to_ids") is True]
-
-
-def assert_no_duplicates(standins) -> None:
-    counts = collections.Counter(item["externalId"] for item in standins.graph.indicators.values())
-    assert [key for key, n in counts.items() if n > 1] == []
 
 
 @pytest.mark.parametrize("full", [False, True])
@@ -249,21 +252,17 @@ def test_overlapping_cron_runs(standins, tmp_path, monkeypatch):
     assert held_external_ids(standins) == expected_external_ids(standins.misp.events)
 
 
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
+def _submits_reach(standins: Any, count: int) -> bool:
+    return graph_calls(standins)["submitTiIndicators"] >= count
 
 
 def test_kill_9_at_any_point_then_the_next_run_converges(standins, tmp_path):
     standins.graph.latency = 0.15
     config = write_config(tmp_path, standins)
     for submits_before_kill in (1, 2, 1):
-        process = subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = start(config)
         enough = graph_calls(standins)["submitTiIndicators"] + submits_before_kill
-        wait_for(lambda enough=enough: graph_calls(standins)["submitTiIndicators"] >= enough)
+        wait_for(functools.partial(_submits_reach, standins, enough))
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     standins.graph.latency = 0.0
@@ -275,8 +274,7 @@ def test_kill_9_at_any_point_then_the_next_run_converges(standins, tmp_path):
     # and a kill while deleting what MISP dropped
     standins.misp.events[:] = standins.misp.events[1:]
     standins.graph.latency = 0.3
-    process = subprocess.Popen([sys.executable, str(ROOT / "script.py"), "--config", str(config), "--allow-mass-delete"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start(config, "--allow-mass-delete")
     wait_for(lambda: graph_calls(standins)["deleteTiIndicators"] >= 1)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
