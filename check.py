@@ -93,7 +93,7 @@ def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> Non
     try:
         misp = source.connect()
     except MispError as exc:
-        checklist.add(Line(False, "MISP", str(exc), misp_fix(str(exc))), ExitCode.MISP)
+        checklist.add(Line(False, "MISP", str(exc), C.MISP_FIXES.get(exc.cause, C.MISP_DEFAULT_FIX)), ExitCode.MISP)
         return
     instance = misp.misp_instance_version
     version = instance.get("version", "unknown") if isinstance(instance, dict) else "unknown"
@@ -120,13 +120,6 @@ def misp_transport(settings: Settings) -> str:
     if settings.misp_url.startswith("http://"):
         return "not TLS"
     return "TLS verified" if settings.misp_verifycert else "TLS NOT verified (misp_verifycert = False)"
-
-
-def misp_fix(message: str) -> str:
-    for marker, fix in C.MISP_FIXES:
-        if marker in message:
-            return fix
-    return "check misp_domain, the network path to MISP and MISP_KEY"
 
 
 def check_target(settings: Settings, target: TargetSettings, log: RequestLog, checklist: Checklist) -> None:

@@ -152,6 +152,8 @@ GRAPH_UPDATABLE = frozenset({
     "diamondModel", "expirationDateTime", "externalId", "isActive", "killChain", "knownFalsePositives",
     "lastReportedDateTime", "malwareFamilyNames", "passiveOnly", "severity", "tags", "tlpLevel",
 })
+# Fields of a tiIndicator that change without the indicator changing, or that Graph stamps itself.
+GRAPH_VOLATILE = frozenset({"expirationDateTime", "id", "azureTenantId", "ingestedDateTime", "Error"})
 GRAPH_UPDATE_PATH = GRAPH_TI_PATH + "/updateTiIndicators"
 GRAPH_DELETE_BY_EXTERNAL_ID_PATH = GRAPH_TI_PATH + "/deleteTiIndicatorsByExternalId"
 # A submit Graph processed after the client gave up can create its copy this late; an externalId
@@ -179,6 +181,11 @@ SENTINEL_QUERY_PATH = (
     "/workspaces/{workspace_name}/providers/Microsoft.SecurityInsights/threatIntelligence/main/queryIndicators"
 )
 SENTINEL_MAX_BATCH = 100
+# STIX properties that move without the indicator changing (each version stamps them anew).
+STIX_VOLATILE = frozenset({"id", "created", "modified", "valid_from", "valid_until", "revoked"})
+# Every STIX change is an upload of the same id; a change to these alone is counted as an update,
+# to others as a replacement. (The state files written so far hashed exactly this split.)
+STIX_UPDATABLE = frozenset({"confidence", "description"})
 SENTINEL_REQUESTS_PER_MINUTE = 100
 SENTINEL_QUERY_PAGE_SIZE = 100
 # STIX external_references keys -> their names in the management API's read-back.
@@ -479,18 +486,32 @@ PROBE_FIXES = {
     ErrorCause.GARBLED: "something between this host and the service answers in its place: check the proxy",
     ErrorCause.PAGING_LOOP: "the service's listing does not advance: run --check again, and report it if it stays",
 }
-MISP_FIXES = (
-    ("not trusted", "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)"),
-    ("refused the API key", "check MISP_KEY: an automation key of a MISP user allowed to use the API"),
-    ("not a MISP base URL", "check misp_domain: the URL you open MISP at, with its sub-path if any, not an API path"),
-    ("not MISP's answer", "check misp_domain: MISP's own URL, not another server or a proxy that asks for its own login"),
-    ("connection refused", "check misp_domain (scheme, host, port) and that MISP is up"),
-    ("host name not found", "check the host name in misp_domain and DNS"),
-    ("timed out", "check the network path to MISP or raise http_timeout"),
-    ("not JSON", "misp_domain points at something that is not the MISP API (a login page or a proxy)"),
-    ("misp_domain is empty", "set misp_domain in the config or MISP_URL"),
-    ("misp_key is empty", "set MISP_KEY in the environment or .env"),
-)
+class MispCause(enum.Enum):
+    """Why MISP could not be read; `--check` looks its fix up by this, not by text."""
+
+    UNTRUSTED = "untrusted"  # its TLS certificate is not trusted
+    TLS_FAILED = "tls-failed"
+    KEY_REFUSED = "key-refused"
+    NOT_MISP = "not-misp"  # a 401/403 that is not MISP's: another server or a proxy
+    NOT_MISP_URL = "not-misp-url"  # a 404 where MISP's API should be
+    CONNECTION_REFUSED = "connection-refused"
+    NO_HOST = "no-host"
+    TIMED_OUT = "timed-out"
+    NOT_JSON = "not-json"
+    OTHER = "other"
+
+
+MISP_FIXES = {
+    MispCause.UNTRUSTED: "trust the MISP server's CA: misp_ca_bundle = '/path/ca.pem' (for MISP only)",
+    MispCause.KEY_REFUSED: "check MISP_KEY: an automation key of a MISP user allowed to use the API",
+    MispCause.NOT_MISP_URL: "check misp_domain: the URL you open MISP at, with its sub-path if any, not an API path",
+    MispCause.NOT_MISP: "check misp_domain: MISP's own URL, not another server or a proxy that asks for its own login",
+    MispCause.CONNECTION_REFUSED: "check misp_domain (scheme, host, port) and that MISP is up",
+    MispCause.NO_HOST: "check the host name in misp_domain and DNS",
+    MispCause.TIMED_OUT: "check the network path to MISP or raise http_timeout",
+    MispCause.NOT_JSON: "misp_domain points at something that is not the MISP API (a login page or a proxy)",
+}
+MISP_DEFAULT_FIX = "check misp_domain, the network path to MISP and MISP_KEY"
 
 # --- `-r --format table|csv` ------------------------------------------------------------------
 GRAPH_OBSERVABLE_FIELDS = (

@@ -159,7 +159,7 @@ class Engine:
         row = self.store.known(key)
         if row is not None and row.event_uuid != event_uuid:  # moved, or shared with an event not read now
             self.unsettled.update({event_uuid, row.event_uuid} - {""})
-        action = plan(row, indicator, self.renew_before)
+        action = plan(row, indicator, self.renew_before, self.adapter.hash_rules)
         self.report.actions[action.value] += 1
         self._seen.append((key, event_uuid))
         self._page_keys[key] = event_uuid
@@ -353,7 +353,8 @@ class Engine:
         indicator = queued.indicator
         body = json.dumps(indicator, sort_keys=True) if self.adapter.keeps_body else ""
         return StateRow(external_id=queued.key, remote_id=remote_id or queued.remote_id or "",
-                        content_hash=content_hash(indicator), immutable_hash=immutable_hash(indicator),
+                        content_hash=content_hash(indicator, self.adapter.hash_rules),
+                        immutable_hash=immutable_hash(indicator, self.adapter.hash_rules),
                         expires_at=self.adapter.expiry_of(indicator), event_uuid=queued.event_uuid,
                         sent_at=iso_utc(self.now), body=body)
 

@@ -107,5 +107,5 @@ def _decisions(engine: Engine, result: EventResult, uuid: str, log: RequestLog) 
         row = engine.store.known(key)
         remote = engine.queued(key, indicator, "", row).remote_id  # a retired id's successor, where ids are retired
         where = f" (service id {remote})" if remote and remote != key else ""
-        decisions.append(f"sends {key}{where}: {plan(row, indicator, engine.renew_before).value}")
+        decisions.append(f"sends {key}{where}: {plan(row, indicator, engine.renew_before, engine.adapter.hash_rules).value}")
     return decisions or ["no indicator and no skip (the transform did not see this attribute)"]

@@ -20,7 +20,7 @@ from constants import Outcome
 from misp_transformer import GraphTransformer, Transformer, iso_utc
 from ms_client import Connection, ItemResult, MicrosoftAdapter, MicrosoftClient, error_text, response_body, value_list
 from rebuild import Rebuilt
-from reconcile import Action, content_hash, event_uuid_of, immutable_hash
+from reconcile import Action, HashRules, content_hash, event_uuid_of, immutable_hash
 from request_log import RequestLog
 from settings import Settings, TargetSettings
 from state_store import StateRow
@@ -28,6 +28,7 @@ from state_store import StateRow
 # Graph's per-item error codes that say the indicator is no longer there.
 GONE_CODES = frozenset({"NotFound", "ResourceNotFound", "ItemNotFound"})
 # The CSDL's Collection(Edm.String) properties an update may clear: sent as [], never null.
+GRAPH_HASH_RULES = HashRules(volatile=C.GRAPH_VOLATILE, updatable=C.GRAPH_UPDATABLE)
 COLLECTIONS = frozenset({"activityGroupNames", "killChain", "malwareFamilyNames", "tags"})
 
 
@@ -152,8 +153,9 @@ def graph_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebuilt:
         elif external_id in rows:
             rebuilt.surplus.append(str(item["id"]))
         else:
-            rows[external_id] = StateRow(external_id, str(item["id"]), content_hash(item), immutable_hash(item),
-                                         str(item.get("expirationDateTime", "")), event_uuid_of(item), iso_utc(now), "")
+            rows[external_id] = StateRow(external_id, str(item["id"]), content_hash(item, GRAPH_HASH_RULES),
+                                         immutable_hash(item, GRAPH_HASH_RULES), str(item.get("expirationDateTime", "")),
+                                         event_uuid_of(item), iso_utc(now), "")
     rebuilt.rows = list(rows.values())
     return rebuilt
 
@@ -165,6 +167,7 @@ class GraphAdapter(MicrosoftAdapter[GraphClient]):
     kind = "graph"
     transformer: type[Transformer] = GraphTransformer
     max_batch = C.GRAPH_MAX_BATCH
+    hash_rules = GRAPH_HASH_RULES
     keeps_body = False
     retires_ids = False
     permission = GraphClient.permission

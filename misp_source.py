@@ -22,6 +22,7 @@ from pymisp import PyMISP, PyMISPError
 from pymisp.exceptions import MISPServerError, PyMISPUnexpectedResponse
 
 import constants as C
+from constants import MispCause
 from request_log import RequestLog
 from settings import Settings
 
@@ -32,7 +33,12 @@ _pymisp_logger.propagate = False
 
 
 class MispError(Exception):
-    """MISP could not be reached, refused us, or answered something that is not events."""
+    """MISP could not be reached, refused us, or answered something that is not events; the
+    cause lets `--check` give the fix without reading the message."""
+
+    def __init__(self, message: str, cause: MispCause = MispCause.OTHER) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def _first_line(text: object, limit: int = 200) -> str:
@@ -40,34 +46,37 @@ def _first_line(text: object, limit: int = 200) -> str:
     return line[:limit]
 
 
-# Causes buried in PyMISP's long connection errors, in the words an operator needs.
+# Causes buried in PyMISP's long connection errors (it raises them as text only), in the words
+# an operator needs. Read here, at the boundary, once; everything after goes by MispCause.
 _CAUSES = (
-    ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (trust its CA with misp_ca_bundle)"),
-    ("Authentication failed", "MISP refused the API key (HTTP 403)"),
-    ("Connection refused", "connection refused"),
-    ("Name or service not known", "host name not found"),
-    ("timed out", "timed out"),
-    ("SSLError", "TLS handshake failed"),
+    ("CERTIFICATE_VERIFY_FAILED", MispCause.UNTRUSTED, "TLS certificate not trusted (trust its CA with misp_ca_bundle)"),
+    ("Authentication failed", MispCause.KEY_REFUSED, "MISP refused the API key (HTTP 403)"),
+    ("Connection refused", MispCause.CONNECTION_REFUSED, "connection refused"),
+    ("Name or service not known", MispCause.NO_HOST, "host name not found"),
+    ("timed out", MispCause.TIMED_OUT, "timed out"),
+    ("SSLError", MispCause.TLS_FAILED, "TLS handshake failed"),
 )
 
 
-def _explain(error: object) -> str:
-    """The cause of a PyMISP/requests error in one short phrase, else its first line."""
+def _explain(error: object) -> tuple[MispCause, str]:
+    """The cause of a PyMISP/requests error, and one short phrase for it (else its first line)."""
     text = str(error)
-    return next((phrase for marker, phrase in _CAUSES if marker in text), None) or _user_lookup(text) or _first_line(text)
+    found = next(((cause, phrase) for marker, cause, phrase in _CAUSES if marker in text), None)
+    return found or _user_lookup(text) or (MispCause.OTHER, _first_line(text))
 
 
-def _user_lookup(text: str) -> str:
+def _user_lookup(text: str) -> tuple[MispCause, str] | None:
     """PyMISP's "Unable to get the user settings: (status, body)". MISP refusing a key says
     "Authentication failed" (matched before this); a bare 401/403 comes from another server
     (a wrong host, a proxy asking for its own login), a 404 from a wrong path."""
     found = C.MISP_USER_LOOKUP_RE.search(text)
     if not found:
-        return ""
+        return None
     status = int(found.group(1))
     if status in (401, 403):
-        return f"HTTP {status} that is not MISP's answer to a refused key: misp_domain may point at another server"
-    return f"HTTP {status} where MISP's API should be: misp_domain is not a MISP base URL"
+        return (MispCause.NOT_MISP,
+                f"HTTP {status} that is not MISP's answer to a refused key: misp_domain may point at another server")
+    return MispCause.NOT_MISP_URL, f"HTTP {status} where MISP's API should be: misp_domain is not a MISP base URL"
 
 
 def _server_error(error: MISPServerError) -> str:
@@ -107,10 +116,10 @@ def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Generator[list[dict[str
     handover: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
-    def hand_over(kind: str, item: Any) -> bool:
+    def hand_over(message: str, item: Any) -> bool:
         while not stop.is_set():
             try:
-                handover.put((kind, item), timeout=0.1)
+                handover.put((message, item), timeout=0.1)
                 return True
             except queue.Full:
                 continue
@@ -129,10 +138,10 @@ def prefetched(pages: Iterator[list[dict[str, Any]]]) -> Generator[list[dict[str
     helper.start()
     try:
         while True:
-            kind, item = handover.get()
-            if kind == "end":
+            message, item = handover.get()
+            if message == "end":
                 return
-            if kind == "error":
+            if message == "error":
                 raise item
             yield item
     finally:
@@ -216,7 +225,8 @@ class MispSource:
                     timeout=self.settings.http_timeout, tool="misp2sentinel",
                 )
             except PyMISPError as exc:
-                raise MispError(f"cannot connect to MISP at {self.settings.misp_url}: {_explain(exc)}") from None
+                cause, phrase = _explain(exc)
+                raise MispError(f"cannot connect to MISP at {self.settings.misp_url}: {phrase}", cause) from None
         return self._misp
 
     def listing(self) -> Listing:
@@ -343,13 +353,15 @@ class MispSource:
         try:
             result = misp.search(controller=controller, return_format="json", **body)
         except PyMISPUnexpectedResponse:
-            raise MispError(f"{where}: MISP answered with something that is not JSON (a login page or a proxy?)") from None
+            raise MispError(f"{where}: MISP answered with something that is not JSON (a login page or a proxy?)",
+                            MispCause.NOT_JSON) from None
         except MISPServerError as exc:
             raise MispError(f"{where}: MISP server error {_server_error(exc)}") from None
         except (PyMISPError, ValueError) as exc:
             raise MispError(f"{where}: {_first_line(exc)}") from None
         except requests.RequestException as exc:
-            raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {_explain(exc)}") from None
+            cause, phrase = _explain(exc)
+            raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {phrase}", cause) from None
         self.log.request(
             "misp-restSearch", "POST", f"{self.settings.misp_url}{controller}/restSearch", body, 200,
             {controller: len(result) if isinstance(result, list) else None}, time.monotonic() - started,

@@ -4,6 +4,7 @@ The state store remembers what was sent; this module compares it with what MISP 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import hashlib
@@ -12,15 +13,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import constants as C
 from misp_transformer import stix_time
 from state_store import SENT, StateRow
 
-# Fields that change without the indicator changing, or that Graph stamps itself.
-_NOT_CONTENT = frozenset({
-    "expirationDateTime", "id", "azureTenantId", "ingestedDateTime", "Error",
-    "created", "modified", "valid_from", "valid_until", "revoked",
-})
 _EVENT_UUID_RE = re.compile(r"^MISP event: ([0-9a-fA-F-]{36})$", re.MULTILINE)
 
 
@@ -39,15 +34,24 @@ def _digest(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def content_hash(indicator: Mapping[str, Any]) -> str:
-    """Hash of everything we send except the expiry; the same for our dict and Graph's echo."""
-    return _digest({k: v for k, v in indicator.items() if k not in _NOT_CONTENT and not k.startswith("@")})
+@dataclasses.dataclass(frozen=True)
+class HashRules:
+    """Which of a service's fields count as content: its adapter says, the engine compares."""
+
+    volatile: frozenset[str]  # change without the indicator changing (expiry, ids the service stamps)
+    updatable: frozenset[str] = frozenset()  # an update may change them; a change elsewhere is a replacement
 
 
-def immutable_hash(indicator: Mapping[str, Any]) -> str:
+def content_hash(indicator: Mapping[str, Any], rules: HashRules) -> str:
+    """Hash of everything we send except the volatile fields; the same for our dict and the service's echo."""
+    return _digest({k: v for k, v in indicator.items() if k not in rules.volatile and not k.startswith("@")})
+
+
+def immutable_hash(indicator: Mapping[str, Any], rules: HashRules) -> str:
     """Hash of the fields an update cannot change (Graph's observables, threatType, target):
     when it changes, the indicator is replaced."""
-    return _digest({k: v for k, v in indicator.items() if k not in C.GRAPH_UPDATABLE and k not in _NOT_CONTENT and not k.startswith("@")})
+    return _digest({k: v for k, v in indicator.items()
+                    if k not in rules.updatable and k not in rules.volatile and not k.startswith("@")})
 
 
 def parse_expiry(value: Any) -> dt.datetime | None:
@@ -67,14 +71,14 @@ def event_uuid_of(indicator: Mapping[str, Any]) -> str:
     return match.group(1).lower() if match else ""
 
 
-def plan(row: StateRow | None, indicator: Mapping[str, Any], renew_before: dt.datetime) -> Action:
+def plan(row: StateRow | None, indicator: Mapping[str, Any], renew_before: dt.datetime, rules: HashRules) -> Action:
     """What to do with one desired indicator, given its state row (or None). A row still
     `pending` may never have arrived, so it is sent again as new."""
     if row is None or row.status != SENT:
         return Action.NEW
-    if immutable_hash(indicator) != row.immutable_hash:
+    if immutable_hash(indicator, rules) != row.immutable_hash:
         return Action.REPLACE
-    if content_hash(indicator) != row.content_hash:
+    if content_hash(indicator, rules) != row.content_hash:
         return Action.UPDATE
     expires = parse_expiry(row.expires_at)
     if expires is None or expires <= renew_before:

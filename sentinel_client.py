@@ -20,7 +20,7 @@ from constants import ErrorCause, Outcome
 from misp_transformer import StixTransformer, Transformer, iso_utc, stix_id, stix_time
 from ms_client import Connection, ItemResult, MicrosoftAdapter, MicrosoftClient, MicrosoftError, error_text, response_body
 from rebuild import Rebuilt
-from reconcile import Action, content_hash, immutable_hash, next_modified
+from reconcile import Action, HashRules, content_hash, immutable_hash, next_modified
 from request_log import RequestLog
 from settings import Settings, TargetSettings
 from state_store import StateRow
@@ -48,6 +48,9 @@ class Workspace:
         return cls(f"{settings.sentinel_endpoint}{upload}?api-version={settings.sentinel_api_version}",
                    f"{settings.management_endpoint}{query}?api-version={settings.management_api_version}",
                    settings.sourcesystem)
+
+
+STIX_HASH_RULES = HashRules(volatile=C.STIX_VOLATILE, updatable=C.STIX_UPDATABLE)
 
 
 class SentinelClient(MicrosoftClient):
@@ -199,8 +202,8 @@ def sentinel_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebui
         if revoked:
             rebuilt.revoked.append((key, obj["id"]))
         else:
-            rebuilt.rows.append(StateRow(key, obj["id"], content_hash(obj), immutable_hash(obj), str(obj.get("valid_until", "")),
-                                      event_uuid, iso_utc(now), json.dumps(obj, sort_keys=True)))
+            rebuilt.rows.append(StateRow(key, obj["id"], content_hash(obj, STIX_HASH_RULES), immutable_hash(obj, STIX_HASH_RULES),
+                                         str(obj.get("valid_until", "")), event_uuid, iso_utc(now), json.dumps(obj, sort_keys=True)))
     return rebuilt
 
 
@@ -210,6 +213,7 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
     kind = "sentinel"
     transformer: type[Transformer] = StixTransformer
     max_batch = C.SENTINEL_MAX_BATCH
+    hash_rules = STIX_HASH_RULES
     keeps_body = True
     retires_ids = True
     permission = SentinelClient.permission

@@ -46,7 +46,7 @@ class TargetSettings:
 
     @property
     def label(self) -> str:
-        return "graph" if self.kind == "graph" else f"sentinel workspace {self.workspace_id}"
+        return f"{self.kind} workspace {self.workspace_id}" if self.workspace_id else self.kind
 
     def require_management(self, config_name: str) -> None:
         """Reading back a workspace goes through ARM, which names it differently from the upload API."""
@@ -339,7 +339,7 @@ def _targets(row: Setting, value: Any, ctx: _Context) -> tuple[TargetSettings, .
     labels = [target.label for target in targets]
     if not targets or len(set(labels)) != len(labels):
         raise ctx.error(f"{row.label} must name at least one target, each once, not {value!r}")
-    _distinct_management_names([target for target in targets if target.kind == "sentinel"], ctx)
+    _distinct_management_names([target for target in targets if target.workspace_id], ctx)
     return tuple(targets)
 
 

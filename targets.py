@@ -15,7 +15,7 @@ from graph_client import GraphAdapter
 from misp_transformer import Transformer
 from ms_client import ItemResult
 from rebuild import Rebuilt
-from reconcile import Action
+from reconcile import Action, HashRules
 from request_log import RequestLog
 from sentinel_client import SentinelAdapter
 from settings import Settings, TargetSettings
@@ -31,6 +31,7 @@ class Adapter(Protocol):
     label: str  # how reports and messages name this target
     transformer: type[Transformer]  # MISP events -> this service's indicators
     max_batch: int  # items per bulk request
+    hash_rules: HashRules  # which fields are content, and which an update may change
     keeps_body: bool  # the state keeps the last object sent (a removal repeats it)
     retires_ids: bool  # a removed id is never reused: the state remembers it for good
     permission: str  # what the app must be granted, as the service's portal names it

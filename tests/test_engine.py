@@ -15,7 +15,7 @@ from engine import Engine, Limits
 from misp_transformer import GraphTransformer, Transformer
 from ms_client import ItemResult, MicrosoftError
 from rebuild import Rebuilt
-from reconcile import Action
+from reconcile import Action, HashRules
 from report import RunReport
 from request_log import RequestLog
 from state_store import StateRow, StateStore
@@ -39,6 +39,7 @@ class FakeAdapter:
     label = "fake target"
     transformer: type[Transformer] = GraphTransformer
     max_batch = 3
+    hash_rules = HashRules(volatile=frozenset({"id", "expirationDateTime"}), updatable=frozenset({"description"}))
     keeps_body = False
     retires_ids = False
     permission = "the fake role"

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from graph_client import renew_body, update_body
+from graph_client import GRAPH_HASH_RULES, renew_body, update_body
 from reconcile import Action, content_hash, event_uuid_of, immutable_hash, mass_delete_blocked, plan
 from state_store import PENDING, StateRow, StateStore, StoreLocked, target_lock
 
@@ -20,26 +20,28 @@ INDICATOR = {
 
 
 def known(indicator=INDICATOR, expires="2027-01-27T00:00:00Z") -> StateRow:
-    return StateRow("a1", "g1", content_hash(indicator), immutable_hash(indicator), expires, "e1", "2026-11-28T00:00:00Z", "")
+    return StateRow("a1", "g1", content_hash(indicator, GRAPH_HASH_RULES), immutable_hash(indicator, GRAPH_HASH_RULES), expires,
+                    "e1", "2026-11-28T00:00:00Z", "")
 
 
 def test_plan_covers_every_case():
     renew_before = NOW + dt.timedelta(days=15)
-    assert plan(None, INDICATOR, renew_before) is Action.NEW
-    assert plan(known(), INDICATOR, renew_before) is Action.UNCHANGED
-    assert plan(known(), {**INDICATOR, "expirationDateTime": "2030-01-01T00:00:00Z"}, renew_before) is Action.UNCHANGED
-    assert plan(known(), {**INDICATOR, "tags": ["y"]}, renew_before) is Action.UPDATE
-    assert plan(known(), {**INDICATOR, "tlpLevel": "green"}, renew_before) is Action.UPDATE
-    assert plan(known(), {**INDICATOR, "domainName": "other.example"}, renew_before) is Action.REPLACE
-    assert plan(known(), {**INDICATOR, "threatType": "C2"}, renew_before) is Action.REPLACE
-    assert plan(known(expires="2026-12-01T00:00:00Z"), INDICATOR, renew_before) is Action.RENEW
-    assert plan(known(expires="garbage"), INDICATOR, renew_before) is Action.RENEW
+    assert plan(None, INDICATOR, renew_before, GRAPH_HASH_RULES) is Action.NEW
+    assert plan(known(), INDICATOR, renew_before, GRAPH_HASH_RULES) is Action.UNCHANGED
+    assert plan(known(), {**INDICATOR, "expirationDateTime": "2030-01-01T00:00:00Z"}, renew_before, GRAPH_HASH_RULES) is Action.UNCHANGED
+    assert plan(known(), {**INDICATOR, "tags": ["y"]}, renew_before, GRAPH_HASH_RULES) is Action.UPDATE
+    assert plan(known(), {**INDICATOR, "tlpLevel": "green"}, renew_before, GRAPH_HASH_RULES) is Action.UPDATE
+    assert plan(known(), {**INDICATOR, "domainName": "other.example"}, renew_before, GRAPH_HASH_RULES) is Action.REPLACE
+    assert plan(known(), {**INDICATOR, "threatType": "C2"}, renew_before, GRAPH_HASH_RULES) is Action.REPLACE
+    assert plan(known(expires="2026-12-01T00:00:00Z"), INDICATOR, renew_before, GRAPH_HASH_RULES) is Action.RENEW
+    assert plan(known(expires="garbage"), INDICATOR, renew_before, GRAPH_HASH_RULES) is Action.RENEW
 
 
 def test_graph_echo_hashes_like_what_was_sent():
     echo = {**INDICATOR, "id": "g1", "azureTenantId": "t", "ingestedDateTime": "2026-11-28T00:00:00Z",
             "@odata.type": "#microsoft.graph.tiIndicator", "expirationDateTime": "2027-02-01T00:00:00Z"}
-    assert content_hash(echo) == content_hash(INDICATOR) and immutable_hash(echo) == immutable_hash(INDICATOR)
+    assert content_hash(echo, GRAPH_HASH_RULES) == content_hash(INDICATOR, GRAPH_HASH_RULES)
+    assert immutable_hash(echo, GRAPH_HASH_RULES) == immutable_hash(INDICATOR, GRAPH_HASH_RULES)
 
 
 def test_update_bodies_clear_removed_fields_and_renewal_is_minimal():
