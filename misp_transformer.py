@@ -131,6 +131,13 @@ def text_bytes(texts: str | tuple[str, ...]) -> int:
     return sum(map(json_bytes, texts)) + len(texts) + 1  # the brackets and commas
 
 
+def text_bytes_bound(texts: str | tuple[str, ...]) -> int:
+    """At least text_bytes(texts), from lengths alone: a character takes at most 12 bytes."""
+    if isinstance(texts, str):
+        return _BYTES_PER_CHAR * len(texts) + 2
+    return _BYTES_PER_CHAR * sum(map(len, texts)) + 3 * len(texts) + 1
+
+
 def _dicts(value: Any) -> list[Mapping[str, Any]]:
     """A MISP list that may be absent, null or hold junk: keep only the objects."""
     if not isinstance(value, list):
@@ -422,19 +429,22 @@ def require_text(value: str) -> str:
 
 # --- the MISP type table: one reader per type, for every target (mapping.md) ------------------
 
-def _ip(direction: C.Direction) -> Reader:
-    return lambda value, policy: (Observable(Kind.IP, ip_text(value, policy), direction=direction),)
+# The readers run once per attribute: each takes its kind as a closure variable (an enum member
+# looked up on its class costs as much as a dict display) and builds the Observable positionally.
+
+def _ip(direction: C.Direction, kind: Kind = Kind.IP) -> Reader:
+    return lambda value, policy: (Observable(kind, ip_text(value, policy), None, direction),)
 
 
-def _ip_port(direction: C.Direction) -> Reader:
+def _ip_port(direction: C.Direction, kind: Kind = Kind.IP) -> Reader:
     def read(value: str, policy: MappingPolicy) -> tuple[Observable, ...]:
         address, port = split_composite(value)
-        return (Observable(Kind.IP, ip_text(address, policy), direction=direction, port=parse_port(port)),)
+        return (Observable(kind, ip_text(address, policy), None, direction, parse_port(port)),)
     return read
 
 
-def _domain(value: str, policy: MappingPolicy) -> tuple[Observable, ...]:
-    return (Observable(Kind.DOMAIN, normalize_hostname(value)),)
+def _domain(value: str, policy: MappingPolicy, kind: Kind = Kind.DOMAIN) -> tuple[Observable, ...]:
+    return (Observable(kind, normalize_hostname(value)),)
 
 
 def _domain_ip(value: str, policy: MappingPolicy) -> tuple[Observable, ...]:
@@ -449,8 +459,8 @@ def _hostname_port(value: str, policy: MappingPolicy) -> tuple[Observable, ...]:
     return (Observable(Kind.DOMAIN, normalize_hostname(host), direction=C.Direction.DESTINATION, port=parse_port(port)),)
 
 
-def _url(value: str, policy: MappingPolicy) -> tuple[Observable, ...]:
-    return (Observable(Kind.URL, normalize_url(value)),)
+def _url(value: str, policy: MappingPolicy, kind: Kind = Kind.URL) -> tuple[Observable, ...]:
+    return (Observable(kind, normalize_url(value)),)
 
 
 def _email(direction: C.Direction) -> Reader:
@@ -462,13 +472,13 @@ def _text(kind: Kind) -> Reader:
 
 
 def _hash(algorithm: str, kind: Kind = Kind.FILE_HASH) -> Reader:
-    return lambda value, policy: (Observable(kind, normalize_hash(algorithm, value), algorithm=algorithm),)
+    return lambda value, policy: (Observable(kind, normalize_hash(algorithm, value), None, None, None, algorithm),)
 
 
-def _filename_hash(algorithm: str) -> Reader:
+def _filename_hash(algorithm: str, kind: Kind = Kind.FILE_HASH) -> Reader:
     def read(value: str, policy: MappingPolicy) -> tuple[Observable, ...]:
         name, digest = split_composite(value)
-        return (Observable(Kind.FILE_HASH, normalize_hash(algorithm, digest), algorithm=algorithm, file_name=name),)
+        return (Observable(kind, normalize_hash(algorithm, digest), None, None, None, algorithm, name),)
     return read
 
 
@@ -898,9 +908,11 @@ class Transformer:
         # For the size check in `_candidate`: bytes left once the fixed parts are counted (per
         # event), the most name characters and text bytes of the tag sets and comments met so
         # far, and so how many characters of value and key an indicator may take unmeasured.
+        # Texts are measured only when a value needs it: until then their bound counts.
         settings_chars = sum(map(len, (policy.action, policy.target_product, policy.default_tlp, policy.misp_url)))
         self._fixed_bytes = _FIXED_BYTES + _BYTES_PER_CHAR * settings_chars
-        self._room = self._largest_names = self._largest_texts = self._spare = 0
+        self._room = self._largest_names = self._largest_texts = self._unmeasured_bound = self._spare = 0
+        self._unmeasured: list[Any] = []  # texts of this event not measured yet
         self._refanged = 0  # values of this event sent after refanging
 
     def template(self, context: EventContext, attribute: Mapping[str, Any]) -> dict[str, Any]:
@@ -939,9 +951,19 @@ class Transformer:
         texts = self._texts.get(raw)
         if texts is None:
             texts = self._texts[raw] = self.describe(context, clean_text(raw))
-            self._largest_texts = max(self._largest_texts, self.texts_bytes(context, texts))
+            self._unmeasured.append(texts)
+            self._unmeasured_bound = max(self._unmeasured_bound, text_bytes_bound(texts))
             self._count_spare()
         return texts
+
+    def _measured_spare(self, context: EventContext) -> int:
+        """The spare with every text of the event measured, for a value too big for the bound:
+        twelve bytes a character leave room enough for nearly every value, unmeasured."""
+        for texts in self._unmeasured:
+            self._largest_texts = max(self._largest_texts, self.texts_bytes(context, texts))
+        self._unmeasured, self._unmeasured_bound = [], 0
+        self._count_spare()
+        return self._spare
 
     def texts_bytes(self, context: EventContext, texts: Any) -> int:
         """text_bytes of `describe`'s texts, for the size check."""
@@ -949,7 +971,7 @@ class Transformer:
 
     def _count_spare(self) -> None:
         """Characters of value and key that fit in any indicator of the event made so far."""
-        self._spare = (self._room - self._largest_texts) // _BYTES_PER_CHAR - self._largest_names
+        self._spare = (self._room - max(self._largest_texts, self._unmeasured_bound)) // _BYTES_PER_CHAR - self._largest_names
 
     def cuts(self, context: EventContext) -> Cuts:
         raise NotImplementedError
@@ -979,7 +1001,8 @@ class Transformer:
             return _unreadable(event, pairs, SkipReason.MALFORMED, "event without a valid uuid")
         self._facts, self._common, self._texts, self._templates = {}, {}, {}, {}
         self._room = C.INDICATOR_MAX_BYTES - self._fixed_bytes - _BYTES_PER_CHAR * len(context.uuid)
-        self._largest_names = self._largest_texts = self._refanged = 0
+        self._largest_names = self._largest_texts = self._unmeasured_bound = self._refanged = 0
+        self._unmeasured = []
         self._count_spare()
         result = EventResult([], [], len(pairs), context.uuid.strip().lower())
         indicators, skips = result.indicators, result.skips
@@ -1021,7 +1044,8 @@ class Transformer:
             else:
                 refanged, observables = False, reader(value, self.policy)
             indicators = self.render(context, attribute, observables, value, key)
-            if 2 * len(value) + len(key) > self._spare:
+            size = 2 * len(value) + len(key)
+            if size > self._spare and size > self._measured_spare(context):
                 indicators = [fit(indicator, self.cuts(context)) for indicator in indicators]  # worst case too big: measure
         except InvalidValue as exc:
             return _skip(context.uuid, attribute, SkipReason.INVALID_VALUE, str(exc))
