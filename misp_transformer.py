@@ -1214,11 +1214,14 @@ class StixTransformer(Transformer):
         patterns = stix_patterns(observables)
         template = self.template(context, attribute)
         reported = self.reported(attribute)
-        return [
-            {**template, "id": stix_id(key + suffix), "created": reported, "valid_from": reported, "name": value,
-             "pattern": pattern, "external_references": [self._reference(context, key)]}
-            for suffix, pattern in patterns
-        ]
+        indicators = []
+        for suffix, pattern in patterns:  # a copy and assignments, in the same key order: a ** display builds a second dict
+            indicator = template.copy()
+            indicator["created"] = indicator["valid_from"] = reported
+            indicator["id"], indicator["name"], indicator["pattern"] = stix_id(key + suffix), value, pattern
+            indicator["external_references"] = [self._reference(context, key)]
+            indicators.append(indicator)
+        return indicators
 
     def __init__(self, policy: MappingPolicy, now: dt.datetime) -> None:
         super().__init__(policy, now)
