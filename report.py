@@ -139,7 +139,7 @@ def shown_value(log: RequestLog, value: str) -> str:
 
 
 def skipped_records(skips: list[Skip], log: RequestLog) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(skip) | {"reason": skip.reason.value, "value": shown_value(log, skip.value)} for skip in skips]
+    return [skip.as_dict() | {"reason": skip.reason.value, "value": shown_value(log, skip.value)} for skip in skips]
 
 
 

@@ -414,3 +414,20 @@ def test_an_observable_too_big_for_16_kb_is_invalid_value():
         result = transformer.transform(event(a))
         assert result.indicators == [] and [s.reason for s in result.skips] == [SkipReason.INVALID_VALUE]
         assert result.skips[0].detail == "indicator over 16384 bytes even with its free text, names and tags cut"
+
+
+def test_a_skip_gives_every_field_by_name():
+    a = attribute("ip-dst", "198.51.100.7", to_ids=False)
+    (skip,) = run(a).skips
+    assert skip.as_dict() == {"reason": SkipReason.NOT_TO_IDS, "event_uuid": EVENT_UUID, "attribute_uuid": a["uuid"],
+                              "attribute_type": "ip-dst", "detail": "", "value": "198.51.100.7"}
+
+
+def test_event_texts_of_emoji_are_measured_and_cut_to_fit():
+    """Texts are measured only when their 12-bytes-a-character bound leaves a value too little
+    room: an emoji takes all 12, so event comments of emoji must still be cut to 16 kB."""
+    comments = [attribute("comment", "\U0001f600" * 900, to_ids=False) for _ in range(4)]
+    for transformer in (GraphTransformer(MappingPolicy(), NOW), StixTransformer(MappingPolicy(), NOW)):
+        result = transformer.transform(event(*comments, attribute("domain", "example.com", comment="\U0001f600" * 3000)))
+        (indicator,) = result.indicators
+        assert json_bytes(indicator) <= INDICATOR_MAX_BYTES and json_bytes(indicator) > INDICATOR_MAX_BYTES - 1000
