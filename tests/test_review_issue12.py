@@ -1,0 +1,86 @@
+"""Red-team review of issue 12's change: values that still break mapping.md's "Values, as the
+real specifications define them" (or the real specifications behind it). Each test failed on
+the reviewed commit (4ee64f4); those whose fix belongs in misp_transformer.py are marked
+xfail(strict=True) until that fix lands, so they turn into failures the day it does."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from constants import SkipReason
+from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer
+from standins.graph import validate_indicator
+from standins.sentinel import validate_stix_object
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+POLICY = MappingPolicy(misp_url="https://misp.example.org/")
+EVENT_UUID = "5f0c1b1e-0000-4000-8000-000000000001"
+ATTRIBUTE_UUID = "5f0c1b1e-0000-4000-8000-000000000002"
+
+
+def _event(misp_type: str, value: str) -> dict[str, Any]:
+    attribute = {"uuid": ATTRIBUTE_UUID, "type": misp_type, "category": "Network activity", "value": value,
+                 "to_ids": True, "timestamp": "1764000000", "deleted": False}
+    return {"Event": {"uuid": EVENT_UUID, "info": "review", "threat_level_id": "2", "analysis": "2",
+                      "timestamp": "1764000000", "publish_timestamp": "1764000000", "published": True,
+                      "Attribute": [attribute], "Object": [], "Tag": []}}
+
+
+def outcomes(misp_type: str, value: str) -> tuple[Any, Any]:
+    """(Graph, STIX) for one attribute: the observable values each target would send (every one
+    checked by its stand-in's validator), or the reason the attribute was skipped."""
+    graph = GraphTransformer(POLICY, NOW).transform(_event(misp_type, value))
+    stix = StixTransformer(POLICY, NOW).transform(_event(misp_type, value))
+    for indicator in graph.indicators:
+        assert validate_indicator(indicator) is None
+    for obj in stix.indicators:
+        assert validate_stix_object(obj) == [], obj["pattern"]
+    return ([{k: v for k, v in i.items() if k.startswith(("domain", "email", "url", "network"))} for i in graph.indicators]
+            or graph.skips[0].reason,
+            [o["pattern"] for o in stix.indicators] or stix.skips[0].reason)
+
+
+# --- a line break inside a value: `$` in a regex matches before a final "\n" -----------------
+
+@pytest.mark.parametrize(("misp_type", "value"), [
+    ("domain", "evil\n.example"),           # Graph sent domainName 'evil\n.example'
+    ("hostname|port", "evil\n.example|443"),
+    ("email-src", "a\n@example.com"),       # both targets sent the address with its line break
+    ("email-dst", "a@evil\n.example"),
+    ("url", "http://evil\n.example/x"),
+    ("url", "http://198.51.100.7\n:80/x"),  # the IPv4 fast path took '198.51.100.7\n' as an address
+])
+def test_a_line_break_inside_a_network_value_is_invalid(misp_type, value):
+    assert outcomes(misp_type, value) == (SkipReason.INVALID_VALUE, SkipReason.INVALID_VALUE)
+
+
+# --- defects in misp_transformer.py (another helper's file): the fix is in the report ---------
+
+@pytest.mark.xfail(strict=True, reason="misp_transformer._authority checks a URL port's digits, not its range "
+                                       "(ip|port and hostname|port refuse 99999; a URL with it went to both targets)")
+@pytest.mark.parametrize("value", ["http://example.com:99999/x", "tcp://198.51.100.7:65536"])
+def test_a_url_port_outside_0_to_65535_is_invalid(value):
+    assert outcomes("url", value) == (SkipReason.INVALID_VALUE, SkipReason.INVALID_VALUE)
+
+
+@pytest.mark.xfail(strict=True, reason="normalize_hostname takes any ASCII label: an 'xn--' label that is no "
+                                       "valid A-label (IDNA 2008 / UTS #46 refuse it) went to Graph as it was")
+@pytest.mark.parametrize("value", ["xn--a.example", "xn--fass-hia.de"])
+def test_an_ascii_label_that_is_no_valid_a_label_is_invalid(value):
+    assert outcomes("domain", value) == (SkipReason.INVALID_VALUE, SkipReason.INVALID_VALUE)
+
+
+@pytest.mark.xfail(strict=True, reason="ip_text judges an IPv4-mapped IPv6 block by its IPv6 prefix: "
+                                       "::ffff:0.0.0.0/96 is 0.0.0.0/0 and reached both block lists")
+@pytest.mark.parametrize("value", ["::ffff:0.0.0.0/96", "::ffff:10.0.0.0/104"])
+def test_an_ipv4_mapped_block_is_as_broad_as_its_ipv4_block(value):
+    assert outcomes("ip-dst", value) == (SkipReason.WEAK_OBSERVABLE, SkipReason.WEAK_OBSERVABLE)
+
+
+@pytest.mark.xfail(strict=True, reason="normalize_hostname takes an all-numeric last label: '300.1.1.1' is no "
+                                       "address and no host name (RFC 3696 2; URL parsers read it as a bad IPv4)")
+@pytest.mark.parametrize("value", ["300.1.1.1", "1.2.3"])
+def test_a_dotted_number_that_is_no_address_is_no_host_name(value):
+    assert outcomes("domain", value) == (SkipReason.INVALID_VALUE, SkipReason.INVALID_VALUE)
