@@ -11,6 +11,7 @@ import pytest
 
 from constants import SkipReason
 from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer
+from request_log import RequestLog
 from standins.graph import validate_indicator
 from standins.sentinel import validate_stix_object
 
@@ -54,6 +55,23 @@ def outcomes(misp_type: str, value: str) -> tuple[Any, Any]:
 ])
 def test_a_line_break_inside_a_network_value_is_invalid(misp_type, value):
     assert outcomes(misp_type, value) == (SkipReason.INVALID_VALUE, SkipReason.INVALID_VALUE)
+
+
+# --- secrets: a record is scrubbed after JSON encoding ---------------------------------------
+
+@pytest.mark.parametrize("secret", ['Ab1"Cd2~Ef3.Gh4', "Ab1\\Cd2~Ef3.Gh4", "Ab1\tCd2~Ef3.Gh4"])
+def test_a_secret_json_escapes_is_still_redacted(tmp_path, secret):
+    """A client secret or key holding a quote, a backslash or a control character is written
+    escaped; the scrub looked only for its raw text, so the file held it (escaped, but whole)."""
+    log = RequestLog(tmp_path, True, False, secrets=(secret,))
+    log.write("probe", {"client_secret": secret, "echo": f"invalid key {secret}"})
+    log.request("token", "POST", "https://login.example/token", {"client_secret": secret}, 400, {"echo": secret}, 0.1)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 2
+    for path in files:
+        text = path.read_text()
+        assert secret[:4] not in text and "Cd2" not in text, text
+        assert "[redacted]" in text
 
 
 # --- defects in misp_transformer.py (another helper's file): the fix is in the report ---------
