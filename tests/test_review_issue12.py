@@ -5,15 +5,17 @@ xfail(strict=True) until that fix lands, so they turn into failures the day it d
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
 
-from constants import SkipReason
+from constants import INDICATOR_MAX_BYTES, SkipReason
 from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer
 from request_log import RequestLog
 from standins.graph import validate_indicator
 from standins.sentinel import validate_stix_object
+from tests.support import run_cli, sentinel_config, uploads, write_config
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 POLICY = MappingPolicy(misp_url="https://misp.example.org/")
@@ -72,6 +74,33 @@ def test_a_secret_json_escapes_is_still_redacted(tmp_path, secret):
         text = path.read_text()
         assert secret[:4] not in text and "Cd2" not in text, text
         assert "[redacted]" in text
+
+
+# --- the 16 kB cap holds on the wire -----------------------------------------------------------
+
+def _at_the_cap(standins: Any) -> None:
+    """One published event whose one indicator the transformer fits to just under 16 kB."""
+    wrapped = _event("mutex", "\\" * 2000)
+    wrapped["Event"]["Attribute"][0]["comment"] = "\x01" * 4000
+    standins.misp.events = [wrapped]
+
+
+@pytest.mark.parametrize("target", ["graph", "sentinel"])
+def test_an_indicator_fit_to_16_kb_is_sent_within_16_kb(standins, tmp_path, capsys, target):
+    """The cap counts compact JSON; requests' json= sends ', ' and ': ', two bytes more per
+    member and list item, so an indicator fit to the cap went out over it."""
+    _at_the_cap(standins)
+    config = write_config(tmp_path, standins) if target == "graph" else sentinel_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == 0
+    if target == "graph":
+        (sent,) = [r for r in standins.graph.requests_seen if r.path.endswith("/submitTiIndicators")]
+        envelope: dict[str, Any] = {"value": []}
+    else:
+        (sent,) = uploads(standins)
+        envelope = {"sourcesystem": sent.json["sourcesystem"], "stixobjects": []}
+    (item,) = sent.json["value" if target == "graph" else "stixobjects"]
+    assert len(json.dumps(item, separators=(",", ":"))) > INDICATOR_MAX_BYTES - 64  # it is at the cap
+    assert len(sent.body) - len(json.dumps(envelope, separators=(",", ":"))) <= INDICATOR_MAX_BYTES
 
 
 # --- the Sentinel stand-in refuses, never crashes ----------------------------------------------
