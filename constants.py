@@ -413,10 +413,12 @@ HEX_HASH_RES = {
 }
 # Any white space, Unicode's too: the same characters str.isspace() finds (re's \s on str).
 WHITE_SPACE_RE = re.compile(r"\s")
-HOSTNAME_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+# Value regexes end in \Z, not $: `$` also matches before a final line break, which let
+# 'evil\n.example' through as a host name (review, issue 12).
+HOSTNAME_LABEL_RE = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 HOSTNAME_MAX = 253
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
+IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}\Z")
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # RFC 3986: where the authority ends, and the characters a path, query or fragment may hold as
 # they are (unreserved, sub-delims, ':', '@', '/', '?'; '%' only before two hex digits).
@@ -430,7 +432,7 @@ DEFANGED_RE = re.compile(r"\[\.\]|\(\.\)|\[dot\]|\[:\]", re.IGNORECASE)
 DEFANGED_SCHEME_RE = re.compile(r"^hxxp(s?)(?=:)", re.IGNORECASE)
 REFANGED = {"[.]": ".", "(.)": ".", "[dot]": ".", "[:]": ":"}
 # An e-mail local part: RFC 5322 dot-atom (RFC 6531 lets it hold non-ASCII too), at most 64 characters.
-EMAIL_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+)*$")
+EMAIL_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+)*\Z")
 EMAIL_LOCAL_MAX = 64
 # CIDR blocks broader than these prefixes match whole providers (0.0.0.0/0 matches everything):
 # weak-observable unless allow_broad_cidr.

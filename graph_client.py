@@ -27,8 +27,8 @@ from state_store import StateRow
 
 # Graph's per-item error codes that say the indicator is no longer there.
 GONE_CODES = frozenset({"NotFound", "ResourceNotFound", "ItemNotFound"})
-# The CSDL's Collection(Edm.String) properties an update may clear: sent as [], never null.
 GRAPH_HASH_RULES = HashRules(volatile=C.GRAPH_VOLATILE, updatable=C.GRAPH_UPDATABLE)
+# The CSDL's Collection(Edm.String) properties an update may clear: sent as [], never null.
 COLLECTIONS = frozenset({"activityGroupNames", "killChain", "malwareFamilyNames", "tags"})
 
 

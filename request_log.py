@@ -37,7 +37,9 @@ class RequestLog:
         self.directory = directory
         self.write_requests = write_requests
         self.verbose = verbose
-        self._secrets = [secret for secret in secrets if secret]
+        self._secrets: list[str] = []
+        for secret in secrets:
+            self.add_secret(secret)
         self._sequence = itertools.count(1)
         self._out = out
 
@@ -98,9 +100,14 @@ class RequestLog:
             raise LogWriteError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
     def add_secret(self, value: str) -> None:
-        """Register a value learnt at run time (an access token) for scrubbing."""
-        if value and value not in self._secrets:
-            self._secrets.append(value)
+        """Register a value learnt at run time (an access token) for scrubbing, as it is and as
+        JSON writes it: a record is scrubbed after encoding, where a secret holding `"`, `\\` or a
+        control character appears escaped and its raw text is not found."""
+        if not value:
+            return
+        for form in (value, _ENCODER.encode(value)[1:-1]):
+            if form not in self._secrets:
+                self._secrets.append(form)
 
     def scrub(self, text: str) -> str:
         """Known secrets out, also a secret's start left by a cut (a server that echoes the key

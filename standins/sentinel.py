@@ -176,7 +176,9 @@ _FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
 _CHECKS = jsonschema.FormatChecker()
 _CHECKS.checkers = dict(_FORMATS.checkers)
 _CHECKS.checks("uri")(lambda value: not isinstance(value, str) or bool(_URI.fullmatch(value)))
-_CHECKS.checks("idn-hostname")(_dns_name)
+# with the errors the schema's own checker raises for a refusal (idna's), or they escape it:
+# 'a_b.example' or 'evil\n.example' crashed the validator instead of failing the record
+_CHECKS.checks("idn-hostname", raises=_FORMATS.checkers["idn-hostname"][1])(_dns_name)
 
 
 @functools.cache
