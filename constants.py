@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import ipaddress
 import re
 
 VERSION = "1.0.0"  # pyproject.toml reads it from here
@@ -420,6 +421,8 @@ HOSTNAME_MAX = 253
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}\Z")
 URL_SCHEME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# A scheme and a colon followed by neither // nor a port: an opaque URI (mailto:, urn:) with no host.
+URL_OPAQUE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:(?!//|[0-9])")
 # RFC 3986: where the authority ends, and the characters a path, query or fragment may hold as
 # they are (unreserved, sub-delims, ':', '@', '/', '?'; '%' only before two hex digits).
 URL_AUTHORITY_END_RE = re.compile(r"[/?#]")
@@ -437,6 +440,10 @@ EMAIL_LOCAL_MAX = 64
 # CIDR blocks broader than these prefixes match whole providers (0.0.0.0/0 matches everything):
 # weak-observable unless allow_broad_cidr.
 NARROWEST_BROAD_PREFIX = {4: 16, 6: 32}
+# IPv6 blocks that embed the IPv4 space in their last 32 bits (IPv4-mapped, NAT64): a block over
+# them is judged by the IPv4 prefix it covers, so ::ffff:0.0.0.0/96 is as broad as 0.0.0.0/0.
+IPV4_EMBEDDING_NETWORKS = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+IPV4_EMBEDDING_PREFIX = 96
 TLSH_VERSION_PREFIX = "t1"  # TLSH prints "T1" + 70 hex digits; STIX (and so every target) takes the 70
 ASN_MAX = 2**32 - 1
 # MISP uuids (any version, any letter case); anything else names no attribute or event.

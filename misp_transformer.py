@@ -261,6 +261,8 @@ def ip_text(value: str, policy: MappingPolicy) -> str:
     ip = parse_ip(text)
     if isinstance(ip, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         widest = C.NARROWEST_BROAD_PREFIX[ip.version]
+        if isinstance(ip, ipaddress.IPv6Network) and any(ip.overlaps(net) for net in C.IPV4_EMBEDDING_NETWORKS):
+            widest += C.IPV4_EMBEDDING_PREFIX - C.NARROWEST_BROAD_PREFIX[4]  # ::ffff:0.0.0.0/96 is 0.0.0.0/0
         if ip.prefixlen < widest and not policy.allow_broad_cidr:
             raise _Refused(SkipReason.WEAK_OBSERVABLE, f"CIDR block broader than /{widest} (allow_broad_cidr)")
     return str(ip)
@@ -307,9 +309,24 @@ def normalize_hostname(value: str) -> str:
         else:
             raise InvalidValue("an IP address, not a host name")
     ascii_host = host.lower() if host.isascii() else _a_labels(host)
-    if len(ascii_host) > C.HOSTNAME_MAX or not all(map(C.HOSTNAME_LABEL_RE.match, ascii_host.split("."))):
+    labels = ascii_host.split(".")
+    if len(ascii_host) > C.HOSTNAME_MAX or not all(map(C.HOSTNAME_LABEL_RE.match, labels)):
         raise InvalidValue("not a valid host name")
+    if labels[-1].isdigit():  # RFC 3696 §2: no top-level domain is all digits (300.1.1.1, 1.2.3)
+        raise InvalidValue("not a host name: its last label is all digits, and it is no IP address")
+    if "xn--" in ascii_host:
+        _check_a_labels(labels)
     return ascii_host
+
+
+def _check_a_labels(labels: list[str]) -> None:
+    """An `xn--` label must be a real A-label: punycode of a valid IDNA 2008 U-label."""
+    for label in labels:
+        if label.startswith("xn--"):
+            try:
+                idna.ulabel(label)
+            except (idna.IDNAError, UnicodeError, ValueError):
+                raise InvalidValue(f"not a valid A-label (IDNA 2008): {label}") from None
 
 
 def _a_labels(host: str) -> str:
@@ -336,7 +353,11 @@ def normalize_url(value: str) -> str:
     url = value.strip()
     if not url:
         raise InvalidValue("empty URL")
-    if not C.URL_SCHEME_RE.match(url):
+    if url.startswith("//"):  # scheme-relative
+        url = "http:" + url
+    elif C.URL_OPAQUE_RE.match(url):
+        raise InvalidValue("not a URL with a host (a scheme without //, such as mailto:)")
+    elif not C.URL_SCHEME_RE.match(url):
         url = "http://" + url
     scheme, _, rest = url.partition("://")
     end = C.URL_AUTHORITY_END_RE.search(rest)
@@ -365,8 +386,8 @@ def _authority(authority: str) -> str:
         name, colon, port = host_port.partition(":")
         port = colon + port
         host = name if C.IPV4_RE.match(name) else _url_host(name)
-    if port[1:] and not C.ASCII_NUMBER_RE.fullmatch(port[1:]):
-        raise InvalidValue("URL port is not a number")
+    if port[1:] and ascii_number(port[1:], C.PORT_MAX) is None:
+        raise InvalidValue("URL port is not a port number (0-65535)")
     userinfo = _quote(C.URL_STRAY_PERCENT_RE.sub("%25", userinfo), C.URL_USERINFO_SAFE_CHARACTERS + "%") + at if at else ""
     return userinfo + host + port
 
@@ -585,7 +606,7 @@ def graph_file_name(name: str) -> str:
 def _graph_hash(observable: Observable, policy: MappingPolicy) -> dict[str, Any]:
     fields: dict[str, Any] = {"fileHashType": C.GRAPH_HASH_TYPES.get(observable.algorithm, "unknown"),
                               "fileHashValue": observable.value}
-    if observable.file_name:
+    if observable.file_name and policy.target_product != C.TARGET_DEFENDER:  # Defender ATP takes no fileName
         fields["fileName"] = graph_file_name(observable.file_name)
     return fields
 

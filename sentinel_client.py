@@ -29,7 +29,7 @@ _EVENT_URL_RE = re.compile(r"/events/view/([0-9a-fA-F-]{36})$")
 # A revoked id that comes back gets stix_id(revoked id); no key is revived more often than this.
 MAX_GENERATIONS = 64
 # Sentinel documents no error codes, only messages: this one says the id is revoked for good.
-REVOKED_MESSAGE = "revoked"
+REVOKED_MESSAGE_RE = re.compile(r"\brevoked\b")  # how a refusal of an already revoked object reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,14 +112,34 @@ def _results(objects: list[dict[str, Any]], errors: list[Any]) -> list[ItemResul
     for error in errors:
         texts = error.get("errorMessages") or ["rejected without a reason"]
         messages[error["recordIndex"]] = "; ".join(str(text) for text in texts)
-    return [_result(obj["id"], messages.get(index)) for index, obj in enumerate(objects)]
+    return [_result(obj, messages.get(index)) for index, obj in enumerate(objects)]
 
 
-def _result(stix: str, message: str | None) -> ItemResult:
+def _result(obj: dict[str, Any], message: str | None) -> ItemResult:
+    stix = str(obj["id"])
     if message is None:
         return ItemResult(stix, stix)
-    outcome = Outcome.ALREADY_REVOKED if REVOKED_MESSAGE in message.lower() else Outcome.REJECTED
-    return ItemResult(stix, None, outcome, message)
+    revoked = REVOKED_MESSAGE_RE.search(_without_own_values(message, obj).lower())
+    return ItemResult(stix, None, Outcome.ALREADY_REVOKED if revoked else Outcome.REJECTED, message)
+
+
+def _without_own_values(message: str, obj: dict[str, Any]) -> str:
+    """The service's words alone: a message that quotes a value we sent (a refused
+    `revoked-c2.example` in its pattern) must not read as "already revoked"."""
+    for value in sorted(_strings(obj), key=len, reverse=True):
+        message = message.replace(value, "")
+    return message
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def revocation(last: dict[str, Any], now: dt.datetime) -> dict[str, Any]:

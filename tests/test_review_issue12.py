@@ -1,7 +1,6 @@
 """Red-team review of issue 12's change: values that still break mapping.md's "Values, as the
 real specifications define them" (or the real specifications behind it). Each test failed on
-the reviewed commit (4ee64f4); those whose fix belongs in misp_transformer.py are marked
-xfail(strict=True) until that fix lands, so they turn into failures the day it does."""
+the reviewed commit (4ee64f4) and holds its fix."""
 from __future__ import annotations
 
 import datetime as dt
@@ -115,40 +114,27 @@ def test_the_sentinel_stand_in_refuses_a_name_idna_refuses(name):
     assert any("pattern['value']" in problem for problem in problems), problems
 
 
-# --- defects in misp_transformer.py (another helper's file): the fix is in the report ---------
+# --- values the first observable model still got wrong ---------------------------------------
 
-def _open(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-PORT = _open("_authority checks a URL port's digits, not its range (ip|port and hostname|port refuse 99999)")
-A_LABEL = _open("normalize_hostname takes any ASCII label: an 'xn--' label that is no valid A-label went to Graph")
-MAPPED = _open("ip_text judges an IPv4-mapped block by its IPv6 prefix: ::ffff:0.0.0.0/96 is 0.0.0.0/0")
-NUMERIC = _open("normalize_hostname takes an all-numeric last label: '300.1.1.1' is no address and no host name")
-SCHEME = _open("normalize_url adds 'http://' to whatever lacks '://': mailto:a@x became http://mailto:a@x "
-               "(userinfo 'mailto:a', another URL); a scheme-relative //x/y was refused, not read as http://x/y")
 INVALID = SkipReason.INVALID_VALUE
 
 
 @pytest.mark.parametrize(("misp_type", "value", "expected"), [
-    pytest.param("url", "http://example.com:99999/x", (INVALID, INVALID), marks=PORT),
-    pytest.param("url", "tcp://198.51.100.7:65536", (INVALID, INVALID), marks=PORT),
-    pytest.param("domain", "xn--a.example", (INVALID, INVALID), marks=A_LABEL),
-    pytest.param("domain", "xn--fass-hia.de", (INVALID, INVALID), marks=A_LABEL),
-    pytest.param("ip-dst", "::ffff:0.0.0.0/96", (SkipReason.WEAK_OBSERVABLE,) * 2, marks=MAPPED),
-    pytest.param("ip-dst", "::ffff:10.0.0.0/104", (SkipReason.WEAK_OBSERVABLE,) * 2, marks=MAPPED),
-    pytest.param("domain", "300.1.1.1", (INVALID, INVALID), marks=NUMERIC),
-    pytest.param("domain", "1.2.3", (INVALID, INVALID), marks=NUMERIC),
-    pytest.param("url", "mailto:a@evil.example", (INVALID, INVALID), marks=SCHEME),
-    pytest.param("url", "//evil.example/x", ([{"url": "http://evil.example/x"}], ["[url:value = 'http://evil.example/x']"]),
-                 marks=SCHEME),
+    pytest.param("url", "http://example.com:99999/x", (INVALID, INVALID)),
+    pytest.param("url", "tcp://198.51.100.7:65536", (INVALID, INVALID)),
+    pytest.param("domain", "xn--a.example", (INVALID, INVALID)),
+    pytest.param("domain", "xn--fass-hia.de", (INVALID, INVALID)),
+    pytest.param("ip-dst", "::ffff:0.0.0.0/96", (SkipReason.WEAK_OBSERVABLE,) * 2),
+    pytest.param("ip-dst", "::ffff:10.0.0.0/104", (SkipReason.WEAK_OBSERVABLE,) * 2),
+    pytest.param("domain", "300.1.1.1", (INVALID, INVALID)),
+    pytest.param("domain", "1.2.3", (INVALID, INVALID)),
+    pytest.param("url", "mailto:a@evil.example", (INVALID, INVALID)),
+    pytest.param("url", "//evil.example/x", ([{"url": "http://evil.example/x"}], ["[url:value = 'http://evil.example/x']"])),
 ])
 def test_values_misp_transformer_still_gets_wrong(misp_type, value, expected):
     assert outcomes(misp_type, value) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="graph_fields refuses a comma fileName before defender_atp_fields drops "
-                                       "fileName: Defender ATP, which never gets a fileName, lost the hash 16ad094 sent")
 @pytest.mark.parametrize(("misp_type", "value", "hash_type"), [
     ("filename|sha256", "invoice,final.exe|" + "a" * 64, "sha256"),
     ("malware-sample", "invoice,final.exe|" + "b" * 32, "md5"),
@@ -160,9 +146,6 @@ def test_defender_atp_still_gets_the_hash_of_a_file_name_with_a_comma(misp_type,
     assert "fileName" not in indicator
 
 
-@pytest.mark.xfail(strict=True, reason="sentinel_client._result reads ALREADY_REVOKED from 'revoked' anywhere in "
-                                       "the message, and Sentinel's messages quote the refused value: not fixed, as "
-                                       "the real revoked message is undocumented (see the review report)")
 def test_a_refusal_that_quotes_a_value_holding_revoked_is_no_revocation(standins, tmp_path, capsys):
     """The stand-in refuses 'revoked_c2.example.com' (an underscore inside a label breaks the
     schema's idn-hostname) and quotes it; the engine took that for 'already revoked', recorded
