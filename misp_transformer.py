@@ -313,7 +313,7 @@ def normalize_hostname(value: str) -> str:
     if len(ascii_host) > C.HOSTNAME_MAX or not all(map(C.HOSTNAME_LABEL_RE.match, labels)):
         raise InvalidValue("not a valid host name")
     if labels[-1].isdigit():  # RFC 3696 §2: no top-level domain is all digits (300.1.1.1, 1.2.3)
-        raise InvalidValue("not a host name: its last label is all digits, and it is no IP address")
+        raise InvalidValue("not a host name: its last label is all digits (RFC 3696)")
     if "xn--" in ascii_host:
         _check_a_labels(labels)
     return ascii_host

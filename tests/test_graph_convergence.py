@@ -64,7 +64,8 @@ def test_scenario_add_edit_unflag_delete_unpublish_converges(standins, tmp_path,
     config = write_config(tmp_path, standins)
     assert run_cli(config, capsys=capsys).code == ExitCode.OK
     asert = event(standins, "OSINT - ASERT")
-    attributes = ids_attributes(asert)
+    held = held_external_ids(standins)
+    attributes = [a for a in ids_attributes(asert) if a["uuid"] in held]  # ones that became indicators
     edited_comment, edited_value, unflagged, deleted = attributes[0], attributes[1], attributes[2], attributes[3]
     edited_comment["comment"] = "analyst note added later"
     edited_value["type"], edited_value["value"] = "domain", "changed-value.example"

@@ -173,8 +173,11 @@ def _codec_hostname(value: str) -> str:
     mapped = idna.uts46_remap(host, std3_rules=False, transitional=False).rstrip(".")
     ascii_host = ".".join(label if label.isascii() else idna.alabel(label).decode() for label in mapped.split("."))
     labels = ascii_host.split(".")
-    if len(ascii_host) > 253 or not all(HOSTNAME_LABEL_RE.match(label) for label in labels):
+    if len(ascii_host) > 253 or not all(HOSTNAME_LABEL_RE.match(label) for label in labels) or labels[-1].isdigit():
         raise ValueError
+    for label in labels:
+        if label.startswith("xn--"):
+            idna.ulabel(label)
     return ascii_host
 
 
