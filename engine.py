@@ -99,7 +99,6 @@ class Engine:
         self._seen: list[tuple[str, str]] = []  # this page's desired (key, event), marked in the store per page
         self._page_keys: dict[str, str] = {}  # key -> event that offered it on this page
         self._queued_keys: dict[str, str] = {}  # offered on an earlier page, still waiting for a batch
-        self._holds_nothing = False  # a dry run over a state with no row: no lookup can find one (it writes none)
         self._revived: set[str] = set()  # keys moved to a fresh id in this run (their id was retired)
         self._pool = ThreadPoolExecutor(limits.concurrency, thread_name_prefix="upload") if online else None
         self._in_flight: list[tuple[Future[Any], _Job]] = []
@@ -119,7 +118,6 @@ class Engine:
         """Take a run number and check the clock against the previous run's start."""
         if self.dry_run:
             self.store.open_dry_marks()
-            self._holds_nothing = self.store.holds_nothing()
             self.run_number, previous = self.store.next_run(), self.store.meta("started")
         else:
             self.run_number, previous = self.store.begin_run(iso_utc(self.now))
@@ -148,8 +146,7 @@ class Engine:
     # --- planning -----------------------------------------------------------------------
     def queued(self, key: str, indicator: dict[str, Any], event_uuid: str, row: StateRow | None) -> Queued:
         """What to send for a key: the adapter keeps the service's id (or moves a retired one on)."""
-        retired = self.store.revoked_id(key) if row is None and not self._holds_nothing else None
-        sent, remote_id = self.adapter.prepare(key, indicator, row, retired)
+        sent, remote_id = self.adapter.prepare(key, indicator, row, self.store.revoked_id(key) if row is None else None)
         return Queued(key, sent, event_uuid, remote_id, row is not None and row.status != SENT)
 
     def offer(self, indicator: dict[str, Any], event_uuid: str) -> None:
@@ -159,7 +156,7 @@ class Engine:
             self.report.skipped[SkipReason.DUPLICATE.value] += 1
             self._shared(key, event_uuid)
             return
-        row = None if self._holds_nothing else self.store.known(key)
+        row = self.store.known(key)
         if row is not None and row.event_uuid != event_uuid:  # moved, or shared with an event not read now
             self.unsettled.update({event_uuid, row.event_uuid} - {""})
         action = plan(row, indicator, self.renew_before, self.adapter.hash_rules)

@@ -202,10 +202,6 @@ class StateStore:
         """No run was ever recorded and nothing is owned: a first run, or a lost state file."""
         return self.meta("run") is None and self.db.execute("SELECT 1 FROM indicators LIMIT 1").fetchone() is None
 
-    def holds_nothing(self) -> bool:
-        """No indicator row and no revoked id: every lookup by key would come back empty."""
-        return all(self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None for table in ("indicators", "revoked"))
-
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
