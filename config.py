@@ -11,10 +11,14 @@
 
 # --- Where indicators go ---
 # "graph" (Microsoft Graph tiIndicators, retired by Microsoft for new Sentinel customers),
-# "sentinel" (the Sentinel STIX objects upload API), or a list of targets, for example
-# ["graph", "sentinel"] or ["sentinel", {"type": "sentinel", "workspace_id": "...", "workspace_name": "..."}].
-# MISP is read once per run; each target keeps its own state and report.
+# "sentinel" (the Sentinel STIX objects upload API), "defender" (Defender for Endpoint's
+# indicators API, the way to block), or a list of targets, for example ["graph", "sentinel"] or
+# ["sentinel", {"type": "defender", "defender_action": "Block", "tlp_max": "amber"}].
+# MISP is read once per run; each target keeps its own policy, state and report.
 target = "graph"
+# Per-target policy (top level for every target, or inside one target's dict):
+# tlp_max = "amber"                   # skip attributes whose TLP is above this (untagged: red)
+# min_confidence = 50                 # skip attributes less confident than this
 
 # --- Microsoft Entra app (client credentials) ---
 graph_auth = {
@@ -27,10 +31,10 @@ graph_auth = {
 # (True = system-assigned, or a user-assigned identity's client id).
 client_certificate_path = ""
 managed_identity = False
-# National clouds: change both (for example https://graph.microsoft.us and
-# https://login.microsoftonline.us).
-graph_endpoint = "https://graph.microsoft.com"
-authority_host = "https://login.microsoftonline.com"
+# The cloud picks the Entra authority and every API host: "public", "gcc", "gcc-high" or "dod".
+# authority_host, graph_endpoint, management_endpoint, sentinel_endpoint and defender_endpoint
+# still override one host each.
+cloud = "public"
 
 # --- Sentinel workspace (target "sentinel") ---
 workspace_id = ""                     # the Log Analytics workspace id (a GUID), for uploads
@@ -38,9 +42,7 @@ subscription_id = ""                  # these three only for `script.py -r` (man
 resource_group = ""
 workspace_name = ""
 sourcesystem = "MISP"                 # "Microsoft Sentinel" is reserved by Microsoft
-sentinel_endpoint = "https://api.ti.sentinel.azure.com"
 sentinel_api_version = "2024-02-01-preview"
-management_endpoint = "https://management.azure.com"   # also the token scope for Sentinel
 management_api_version = "2025-09-01"
 max_requests_per_minute = 100         # the upload API allows 100 requests per minute
 
@@ -49,7 +51,7 @@ graph_requests_per_minute = 1000      # Graph allows 1000 tiIndicator requests p
 max_concurrent_requests = 8           # batches in flight per target
 
 # --- Graph tiIndicator fields ---
-targetProduct = "Azure Sentinel"      # or "Microsoft Defender ATP"
+targetProduct = "Azure Sentinel"      # Defender: use target "defender" (README, Upgrading)
 action = "alert"                      # alert, allow, block or unknown
 passiveOnly = False
 days_to_expire = 60
@@ -57,6 +59,13 @@ defaultConfidenceLevel = 50
 network_ignore_direction = False      # also fill networkIPv4/IPv6/CidrBlock/Port
 allow_weak_observables = False        # send lone `port` and `size-in-bytes` attributes
 allow_broad_cidr = False              # send CIDR blocks broader than /16 (IPv4) or /32 (IPv6)
+
+# --- Defender for Endpoint (target "defender") ---
+defender_max_indicators = 10000       # this tool's share of the tenant's 15,000 indicators
+defender_action = "Audit"             # Audit (alert only), Warn, Block, BlockAndRemediate, Allowed
+defender_severity = ""                # "" = from the event's threat level
+defender_rbac_groups = []             # device groups; empty = every device
+defender_recommended_actions = ""
 
 # --- MISP ---
 misp_domain = ""                      # https://misp.example.org/ (or MISP_URL)

@@ -54,6 +54,9 @@ class SkipReason(str, enum.Enum):
     NOT_FOR_TARGET = "not-for-target"
     DUPLICATE = "duplicate"
     MALFORMED = "malformed"
+    ABOVE_TLP_MAX = "above-tlp-max"  # the target's tlp_max keeps it out
+    BELOW_MIN_CONFIDENCE = "below-min-confidence"  # under the target's min_confidence
+    OVER_BUDGET = "over-budget"  # more valuable indicators fill the target's share of a capped service
     INTERNAL_ERROR = "internal-error"  # a bug or an unforeseen input: it costs the attribute, not the run
 
 
@@ -136,8 +139,9 @@ DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 
 GRAPH_ACTIONS = ("unknown", "allow", "block", "alert")
 TARGET_SENTINEL = "Azure Sentinel"
-TARGET_DEFENDER = "Microsoft Defender ATP"
-GRAPH_TARGET_PRODUCTS = (TARGET_SENTINEL, TARGET_DEFENDER)
+# Graph's other targetProduct: refused (exit 2), as Graph cannot update or delete its indicators.
+TARGET_DEFENDER_ATP = "Microsoft Defender ATP"
+GRAPH_TARGET_PRODUCTS = (TARGET_SENTINEL,)
 GRAPH_THREAT_TYPES = (
     "Botnet", "C2", "CryptoMining", "Darknet", "DDoS", "MaliciousUrl",
     "Malware", "Phishing", "Proxy", "PUA", "WatchList",
@@ -161,15 +165,7 @@ GRAPH_DELETE_BY_EXTERNAL_ID_PATH = GRAPH_TI_PATH + "/deleteTiIndicatorsByExterna
 # with an ambiguous submit is checked in Graph's listing until a listing this much later is clean.
 GRAPH_LATE_COPY_MINUTES = 10
 
-# Observable fields Defender ATP accepts (microsoft-apis.md §1.2, per-target rules).
-DEFENDER_OBSERVABLE_FIELDS = frozenset({
-    "domainName", "url", "networkDestinationIPv4", "networkDestinationIPv6",
-    "fileHashType", "fileHashValue",
-})
-DEFENDER_HASH_TYPES = frozenset({"md5", "sha1", "sha256"})
-
 # --- Microsoft Sentinel STIX objects upload API (microsoft-apis.md §3) ---------------------------
-TARGET_KINDS = ("graph", "sentinel")
 DEFAULT_SENTINEL_ENDPOINT = "https://api.ti.sentinel.azure.com"
 DEFAULT_SENTINEL_API_VERSION = "2024-02-01-preview"
 DEFAULT_MANAGEMENT_ENDPOINT = "https://management.azure.com"
@@ -193,6 +189,57 @@ SENTINEL_QUERY_PAGE_SIZE = 100
 STIX_REFERENCE_FIELDS = {"source_name": "sourceName", "description": "description", "url": "url",
                          "external_id": "externalId", "hashes": "hashes"}
 SENTINEL_RETRY_TEXT_RE = re.compile(r"[Tt]ry again in ([0-9]+) seconds?")
+
+# --- Defender for Endpoint indicators API (defender.md; mapping.md "Defender for Endpoint") ----
+DEFAULT_DEFENDER_ENDPOINT = "https://api.securitycenter.microsoft.com"
+DEFENDER_TI_PATH = "/api/indicators"
+DEFENDER_IMPORT_PATH = DEFENDER_TI_PATH + "/import"
+DEFENDER_BATCH_DELETE_PATH = DEFENDER_TI_PATH + "/BatchDelete"
+DEFENDER_MAX_BATCH = 500  # import and BatchDelete
+DEFENDER_LIST_PAGE_SIZE = 10000  # $top's maximum
+DEFENDER_TENANT_MAX = 15000  # active indicators per tenant, every source counted; no increase
+DEFENDER_DEFAULT_SHARE = 10000
+# Calls per minute, per operation (import and BatchDelete 30, list and the single delete 100).
+DEFENDER_REQUESTS_PER_MINUTE = {"import": 30, "BatchDelete": 30, "list": 100, "delete": 100}
+# The documented actions, by how much protection they give: the budget keeps the strongest first.
+DEFENDER_ACTIONS = ("Allowed", "Audit", "Alert", "Warn", "AlertAndBlock", "Block", "BlockAndRemediate")
+DEFENDER_DEFAULT_ACTION = "Audit"
+DEFENDER_SEVERITIES = ("Informational", "Low", "Medium", "High")
+# MISP threat_level_id: 1 High, 2 Medium, 3 Low, 4 Undefined.
+DEFENDER_SEVERITY_BY_THREAT_LEVEL = {1: "High", 2: "Medium", 3: "Low", 4: "Informational"}
+DEFENDER_TITLE_MAX = 100
+DEFENDER_HASH_TYPES = {"md5": "FileMd5", "sha1": "FileSha1", "sha256": "FileSha256"}
+DEFENDER_THUMBPRINT_TYPES = frozenset({"sha1", "sha256"})  # x509 fingerprints it takes
+# The rank the budget reads, kept beside the wire fields and never sent (prepare strips it).
+DEFENDER_RANK_FIELD = "misp2sentinel:rank"
+BUDGET_RANK_PARTS = 4  # three parts of value, then recency (which never displaces an incumbent)
+DEFENDER_VOLATILE = frozenset({"id", "expirationTime", DEFENDER_RANK_FIELD})
+# import updates every field of an indicator it holds but its identity (type and value) and
+# `application` (defender-endpoint/api/post-ti-indicator.md).
+DEFENDER_UPDATABLE = frozenset({"action", "title", "description", "severity", "expirationTime", "recommendedActions",
+                                "rbacGroupNames", "generateAlert", "externalID"})
+DEFENDER_LISTING_COLUMNS = (("id", 10), ("externalID", 38), ("indicatorType", 22), ("indicatorValue", 64),
+                            ("action", 18), ("expirationTime", 22))
+
+TARGET_KINDS = ("graph", "sentinel", "defender")
+
+# --- Clouds (defender.md "Sovereign clouds"): one setting picks every host ------------------------
+CLOUDS: dict[str, dict[str, str]] = {
+    "public": {"authority_host": DEFAULT_AUTHORITY_HOST, "graph_endpoint": DEFAULT_GRAPH_ENDPOINT,
+               "management_endpoint": DEFAULT_MANAGEMENT_ENDPOINT, "sentinel_endpoint": DEFAULT_SENTINEL_ENDPOINT,
+               "defender_endpoint": DEFAULT_DEFENDER_ENDPOINT},
+    "gcc": {"authority_host": "https://login.microsoftonline.com", "graph_endpoint": "https://graph.microsoft.com",
+            "management_endpoint": "https://management.azure.com", "sentinel_endpoint": "https://api.ti.sentinel.azure.com",
+            "defender_endpoint": "https://api-gcc.securitycenter.microsoft.us"},
+    "gcc-high": {"authority_host": "https://login.microsoftonline.us", "graph_endpoint": "https://graph.microsoft.us",
+                 "management_endpoint": "https://management.usgovcloudapi.net",
+                 "sentinel_endpoint": "https://api.ti.sentinel.azure.us",
+                 "defender_endpoint": "https://api-gov.securitycenter.microsoft.us"},
+    "dod": {"authority_host": "https://login.microsoftonline.us", "graph_endpoint": "https://dod-graph.microsoft.us",
+            "management_endpoint": "https://management.usgovcloudapi.net",
+            "sentinel_endpoint": "https://api.ti.sentinel.azure.us",
+            "defender_endpoint": "https://api-gov.securitycenter.microsoft.us"},
+}
 
 # --- STIX 2.1 (mapping.md "STIX 2.1 indicator") -------------------------------------------------
 # Deterministic ids: uuid5 of this namespace and the MISP attribute UUID (+ part for domain|ip).

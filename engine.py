@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Set
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+import constants as C
 from constants import Outcome, SkipReason
 from misp_source import EventStamp
 from misp_transformer import iso_utc
@@ -35,7 +36,7 @@ from report import RunReport, shown_value
 from request_log import JsonLines, RequestLog
 from settings import ConfigError, Settings
 from state_store import DELETING, SENT, StateRow, StateStore
-from targets import Adapter, Purging
+from targets import Adapter, Budgeted, Purging
 
 # Outcomes after which the service holds nothing of a removed item.
 REMOVED = frozenset({Outcome.ACCEPTED, Outcome.GONE, Outcome.ALREADY_REVOKED})
@@ -105,6 +106,10 @@ class Engine:
         self._fetched_events: Set[str] | None = None  # known once removal starts: says why a row goes
         self.unsettled: set[str] = set()  # events with an indicator this run did not settle: read again next run
         self._deleted_file: JsonLines | None = None
+        self._budget = adapter if isinstance(adapter, Budgeted) else None
+        self._candidates: list[tuple[Any, ...]] = []  # this page's, for a budgeted target; stored per page
+        self._candidate_keys: set[str] = set()
+        self._over_budget: set[str] = set()  # incumbents removed to make room for better ones
 
     @property
     def dry_run(self) -> bool:
@@ -121,6 +126,8 @@ class Engine:
             self.run_number, previous = self.store.next_run(), self.store.meta("started")
         else:
             self.run_number, previous = self.store.begin_run(iso_utc(self.now))
+        if self._budget is not None:
+            self.store.open_candidates()
         self.report.clock_problem = clock_problem(previous, self.now, self.limits.days_to_expire)
         self.owned_at_start = self.store.owned_count()
 
@@ -159,7 +166,12 @@ class Engine:
         row = self.store.known(key)
         if row is not None and row.event_uuid != event_uuid:  # moved, or shared with an event not read now
             self.unsettled.update({event_uuid, row.event_uuid} - {""})
+        if self._budget is not None and row is None:  # a newcomer waits for `fill`, once all of MISP is read
+            self._candidate(key, event_uuid, indicator, self._budget, None)
+            return
         action = plan(row, indicator, self.renew_before, self.adapter.hash_rules)
+        if self._budget is not None:
+            self._candidate(key, event_uuid, indicator, self._budget, action)
         self.report.actions[action.value] += 1
         self._seen.append((key, event_uuid))
         self._page_keys[key] = event_uuid
@@ -171,10 +183,21 @@ class Engine:
         if len(queue) >= self.adapter.max_batch:
             self._flush(action)
 
+    def _candidate(self, key: str, event_uuid: str, indicator: dict[str, Any], budget: Budgeted, planned: Action | None) -> None:
+        """Rank an indicator of a budgeted target; a newcomer (no plan yet) keeps its body."""
+        rank = budget.rank_of(indicator)
+        if len(rank) != C.BUDGET_RANK_PARTS:
+            raise ValueError(f"a budget rank has {C.BUDGET_RANK_PARTS} parts, not {len(rank)}")
+        body = json.dumps(indicator) if planned is None else ""
+        self._candidates.append((key, event_uuid, *rank, planned is not None, planned.value if planned else "", body))
+        self._candidate_keys.add(key)
+
     def _already_offered(self, key: str) -> bool:
         """The same attribute twice in one run (in two events): the store remembers what this
         run has seen, so memory does not grow with the size of the MISP."""
         if key in self._page_keys or key in self._queued_keys:
+            return True
+        if self._budget is not None and (key in self._candidate_keys or self.store.is_candidate(key)):
             return True
         return self.store.seen_dry(key) if self.dry_run else self.store.seen_in_run(key, self.run_number)
 
@@ -191,10 +214,13 @@ class Engine:
     def keep(self, attribute_uuids: list[str], event_uuid: str) -> None:
         """Attributes of `event_uuid` this run could not transform (a bug, not MISP's wish):
         whatever was sent for them stays, as if seen, and the event is read again next run."""
-        if attribute_uuids:
-            self.unsettled.add(event_uuid)
-        self._seen.extend((key, event_uuid) for uuid in attribute_uuids if uuid
-                          for key in self.adapter.keys_of_attribute(uuid.strip().lower()))
+        if not attribute_uuids:
+            return
+        self.unsettled.add(event_uuid)
+        keys = [self.adapter.keys_of_attribute(uuid.strip().lower()) for uuid in attribute_uuids if uuid]
+        if any(found is None for found in keys):  # keys are values: keep all the event holds
+            self.keep_unchanged({event_uuid})
+        self._seen.extend((key, event_uuid) for found in keys for key in found or ())
 
     def commit_seen(self) -> None:
         """Mark this page's desired indicators as seen (what is unseen at the end is removed);
@@ -203,7 +229,9 @@ class Engine:
             self.store.mark_seen_dry(key for key, _ in self._seen)
         else:
             self.store.mark_seen(self._seen, self.run_number)
-        self._seen = []
+        if self._candidates:
+            self.store.add_candidates(self._candidates)
+        self._seen, self._candidates, self._candidate_keys = [], [], set()
         self._page_keys = {}
 
     def flush_all(self) -> None:
@@ -415,6 +443,8 @@ class Engine:
         events it needs read in full (all of them, or only the changed and the due ones)."""
         reason = full_read_reason(asked, self.store.meta("full_read"), self.store.meta("fingerprint"), fingerprint,
                                   self.now, self.limits.full_resync_days, self.report.clock_problem)
+        if not reason and self._budget is not None and self.store.meta("budget_full"):
+            reason = "the budget was full in the last run: every event competes for it"
         if reason:
             return reason, set(listed)
         return "", changed_events(listed, self.store.event_stamps(), self.store.events_due(iso_utc(self.renew_before)))
@@ -528,11 +558,81 @@ class Engine:
                 "value": shown_value(self.log, self.adapter.row_value(row)), "reason": self._why_gone(row)}
 
     def _why_gone(self, row: StateRow) -> str:
+        if row.external_id in self._over_budget:
+            return "over budget: more valuable indicators took its place"
         if self._fetched_events is None:
             return "finishing a removal an interrupted run started"
         if row.event_uuid in self._fetched_events:
             return f"its MISP event {row.event_uuid} no longer yields it (attribute deleted, changed or not to_ids)"
         return f"its MISP event {row.event_uuid} is no longer selected (deleted, unpublished or filtered out)"
+
+    # --- a budget ---------------------------------------------------------------------------
+    def fill(self, allow_mass_delete: bool) -> None:
+        """A budgeted target, once the whole read is known (and after removal, which frees
+        room): keep the most valuable within the budget, send the newcomers that made it while
+        the service has room, and count the rest as over-budget. An incumbent the read did not
+        rank (its event was not read) keeps its place."""
+        budget = self._budget
+        if budget is None:
+            return
+        self.commit_seen()
+        held = self.store.owned_count()
+        slots = max(budget.budget - (held - self.store.incumbent_candidates()), 0)
+        chosen: list[tuple[str, str, str]] = []
+        displaced: list[tuple[str, str]] = []
+        over: list[tuple[str, str, str]] = []
+        for index, (key, event_uuid, incumbent, planned, body) in enumerate(self.store.ranked_candidates()):
+            if incumbent and index >= slots:
+                displaced.append((key, planned))
+            elif not incumbent:
+                (chosen if index < slots else over).append((key, event_uuid, body))
+        held -= self._displace(displaced, allow_mass_delete)
+        room = budget.budget - held
+        if self.online:
+            room = min(room, budget.tenant_room())
+        over = chosen[max(room, 0):] + over
+        for key, event_uuid, body in chosen[:max(room, 0)]:
+            self.report.actions[Action.NEW.value] += 1
+            self.queues[Action.NEW].append(self.queued(key, json.loads(body), event_uuid, None))
+            if len(self.queues[Action.NEW]) >= self.adapter.max_batch:
+                self._flush(Action.NEW)
+        self.flush_all()
+        self._count_over_budget(over, len(self._over_budget))
+        if not self.dry_run:
+            self.store.set_meta("budget_full", "1" if over or self._over_budget else "")
+
+    def _displace(self, displaced: list[tuple[str, str]], allow_mass_delete: bool) -> int:
+        """Remove the incumbents better ones outrank (under the safety valve); returns how many."""
+        if not displaced or self.report.clock_problem:
+            return 0
+        if mass_delete_blocked(len(displaced), self.owned_at_start, self.limits.max_delete_fraction) and not allow_mass_delete:
+            self.log.error("safety-valve", f"the budget would remove {len(displaced)} of {self.owned_at_start} owned "
+                           f"indicators for better ones, more than max_delete_fraction {self.limits.max_delete_fraction:.0%}; "
+                           "removed nothing (use --allow-mass-delete)", keys=[key for key, _ in displaced])
+            return 0
+        rows = self.store.rows(key for key, _ in displaced)
+        self._over_budget = {row.external_id for row in rows}
+        for _, planned in displaced:
+            self.report.actions[planned] -= 1
+        if self.dry_run:
+            self.record_deleted(rows)
+            self.log.write("dry-run-delete", [row.external_id for row in rows])
+        else:
+            self.remove_all(rows)
+        return len(rows)
+
+    def _count_over_budget(self, over: list[tuple[str, str, str]], displaced: int) -> None:
+        """Over-budget candidates are skipped attributes: counted, their events read again next
+        run, and each one listed in logs/ with its value."""
+        self.report.indicators -= len(over) + displaced
+        self.report.skipped[SkipReason.OVER_BUDGET.value] += len(over) + displaced
+        self.unsettled.update(event_uuid for _, event_uuid, _ in over)
+        if over:
+            records = [{"key": key, "event_uuid": event_uuid,
+                        "value": shown_value(self.log, self.adapter.value_of(json.loads(body)))} for key, event_uuid, body in over]
+            file = JsonLines(self.log, f"over-budget-{self.adapter.kind}")
+            file.write(records)
+            file.close()
 
     # --- -d -------------------------------------------------------------------------------
     def delete_ids(self, remote_ids: list[str]) -> list[ItemResult]:

@@ -68,8 +68,8 @@ def _explain_attribute(settings: Settings, source: MispSource, log: RequestLog, 
         return "\n".join([*lines, "  MISP does not return its event (deleted, or not visible to this API key)"]) + "\n"
     if notes:
         lines.append("  were it selected:")
-    for engine in engines:
-        result = engine.adapter.transformer(policy_from(settings), now).transform(event)
+    for spec, engine in zip(settings.targets, engines, strict=True):
+        result = engine.adapter.transformer(policy_from(settings, spec), now).transform(event)
         lines += [f"  {engine.report.target}: {decision}" for decision in _decisions(engine, result, uuid, log)]
     return "\n".join(lines) + "\n"
 

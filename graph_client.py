@@ -210,8 +210,8 @@ class GraphAdapter(MicrosoftAdapter[GraphClient]):
         return indicator, row.remote_id if row else None
 
     def owns_id(self, remote_id: str) -> bool:
-        """Graph ids are whatever is not a STIX id."""
-        return not C.STIX_INDICATOR_ID_RE.fullmatch(remote_id)
+        """Graph ids are whatever is neither a STIX id nor a number (Defender's)."""
+        return not C.STIX_INDICATOR_ID_RE.fullmatch(remote_id) and not C.ASCII_NUMBER_RE.fullmatch(remote_id)
 
     def listing_cell(self, item: dict[str, Any], column: str) -> Any:
         if column == "observable":

@@ -43,6 +43,13 @@ class MappingPolicy:
     allow_weak_observables: bool = False
     allow_broad_cidr: bool = False
     misp_url: str = ""
+    tlp_max: str = ""  # "" or the most restrictive TLP this target takes (C.TLP_RANK's names)
+    min_confidence: int | None = None
+    defender_action: str = C.DEFENDER_DEFAULT_ACTION
+    defender_generate_alert: bool = True
+    defender_severity: str = ""  # "" = from the event's threat level
+    defender_rbac_groups: tuple[str, ...] = ()
+    defender_recommended_actions: str = ""
 
 
 class Skip(NamedTuple):
@@ -161,11 +168,16 @@ def ascii_number(text: str, maximum: int) -> int | None:
     return number if number <= maximum else None
 
 
-def epoch_seconds(value: Any) -> int | None:
-    """MISP timestamps are epoch seconds as strings (or numbers); None when absent or unusable,
-    or before 1970 or after 9999 (not a real MISP timestamp)."""
+def misp_number(value: Any, maximum: int) -> int | None:
+    """A MISP number field, a string (or a number) of ASCII digits up to `maximum`; else None."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    return ascii_number(text, C.MAX_EPOCH_SECONDS) if isinstance(text, str) else None
+    return ascii_number(text, maximum) if isinstance(text, str) else None
+
+
+def epoch_seconds(value: Any) -> int | None:
+    """MISP timestamps are epoch seconds; None when absent or unusable, or before 1970 or
+    after 9999 (not a real MISP timestamp)."""
+    return misp_number(value, C.MAX_EPOCH_SECONDS)
 
 
 def epoch_to_iso(value: Any) -> str | None:
@@ -606,7 +618,7 @@ def graph_file_name(name: str) -> str:
 def _graph_hash(observable: Observable, policy: MappingPolicy) -> dict[str, Any]:
     fields: dict[str, Any] = {"fileHashType": C.GRAPH_HASH_TYPES.get(observable.algorithm, "unknown"),
                               "fileHashValue": observable.value}
-    if observable.file_name and policy.target_product != C.TARGET_DEFENDER:  # Defender ATP takes no fileName
+    if observable.file_name:
         fields["fileName"] = graph_file_name(observable.file_name)
     return fields
 
@@ -638,28 +650,38 @@ GRAPH_RENDERERS: dict[Kind, GraphRenderer] = {
 
 
 def graph_fields(observables: tuple[Observable, ...], policy: MappingPolicy) -> dict[str, Any]:
-    """The observable fields of one tiIndicator; not-for-target when Graph (or Defender ATP
-    behind it) has no field for them."""
+    """The observable fields of one tiIndicator; not-for-target when Graph has no field for them."""
     fields: dict[str, Any] = {}
     for observable in observables:
         render = GRAPH_RENDERERS.get(observable.kind)
         if render is None:
             raise _Refused(SkipReason.NOT_FOR_TARGET, f"Graph has no field for a {observable.kind.value} observable")
         fields = render(observable, policy) if not fields else fields | render(observable, policy)
-    if policy.target_product == C.TARGET_DEFENDER:
-        fields = defender_atp_fields(fields)
-        if not fields:
-            raise _Refused(SkipReason.NOT_FOR_TARGET, f"{C.TARGET_DEFENDER} takes no {observables[0].kind.value} observable")
     return fields
 
 
-def defender_atp_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Defender ATP takes only a few observable fields (and hash types); keep those."""
-    kept = {key: val for key, val in fields.items() if key in C.DEFENDER_OBSERVABLE_FIELDS}
-    if kept.get("fileHashType") not in C.DEFENDER_HASH_TYPES:
-        kept.pop("fileHashType", None)
-        kept.pop("fileHashValue", None)
-    return kept
+# --- observables -> Defender for Endpoint indicators (mapping.md "Defender for Endpoint") -----
+
+def defender_observable(observable: Observable) -> tuple[str, str]:
+    """(indicatorType, indicatorValue), or not-for-target: Defender takes file hashes (MD5,
+    SHA-1, SHA-256), certificate thumbprints, single public IP addresses, domains and URLs."""
+    kind = observable.kind
+    if kind is Kind.FILE_HASH and observable.algorithm in C.DEFENDER_HASH_TYPES:
+        return C.DEFENDER_HASH_TYPES[observable.algorithm], observable.value
+    if kind is Kind.X509_HASH and observable.algorithm in C.DEFENDER_THUMBPRINT_TYPES:
+        return "CertificateThumbprint", observable.value
+    if kind is Kind.IP:
+        if observable.is_network:
+            raise _Refused(SkipReason.NOT_FOR_TARGET, "Defender takes single addresses, not CIDR blocks")
+        if not ipaddress.ip_address(observable.value).is_global:
+            raise _Refused(SkipReason.NOT_FOR_TARGET, "Defender takes public addresses only")
+        return "IpAddress", observable.value
+    if kind is Kind.DOMAIN:
+        return "DomainName", observable.value
+    if kind is Kind.URL:
+        return "Url", observable.value
+    algorithm = f" {observable.algorithm}" if observable.algorithm else ""
+    raise _Refused(SkipReason.NOT_FOR_TARGET, f"Defender has no indicator type for a{algorithm} {kind.value} observable")
 
 
 
@@ -774,6 +796,8 @@ class EventContext:
     activity_groups: tuple[str, ...]
     malware_families: tuple[str, ...]
     comments: str  # the event's comment attributes, one per line
+    threat_level: int | None = None  # MISP threat_level_id: 1 High … 4 Undefined
+    timestamp: int = 0  # the event's timestamp (epoch seconds), 0 when unusable
 
 
 def _context_values(attributes: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
@@ -808,6 +832,8 @@ def event_context(event: Mapping[str, Any], attributes: list[Mapping[str, Any]],
         activity_groups=tuple(_merge_unique(facts.activity_groups, context["threat-actor"])),
         malware_families=tuple(_merge_unique(facts.malware_families, context["malware-type"])),
         comments="\n".join(context["comment"]),
+        threat_level=misp_number(event.get("threat_level_id"), 4),
+        timestamp=epoch_seconds(event.get("timestamp")) or 0,
     )
 
 
@@ -930,25 +956,46 @@ class Transformer:
         # event), the most name characters and text bytes of the tag sets and comments met so
         # far, and so how many characters of value and key an indicator may take unmeasured.
         # Texts are measured only when a value needs it: until then their bound counts.
-        settings_chars = sum(map(len, (policy.action, policy.target_product, policy.default_tlp, policy.misp_url)))
+        settings_chars = sum(map(len, (policy.action, policy.target_product, policy.default_tlp, policy.misp_url,
+                                       policy.defender_action, policy.defender_recommended_actions,
+                                       *policy.defender_rbac_groups))) + 4 * len(policy.defender_rbac_groups)
         self._fixed_bytes = _FIXED_BYTES + _BYTES_PER_CHAR * settings_chars
         self._room = self._largest_names = self._largest_texts = self._unmeasured_bound = self._spare = 0
         self._unmeasured: list[Any] = []  # texts of this event not measured yet
         self._refanged = 0  # values of this event sent after refanging
+        self._filtering = bool(policy.tlp_max) or policy.min_confidence is not None
 
     def template(self, context: EventContext, attribute: Mapping[str, Any]) -> dict[str, Any]:
         """The fields an indicator shares with the others of its event that have the same own
         tags and comment (nearly all of them): built once per event for each such pair."""
         comment = attribute.get("comment")
         comment = comment if isinstance(comment, str) else ""
-        tags, galaxies = attribute.get("Tag"), attribute.get("Galaxy")
-        own = tuple(tag_names(tags, self.policy.ignore_local_tags) + galaxy_tag_names(attribute)) if tags or galaxies else ()
+        own = self.own_tags(attribute)
         key = (own, comment) if own else comment  # most attributes have no own tags: their key is the comment
         template = self._templates.get(key)
         if template is None:
             template = self._templates[key] = {**self.common(context, self.facts(context, own)),
                                                **self.text_fields(self.texts(context, comment))}
         return template
+
+    def own_tags(self, attribute: Mapping[str, Any]) -> tuple[str, ...]:
+        """The attribute's own tag and galaxy names (most attributes have none)."""
+        tags, galaxies = attribute.get("Tag"), attribute.get("Galaxy")
+        return tuple(tag_names(tags, self.policy.ignore_local_tags) + galaxy_tag_names(attribute)) if tags or galaxies else ()
+
+    def refused_by_policy(self, context: EventContext, attribute: Mapping[str, Any]) -> Skip | None:
+        """The target's own filters: a TLP ceiling (an untagged attribute has default_tlp) and a
+        confidence floor (an unrated one has defaultConfidenceLevel)."""
+        facts = self.facts(context, self.own_tags(attribute))
+        policy = self.policy
+        tlp = facts.tlp or policy.default_tlp
+        if policy.tlp_max and C.TLP_RANK[tlp] > C.TLP_RANK[policy.tlp_max]:
+            return _skip(context.uuid, attribute, SkipReason.ABOVE_TLP_MAX, f"TLP {tlp} is above tlp_max {policy.tlp_max}")
+        confidence = _first_set(facts.confidence, policy.default_confidence) or 0
+        if policy.min_confidence is not None and confidence < policy.min_confidence:
+            return _skip(context.uuid, attribute, SkipReason.BELOW_MIN_CONFIDENCE,
+                         f"confidence {confidence} is below min_confidence {policy.min_confidence}")
+        return None
 
     def facts(self, context: EventContext, own: tuple[str, ...]) -> TagFacts:
         """An event's attributes mostly share the same few tag sets (often none): each set is
@@ -1054,6 +1101,10 @@ class Transformer:
         to_ids = get("to_ids")
         if to_ids is not True and not (to_ids and is_true(to_ids)):
             return _skip(context.uuid, attribute, SkipReason.NOT_TO_IDS)
+        if self._filtering:
+            refused = self.refused_by_policy(context, attribute)
+            if refused is not None:
+                return refused
         try:
             value = as_text(get("value"))
             reader = OBSERVABLE_TYPES.get(misp_type)  # the one reading, that every target renders
@@ -1082,23 +1133,17 @@ class Transformer:
         raise NotImplementedError
 
 
-class GraphTransformer(Transformer):
-    """MISP events to Graph tiIndicators (mapping.md "Graph tiIndicator")."""
+class EventLineTransformer(Transformer):
+    """A target whose indicators carry a short text (≤ 100 characters) and a long one that ends
+    with the line naming the MISP event, which --rebuild-state reads back (Graph, Defender)."""
 
     def __init__(self, policy: MappingPolicy, now: dt.datetime) -> None:
         super().__init__(policy, now)
         self._expiration = iso_utc(self.valid_until)
         self._tail: tuple[EventContext | None, str, int] = (None, "", 0)  # see texts_bytes
 
-    def render(self, context: EventContext, attribute: Mapping[str, Any], observables: tuple[Observable, ...], value: str,
-               key: str) -> list[dict[str, Any]]:
-        return [{**self.template(context, attribute), "externalId": key, **graph_fields(observables, self.policy)}]
-
-    def text_fields(self, texts: tuple[str, str]) -> dict[str, str]:
-        return {"description": texts[0], "additionalInformation": texts[1]}
-
     def describe(self, context: EventContext, comment: str) -> tuple[str, str]:
-        """Description (≤ 100 characters) and additionalInformation: the full text and the event
+        """The short text (≤ 100 characters) and the long one: the full text and the event
         comments, cut to fit TEXT_FIELD_MAX before the event UUID line that --rebuild-state reads."""
         description, full_text = describe(context, comment)
         line = self._event_line(context)
@@ -1117,14 +1162,25 @@ class GraphTransformer(Transformer):
             return text_bytes(texts)
         return text_bytes((description, information[: -len(tail)])) + tail_bytes
 
+    @staticmethod
+    def _event_line(context: EventContext) -> str:
+        return f"MISP event: {context.uuid}"
+
+
+class GraphTransformer(EventLineTransformer):
+    """MISP events to Graph tiIndicators (mapping.md "Graph tiIndicator")."""
+
+    def render(self, context: EventContext, attribute: Mapping[str, Any], observables: tuple[Observable, ...], value: str,
+               key: str) -> list[dict[str, Any]]:
+        return [{**self.template(context, attribute), "externalId": key, **graph_fields(observables, self.policy)}]
+
+    def text_fields(self, texts: tuple[str, str]) -> dict[str, str]:
+        return {"description": texts[0], "additionalInformation": texts[1]}
+
     def cuts(self, context: EventContext) -> Cuts:
         """The free text goes first (the event UUID line stays), then tags, then names."""
         return (("additionalInformation", "\n" + self._event_line(context)), ("tags", ""),
                 ("malwareFamilyNames", ""), ("activityGroupNames", ""))
-
-    @staticmethod
-    def _event_line(context: EventContext) -> str:
-        return f"MISP event: {context.uuid}"
 
     def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
         """The fields that depend on the event and the tags, not on the attribute's value."""
@@ -1147,6 +1203,60 @@ class GraphTransformer(Transformer):
             "tags": list(facts.labels),
         }
         common.update({key: value for key, value in optional.items() if value})
+        return common
+
+
+class DefenderTransformer(EventLineTransformer):
+    """MISP events to Defender for Endpoint indicators (mapping.md "Defender for Endpoint
+    indicator"): one per observable Defender has a type for (two for a domain|ip), each with the
+    rank the budget orders them by (C.DEFENDER_RANK_FIELD, never sent)."""
+
+    def render(self, context: EventContext, attribute: Mapping[str, Any], observables: tuple[Observable, ...], value: str,
+               key: str) -> list[dict[str, Any]]:
+        """Every part Defender takes (a domain|ip with a private address keeps its domain);
+        not-for-target when it takes none."""
+        template = self.template(context, attribute)
+        indicators: list[dict[str, Any]] = []
+        refusal: _Refused | None = None
+        for observable in observables:
+            try:
+                kind, text = defender_observable(observable)
+            except _Refused as refused:
+                refusal = refusal or refused
+                continue
+            indicators.append({**template, "indicatorType": kind, "indicatorValue": text, "externalID": key})
+        if refusal is not None and not indicators:
+            raise refusal
+        return indicators
+
+    def describe(self, context: EventContext, comment: str) -> tuple[str, str]:
+        """The title is the event's (≤ 100 characters); the comment goes to the description."""
+        title = cut_text(context.info or f"MISP event {context.uuid}", C.DEFENDER_TITLE_MAX)
+        return title, super().describe(context, comment)[1]
+
+    def text_fields(self, texts: tuple[str, str]) -> dict[str, str]:
+        return {"title": texts[0], "description": texts[1]}
+
+    def cuts(self, context: EventContext) -> Cuts:
+        """Only the free text can give way (the event UUID line stays)."""
+        return (("description", "\n" + self._event_line(context)),)
+
+    def common_fields(self, context: EventContext, facts: TagFacts) -> dict[str, Any]:
+        """The target's policy, the severity from the threat level, and the rank: action,
+        confidence, threat level, recency (README, The Defender budget)."""
+        policy = self.policy
+        level = context.threat_level
+        confidence = _first_set(facts.confidence, policy.default_confidence) or 0
+        common: dict[str, Any] = {
+            "action": policy.defender_action,
+            "severity": policy.defender_severity or C.DEFENDER_SEVERITY_BY_THREAT_LEVEL.get(level or 4, "Informational"),
+            "expirationTime": self._expiration,
+            "generateAlert": policy.defender_generate_alert,
+            "rbacGroupNames": list(policy.defender_rbac_groups),
+            "recommendedActions": policy.defender_recommended_actions,
+            C.DEFENDER_RANK_FIELD: [C.DEFENDER_ACTIONS.index(policy.defender_action), confidence,
+                                    4 - level if level in (1, 2, 3) else 0, context.timestamp],
+        }
         return common
 
 

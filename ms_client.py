@@ -89,14 +89,16 @@ class Connection:
     """The slice of the settings one client needs: who it is, which resource, how fast."""
 
     credentials: Credentials
-    resource: str  # the token audience, and the base URL of the calls
+    resource: str  # the base URL of the calls, and the token audience unless `audience` is set
     per_minute: int
     concurrency: int
     timeout: float
+    audience: str = ""  # a token audience other than `resource` (a regional Defender host)
 
     @classmethod
-    def of(cls, settings: Settings, resource: str, per_minute: int) -> Connection:
-        return cls(Credentials.of(settings), resource, per_minute, settings.max_concurrent_requests, settings.http_timeout)
+    def of(cls, settings: Settings, resource: str, per_minute: int, audience: str = "") -> Connection:
+        return cls(Credentials.of(settings), resource, per_minute, settings.max_concurrent_requests, settings.http_timeout,
+                   audience)
 
 
 def aadsts_code(text: str) -> int | None:
@@ -205,6 +207,7 @@ class MicrosoftClient:
         self.credentials = connection.credentials
         self.log = log
         self.resource = connection.resource
+        self.audience = connection.audience or connection.resource
         self.limiter = RateLimiter(connection.per_minute, WINDOW_SECONDS)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "misp2sentinel"
@@ -265,9 +268,9 @@ class MicrosoftClient:
             self._app = self._new_app()
         try:
             if isinstance(self._app, msal.ManagedIdentityClient):
-                result = self._app.acquire_token_for_client(resource=self.resource)
+                result = self._app.acquire_token_for_client(resource=self.audience)
             else:
-                result = self._app.acquire_token_for_client([f"{self.resource}/.default"])
+                result = self._app.acquire_token_for_client([f"{self.audience}/.default"])
         except msal.exceptions.MsalServiceError as exc:
             raise MicrosoftError(f"Microsoft Entra token endpoint failed: {exc}", ErrorCause.AUTH_REFUSED, fatal=True,
                                  aadsts=aadsts_code(str(exc))) from None
@@ -355,9 +358,9 @@ class MicrosoftClient:
         data = None if body is None else WIRE_JSON.encode(body).encode("ascii")
         if data is not None:
             headers["Content-Type"] = "application/json"
-        limited = self.limited_operations is None or name in self.limited_operations
-        if limited:
-            self.limiter.acquire()
+        limiter = self.limiter_for(name)
+        if limiter is not None:
+            limiter.acquire()
         started = time.monotonic()
         with self._lock:
             self.requests_sent += 1
@@ -368,10 +371,14 @@ class MicrosoftClient:
             self.log.request(name, method, url, body, None, {"exception": failure}, time.monotonic() - started)
             return None, failure
         finally:
-            if limited:
-                self.limiter.release()
+            if limiter is not None:
+                limiter.release()
         self.log.request(name, method, url, body, response.status_code, response_body(response), time.monotonic() - started)
         return response, ""
+
+    def limiter_for(self, name: str) -> RateLimiter | None:
+        """The pace an operation keeps (None: unpaced)."""
+        return self.limiter if self.limited_operations is None or name in self.limited_operations else None
 
     def _check(self, name: str, response: requests.Response, ok: tuple[int, ...]) -> Any:
         """The JSON body of a successful answer, or MicrosoftError with the service's reason."""
@@ -408,7 +415,7 @@ class MicrosoftAdapter(Generic[Client]):
     def token(self) -> str:
         """A token now (MicrosoftError if none); returns its audience."""
         self.client.token()
-        return self.client.resource
+        return self.client.audience
 
     def close(self) -> None:
         if self._client is not None:

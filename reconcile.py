@@ -65,9 +65,9 @@ def parse_expiry(value: Any) -> dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
-def event_uuid_of(indicator: Mapping[str, Any]) -> str:
-    """The MISP event an indicator came from, as written in its additionalInformation."""
-    match = _EVENT_UUID_RE.search(str(indicator.get("additionalInformation", "")))
+def event_uuid_of(indicator: Mapping[str, Any], field: str = "additionalInformation") -> str:
+    """The MISP event an indicator came from, as its long text (`field`) names it."""
+    match = _EVENT_UUID_RE.search(str(indicator.get(field, "")))
     return match.group(1).lower() if match else ""
 
 

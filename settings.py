@@ -36,13 +36,24 @@ class ConfigError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class TargetSettings:
-    """One place indicators go: the Graph tenant, or one Sentinel workspace."""
+    """One place indicators go (the Graph tenant, one Sentinel workspace, the Defender tenant)
+    and the policy that applies to it alone."""
 
     kind: str
     workspace_id: str = ""
     subscription_id: str = ""
     resource_group: str = ""
     workspace_name: str = ""
+    tlp_max: str = ""  # "" (none), or the most restrictive TLP sent: white, green, amber or red
+    min_confidence: int | None = None
+    defender_endpoint: str = ""
+    defender_scope: str = ""  # the token audience, without "/.default"
+    defender_max_indicators: int = C.DEFENDER_DEFAULT_SHARE
+    defender_action: str = C.DEFENDER_DEFAULT_ACTION
+    defender_generate_alert: bool = True
+    defender_severity: str = ""  # "" = from the event's threat level
+    defender_rbac_groups: tuple[str, ...] = ()
+    defender_recommended_actions: str = ""
 
     @property
     def label(self) -> str:
@@ -156,6 +167,7 @@ class Setting:
     env: str = ""  # an environment variable (or .env line) that overrides the file when set
     within: str = ""  # the dict setting it is a key of, such as graph_auth
     scope: Scope = Scope.GLOBAL
+    kinds: frozenset[str] = frozenset()  # the target kinds a per-target setting applies to (empty: all)
     secret: bool = False  # never echoed in an error, scrubbed from every log
     shown: str = ""  # README's default column when the default is worked out (Markdown)
 
@@ -260,6 +272,51 @@ def _https_url(row: Setting, value: Any, ctx: _Context) -> str:
     return url
 
 
+def _endpoint(row: Setting, value: Any, ctx: _Context) -> str:
+    """An API host: the `cloud` profile's unless set."""
+    return _https_url(row, C.CLOUDS[ctx.value("cloud")][row.name] if value is None else value, ctx)
+
+
+def _scope(row: Setting, value: Any, ctx: _Context) -> str:
+    """A token scope `https://…/.default`, kept as its audience ("" when unset)."""
+    text = _text(row, value, ctx)
+    return _https_url(row, text.removesuffix("/.default"), ctx) if text else ""
+
+
+def _target_product(row: Setting, value: Any, ctx: _Context) -> str:
+    """Graph's Defender ATP path cannot update or delete what it sends: refused, with the way out."""
+    if isinstance(value, str) and value.strip() == C.TARGET_DEFENDER_ATP:
+        raise ctx.error(f"{row.label} {C.TARGET_DEFENDER_ATP!r} is no longer supported: Graph can neither update nor "
+                        "delete Defender indicators, so they would expire or keep blocking. Use target = \"defender\" "
+                        "(Defender for Endpoint's indicators API; see README, Upgrading)")
+    return str(_choice(*C.GRAPH_TARGET_PRODUCTS)(row, value, ctx))
+
+
+def _tlp(row: Setting, value: Any, ctx: _Context) -> str:
+    """A TLP level as MISP's taxonomy or Graph names it (`amber+strict`, `tlp:clear`), as its rank name."""
+    text = _text(row, value, ctx).lower()
+    level = C.TLP_TAGS.get(text if text.startswith("tlp:") else f"tlp:{text}") if text else ""
+    if level is None:
+        raise ctx.error(f"{row.label} must be one of clear, white, green, amber, amber+strict or red, not {value!r}")
+    return level
+
+
+def _optional_whole(low: int, high: int) -> Kind:
+    def optional(row: Setting, value: Any, ctx: _Context) -> int | None:
+        return None if value is None else int(_whole(low, high)(row, value, ctx))
+    return optional
+
+
+def _optional_flag(row: Setting, value: Any, ctx: _Context) -> bool | None:
+    return None if value is None else _flag(row, value, ctx)
+
+
+def _strings(row: Setting, value: Any, ctx: _Context) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise ctx.error(f"{row.label} must be a list of names, not {value!r}")
+    return tuple(item.strip() for item in value)
+
+
 def _folder(row: Setting, value: Any, ctx: _Context) -> Path:
     """A folder the tool writes; a relative one is beside the config file, an empty one the default."""
     path = Path(_text(row, value, ctx) or row.default)
@@ -344,24 +401,42 @@ def _targets(row: Setting, value: Any, ctx: _Context) -> tuple[TargetSettings, .
 
 
 def _target(entry: Any, where: str, ctx: _Context) -> TargetSettings:
-    """One target; a workspace takes each per-target setting from its dict, else from the top level."""
+    """One target; it takes each per-target setting of its kind from its dict, else from the top level."""
     spec = {"type": entry} if isinstance(entry, str) else entry
     if not isinstance(spec, dict) or spec.get("type") not in C.TARGET_KINDS:
-        raise ctx.error(f"{where} must be 'graph', 'sentinel' or a dict with type 'sentinel', not {entry!r}")
-    names = [row.name for row in PER_TARGET]
-    unknown = sorted(spec.keys() - {"type", *names}, key=repr)
+        kinds = ", ".join(map(repr, C.TARGET_KINDS))
+        raise ctx.error(f"{where} must be one of {kinds} or a dict whose type is one of them, not {entry!r}")
+    kind = spec["type"]
+    rows = [row for row in PER_TARGET if not row.kinds or kind in row.kinds]
+    unknown = sorted(spec.keys() - {"type", *(row.name for row in rows)}, key=repr)
     if unknown:
-        raise ctx.error(f"{where}: only string {', '.join(names)} may be set, not {unknown}")
-    if spec["type"] != "sentinel":
-        return TargetSettings(spec["type"])
+        raise ctx.error(f"{where}: a {kind} target takes only {', '.join(row.name for row in rows)}, not {unknown}")
     fields = {row.name: row.kind(dataclasses.replace(row, within=where), spec[row.name], ctx) if row.name in spec
-              else ctx.value(row.label) for row in PER_TARGET}
-    if not fields["workspace_id"]:
+              else ctx.value(row.label) for row in rows}
+    if kind == "sentinel":
+        _check_workspace(fields["workspace_id"], where, ctx)
+    if kind == "defender":
+        _check_defender(fields, where, ctx)
+    return TargetSettings(kind, **fields)
+
+
+def _check_workspace(workspace_id: str, where: str, ctx: _Context) -> None:
+    if not workspace_id:
         raise ctx.error(f"{where} is sentinel but workspace_id is empty: set the Log Analytics workspace id (a GUID)")
-    if not C.GUID_RE.fullmatch(fields["workspace_id"]):
-        raise ctx.error(f"{where}: workspace_id {fields['workspace_id']!r} is not a GUID: copy the Log Analytics "
+    if not C.GUID_RE.fullmatch(workspace_id):
+        raise ctx.error(f"{where}: workspace_id {workspace_id!r} is not a GUID: copy the Log Analytics "
                         "workspace's Workspace ID, not its name")
-    return TargetSettings(spec["type"], **fields)
+
+
+def _check_defender(fields: dict[str, Any], where: str, ctx: _Context) -> None:
+    """The service's own rules, found now: Audit raises nothing without an alert; the scope
+    follows the endpoint unless set."""
+    if fields["defender_generate_alert"] is None:
+        fields["defender_generate_alert"] = fields["defender_action"] != "Allowed"
+    if fields["defender_action"] == "Audit" and not fields["defender_generate_alert"]:
+        raise ctx.error(f"{where}: defender_action 'Audit' needs defender_generate_alert True (Defender refuses "
+                        "an Audit indicator that raises no alert)")
+    fields["defender_scope"] = fields["defender_scope"] or fields["defender_endpoint"]
 
 
 def _distinct_management_names(workspaces: list[TargetSettings], ctx: _Context) -> None:
@@ -435,10 +510,11 @@ _MANAGEMENT_NAMES = ("how the management API names the workspace. `-r`, `--check
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("target", _targets, "graph",
-        '`graph`, `sentinel`, or a list of targets such as `["graph", "sentinel"]`. A list item can also be a'
-        ' dict `{"type": "sentinel", "workspace_id": …, "workspace_name": …}` for a further workspace; fields'
-        " it leaves out come from the top-level workspace settings. MISP is read once, and each target keeps "
-        "its own state, lock and report",
+        '`graph`, `sentinel`, `defender`, or a list of targets such as `["graph", "sentinel", "defender"]`. A'
+        ' list item can also be a dict `{"type": "sentinel", "workspace_id": …, "workspace_name": …}` for a'
+        ' further workspace, or `{"type": "defender", "defender_action": "Block", "tlp_max": "amber"}`: a dict'
+        " can carry any per-target setting of its kind for that target alone, and what it leaves out comes "
+        "from the top level. MISP is read once, and each target keeps its own policy, state, lock and report",
         field="targets"),
     Setting("workspace_id", _text, "",
         "the Log Analytics workspace id (a GUID) that uploads go to. Required for `sentinel`",
@@ -454,12 +530,18 @@ SETTINGS: tuple[Setting, ...] = (
         field=None, scope=Scope.TARGET),
     Setting("sourcesystem", _sourcesystem, C.DEFAULT_SOURCESYSTEM,
         "the source name the indicators carry in Sentinel. `Microsoft Sentinel` is reserved and refused"),
-    Setting("sentinel_endpoint", _https_url, C.DEFAULT_SENTINEL_ENDPOINT,
-        "the STIX objects upload API"),
+    Setting("cloud", _choice(*C.CLOUDS), "public",
+        "`public`, `gcc`, `gcc-high` or `dod`: picks the Entra authority and the Graph, management, Sentinel "
+        "and Defender hosts at once (README, Clouds). Each endpoint setting still overrides its own host",
+        field=None),
+    Setting("sentinel_endpoint", _endpoint, None,
+        "the STIX objects upload API",
+        shown="from `cloud`"),
     Setting("sentinel_api_version", _text, C.DEFAULT_SENTINEL_API_VERSION,
         "its api-version"),
-    Setting("management_endpoint", _https_url, C.DEFAULT_MANAGEMENT_ENDPOINT,
-        "the management API for `-r`. The Sentinel token scope is `{management_endpoint}/.default`"),
+    Setting("management_endpoint", _endpoint, None,
+        "the management API for `-r`. The Sentinel token scope is `{management_endpoint}/.default`",
+        shown="from `cloud`"),
     Setting("management_api_version", _text, C.DEFAULT_MANAGEMENT_API_VERSION,
         "api-version for `queryIndicators`"),
     Setting("max_requests_per_minute", _whole(1, 100000), C.SENTINEL_REQUESTS_PER_MINUTE,
@@ -471,6 +553,42 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_concurrent_requests", _whole(1, 64), C.DEFAULT_CONCURRENT_REQUESTS,
         "batches in flight per target. At 300 ms per answer, 1000 requests per minute need 5 in flight, so 8 "
         "leaves room. The limiter still caps the rate"),
+    Setting("tlp_max", _tlp, "",
+        "per-target policy: the most restrictive TLP a target receives (`clear`/`white`, `green`, `amber`, "
+        "`amber+strict`, `red`). An attribute whose TLP is above it is skipped as `above-tlp-max`. Unset: no "
+        "ceiling",
+        field=None, scope=Scope.TARGET),
+    Setting("min_confidence", _optional_whole(0, 100), None,
+        "per-target policy: an attribute whose confidence (its `misp:confidence-level` tag, else "
+        "`defaultConfidenceLevel`) is below this is skipped as `below-min-confidence`",
+        field=None, scope=Scope.TARGET),
+    Setting("defender_endpoint", _endpoint, None,
+        "the Defender for Endpoint API base, or a regional host (`https://eu.api.security.microsoft.com`)",
+        field=None, scope=Scope.TARGET, kinds=frozenset({"defender"}), shown="from `cloud`"),
+    Setting("defender_scope", _scope, "",
+        "the Defender token scope, for a regional host or another cloud",
+        field=None, scope=Scope.TARGET, kinds=frozenset({"defender"}), shown="`{defender_endpoint}/.default`"),
+    Setting("defender_max_indicators", _whole(1, C.DEFENDER_TENANT_MAX), C.DEFENDER_DEFAULT_SHARE,
+        "this tool's share of the tenant's 15,000 indicators. When MISP wants more, the most valuable are kept "
+        "(README, The Defender budget) and the rest are counted as `over-budget`",
+        field=None, scope=Scope.TARGET, kinds=frozenset({"defender"})),
+    Setting("defender_action", _choice(*C.DEFENDER_ACTIONS), C.DEFENDER_DEFAULT_ACTION,
+        "what Defender does on a match: `Audit` (alert only), `Warn`, `Block`, `BlockAndRemediate`, `Allowed`,"
+        " or the legacy `Alert` and `AlertAndBlock`. `Block` is the operator's explicit choice",
+        field=None, scope=Scope.TARGET, kinds=frozenset({"defender"})),
+    Setting("defender_generate_alert", _optional_flag, None,
+        "`generateAlert`. `Audit` requires `True`",
+        field=None, scope=Scope.TARGET, kinds=frozenset({"defender"}), shown="`True` unless the action is `Allowed`"),
+    Setting("defender_severity", _choice("", *C.DEFENDER_SEVERITIES), "",
+        "one fixed `severity` (`Informational`, `Low`, `Medium`, `High`) instead of the event's threat level "
+        "(1 High, 2 Medium, 3 Low, 4 Informational)",
+        field=None, scope=Scope.TARGET, kinds=frozenset({"defender"}), shown="from the threat level"),
+    Setting("defender_rbac_groups", _strings, [],
+        "`rbacGroupNames`: the device groups the indicators apply to. Empty: every device",
+        field=None, scope=Scope.TARGET, kinds=frozenset({"defender"})),
+    Setting("defender_recommended_actions", _text, "",
+        "`recommendedActions`, shown to the analyst with an alert",
+        field=None, scope=Scope.TARGET, kinds=frozenset({"defender"})),
     Setting("tenant", _text, "",
         "the Entra app registration's directory (tenant) id",
         env="AZURE_TENANT_ID", within="graph_auth"),
@@ -490,13 +608,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("managed_identity", _managed_identity, False,
         "`True` for the host's system-assigned identity, or a user-assigned identity's client id. Then no "
         "tenant, client id or secret is needed"),
-    Setting("graph_endpoint", _https_url, C.DEFAULT_GRAPH_ENDPOINT,
-        "Graph root. The token scope is `{graph_endpoint}/.default`"),
-    Setting("authority_host", _https_url, C.DEFAULT_AUTHORITY_HOST,
-        "Entra authority host. The tenant is appended to it"),
-    Setting("targetProduct", _choice(*C.GRAPH_TARGET_PRODUCTS), C.TARGET_SENTINEL,
-        "or `Microsoft Defender ATP`, which accepts only domain, URL, destination IP and md5/sha1/sha256 "
-        "observables. Other candidates are counted as `not-for-target`",
+    Setting("graph_endpoint", _endpoint, None,
+        "Graph root. The token scope is `{graph_endpoint}/.default`",
+        shown="from `cloud`"),
+    Setting("authority_host", _endpoint, None,
+        "Entra authority host. The tenant is appended to it",
+        shown="from `cloud`"),
+    Setting("targetProduct", _target_product, C.TARGET_SENTINEL,
+        "the Graph target's product. `Microsoft Defender ATP` is refused (exit 2): Graph cannot update or "
+        'delete Defender indicators; use `target = "defender"` (README, Upgrading)',
         field="target_product"),
     Setting("action", _choice(*C.GRAPH_ACTIONS), "alert",
         "`alert`, `allow`, `block` or `unknown`"),

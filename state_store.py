@@ -22,6 +22,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import constants as C
 from private_files import UnsafePath, open_private, private_dir
@@ -387,6 +388,40 @@ class StateStore:
                                 ((uuid, stamp, published) for uuid, (stamp, published) in stamps.items()))
             self.db.executemany("DELETE FROM events WHERE uuid = ?", ((uuid,) for uuid in unsettled))
             self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+
+    # --- a budgeted target's candidates: a temporary table, ranked once MISP is read ------
+    def open_candidates(self) -> None:
+        """Every indicator a budgeted target was offered in this run, with its rank; newcomers
+        keep their body until the budget says which are sent. Kept in a file of SQLite's own,
+        deleted on close: memory stays flat however much MISP wants."""
+        self.db.execute("PRAGMA temp_store = FILE")
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS candidates (key TEXT PRIMARY KEY, event_uuid TEXT, r0 INT, r1 INT, "
+                        "r2 INT, recency INT, incumbent INT, planned TEXT, body TEXT) WITHOUT ROWID")
+        self.db.execute("DELETE FROM candidates")  # a run's own: nothing of an earlier run on this connection
+
+    def add_candidates(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """(key, event, r0, r1, r2, recency, incumbent, planned action, body) rows."""
+        with self.transaction("BEGIN"):  # only the temporary table is written
+            self.db.executemany("INSERT OR IGNORE INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def is_candidate(self, key: str) -> bool:
+        return self.db.execute("SELECT 1 FROM candidates WHERE key = ?", (key,)).fetchone() is not None
+
+    def incumbent_candidates(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM candidates WHERE incumbent = 1").fetchone()[0]
+
+    def ranked_candidates(self) -> Iterator[tuple[str, str, bool, str, str]]:
+        """(key, event, incumbent, planned action, body), most valuable first: by the rank's
+        first three parts, then incumbents before newcomers, then recency. So a newcomer takes
+        an incumbent's place only when it is better in a part other than its age, and the same
+        MISP gives the same choice on every run (ties broken by key)."""
+        rows = self.db.execute("SELECT key, event_uuid, incumbent, planned, body FROM candidates "
+                               "ORDER BY r0 DESC, r1 DESC, r2 DESC, incumbent DESC, recency DESC, key")
+        return ((key, event, bool(incumbent), planned, body) for key, event, incumbent, planned, body in rows)
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # --- suspects: keys whose submit had an ambiguous answer -----------------------------
     def mark_suspects(self, external_ids: Iterable[str], since: str) -> None:

@@ -32,13 +32,17 @@ from settings import Settings, TargetSettings
 from state_store import StateStore, StoreError, StoreLocked, open_store, target_lock
 
 
-def policy_from(settings: Settings) -> MappingPolicy:
+def policy_from(settings: Settings, spec: TargetSettings) -> MappingPolicy:
+    """One target's mapping policy: the shared settings and that target's own."""
     return MappingPolicy(
         target_product=settings.target_product, action=settings.action, passive_only=settings.passive_only,
         days_to_expire=settings.days_to_expire, network_ignore_direction=settings.network_ignore_direction,
         ignore_local_tags=settings.ignore_local_tags, default_confidence=settings.default_confidence,
         allow_weak_observables=settings.allow_weak_observables, allow_broad_cidr=settings.allow_broad_cidr,
-        misp_url=strip_url_credentials(settings.misp_url),
+        misp_url=strip_url_credentials(settings.misp_url), tlp_max=spec.tlp_max, min_confidence=spec.min_confidence,
+        defender_action=spec.defender_action, defender_generate_alert=spec.defender_generate_alert,
+        defender_severity=spec.defender_severity, defender_rbac_groups=spec.defender_rbac_groups,
+        defender_recommended_actions=spec.defender_recommended_actions,
     )
 
 
@@ -54,7 +58,7 @@ def settings_fingerprint(settings: Settings, spec: TargetSettings) -> str:
     """A digest of what shapes the indicators of an unchanged event (mapping policy, non-time
     filters, target, tool version): when it changes, every event is read again in full."""
     timeless = [{k: v for k, v in one.items() if k not in C.MISP_TIME_FILTERS} for one in settings.misp_event_filters]
-    shape = {"version": C.VERSION, "policy": dataclasses.asdict(policy_from(settings)), "filters": timeless,
+    shape = {"version": C.VERSION, "policy": dataclasses.asdict(policy_from(settings, spec)), "filters": timeless,
              "target": dataclasses.asdict(spec), "sourcesystem": settings.sourcesystem}
     return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
@@ -66,7 +70,7 @@ def make_engine(settings: Settings, adapter: targets.Adapter, store: StateStore,
 
 def new_run(settings: Settings, spec: TargetSettings, log: RequestLog, dry_run: bool, now: dt.datetime) -> TargetRun:
     adapter = targets.adapter(settings, spec, log, online=not dry_run)
-    return TargetRun(spec, adapter, adapter.transformer(policy_from(settings), now), RunReport(adapter.label),
+    return TargetRun(spec, adapter, adapter.transformer(policy_from(settings, spec), now), RunReport(adapter.label),
                      fingerprint=settings_fingerprint(settings, spec))
 
 
@@ -138,6 +142,7 @@ def run_all(runs: list[TargetRun], source: MispSource, log: RequestLog, allow_ma
         unchanged = listed.events.keys() - plans.get(id(run), ("", set()))[1] - read.keys()
         run.guard(log, functools.partial(engine.keep_unchanged, unchanged))
         run.guard(log, functools.partial(engine.remove_gone, read.keys(), listed.events.keys(), alive, allow_mass_delete, scope))
+        run.guard(log, functools.partial(engine.fill, allow_mass_delete))
         run.guard(log, functools.partial(engine.settle, read, listed.events.keys(), reading, run.fingerprint))
         run.report.progress.close()
 

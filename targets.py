@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
+from defender_client import DefenderAdapter
 from graph_client import GraphAdapter
 from misp_transformer import Transformer
 from ms_client import ItemResult
@@ -42,8 +43,8 @@ class Adapter(Protocol):
         """Our key of an indicator: the same for every version of it."""
         ...
 
-    def keys_of_attribute(self, attribute_uuid: str) -> list[str]:
-        """Every key a MISP attribute can yield."""
+    def keys_of_attribute(self, attribute_uuid: str) -> list[str] | None:
+        """Every key a MISP attribute can yield (None: keys are values, the uuid cannot tell)."""
         ...
 
     def attribute_of(self, indicator: dict[str, Any]) -> str:
@@ -128,6 +129,22 @@ class Purging(Protocol):
         ...
 
 
+@runtime_checkable
+class Budgeted(Protocol):
+    """A service that holds a limited number of indicators, shared with other sources: the
+    engine keeps the most valuable within `budget`, and never adds beyond the room left."""
+
+    budget: int  # the most indicators this target may hold
+
+    def rank_of(self, indicator: dict[str, Any]) -> tuple[int, ...]:
+        """The indicator's value for the budget, compared as a tuple: larger is better."""
+        ...
+
+    def tenant_room(self) -> int:
+        """How many more indicators the service takes, from every source (a fresh reading)."""
+        ...
+
+
 class AdapterClass(Protocol):
     """An adapter module's class: it makes the adapter, and names the target's state."""
 
@@ -142,6 +159,7 @@ class AdapterClass(Protocol):
 ADAPTERS: dict[str, AdapterClass] = {
     "graph": GraphAdapter,
     "sentinel": SentinelAdapter,
+    "defender": DefenderAdapter,
 }
 
 

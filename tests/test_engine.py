@@ -3,6 +3,7 @@ removal, the safety valve, and what each typed outcome does to the state."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,7 @@ def sync(adapter: FakeAdapter, store: StateStore, log: RequestLog, events: dict[
             engine.commit_seen()
         engine.flush_all()
         engine.remove_gone(events.keys(), events.keys(), set, allow_mass_delete)
+        engine.fill(allow_mass_delete)
     finally:
         engine.close()
     return engine
@@ -355,3 +357,95 @@ def test_a_purged_unconfirmed_create_is_forgotten_not_removed_again(log: Request
     engine = sync(adapter, store, log, {"e2": []}, allow_mass_delete=True)  # MISP dropped it meanwhile
     assert adapter.held == {} and store.known("a") is None and engine.report.deleted == 0
     assert [call[0] for call in adapter.calls] == ["purge", "create", "purge"]  # the recovery's purge is enough
+
+
+# --- a budget (a service holding a limited number of indicators: Defender) ---------------------
+
+class BudgetedAdapter(FakeAdapter):
+    """A capped service: `budget` is our share, `room` what the tenant still takes (others' too)."""
+
+    hash_rules = HashRules(volatile=frozenset({"id", "expirationDateTime", "rank"}), updatable=frozenset({"description"}))
+
+    def __init__(self, budget: int, room: int = 100) -> None:
+        super().__init__()
+        self.budget = budget
+        self.room = room
+
+    def rank_of(self, item: dict[str, Any]) -> tuple[int, ...]:
+        return tuple(item["rank"])
+
+    def tenant_room(self) -> int:
+        self.calls.append(("room", 0))
+        return self.room - len(self.held)
+
+    def keys_held(self) -> list[str]:
+        return sorted(item["key"] for item in self.held.values())
+
+
+def ranked(key: str, confidence: int, when: int = 1, threat: int = 2) -> dict[str, Any]:
+    return {**indicator(key), "rank": [1, confidence, threat, when]}
+
+
+def test_a_budget_keeps_the_most_valuable_and_counts_the_rest(log: RequestLog) -> None:
+    adapter, store = BudgetedAdapter(budget=3), StateStore(None)
+    wanted = [ranked("low", 10), ranked("top", 90), ranked("mid", 50, when=5), ranked("mid-old", 50, when=1), ranked("high", 70)]
+    engine = sync(adapter, store, log, {"e1": wanted})
+    assert adapter.keys_held() == ["high", "mid", "top"]
+    assert engine.report.skipped[C.SkipReason.OVER_BUDGET.value] == 2
+    assert actions(engine) == {"new": 3}
+    records = [json.loads(line) for path in (log.directory).glob("*over-budget-fake*") for line in path.read_text().splitlines()]
+    assert sorted(record["key"] for record in records) == ["low", "mid-old"]
+    assert store.meta("budget_full") == "1"
+    store.set_meta("full_read", "2026-11-28T00:00:00Z")
+    store.set_meta("fingerprint", "same settings")
+    assert engine.read_plan({}, "", "same settings")[0] == "the budget was full in the last run: every event competes for it"
+
+
+def test_the_choice_is_stable_and_only_a_clearly_better_newcomer_displaces(log: RequestLog) -> None:
+    adapter, store = BudgetedAdapter(budget=2), StateStore(None)
+    sync(adapter, store, log, {"e1": [ranked("a", 50), ranked("b", 50)]})
+    calls = len(adapter.calls)
+    newer = ranked("newer", 50, when=99)  # better by age alone: never displaces what is in
+    for _ in range(2):
+        engine = sync(adapter, store, log, {"e1": [ranked("a", 50), ranked("b", 50)], "e2": [newer]})
+        assert adapter.keys_held() == ["a", "b"] and actions(engine) == {"unchanged": 2}
+        assert engine.report.skipped[C.SkipReason.OVER_BUDGET.value] == 1
+    assert [call[0] for call in adapter.calls[calls:]] == ["room", "room"]  # nothing sent, nothing removed
+    engine = sync(adapter, store, log, {"e1": [ranked("a", 50), ranked("b", 40)], "e2": [ranked("better", 60)]})
+    assert adapter.keys_held() == ["a", "better"]
+    deleted = [json.loads(line) for path in log.directory.glob("*deleted-fake*") for line in path.read_text().splitlines()]
+    assert [(record["key"], record["reason"]) for record in deleted] == [("b", "over budget: more valuable indicators took its place")]
+    assert engine.report.skipped[C.SkipReason.OVER_BUDGET.value] == 1 and actions(engine) == {"unchanged": 1, "new": 1}
+
+
+def test_the_tenant_room_caps_what_is_added(log: RequestLog) -> None:
+    adapter, store = BudgetedAdapter(budget=10, room=2), StateStore(None)
+    engine = sync(adapter, store, log, {"e1": [ranked("a", 90), ranked("b", 80), ranked("c", 70)]})
+    assert adapter.keys_held() == ["a", "b"]
+    assert engine.report.skipped[C.SkipReason.OVER_BUDGET.value] == 1
+
+
+def test_a_lowered_budget_removes_the_weakest_under_the_safety_valve(log: RequestLog) -> None:
+    adapter, store = BudgetedAdapter(budget=4), StateStore(None)
+    four = [ranked("a", 90), ranked("b", 80), ranked("c", 70), ranked("d", 60)]
+    sync(adapter, store, log, {"e1": four})
+    adapter.budget = 1  # 3 of 4 would go: more than max_delete_fraction 50%
+    sync(adapter, store, log, {"e1": four})
+    assert len(adapter.held) == 4
+    sync(adapter, store, log, {"e1": four}, allow_mass_delete=True)
+    assert adapter.keys_held() == ["a"]
+
+
+def test_an_incumbent_whose_event_was_not_read_keeps_its_place(log: RequestLog) -> None:
+    adapter, store = BudgetedAdapter(budget=2), StateStore(None)
+    sync(adapter, store, log, {"e1": [ranked("a", 10)], "e2": [ranked("b", 10)]})
+    engine = Engine(adapter, store, log, RunReport("fake"), NOW, LIMITS, online=True)
+    engine.start()
+    engine.keep_unchanged({"e1"})  # an incremental run: e1 did not change, so it is not read
+    engine.offer(ranked("c", 99), "e3")
+    engine.offer(ranked("b", 10), "e2")
+    engine.flush_all()
+    engine.remove_gone({"e2", "e3"}, {"e1", "e2", "e3"}, set, False)
+    engine.fill(False)
+    engine.close()
+    assert adapter.keys_held() == ["a", "c"]  # b, ranked and weaker, made room; a, unranked, stayed

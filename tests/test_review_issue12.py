@@ -11,7 +11,7 @@ import pytest
 
 import constants as C
 from constants import INDICATOR_MAX_BYTES, SkipReason
-from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer
+from misp_transformer import DefenderTransformer, GraphTransformer, MappingPolicy, StixTransformer
 from request_log import RequestLog
 from standins.graph import validate_indicator
 from standins.sentinel import validate_stix_object
@@ -139,11 +139,9 @@ def test_values_misp_transformer_still_gets_wrong(misp_type, value, expected):
     ("filename|sha256", "invoice,final.exe|" + "a" * 64, "sha256"),
     ("malware-sample", "invoice,final.exe|" + "b" * 32, "md5"),
 ])
-def test_defender_atp_still_gets_the_hash_of_a_file_name_with_a_comma(misp_type, value, hash_type):
-    policy = MappingPolicy(misp_url=POLICY.misp_url, target_product=C.TARGET_DEFENDER)
-    (indicator,) = GraphTransformer(policy, NOW).transform(_event(misp_type, value)).indicators
-    assert (indicator["fileHashType"], indicator["fileHashValue"]) == (hash_type, value.rpartition("|")[2])
-    assert "fileName" not in indicator
+def test_defender_still_gets_the_hash_of_a_file_name_with_a_comma(misp_type, value, hash_type):
+    (indicator,) = DefenderTransformer(MappingPolicy(misp_url=POLICY.misp_url), NOW).transform(_event(misp_type, value)).indicators
+    assert (indicator["indicatorType"], indicator["indicatorValue"]) == (C.DEFENDER_HASH_TYPES[hash_type], value.rpartition("|")[2])
 
 
 def test_a_refusal_that_quotes_a_value_holding_revoked_is_no_revocation(standins, tmp_path, capsys):

@@ -65,14 +65,16 @@ def test_unverified_misp_is_one_warning_per_run(standins, tmp_path):
 
 def test_the_misp_link_sent_to_microsoft_carries_no_credentials(standins, tmp_path):
     config = write_config(tmp_path, standins, misp_domain="https://operator:Hunter2pw@misp.example/sub/")
-    assert policy_from(load_settings(config)).misp_url == "https://misp.example/sub/"
+    settings = load_settings(config)
+    assert policy_from(settings, settings.targets[0]).misp_url == "https://misp.example/sub/"
 
 
 def test_a_password_with_an_at_sign_and_any_endpoint_setting_are_redacted(standins, tmp_path):
     """urllib3 reads `p@ss` in `user:p@ss@host` as the password: it was cut at the first @ and
     its tail echoed (and sent to Microsoft in the MISP link); endpoint settings echoed it whole."""
     config = write_config(tmp_path, standins, misp_domain="https://operator:Hunter2@pw@misp.example/sub/")
-    assert policy_from(load_settings(config)).misp_url == "https://misp.example/sub/"
+    settings = load_settings(config)
+    assert policy_from(settings, settings.targets[0]).misp_url == "https://misp.example/sub/"
     config = write_config(tmp_path, standins, graph_endpoint="http://operator:Hunter2pw@graph.example")
     for args in ((), ("--check",)):
         run = run_process(config, *args)

@@ -158,15 +158,6 @@ def test_port_and_size_are_weak_unless_allowed():
     assert observable(one("size-in-bytes", "1024", allowed)) == {"fileSize": 1024}
 
 
-def test_defender_target_keeps_only_its_observables():
-    defender = MappingPolicy(target_product="Microsoft Defender ATP")
-    assert observable(one("ip-dst", "198.51.100.7", defender)) == {"networkDestinationIPv4": "198.51.100.7"}
-    assert observable(one("filename|sha1", f"a.exe|{SHA1}", defender)) == {"fileHashType": "sha1", "fileHashValue": SHA1}
-    assert skip_reason("ip-src", "198.51.100.7", defender) is SkipReason.NOT_FOR_TARGET
-    assert skip_reason("email-subject", "hi", defender) is SkipReason.NOT_FOR_TARGET
-    assert skip_reason("sha512", "a" * 128, defender) is SkipReason.NOT_FOR_TARGET
-
-
 def test_common_fields_follow_config_and_event():
     policy = MappingPolicy(action="block", passive_only=True, days_to_expire=10, default_confidence=40)
     a = attribute("domain", "evil.example.com")

@@ -107,7 +107,7 @@ events = st.one_of(
     junk,
 )
 
-POLICIES = [MappingPolicy(), MappingPolicy(target_product="Microsoft Defender ATP", network_ignore_direction=True,
+POLICIES = [MappingPolicy(), MappingPolicy(network_ignore_direction=True,
                                         allow_weak_observables=True, ignore_local_tags=False)]
 
 
