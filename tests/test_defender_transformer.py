@@ -14,6 +14,7 @@ from misp_transformer import DefenderTransformer, GraphTransformer, MappingPolic
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 MD5, SHA1, SHA256 = "a" * 32, "b" * 40, "c" * 64
 EVENT_UUID = "5a0d5bf4-99c8-4f15-9879-22b1950d210f"
+DEFAULT = MappingPolicy()
 
 
 def attribute(misp_type: str, value: str, **extra: object) -> dict:
@@ -25,13 +26,13 @@ def event(*attributes: dict, threat_level: str = "2", tags: tuple[str, ...] = ()
                       "Attribute": list(attributes), "Tag": [{"name": name} for name in tags]}}
 
 
-def defender(misp_type: str, value: str, policy: MappingPolicy = MappingPolicy(), **extra: object) -> list[dict]:
+def defender(misp_type: str, value: str, policy: MappingPolicy = DEFAULT, **extra: object) -> list[dict]:
     result = DefenderTransformer(policy, NOW).transform(event(attribute(misp_type, value, **extra)))
     assert not result.skips, result.skips
     return result.indicators
 
 
-def skipped(misp_type: str, value: str, policy: MappingPolicy = MappingPolicy()) -> SkipReason:
+def skipped(misp_type: str, value: str, policy: MappingPolicy = DEFAULT) -> SkipReason:
     result = DefenderTransformer(policy, NOW).transform(event(attribute(misp_type, value)))
     assert result.indicators == []
     return result.skips[0].reason
