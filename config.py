@@ -64,7 +64,7 @@ allow_broad_cidr = False              # send CIDR blocks broader than /16 (IPv4)
 defender_max_indicators = 10000       # this tool's share of the tenant's 15,000 indicators
 defender_action = "Audit"             # Audit (alert only), Warn, Block, BlockAndRemediate, Allowed
 defender_severity = ""                # "" = from the event's threat level
-defender_rbac_groups = []             # device groups; empty = every device
+# defender_rbac_groups = ["Servers"]  # device groups (default: every device)
 defender_recommended_actions = ""
 
 # --- MISP ---
