@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Demo: the whole sync against local HTTPS stand-ins of MISP, Entra ID, Graph and Sentinel.
+"""Demo: the whole sync against local HTTPS stand-ins of MISP, Entra ID, Graph, Sentinel and
+Defender for Endpoint.
 
 MISP is seeded with real CIRCL OSINT events. script.py runs as a separate process, exactly as
 cron would start it, trusting the stand-ins' private CA through REQUESTS_CA_BUNDLE.
@@ -56,11 +57,12 @@ def main() -> int:
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir()
     with StandIns(WORKDIR, events=seed_events(EVENTS)) as servers:
-        config = servers.write_tool_config(WORKDIR, target=["graph", "sentinel"])
+        config = servers.write_tool_config(WORKDIR, target=["graph", "sentinel", {"type": "defender", "tlp_max": "amber"}])
         env = {**os.environ, "REQUESTS_CA_BUNDLE": str(servers.ca_bundle_path), "NO_PROXY": "127.0.0.1,localhost"}
         print(f"MISP stand-in  {servers.misp.url}  ({len(servers.misp.events)} real CIRCL OSINT events)")
         print(f"Entra stand-in {servers.entra.url}\nGraph stand-in {servers.graph.url}")
-        print(f"Sentinel stand-in {servers.sentinel.url} (upload API and management API)\n")
+        print(f"Sentinel stand-in {servers.sentinel.url} (upload API and management API)")
+        print(f"Defender stand-in {servers.defender.url} (indicators API)\n")
         show("is everything set up?", config, env, "--check")
         sync = show("", config, env)
         show("again: MISP unchanged, nothing to send", config, env)
@@ -69,11 +71,13 @@ def main() -> int:
         if listing.returncode != 0:
             print(listing.stderr, end="")
             return listing.returncode
-        graph_listing, sentinel_listing = json_documents(listing.stdout)
+        graph_listing, sentinel_listing, defender_listing = json_documents(listing.stdout)
         print(f"Graph holds {len(graph_listing['value'])} indicators owned by this app; the first one:")
         print(json.dumps(graph_listing["value"][:1], indent=2))
         print(f"The Sentinel workspace holds {len(sentinel_listing['value'])} indicators from source MISP; the first one:")
-        print(json.dumps(sentinel_listing["value"][:1], indent=2) + "\n")
+        print(json.dumps(sentinel_listing["value"][:1], indent=2))
+        print(f"Defender holds {len(defender_listing['value'])} indicators this app created (TLP up to amber); the first one:")
+        print(json.dumps(defender_listing["value"][:1], indent=2) + "\n")
         dotenv = (WORKDIR / ".env").read_text()
         (WORKDIR / ".env").write_text(dotenv.replace(f"AZURE_CLIENT_SECRET={servers.client_secret}",
                                                      "AZURE_CLIENT_SECRET=pasted-the-secret-id-by-mistake"))

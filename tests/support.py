@@ -22,7 +22,8 @@ import pymisp
 import requests
 
 import script
-from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer
+from defender_client import defender_key
+from misp_transformer import DefenderTransformer, GraphTransformer, MappingPolicy, StixTransformer
 from sentinel_client import key_and_generation, misp_reference
 from standins import StandIns
 
@@ -140,6 +141,24 @@ def expected_stix_ids(events: list[dict[str, Any]]) -> set[str]:
     transformer = StixTransformer(MappingPolicy(), dt.datetime.now(dt.UTC))
     return {obj["id"] for wrapped in events if wrapped["Event"].get("published") is True
             for obj in transformer.transform(wrapped).indicators}
+
+
+def expected_defender_keys(events: list[dict[str, Any]], policy: MappingPolicy | None = None) -> set[str]:
+    """What Defender should hold after a sync: one indicator per type and value."""
+    transformer = DefenderTransformer(policy or MappingPolicy(), dt.datetime.now(dt.UTC))
+    return {defender_key(indicator["indicatorType"], indicator["indicatorValue"])
+            for wrapped in events if wrapped["Event"].get("published") is True
+            for indicator in transformer.transform(wrapped).indicators}
+
+
+def held_defender_keys(standins: Any, creator: str | None = None) -> collections.Counter[str]:
+    """The tenant's indicators by type and value (ours: `creator` = the app's client id)."""
+    return collections.Counter(defender_key(item["indicatorType"], item["indicatorValue"])
+                               for item in standins.defender.held(creator or standins.client_id))
+
+
+def defender_config(tmp_path: Path, standins: Any, **overrides: Any) -> Path:
+    return write_config(tmp_path, standins, target="defender", **overrides)
 
 
 def held_external_ids(standins: Any) -> set[str]:
