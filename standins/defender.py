@@ -229,12 +229,7 @@ class DefenderStandIn(HttpsStandIn):
         """Add `count` valid FileSha256 Block indicators created by the app `creator` (another
         source sharing the tenant's cap); returns their ids."""
         with self.lock:
-            start = len(self._indicators)
-            items = [{"indicatorValue": hashlib.sha256(f"{creator}/{start + n}".encode()).hexdigest(),
-                      "indicatorType": "FileSha256", "action": "Block",
-                      "title": f"foreign indicator {start + n}", "description": "preloaded"}
-                     for n in range(count)]
-            return [self._create(item, creator) for item in items]
+            return [self._create(_foreign_item(self._next_id), creator) for _ in range(count)]
 
     def held(self, creator: str | None = None) -> list[dict[str, Any]]:
         """Copies of the active indicators (of `creator` only, when given), in id order."""
@@ -458,6 +453,13 @@ class DefenderStandIn(HttpsStandIn):
             return _error(404, "NotFound", f"Indicator {indicator_id} not found.")
         self._forget(indicator_id)
         return Reply(204, content_type="text/plain")
+
+
+def _foreign_item(number: int) -> dict[str, Any]:
+    """A valid indicator whose value no other call produces: `number` is the id it will get."""
+    return {"indicatorValue": hashlib.sha256(f"foreign/{number}".encode()).hexdigest(),
+            "indicatorType": "FileSha256", "action": "Block", "title": f"foreign indicator {number}",
+            "description": "preloaded: another source sharing the tenant's cap"}
 
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:

@@ -267,6 +267,7 @@ def test_batch_delete_is_all_or_nothing_and_single_delete_settles(standins: Stan
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "NotFound"
     assert [i["id"] for i in defender.held()] == [foreign]
     assert (defender.calls["batchdelete"], defender.calls["delete"]) == (2, 2)
+    assert own.delete(f"{defender.url}/api/indicators/{foreign}").status_code == 404
 
 
 def test_rate_limits_answer_429_with_retry_after_per_operation(standins: StandIns) -> None:
@@ -342,3 +343,14 @@ def test_standins_register_the_defender(standins: StandIns) -> None:
         "grant_type": "client_credentials", "scope": f"{standins.defender.url}/.default"}).json()["access_token"]
     answer = requests.get(f"{standins.defender.url}/api/indicators", headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 200 and answer.json()["value"] == []
+
+
+def test_foreign_preloads_never_repeat_a_value(standins: StandIns) -> None:
+    defender = standins.defender
+    first = defender.preload_foreign(2)[0]
+    defender.grant(OTHER_APP, "Ti.ReadWrite.All")
+    assert session(defender, OTHER_APP).delete(f"{defender.url}/api/indicators/{first}").status_code == 204
+    more = defender.preload_foreign(1) + defender.preload_foreign(1, creator=OTHER_APP)
+    assert len({i["indicatorValue"] for i in defender.held()}) == 3
+    assert [i["createdBy"] for i in defender.held()] == [FOREIGN_CREATOR, FOREIGN_CREATOR, OTHER_APP]
+    assert [i["id"] for i in defender.held()][1:] == more
