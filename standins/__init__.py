@@ -97,6 +97,7 @@ class StandIns:
             "subscription_id": self.sentinel.subscription_id,
             "resource_group": self.sentinel.resource_group,
             "workspace_name": self.sentinel.workspace_name,
+            "defender_endpoint": self.defender.url,
             **overrides,
         }
         path = Path(directory) / "config.py"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -336,8 +337,10 @@ def test_injected_faults(standins: StandIns, own: requests.Session) -> None:
     assert len(defender.held()) == 3
 
 
-def test_standins_register_the_defender(standins: StandIns) -> None:
+def test_standins_register_the_defender(standins: StandIns, tmp_path: Path) -> None:
     assert standins.defender.url in standins.entra.resources
+    config = standins.write_tool_config(tmp_path).read_text()
+    assert f"defender_endpoint = {standins.defender.url!r}" in config
     token = requests.post(f"{standins.entra.authority}/oauth2/v2.0/token", data={
         "client_id": standins.client_id, "client_secret": standins.client_secret,
         "grant_type": "client_credentials", "scope": f"{standins.defender.url}/.default"}).json()["access_token"]
