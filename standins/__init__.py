@@ -1,12 +1,12 @@
-"""Local HTTPS stand-ins for MISP, Entra ID, Microsoft Graph, Microsoft Sentinel and an App
-Service managed identity endpoint, for tests and the demo.
+"""Local HTTPS stand-ins for MISP, Entra ID, Microsoft Graph, Microsoft Sentinel, Microsoft
+Defender for Endpoint and an App Service managed identity endpoint, for tests and the demo.
 
-`StandIns` starts all five behind one private CA:
+`StandIns` starts all six behind one private CA:
 
     with StandIns(tmp_dir, events=seed_events("tests/fixtures/misp_events")) as s:
         os.environ["REQUESTS_CA_BUNDLE"] = str(s.ca_bundle_path)
         ...  # point the tool at s.misp.url, s.entra.authority_host, s.graph.url,
-             # s.sentinel.url (upload and management API)
+             # s.sentinel.url (upload and management API), s.defender.url
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .defender import DefenderStandIn
 from .entra import ClientCertificate, EntraStandIn, TokenInfo, make_client_certificate
 from .graph import GraphStandIn
 from .identity import ManagedIdentityStandIn
@@ -23,7 +24,7 @@ from .misp import MispStandIn, load_event_file
 from .sentinel import SentinelStandIn
 from .tls import HttpsStandIn, PrivateCA, SeenRequest
 
-__all__ = ["ClientCertificate", "EntraStandIn", "GraphStandIn", "HttpsStandIn",
+__all__ = ["ClientCertificate", "DefenderStandIn", "EntraStandIn", "GraphStandIn", "HttpsStandIn",
            "ManagedIdentityStandIn", "MispStandIn", "PrivateCA", "SeenRequest", "SentinelStandIn",
            "StandIns", "TokenInfo", "load_event_file", "make_client_certificate", "seed_events"]
 
@@ -44,8 +45,9 @@ def seed_events(directory: Path | str) -> list[dict[str, Any]]:
 
 
 class StandIns:
-    """MISP, Entra, Graph and Sentinel stand-ins sharing one CA; the Graph and Sentinel URLs
-    are Entra resources (Sentinel serves both the upload and the management API). `identity`
+    """MISP, Entra, Graph, Sentinel and Defender stand-ins sharing one CA; the Graph, Sentinel
+    and Defender URLs are Entra resources (Sentinel serves both the upload and the management
+    API; `client_id` holds Ti.ReadWrite on Defender). `identity`
     is the managed identity endpoint of an app whose system-assigned identity is `client_id`
     and which has one user-assigned identity, DEFAULT_USER_ASSIGNED_CLIENT_ID; its
     IDENTITY_HEADER value is `identity.header_secret`, random per instance.
@@ -73,6 +75,9 @@ class StandIns:
         self.sentinel = SentinelStandIn(self.entra, workspace_id, subscription_id, resource_group,
                                         workspace_name)
         self.entra.resources.add(self.sentinel.url)
+        self.defender = DefenderStandIn(self.entra)
+        self.entra.resources.add(self.defender.url)
+        self.defender.grant(client_id, "Ti.ReadWrite")
         self.identity = ManagedIdentityStandIn(
             self.entra, client_id, {DEFAULT_USER_ASSIGNED_CLIENT_ID}, secrets.token_urlsafe(24))
 
@@ -92,6 +97,7 @@ class StandIns:
             "subscription_id": self.sentinel.subscription_id,
             "resource_group": self.sentinel.resource_group,
             "workspace_name": self.sentinel.workspace_name,
+            "defender_endpoint": self.defender.url,
             **overrides,
         }
         path = Path(directory) / "config.py"
@@ -115,7 +121,7 @@ class StandIns:
 
     @property
     def _servers(self) -> tuple[HttpsStandIn, ...]:
-        return (self.misp, self.entra, self.graph, self.sentinel, self.identity)
+        return (self.misp, self.entra, self.graph, self.sentinel, self.defender, self.identity)
 
     def __enter__(self) -> StandIns:
         return self.start()
