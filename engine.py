@@ -624,6 +624,8 @@ class Engine:
     def _count_over_budget(self, over: list[tuple[str, str, str]], displaced: int) -> None:
         """Over-budget candidates are skipped attributes: counted, their events read again next
         run, and each one listed in logs/ with its value."""
+        if not over and not displaced:
+            return
         self.report.indicators -= len(over) + displaced
         self.report.skipped[SkipReason.OVER_BUDGET.value] += len(over) + displaced
         self.unsettled.update(event_uuid for _, event_uuid, _ in over)

@@ -214,7 +214,7 @@ class DefenderStandIn(HttpsStandIn):
         self._expiring: dict[str, datetime] = {}  # id -> expirationTime, for indicators that have one
         self._windows: dict[tuple[str, str], collections.deque[float]] = {}
         self._garbles: list[Fault] = []
-        self._slow_answers: list[float] = []
+        self._slow_answers: list[tuple[float, str]] = []  # (seconds, path suffix)
 
     # --- test controls ------------------------------------------------------------------
 
@@ -251,10 +251,11 @@ class DefenderStandIn(HttpsStandIn):
         with self.lock:
             self._garbles.append(Fault(200, html, {}, times, path_suffix))
 
-    def delay_next(self, seconds: float, times: int = 1) -> None:
-        """Do the next requests' work, then wait `seconds` before answering (client timeouts)."""
+    def delay_next(self, seconds: float, times: int = 1, path_suffix: str = "") -> None:
+        """Do the next requests' work (those whose path ends with `path_suffix`), then wait
+        `seconds` before answering (client timeouts, a kill while an answer is on its way)."""
         with self.lock:
-            self._slow_answers.extend([seconds] * times)
+            self._slow_answers.extend([(seconds, path_suffix)] * times)
 
     # --- wire -----------------------------------------------------------------------------
 
@@ -263,7 +264,10 @@ class DefenderStandIn(HttpsStandIn):
         reply = self._answer(request)
         garble = self._take_armed(self._garbles, request.path)
         with self.lock:
-            delay = self._slow_answers.pop(0) if self._slow_answers else 0.0
+            armed = next((entry for entry in self._slow_answers if request.path.endswith(entry[1])), None)
+            if armed is not None:
+                self._slow_answers.remove(armed)
+        delay = armed[0] if armed is not None else 0.0
         time.sleep(delay)  # outside the lock: other requests go on meanwhile
         return reply if garble is None else _garbled(reply, garble)
 

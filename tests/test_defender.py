@@ -77,7 +77,7 @@ def test_a_lost_state_file_is_rebuilt_from_defender_and_nothing_is_sent_twice(st
 
 def test_a_kill_during_an_import_is_recovered_without_loss_or_copy(standins, tmp_path, capsys):
     config = defender_config(tmp_path, standins)
-    standins.defender.delay_next(30)
+    standins.defender.delay_next(30, path_suffix="/import")
     process = start(config)
     wait_for(lambda: standins.defender.calls["import"] >= 1)
     process.send_signal(signal.SIGKILL)
@@ -143,6 +143,8 @@ def test_a_value_another_source_holds_is_not_taken_over(standins, tmp_path, caps
 
 
 def test_one_fetch_feeds_each_target_its_own_policy(standins, tmp_path, capsys):
+    event = published(standins)[0]
+    event["Tag"] = [*event.get("Tag", []), {"name": "tlp:red"}]  # the most restrictive tag wins: red
     config = write_config(tmp_path, standins, target=["sentinel", {"type": "defender", "tlp_max": "green",
                                                                    "defender_action": "Block"}])
     result = run_cli(config, capsys=capsys)
