@@ -228,9 +228,11 @@ class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
 
     @staticmethod
     def owner(settings: Settings) -> str:
-        """The client id Defender records as `createdBy` for this app ("" when unknown)."""
-        identity = settings.managed_identity if settings.managed_identity != "system" else ""
-        return (settings.client_id or identity).lower()
+        """The client id Defender records as `createdBy`: a user-assigned identity's own, else
+        the app's (a system-assigned identity's must be set as client_id; "" when unknown)."""
+        if settings.managed_identity not in ("", "system"):
+            return settings.managed_identity.lower()
+        return settings.client_id.lower()
 
     # --- pure -------------------------------------------------------------------------------
     @staticmethod

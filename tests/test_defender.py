@@ -9,6 +9,7 @@ import signal
 
 from constants import ExitCode
 from misp_transformer import MappingPolicy
+from standins import DEFAULT_USER_ASSIGNED_CLIENT_ID
 from tests.support import (
     defender_config,
     expected_defender_keys,
@@ -191,3 +192,33 @@ def test_a_dry_run_sends_nothing_to_defender(standins, tmp_path, capsys):
     result = run_cli(defender_config(tmp_path, standins), "--dry-run", capsys=capsys)
     assert result.code == ExitCode.OK, result.out + result.err
     assert standins.defender.calls["import"] == 0 and standins.defender.held() == []
+
+
+def _identity_endpoint(standins, monkeypatch) -> None:
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET",
+                 "IMDS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", standins.identity.endpoint)
+    monkeypatch.setenv("IDENTITY_HEADER", standins.identity.header_secret)
+
+
+def test_a_user_assigned_identity_owns_what_it_creates(standins, tmp_path, capsys, monkeypatch):
+    """Defender records the identity's client id as createdBy, not graph_auth's client_id."""
+    _identity_endpoint(standins, monkeypatch)
+    standins.defender.grant(DEFAULT_USER_ASSIGNED_CLIENT_ID, "Ti.ReadWrite")
+    config = defender_config(tmp_path, standins, managed_identity=DEFAULT_USER_ASSIGNED_CLIENT_ID)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    held = held_defender_keys(standins, DEFAULT_USER_ASSIGNED_CLIENT_ID)
+    assert set(held) == expected_defender_keys(standins.misp.events)
+    imports = standins.defender.calls["import"]
+    store_file(tmp_path, "defender").unlink()  # read back: its own, so nothing is sent again
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK and standins.defender.calls["import"] == imports
+
+
+def test_a_system_assigned_identity_without_its_client_id_is_a_config_error(standins, tmp_path, capsys, monkeypatch):
+    _identity_endpoint(standins, monkeypatch)
+    config = defender_config(tmp_path, standins, managed_identity=True,
+                             graph_auth={"tenant": standins.tenant, "client_id": "", "client_secret": ""})
+    result = run_cli(config, capsys=capsys)
+    assert result.code == ExitCode.CONFIG and "client_id" in result.err and len(result.err.strip().splitlines()) == 1
+    assert standins.defender.requests_seen == []
