@@ -222,3 +222,19 @@ def test_a_system_assigned_identity_without_its_client_id_is_a_config_error(stan
     result = run_cli(config, capsys=capsys)
     assert result.code == ExitCode.CONFIG and "client_id" in result.err and len(result.err.strip().splitlines()) == 1
     assert standins.defender.requests_seen == []
+
+
+def test_rebuild_state_table_listing_and_explain_know_the_defender_target(standins, tmp_path, capsys):
+    config = defender_config(tmp_path, standins)
+    run_cli(config, capsys=capsys)
+    imports = standins.defender.calls["import"]
+    rebuilt = run_cli(config, "--rebuild-state", capsys=capsys)
+    assert rebuilt.code == ExitCode.OK, rebuilt.out + rebuilt.err
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK and standins.defender.calls["import"] == imports
+    table = run_cli(config, "-r", "--format", "csv", capsys=capsys)
+    header, *rows = table.out.strip().splitlines()
+    assert header == "target,id,externalID,indicatorType,indicatorValue,action,expirationTime"
+    assert len(rows) == len(standins.defender.held(standins.client_id))
+    attribute = next(a for a in published(standins)[0]["Attribute"] if a["type"] == "md5" and a.get("to_ids"))
+    explained = run_cli(config, "--explain", attribute["uuid"], capsys=capsys)
+    assert explained.code == ExitCode.OK and "defender" in explained.out, explained.out + explained.err
