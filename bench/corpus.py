@@ -3,10 +3,14 @@ tests/fixtures (drawn from them at start-up), deterministic for a given seed.
 
 Values are valid for their type (so the transformer does real work, not early rejects),
 about a third of the attributes are not `to_ids`, and a tenth sit inside file objects.
+
+`defender_corpus` is the Defender rows' MISP: every attribute one distinct indicator Defender
+takes, so a corpus of N attributes is N indicators for the budget and the rate limits.
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -76,13 +80,39 @@ def generate(attributes: int, seed: int = 1, published: bool = True) -> Iterator
     while made < attributes:
         count = min(ATTRIBUTES_PER_EVENT, attributes - made)
         number += 1
-        yield _event(rng, number, count, names, weights, tags, published)
+        yield _event(rng, number, [_attribute(rng, rng.choices(names, weights)[0]) for _ in range(count)], tags, published)
         made += count
 
 
-def _event(rng: random.Random, number: int, count: int, names: list[str], weights: list[int], tags: list[str],
+DEFENDER_TYPES = ("ip-dst", "domain", "sha256")
+
+
+def defender_value(misp_type: str, number: int, rng: random.Random) -> str:
+    """The `number`th value of its type, distinct from every other: addresses in 8.0.0.0/8
+    (global, which Defender requires), domains and SHA-256 hashes."""
+    if misp_type == "ip-dst":
+        return f"8.{number >> 16 & 255}.{number >> 8 & 255}.{number & 255}"
+    if misp_type == "domain":
+        return f"d{number:x}-{rng.getrandbits(24):06x}.bench-defender.net"
+    return hashlib.sha256(f"bench/{number}".encode()).hexdigest()
+
+
+def defender_corpus(indicators: int, seed: int = 11) -> Iterator[dict[str, Any]]:
+    """Published events of ATTRIBUTES_PER_EVENT `to_ids` attributes until `indicators` are
+    made, each attribute one distinct Defender indicator (address, domain, SHA-256 in turn)."""
+    rng = random.Random(seed)
+    tags = real_mix()[2]
+    for number, start in enumerate(range(0, indicators, ATTRIBUTES_PER_EVENT), 1):
+        numbers = range(start + 1, min(start + ATTRIBUTES_PER_EVENT, indicators) + 1)
+        kinds = [DEFENDER_TYPES[n % len(DEFENDER_TYPES)] for n in numbers]
+        yield _event(rng, number, [_shaped(rng, kind, defender_value(kind, n, rng), 1.0) for kind, n in zip(kinds, numbers, strict=True)],
+                     tags, True)
+
+
+def _event(rng: random.Random, number: int, attributes: list[dict[str, Any]], tags: list[str],
            published: bool) -> dict[str, Any]:
-    attributes = [_attribute(rng, rng.choices(names, weights)[0]) for _ in range(count)]
+    """An event holding `attributes`, the first tenth of them inside a file object."""
+    count = len(attributes)
     in_objects = attributes[: count // 10]
     timestamp = str(1700000000 + number)
     return {"Event": {
@@ -97,9 +127,13 @@ def _event(rng: random.Random, number: int, count: int, names: list[str], weight
 
 def _attribute(rng: random.Random, misp_type: str) -> dict[str, Any]:
     make = VALUES.get(misp_type)
-    value = make(rng) if make else f"text {rng.getrandbits(32):x}"
+    return _shaped(rng, misp_type, make(rng) if make else f"text {rng.getrandbits(32):x}", 0.9 if make else None)
+
+
+def _shaped(rng: random.Random, misp_type: str, value: str, ids_share: float | None) -> dict[str, Any]:
+    """An attribute, `to_ids` with the chance `ids_share` (None: never, and no draw)."""
     attribute = {"uuid": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "type": misp_type, "value": value,
-                 "to_ids": make is not None and rng.random() < 0.9, "comment": "", "deleted": False,
+                 "to_ids": ids_share is not None and rng.random() < ids_share, "comment": "", "deleted": False,
                  "timestamp": "1700000000", "category": "Network activity"}
     if rng.random() < 0.2:
         attribute["Tag"] = [{"name": rng.choice(["tlp:amber", "kill-chain:Delivery", "type:OSINT"]), "local": 0}]

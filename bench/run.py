@@ -6,11 +6,15 @@
     .venv/bin/python bench/run.py --only transform dry-run    # some groups of rows only
 
 The stand-ins run in this process; script.py runs as a separate process, as cron starts it,
-so its peak RSS (bench/measure.py) and wall time are its own.
+so its peak RSS (bench/measure.py) and wall time are its own. The Defender rows' scaled load runs
+it through bench/scaled_script.py, which scales the tool's rate limits as this process scales the
+stand-in's.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +36,11 @@ sys.path.insert(0, str(ROOT))
 from pymisp import PyMISP  # noqa: E402
 
 import constants as C  # noqa: E402
-from bench.corpus import FIXTURES, generate  # noqa: E402
+import standins.defender  # noqa: E402
+from bench.corpus import FIXTURES, defender_corpus, generate  # noqa: E402
+from bench.scaled_script import scaled_limits  # noqa: E402
 from misp_transformer import GraphTransformer, MappingPolicy, StixTransformer  # noqa: E402
+from ms_client import WINDOW_SECONDS  # noqa: E402
 from standins import StandIns, seed_events  # noqa: E402
 
 LATENCY = 0.3
@@ -40,6 +48,12 @@ TRANSFORMERS = (("graph", GraphTransformer), ("sentinel", StixTransformer))
 # Measured on commit 16ad094 (before issue 12) by this script: issue 12's targets are relative to them.
 REAL_EVENTS_BASELINE = {"graph": 257_500, "sentinel": 121_100}  # attributes/s
 DRY_RUN_BASELINE_CPU = 3.7  # CPU seconds of the 100k --dry-run
+SCRIPT = (str(ROOT / "script.py"),)
+# The scaled load: a 2 s window and each limit ÷ 10 (import 3 per window), so that the limit
+# binds on 20 imports; latency shrinks with the window (300 ms × 2/60), the same scale for all time.
+SCALED_WINDOW = 2.0
+SCALED_DIVISOR = 10
+SCALED_LATENCY = LATENCY * SCALED_WINDOW / WINDOW_SECONDS
 
 
 def transform_rate(attributes: int) -> dict[str, float]:
@@ -85,10 +99,11 @@ class ToolRun:
     code: int
 
 
-def run_tool(config: Path, env: dict[str, str], *args: str) -> ToolRun:
-    """One `script.py` run, its wall time, CPU time, peak RSS and exit code."""
+def run_tool(config: Path, env: dict[str, str], *args: str, program: tuple[str, ...] = SCRIPT) -> ToolRun:
+    """One `script.py` run (or `program`, which passes on script.py's arguments), its wall
+    time, CPU time, peak RSS and exit code."""
     started = time.perf_counter()
-    command = [sys.executable, str(ROOT / "bench" / "measure.py"), sys.executable, str(ROOT / "script.py"), "--config", str(config), *args]
+    command = [sys.executable, str(ROOT / "bench" / "measure.py"), sys.executable, *program, "--config", str(config), *args]
     finished = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
     *messages, peak, cpu = finished.stderr.rstrip().split("\n")
@@ -109,14 +124,14 @@ def misp_pages(servers: StandIns, since: int = 0) -> int:
 class Bench:
     """One set of stand-ins and a config directory per measurement."""
 
-    def __init__(self, attributes: int, latency: float, limits: bool) -> None:
+    def __init__(self, events: list[dict[str, Any]], latency: float, limits: bool) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="misp2sentinel-bench-"))
-        self.servers = StandIns(self.directory, events=list(generate(attributes)))
+        self.servers = StandIns(self.directory, events=events)
         self.servers.misp.track_edits = False  # the benchmark moves the timestamps of what it edits
         if limits:
             self.servers.graph.per_minute = 1000
             self.servers.sentinel.per_minute = 100
-        for server in (self.servers.misp, self.servers.graph, self.servers.sentinel):
+        for server in (self.servers.misp, self.servers.graph, self.servers.sentinel, self.servers.defender):
             server.latency = latency
         self.servers.start()
         self.env = {**os.environ, "REQUESTS_CA_BUNDLE": str(self.servers.ca_bundle_path), "NO_PROXY": "127.0.0.1,localhost"}
@@ -130,7 +145,7 @@ class Bench:
 
 def end_to_end(attributes: int, target: str) -> dict[str, Any]:
     """New indicators at 300 ms latency and the documented limits, against the floor they allow."""
-    bench = Bench(attributes, LATENCY, limits=True)
+    bench = Bench(list(generate(attributes)), LATENCY, limits=True)
     try:
         run = run_tool(bench.config(target=target), bench.env)
         report = _last_report(bench.directory)
@@ -147,7 +162,7 @@ def second_run(attributes: int, changed_share: float) -> dict[str, Any]:
     """A full read (--full) after 1% of the attributes were edited in MISP (comments, spread over
     most events). Each edit moves its event's timestamp, which every indicator of the event
     carries (lastReportedDateTime), so all of them are updated."""
-    bench = Bench(attributes, LATENCY, limits=True)
+    bench = Bench(list(generate(attributes)), LATENCY, limits=True)
     try:
         config = bench.config(target="graph")
         run_tool(config, bench.env)
@@ -170,7 +185,7 @@ def second_run(attributes: int, changed_share: float) -> dict[str, Any]:
 def incremental_night(attributes: int, changed_share: float) -> dict[str, Any]:
     """A nightly (incremental) run after 1% of the events changed (one attribute added to each):
     what it reads from MISP, against those events' own size and the metadata listing."""
-    bench = Bench(attributes, LATENCY, limits=True)
+    bench = Bench(list(generate(attributes)), LATENCY, limits=True)
     misp = bench.servers.misp
     try:
         config = bench.config(target="graph")
@@ -199,7 +214,7 @@ def incremental_night(attributes: int, changed_share: float) -> dict[str, Any]:
 
 def peak_rss(attributes: int) -> dict[str, Any]:
     """Peak RSS of a whole sync (Graph target), services fast and unthrottled so it ends soon."""
-    bench = Bench(attributes, 0.0, limits=False)
+    bench = Bench(list(generate(attributes)), 0.0, limits=False)
     try:
         run = run_tool(bench.config(target="graph", graph_requests_per_minute=100000), bench.env)
         return {"attributes": attributes, "rss_mb": run.rss_mb, "seconds": run.seconds, "code": run.code,
@@ -211,7 +226,7 @@ def peak_rss(attributes: int) -> dict[str, Any]:
 def dry_run(attributes: int) -> dict[str, Any]:
     """CPU time and peak RSS of a whole `--dry-run` (Graph target, no state yet): fetch,
     transform, plan, and the dry-run files written instead of any request."""
-    bench = Bench(attributes, 0.0, limits=False)
+    bench = Bench(list(generate(attributes)), 0.0, limits=False)
     try:
         run = run_tool(bench.config(target="graph"), bench.env, "--dry-run")
         files = list((bench.directory / "logs").glob("*_dry-run-*"))
@@ -219,6 +234,80 @@ def dry_run(attributes: int) -> dict[str, Any]:
                 "planned": _last_report(bench.directory)["new"], "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
     finally:
         bench.close()
+
+
+def rate_floor(calls: Mapping[str, int], limits: Mapping[str, int], window: float) -> float:
+    """The least wall time the limits allow: a sliding window lets `limit` calls go at once,
+    and each further `limit` waits one more window; the slowest operation decides."""
+    return max([(math.ceil(count / limits[operation]) - 1) * window for operation, count in calls.items() if count],
+               default=0.0)
+
+
+@contextlib.contextmanager
+def scaled_defender(bench: Bench) -> Iterator[dict[str, int]]:
+    """The Defender stand-in with the window and limits bench/scaled_script.py gives the tool
+    (the stand-in's CALL_LIMITS is a module constant: restored afterwards); yields the limits."""
+    limits = {name.lower(): limit for name, limit in scaled_limits(SCALED_DIVISOR).items()}
+    saved = dict(standins.defender.CALL_LIMITS)
+    if set(limits) != set(saved):
+        raise RuntimeError(f"the tool's Defender operations {sorted(limits)} are not the stand-in's {sorted(saved)}")
+    standins.defender.CALL_LIMITS.update(limits)
+    bench.servers.defender.window_seconds = SCALED_WINDOW
+    try:
+        yield limits
+    finally:
+        standins.defender.CALL_LIMITS.update(saved)
+
+
+def defender_load(bench: Bench, config: Path, window: float, limits: Mapping[str, int],
+                  program: tuple[str, ...] = SCRIPT) -> dict[str, Any]:
+    """A first sync into an empty tenant: wall time against the floor `limits` per `window` allow."""
+    defender = bench.servers.defender
+    run = run_tool(config, bench.env, program=program)
+    report = _last_report(bench.directory)
+    return {"indicators": report["new"], "seconds": run.seconds, "code": run.code,
+            "held": len(defender.held(bench.servers.client_id)), "calls": dict(defender.calls),
+            "floor": rate_floor(defender.calls, limits, window), "throttled": defender.throttled}
+
+
+def defender_night(bench: Bench, config: Path, changed_share: float) -> dict[str, Any]:
+    """After the full load, `changed_share` of the attributes get a new comment in MISP (their
+    events' and their own timestamps move, as a MISP edit moves them); one nightly run."""
+    defender = bench.servers.defender
+    attributes = [(wrapped["Event"], attribute) for wrapped in bench.servers.misp.events
+                  for attribute in wrapped["Event"]["Attribute"] + [a for o in wrapped["Event"]["Object"] for a in o["Attribute"]]]
+    changed = random.Random(3).sample(attributes, math.ceil(len(attributes) * changed_share))
+    for event, attribute in changed:
+        attribute["comment"] = "edited for the benchmark"
+        event["timestamp"] = attribute["timestamp"] = str(int(event["timestamp"]) + 1)
+    calls, throttled = collections.Counter(defender.calls), defender.throttled
+    run = run_tool(config, bench.env)
+    report = _last_report(bench.directory)
+    made = defender.calls - calls
+    return {"changed": len(changed), "of": len(attributes), "events": len({id(event) for event, _ in changed}),
+            "updated": report["update"], "new": report["new"], "seconds": run.seconds, "code": run.code,
+            "imports": made["import"], "lists": made["list"], "deletes": made["batchdelete"] + made["delete"],
+            "throttled": defender.throttled - throttled}
+
+
+def defender_runs(indicators: int, changed_share: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The full load at the documented limits and the night after it; the full load scaled."""
+    settings = {"target": "defender", "defender_max_indicators": C.DEFENDER_DEFAULT_SHARE}
+    bench = Bench(list(defender_corpus(indicators)), LATENCY, limits=True)
+    try:
+        config = bench.config(**settings)
+        load = defender_load(bench, config, WINDOW_SECONDS, standins.defender.CALL_LIMITS)
+        night = defender_night(bench, config, changed_share)
+    finally:
+        bench.close()
+    bench = Bench(list(defender_corpus(indicators)), SCALED_LATENCY, limits=True)
+    try:
+        with scaled_defender(bench) as limits:
+            program = (str(ROOT / "bench" / "scaled_script.py"), str(SCALED_WINDOW), str(SCALED_DIVISOR))
+            scaled = defender_load(bench, bench.config(**settings), SCALED_WINDOW, limits, program)
+    finally:
+        bench.close()
+    return load, night, scaled
 
 
 def _served_bytes(bench: Bench, uuids: list[str]) -> int:
@@ -297,7 +386,43 @@ def dry_run_rows(scale: float) -> Rows:
     ], {small["code"], large["code"]}
 
 
-GROUPS = {"transform": transform_rows, "upload": upload_rows, "rss": rss_rows, "dry-run": dry_run_rows}
+def verdict(met: bool) -> str:
+    return "met" if met else "missed"
+
+
+def load_row(run: dict[str, Any], conditions: str) -> tuple[str, str, str]:
+    """A full load against its floor, and the seconds over it (start-up and the last answer,
+    which no window scales); a floor of 0 s (every call fits one window) has no multiple, and
+    then only the 429s and the indicators held are judged."""
+    floor, seconds = run["floor"], run["seconds"]
+    ratio = (f"{seconds / floor:.2f}× the {floor:.1f} s floor, {seconds - floor:.1f} s over it" if floor
+             else "floor 0 s: every call fits one window")
+    met = (not floor or seconds / floor <= 1.15) and run["throttled"] == 0 and run["held"] == run["indicators"] and run["code"] == 0
+    return (f"Defender: {run['indicators']:,} new indicators, {conditions}",
+            f"{seconds:.1f} s ({ratio}), {run['calls'].get('import', 0)} × import, {run['calls'].get('list', 0)} × list, "
+            f"{run['held']:,} held, {run['throttled']} × 429: {verdict(met)}",
+            "≤ 1.15× floor, 0 × 429" if floor else "0 × 429")
+
+
+def defender_rows(scale: float) -> Rows:
+    load, night, scaled = defender_runs(int(C.DEFENDER_DEFAULT_SHARE * scale), 0.01)
+    limits = scaled_limits(SCALED_DIVISOR)
+    most = math.ceil(night["changed"] / C.DEFENDER_MAX_BATCH)
+    night_met = night["imports"] <= most and night["throttled"] == 0 and night["code"] == 0
+    return [
+        load_row(load, f"{LATENCY * 1000:.0f} ms latency, documented limits (import "
+                       f"{C.DEFENDER_REQUESTS_PER_MINUTE['import']} per {WINDOW_SECONDS:g} s)"),
+        load_row(scaled, f"scaled: {SCALED_WINDOW:g} s window, limits ÷ {SCALED_DIVISOR} (import {limits['import']}, "
+                         f"list {limits['list']} per window), {SCALED_LATENCY * 1000:.0f} ms latency"),
+        (f"Defender night: {night['changed']} of {night['of']:,} attributes (1%) edited in {night['events']} events",
+         f"{night['seconds']:.1f} s, {night['imports']} × import for {night['updated']} updated + {night['new']} new, "
+         f"{night['lists']} × list, {night['deletes']} × delete, {night['throttled']} × 429: {verdict(night_met)}",
+         f"≤ {most} × import, 0 × 429"),
+    ], {load["code"], night["code"], scaled["code"]}
+
+
+GROUPS = {"transform": transform_rows, "upload": upload_rows, "rss": rss_rows, "dry-run": dry_run_rows,
+          "defender": defender_rows}
 
 
 def main() -> int:
