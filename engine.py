@@ -576,7 +576,7 @@ class Engine:
         if budget is None:
             return
         self.commit_seen()
-        held = self.store.owned_count()
+        held = self._held()
         slots = max(budget.budget - (held - self.store.incumbent_candidates()), 0)
         chosen: list[tuple[str, str, str]] = []
         displaced: list[tuple[str, str]] = []
@@ -586,8 +586,8 @@ class Engine:
                 displaced.append((key, planned))
             elif not incumbent:
                 (chosen if index < slots else over).append((key, event_uuid, body))
-        held -= self._displace(displaced, allow_mass_delete)
-        room = budget.budget - held
+        self._displace(displaced, allow_mass_delete)
+        room = budget.budget - self._held()
         if self.online:
             room = min(room, budget.tenant_room())
         over = chosen[max(room, 0):] + over
@@ -601,15 +601,20 @@ class Engine:
         if not self.dry_run:
             self.store.set_meta("budget_full", "1" if over or self._over_budget else "")
 
-    def _displace(self, displaced: list[tuple[str, str]], allow_mass_delete: bool) -> int:
-        """Remove the incumbents better ones outrank (under the safety valve); returns how many."""
+    def _held(self) -> int:
+        """How many of ours the service holds: every row (one whose removal failed still takes
+        its place there), less those a dry run only planned to remove."""
+        return self.store.held_count() - (self.report.deleted if self.dry_run else 0)
+
+    def _displace(self, displaced: list[tuple[str, str]], allow_mass_delete: bool) -> None:
+        """Remove the incumbents better ones outrank (under the safety valve)."""
         if not displaced or self.report.clock_problem:
-            return 0
+            return
         if mass_delete_blocked(len(displaced), self.owned_at_start, self.limits.max_delete_fraction) and not allow_mass_delete:
             self.log.error("safety-valve", f"the budget would remove {len(displaced)} of {self.owned_at_start} owned "
                            f"indicators for better ones, more than max_delete_fraction {self.limits.max_delete_fraction:.0%}; "
                            "removed nothing (use --allow-mass-delete)", keys=[key for key, _ in displaced])
-            return 0
+            return
         rows = self.store.rows(key for key, _ in displaced)
         self._over_budget = {row.external_id for row in rows}
         for _, planned in displaced:
@@ -619,7 +624,6 @@ class Engine:
             self.log.write("dry-run-delete", [row.external_id for row in rows])
         else:
             self.remove_all(rows)
-        return len(rows)
 
     def _count_over_budget(self, over: list[tuple[str, str, str]], displaced: int) -> None:
         """Over-budget candidates are skipped attributes: counted, their events read again next

@@ -407,6 +407,10 @@ class StateStore:
     def is_candidate(self, key: str) -> bool:
         return self.db.execute("SELECT 1 FROM candidates WHERE key = ?", (key,)).fetchone() is not None
 
+    def held_count(self) -> int:
+        """Rows the service may hold: owned ones and those whose removal is not confirmed."""
+        return self.db.execute("SELECT COUNT(*) FROM indicators").fetchone()[0]
+
     def incumbent_candidates(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM candidates WHERE incumbent = 1").fetchone()[0]
 
