@@ -607,10 +607,12 @@ class Engine:
         return self.store.held_count() - (self.report.deleted if self.dry_run else 0)
 
     def _displace(self, displaced: list[tuple[str, str]], allow_mass_delete: bool) -> None:
-        """Remove the incumbents better ones outrank (under the safety valve)."""
+        """Remove the incumbents better ones outrank (under the safety valve, which says so in
+        the exit code as for any blocked removal)."""
         if not displaced or self.report.clock_problem:
             return
         if mass_delete_blocked(len(displaced), self.owned_at_start, self.limits.max_delete_fraction) and not allow_mass_delete:
+            self.report.deletions_blocked += len(displaced)
             self.log.error("safety-valve", f"the budget would remove {len(displaced)} of {self.owned_at_start} owned "
                            f"indicators for better ones, more than max_delete_fraction {self.limits.max_delete_fraction:.0%}; "
                            "removed nothing (use --allow-mass-delete)", keys=[key for key, _ in displaced])

@@ -1,0 +1,79 @@
+"""Review of the Defender target (issue 13): each test pins a defect the review found, against
+the MISP, Entra and Defender for Endpoint stand-ins over real HTTPS."""
+from __future__ import annotations
+
+import copy
+import uuid
+
+from constants import ExitCode
+from tests.support import defender_config, held_defender_keys, published, run_cli
+
+STRONG_DOMAINS = ("strong-one.example.com", "strong-two.example.com", "strong-three.example.com")
+
+
+def add_strong_event(standins, values=STRONG_DOMAINS) -> dict:
+    """A new published event whose domains outrank every fixture indicator (threat level High,
+    confidence 100)."""
+    event = copy.deepcopy(published(standins)[0])
+    event.update(uuid=str(uuid.uuid4()), threat_level_id="1", timestamp=str(int(event["timestamp"]) + 600),
+                 Tag=[{"name": "misp:confidence-level=\"completely-confident\""}], Object=[])
+    event["Attribute"] = [{"uuid": str(uuid.uuid4()), "type": "domain", "category": "Network activity", "value": value,
+                           "to_ids": True, "timestamp": event["timestamp"], "comment": "", "deleted": False}
+                          for value in values]
+    standins.misp.events.append({"Event": event})
+    return event
+
+
+def test_a_failed_displacement_does_not_let_newcomers_past_the_budget(standins, tmp_path, capsys):
+    """The budget removes the weakest incumbents to make room; when that removal fails, the
+    room it would have made must not be filled: the tenant would hold more than our share."""
+    config = defender_config(tmp_path, standins, defender_max_indicators=10)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    add_strong_event(standins, STRONG_DOMAINS[:2])  # 2 of 10 displaced: within max_delete_fraction
+    standins.defender.fail_next(400, path_suffix="/BatchDelete")
+    run_cli(config, capsys=capsys)
+    assert sum(held_defender_keys(standins).values()) <= 10
+
+
+def test_the_budget_blocked_by_the_safety_valve_says_so_in_its_exit_code(standins, tmp_path, capsys):
+    """3 of 10 incumbents outranked: more than max_delete_fraction, so none is removed. Like any
+    blocked removal, the run must end with exit 6 and say so, not 0."""
+    config = defender_config(tmp_path, standins, defender_max_indicators=10)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    add_strong_event(standins)
+    result = run_cli(config, capsys=capsys)
+    assert sum(held_defender_keys(standins).values()) == 10
+    assert result.code == ExitCode.SAFETY_VALVE, result.out + result.err
+    assert "DELETIONS BLOCKED by the safety valve: 3" in result.out
+
+
+
+def drop_held_attributes(standins, count: int) -> None:
+    """Take `count` attributes whose indicators Defender holds out of MISP (to_ids off)."""
+    held = {item["indicatorValue"] for item in standins.defender.held(standins.client_id)}
+    dropped = 0
+    for event in published(standins):
+        for attribute in event.get("Attribute", []):
+            if dropped < count and attribute.get("to_ids") and attribute["value"].lower() in held:
+                attribute["to_ids"] = False
+                held.discard(attribute["value"].lower())
+                event["timestamp"] = str(int(event["timestamp"]) + 60)
+                dropped += 1
+    assert dropped == count
+
+
+def test_a_dry_run_with_the_budget_full_plans_what_the_real_run_sends(standins, tmp_path, capsys):
+    """Removals free room for newcomers. A dry run removes nothing, but must plan as if it had:
+    else it reports as over-budget what the real run then sends."""
+    config = defender_config(tmp_path, standins, defender_max_indicators=10)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    drop_held_attributes(standins, 2)
+    assert run_cli(config, "--dry-run", capsys=capsys).code == ExitCode.OK
+    real = run_cli(config, capsys=capsys)
+    assert real.code == ExitCode.OK and sum(held_defender_keys(standins).values()) == 10
+    reports = real.logs("run-report")  # one log folder: the dry run's report, then the real one's
+    planned, done = reports[-2], reports[-1]
+    assert planned["dry_run"] and not done["dry_run"]
+    assert (planned["new"], planned["deleted"]) == (done["new"], done["deleted"]) == (2, 2)
+    assert planned["skipped"]["over-budget"] == done["skipped"]["over-budget"]
+
