@@ -3,10 +3,19 @@ the MISP, Entra and Defender for Endpoint stand-ins over real HTTPS."""
 from __future__ import annotations
 
 import copy
+import signal
 import uuid
 
 from constants import ExitCode
-from tests.support import defender_config, held_defender_keys, published, run_cli
+from tests.support import (
+    defender_config,
+    expected_defender_keys,
+    held_defender_keys,
+    published,
+    run_cli,
+    start,
+    wait_for,
+)
 
 STRONG_DOMAINS = ("strong-one.example.com", "strong-two.example.com", "strong-three.example.com")
 
@@ -77,3 +86,22 @@ def test_a_dry_run_with_the_budget_full_plans_what_the_real_run_sends(standins, 
     assert (planned["new"], planned["deleted"]) == (done["new"], done["deleted"]) == (2, 2)
     assert planned["skipped"]["over-budget"] == done["skipped"]["over-budget"]
 
+
+
+def test_what_a_killed_import_left_unanswered_is_removed_when_misp_drops_it(standins, tmp_path, capsys):
+    """A kill while import's answer is on its way leaves `pending` rows without Defender's id.
+    When MISP then drops such an attribute, its removal must find the id (Defender holds the
+    indicator): BatchDelete of an empty id is refused, orphaning it and, with it, every other
+    removal in the same batch, run after run."""
+    config = defender_config(tmp_path, standins)
+    standins.defender.delay_next(30, path_suffix="/import")
+    process = start(config)
+    wait_for(lambda: standins.defender.calls["import"] >= 1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    drop_held_attributes(standins, 2)
+    for _ in range(2):
+        result = run_cli(config, capsys=capsys)
+        assert result.code == ExitCode.OK, result.out + result.err
+    assert set(held_defender_keys(standins)) == expected_defender_keys(standins.misp.events)
+    assert max(held_defender_keys(standins).values()) == 1
