@@ -355,9 +355,10 @@ class Engine:
                       lambda results: self._changed(action, batch, results))
 
     def _changed(self, action: Action, batch: list[Queued], results: list[ItemResult]) -> None:
-        """An indicator the service no longer holds (deleted or purged there) is created again."""
+        """An indicator the service no longer holds (deleted or purged there) is created again.
+        The id the answer names is kept: an upsert recreates what was deleted under a new one."""
         paired = _paired(batch, results)
-        self.store.record_updated([self.row(q) for q, r in paired if r.accepted])
+        self.store.record_updated([self.row(q, r.remote_id) for q, r in paired if r.accepted])
         gone = [q for q, r in paired if r.outcome is Outcome.GONE]
         refused = self._revive([(q, r) for q, r in paired if r.outcome is not Outcome.GONE])
         self.count(batch, action.value, sum(r.accepted for _, r in paired), refused)

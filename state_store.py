@@ -280,11 +280,14 @@ class StateStore:
             self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in failed))
 
     def record_updated(self, rows: Iterable[StateRow]) -> None:
-        """After an update, renewal or re-upload of indicators already owned."""
+        """After an update, renewal or re-upload of indicators already owned (under the id the
+        service answered with, when it named one)."""
         with self.transaction():
             self.db.executemany(
-                "UPDATE indicators SET content_hash = ?, fixed_hash = ?, expires_at = ?, sent_at = ?, body = ? WHERE external_id = ?",
-                ((k.content_hash, k.immutable_hash, k.expires_at, k.sent_at, k.body, k.external_id) for k in rows),
+                "UPDATE indicators SET remote_id = COALESCE(?, remote_id), content_hash = ?, fixed_hash = ?, expires_at = ?, "
+                "sent_at = ?, body = ? WHERE external_id = ?",
+                ((k.remote_id or None, k.content_hash, k.immutable_hash, k.expires_at, k.sent_at, k.body, k.external_id)
+                 for k in rows),
             )
 
     def record_revoked(self, revoked: Iterable[tuple[str, str]]) -> None:

@@ -10,6 +10,7 @@ from constants import ExitCode
 from tests.support import (
     defender_config,
     expected_defender_keys,
+    graph_session,
     held_defender_keys,
     published,
     run_cli,
@@ -105,3 +106,24 @@ def test_what_a_killed_import_left_unanswered_is_removed_when_misp_drops_it(stan
         assert result.code == ExitCode.OK, result.out + result.err
     assert set(held_defender_keys(standins)) == expected_defender_keys(standins.misp.events)
     assert max(held_defender_keys(standins).values()) == 1
+
+
+def test_an_indicator_deleted_in_the_portal_and_imported_anew_is_removed_under_its_new_id(standins, tmp_path, capsys):
+    """import recreates an indicator Defender no longer holds (deleted in the portal, expired)
+    under a new id. The state must take that id: else, once MISP drops the attribute, the
+    removal of the old id finds nothing and the new indicator stays, still blocking."""
+    config = defender_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    event, attribute = next((event, a) for event in published(standins) for a in event.get("Attribute", [])
+                            if a.get("to_ids") and a["type"] == "sha1")
+    victim = next(item for item in standins.defender.held() if item["indicatorValue"] == attribute["value"].lower())
+    portal = graph_session(standins, resource=standins.defender.url)
+    assert portal.delete(f"{standins.defender.url}/api/indicators/{victim['id']}", timeout=10).status_code == 204
+    attribute["comment"] = "edited in MISP"
+    event["timestamp"] = str(int(event["timestamp"]) + 60)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    assert attribute["value"].lower() in {item["indicatorValue"] for item in standins.defender.held()}
+    attribute["to_ids"] = False
+    event["timestamp"] = str(int(event["timestamp"]) + 60)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    assert attribute["value"].lower() not in {item["indicatorValue"] for item in standins.defender.held()}
