@@ -3,8 +3,11 @@ the MISP, Entra and Defender for Endpoint stand-ins over real HTTPS."""
 from __future__ import annotations
 
 import copy
+import json
 import signal
 import uuid
+
+import pytest
 
 from constants import ExitCode
 from tests.support import (
@@ -127,3 +130,17 @@ def test_an_indicator_deleted_in_the_portal_and_imported_anew_is_removed_under_i
     event["timestamp"] = str(int(event["timestamp"]) + 60)
     assert run_cli(config, capsys=capsys).code == ExitCode.OK
     assert attribute["value"].lower() not in {item["indicatorValue"] for item in standins.defender.held()}
+
+
+@pytest.mark.xfail(strict=True, reason="explain.py (outside this review's files) plans a budgeted newcomer as `new` "
+                   "without asking the budget")
+def test_explain_says_when_the_budget_keeps_an_attribute_out(standins, tmp_path, capsys):
+    """--explain answers "why is this not in Defender?": for an attribute the budget keeps out
+    it must not say it is sent."""
+    config = defender_config(tmp_path, standins, defender_max_indicators=5)
+    first = run_cli(config, capsys=capsys)
+    over = next(path for path in first.log_dir.glob("*over-budget-defender*"))
+    value = json.loads(over.read_text().splitlines()[0])["value"]
+    explained = run_cli(config, "--explain", value, capsys=capsys)
+    assert explained.code == ExitCode.OK, explained.out + explained.err
+    assert "over-budget" in explained.out and ": new" not in explained.out
