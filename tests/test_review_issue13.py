@@ -163,3 +163,16 @@ def test_a_value_another_source_holds_does_not_take_a_budget_slot(standins, tmp_
     assert answer.status_code == 200 and answer.json()["value"][0]["isFailed"] is False
     run_cli(defender_config(tmp_path, standins, defender_max_indicators=5), capsys=capsys)
     assert sum(held_defender_keys(standins).values()) == 5
+
+
+@pytest.mark.xfail(strict=True, reason="constants.TLP_TAGS folds tlp:amber+strict into amber (Graph has no "
+                   "amber+strict), so tlp_max cannot tell them apart; constants.py is outside this review's files")
+def test_tlp_max_amber_keeps_amber_strict_out(standins, tmp_path, capsys):
+    """TLP 2.0's AMBER+STRICT is more restrictive than AMBER: a target whose ceiling is amber
+    must not receive it (README: the most restrictive TLP a target receives)."""
+    event = add_strong_event(standins)
+    event["Tag"] = [*event["Tag"], {"name": "tlp:amber+strict"}]
+    result = run_cli(defender_config(tmp_path, standins, tlp_max="amber"), capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    held = {item["indicatorValue"] for item in standins.defender.held()}
+    assert held and held.isdisjoint(STRONG_DOMAINS)
