@@ -108,7 +108,7 @@ class Engine:
         self._deleted_file: JsonLines | None = None
         self._budget = adapter if isinstance(adapter, Budgeted) else None
         self._candidates: list[tuple[Any, ...]] = []  # this page's, for a budgeted target; stored per page
-        self._candidate_keys: set[str] = set()
+        self._candidate_keys: dict[str, str] = {}  # key -> event, this page's candidates
         self._over_budget: set[str] = set()  # incumbents removed to make room for better ones
 
     @property
@@ -190,14 +190,21 @@ class Engine:
             raise ValueError(f"a budget rank has {C.BUDGET_RANK_PARTS} parts, not {len(rank)}")
         body = json.dumps(indicator) if planned is None else ""
         self._candidates.append((key, event_uuid, *rank, planned is not None, planned.value if planned else "", body))
-        self._candidate_keys.add(key)
+        self._candidate_keys[key] = event_uuid
+
+    def _candidate_event(self, key: str) -> str | None:
+        """The event that offered `key` to the budget in this run (None: not a candidate): a
+        newcomer has no row to name it until `fill`."""
+        if self._budget is None:
+            return None
+        return self._candidate_keys[key] if key in self._candidate_keys else self.store.candidate_event(key)
 
     def _already_offered(self, key: str) -> bool:
         """The same attribute twice in one run (in two events): the store remembers what this
         run has seen, so memory does not grow with the size of the MISP."""
         if key in self._page_keys or key in self._queued_keys:
             return True
-        if self._budget is not None and (key in self._candidate_keys or self.store.is_candidate(key)):
+        if self._candidate_event(key) is not None:
             return True
         return self.store.seen_dry(key) if self.dry_run else self.store.seen_in_run(key, self.run_number)
 
@@ -208,7 +215,8 @@ class Engine:
         event than the one yielding it now does the same in `offer`, for runs that read only
         one of the two)."""
         row = self.store.known(key)
-        first = self._page_keys.get(key) or self._queued_keys.get(key) or (row.event_uuid if row else "")
+        first = (self._page_keys.get(key) or self._queued_keys.get(key) or self._candidate_event(key)
+                 or (row.event_uuid if row else ""))
         self.unsettled.update({event_uuid, first} - {""})
 
     def keep(self, attribute_uuids: list[str], event_uuid: str) -> None:
@@ -231,7 +239,7 @@ class Engine:
             self.store.mark_seen(self._seen, self.run_number)
         if self._candidates:
             self.store.add_candidates(self._candidates)
-        self._seen, self._candidates, self._candidate_keys = [], [], set()
+        self._seen, self._candidates, self._candidate_keys = [], [], {}
         self._page_keys = {}
 
     def flush_all(self) -> None:

@@ -407,8 +407,10 @@ class StateStore:
         with self.transaction("BEGIN"):  # only the temporary table is written
             self.db.executemany("INSERT OR IGNORE INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def is_candidate(self, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM candidates WHERE key = ?", (key,)).fetchone() is not None
+    def candidate_event(self, key: str) -> str | None:
+        """The event that offered `key` as a candidate, None when none did."""
+        row = self.db.execute("SELECT event_uuid FROM candidates WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def held_count(self) -> int:
         """Rows the service may hold: owned ones and those whose removal is not confirmed."""

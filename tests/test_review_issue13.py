@@ -176,3 +176,19 @@ def test_tlp_max_amber_keeps_amber_strict_out(standins, tmp_path, capsys):
     assert result.code == ExitCode.OK, result.out + result.err
     held = {item["indicatorValue"] for item in standins.defender.held()}
     assert held and held.isdisjoint(STRONG_DOMAINS)
+
+
+def test_a_value_two_new_events_share_is_not_sent_again_on_later_runs(standins, tmp_path, capsys):
+    """Both events that yield a shared value stay unsettled (read on every run). For a
+    budgeted target the value is a newcomer until `fill`: the first event must be marked as
+    well, else a later run reads only the second, moves the indicator to it (an import), and
+    the run after moves it back (another import), though MISP did not change."""
+    first = add_strong_event(standins, ("shared.example.com",))
+    second = add_strong_event(standins, ("shared.example.com",))
+    assert first["uuid"] != second["uuid"]
+    config = defender_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    imports = standins.defender.calls["import"]
+    for _ in range(3):
+        assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    assert standins.defender.calls["import"] == imports
