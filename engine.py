@@ -628,6 +628,7 @@ class Engine:
             return
         rows = self.store.rows(key for key, _ in displaced)
         self._over_budget = {row.external_id for row in rows}
+        self.unsettled.update(row.event_uuid for row in rows)  # read again until they are back in, as over-budget newcomers
         for _, planned in displaced:
             self.report.actions[planned] -= 1
         if self.dry_run:

@@ -192,3 +192,28 @@ def test_a_value_two_new_events_share_is_not_sent_again_on_later_runs(standins, 
     for _ in range(3):
         assert run_cli(config, capsys=capsys).code == ExitCode.OK
     assert standins.defender.calls["import"] == imports
+
+
+def test_an_incumbent_displaced_by_the_budget_comes_back_when_room_frees(standins, tmp_path, capsys):
+    """A displaced incumbent is over budget like a newcomer that did not fit: its event must be
+    read again until it is back in. Else a run that clears the full-budget flag (here an
+    --event run) lets the next nights skip that unchanged event, and the indicator stays out
+    though its better rival is gone."""
+    weak = add_strong_event(standins, ("weak-one.example.com", "weak-two.example.com"))
+    weak.update(threat_level_id="3", Tag=[])
+    standins.misp.events[:] = standins.misp.events[-1:]  # the weak event alone
+    config = defender_config(tmp_path, standins, defender_max_indicators=2, max_delete_fraction=1.0)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    strong = add_strong_event(standins, ("strong-one.example.com",))
+    for _ in range(2):  # incremental: over budget, the flag set; then a full read displaces a weak one
+        assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    assert len(standins.defender.held()) == 2 and "strong-one.example.com" in held_values(standins)
+    assert run_cli(config, "--event", strong["uuid"], capsys=capsys).code == ExitCode.OK
+    strong["Attribute"][0]["deleted"] = True
+    strong["timestamp"] = str(int(strong["timestamp"]) + 60)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    assert held_values(standins) == {"weak-one.example.com", "weak-two.example.com"}
+
+
+def held_values(standins) -> set[str]:
+    return {item["indicatorValue"] for item in standins.defender.held()}
