@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import signal
 import uuid
 
 import pytest
@@ -15,10 +14,9 @@ from tests.support import (
     expected_defender_keys,
     graph_session,
     held_defender_keys,
+    kill_during_defender_import,
     published,
     run_cli,
-    start,
-    wait_for,
 )
 
 STRONG_DOMAINS = ("strong-one.example.com", "strong-two.example.com", "strong-three.example.com")
@@ -98,11 +96,7 @@ def test_what_a_killed_import_left_unanswered_is_removed_when_misp_drops_it(stan
     indicator): BatchDelete of an empty id is refused, orphaning it and, with it, every other
     removal in the same batch, run after run."""
     config = defender_config(tmp_path, standins)
-    standins.defender.delay_next(30, path_suffix="/import")
-    process = start(config)
-    wait_for(lambda: standins.defender.calls["import"] >= 1)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_during_defender_import(config, standins)
     drop_held_attributes(standins, 2)
     for _ in range(2):
         result = run_cli(config, capsys=capsys)
