@@ -599,27 +599,16 @@ class Engine:
         room = budget.budget - self._held()
         if self.online:
             room = min(room, budget.tenant_room())
-        room = max(room, 0)
-        sending, over = chosen[:room], chosen[room:] + over
-        while sending:  # a refused newcomer (another source holds it, the service refuses it) frees its slot
-            refused = self._send_new(sending)
-            if refused == len(sending):  # none landed: the service takes no more now (or a dry run)
-                break
-            sending, over = over[:refused], over[refused:]
-        self._count_over_budget(over, len(self._over_budget))
-        if not self.dry_run:
-            self.store.set_meta("budget_full", "1" if over or self._over_budget else "")
-
-    def _send_new(self, newcomers: list[tuple[str, str, str]]) -> int:
-        """Send the newcomers the budget chose, (key, event, body); returns how many the
-        service refused (no row left)."""
-        for key, event_uuid, body in newcomers:
+        over = chosen[max(room, 0):] + over
+        for key, event_uuid, body in chosen[:max(room, 0)]:
             self.report.actions[Action.NEW.value] += 1
             self.queues[Action.NEW].append(self.queued(key, json.loads(body), event_uuid, None))
             if len(self.queues[Action.NEW]) >= self.adapter.max_batch:
                 self._flush(Action.NEW)
         self.flush_all()
-        return len(newcomers) - len(self.store.rows(key for key, _, _ in newcomers))
+        self._count_over_budget(over, len(self._over_budget))
+        if not self.dry_run:
+            self.store.set_meta("budget_full", "1" if over or self._over_budget else "")
 
     def _held(self) -> int:
         """How many of ours the service holds: every row (one whose removal failed still takes
