@@ -343,4 +343,10 @@ class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
         return self.client.import_indicators([indicator for _, indicator in items])
 
     def remove(self, rows: list[StateRow]) -> list[ItemResult]:
-        return self.client.batch_delete([row.remote_id for row in rows])
+        """BatchDelete by id. A row a killed run left `pending` has no id: the listing gives it
+        (and when it lists none, that import never landed)."""
+        ours = self.view().ours if not all(row.remote_id for row in rows) else {}
+        ids = [row.remote_id or str(ours.get(row.external_id, {}).get("id", "")) for row in rows]
+        deleted = iter(self.client.batch_delete([remote_id for remote_id in ids if remote_id]))
+        return [next(deleted) if remote_id else ItemResult(row.external_id, None, Outcome.GONE, "not in the listing")
+                for row, remote_id in zip(rows, ids, strict=True)]

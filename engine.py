@@ -108,7 +108,7 @@ class Engine:
         self._deleted_file: JsonLines | None = None
         self._budget = adapter if isinstance(adapter, Budgeted) else None
         self._candidates: list[tuple[Any, ...]] = []  # this page's, for a budgeted target; stored per page
-        self._candidate_keys: set[str] = set()
+        self._candidate_keys: dict[str, str] = {}  # key -> event, this page's candidates
         self._over_budget: set[str] = set()  # incumbents removed to make room for better ones
 
     @property
@@ -190,14 +190,21 @@ class Engine:
             raise ValueError(f"a budget rank has {C.BUDGET_RANK_PARTS} parts, not {len(rank)}")
         body = json.dumps(indicator) if planned is None else ""
         self._candidates.append((key, event_uuid, *rank, planned is not None, planned.value if planned else "", body))
-        self._candidate_keys.add(key)
+        self._candidate_keys[key] = event_uuid
+
+    def _candidate_event(self, key: str) -> str | None:
+        """The event that offered `key` to the budget in this run (None: not a candidate): a
+        newcomer has no row to name it until `fill`."""
+        if self._budget is None:
+            return None
+        return self._candidate_keys[key] if key in self._candidate_keys else self.store.candidate_event(key)
 
     def _already_offered(self, key: str) -> bool:
         """The same attribute twice in one run (in two events): the store remembers what this
         run has seen, so memory does not grow with the size of the MISP."""
         if key in self._page_keys or key in self._queued_keys:
             return True
-        if self._budget is not None and (key in self._candidate_keys or self.store.is_candidate(key)):
+        if self._candidate_event(key) is not None:
             return True
         return self.store.seen_dry(key) if self.dry_run else self.store.seen_in_run(key, self.run_number)
 
@@ -208,7 +215,8 @@ class Engine:
         event than the one yielding it now does the same in `offer`, for runs that read only
         one of the two)."""
         row = self.store.known(key)
-        first = self._page_keys.get(key) or self._queued_keys.get(key) or (row.event_uuid if row else "")
+        first = (self._page_keys.get(key) or self._queued_keys.get(key) or self._candidate_event(key)
+                 or (row.event_uuid if row else ""))
         self.unsettled.update({event_uuid, first} - {""})
 
     def keep(self, attribute_uuids: list[str], event_uuid: str) -> None:
@@ -231,7 +239,7 @@ class Engine:
             self.store.mark_seen(self._seen, self.run_number)
         if self._candidates:
             self.store.add_candidates(self._candidates)
-        self._seen, self._candidates, self._candidate_keys = [], [], set()
+        self._seen, self._candidates, self._candidate_keys = [], [], {}
         self._page_keys = {}
 
     def flush_all(self) -> None:
@@ -355,9 +363,10 @@ class Engine:
                       lambda results: self._changed(action, batch, results))
 
     def _changed(self, action: Action, batch: list[Queued], results: list[ItemResult]) -> None:
-        """An indicator the service no longer holds (deleted or purged there) is created again."""
+        """An indicator the service no longer holds (deleted or purged there) is created again.
+        The id the answer names is kept: an upsert recreates what was deleted under a new one."""
         paired = _paired(batch, results)
-        self.store.record_updated([self.row(q) for q, r in paired if r.accepted])
+        self.store.record_updated([self.row(q, r.remote_id) for q, r in paired if r.accepted])
         gone = [q for q, r in paired if r.outcome is Outcome.GONE]
         refused = self._revive([(q, r) for q, r in paired if r.outcome is not Outcome.GONE])
         self.count(batch, action.value, sum(r.accepted for _, r in paired), refused)
@@ -576,7 +585,7 @@ class Engine:
         if budget is None:
             return
         self.commit_seen()
-        held = self.store.owned_count()
+        held = self._held()
         slots = max(budget.budget - (held - self.store.incumbent_candidates()), 0)
         chosen: list[tuple[str, str, str]] = []
         displaced: list[tuple[str, str]] = []
@@ -586,8 +595,8 @@ class Engine:
                 displaced.append((key, planned))
             elif not incumbent:
                 (chosen if index < slots else over).append((key, event_uuid, body))
-        held -= self._displace(displaced, allow_mass_delete)
-        room = budget.budget - held
+        self._displace(displaced, allow_mass_delete)
+        room = budget.budget - self._held()
         if self.online:
             room = min(room, budget.tenant_room())
         over = chosen[max(room, 0):] + over
@@ -601,17 +610,25 @@ class Engine:
         if not self.dry_run:
             self.store.set_meta("budget_full", "1" if over or self._over_budget else "")
 
-    def _displace(self, displaced: list[tuple[str, str]], allow_mass_delete: bool) -> int:
-        """Remove the incumbents better ones outrank (under the safety valve); returns how many."""
+    def _held(self) -> int:
+        """How many of ours the service holds: every row (one whose removal failed still takes
+        its place there), less those a dry run only planned to remove."""
+        return self.store.held_count() - (self.report.deleted if self.dry_run else 0)
+
+    def _displace(self, displaced: list[tuple[str, str]], allow_mass_delete: bool) -> None:
+        """Remove the incumbents better ones outrank (under the safety valve, which says so in
+        the exit code as for any blocked removal)."""
         if not displaced or self.report.clock_problem:
-            return 0
+            return
         if mass_delete_blocked(len(displaced), self.owned_at_start, self.limits.max_delete_fraction) and not allow_mass_delete:
+            self.report.deletions_blocked += len(displaced)
             self.log.error("safety-valve", f"the budget would remove {len(displaced)} of {self.owned_at_start} owned "
                            f"indicators for better ones, more than max_delete_fraction {self.limits.max_delete_fraction:.0%}; "
                            "removed nothing (use --allow-mass-delete)", keys=[key for key, _ in displaced])
-            return 0
+            return
         rows = self.store.rows(key for key, _ in displaced)
         self._over_budget = {row.external_id for row in rows}
+        self.unsettled.update(row.event_uuid for row in rows)  # read again until they are back in, as over-budget newcomers
         for _, planned in displaced:
             self.report.actions[planned] -= 1
         if self.dry_run:
@@ -619,7 +636,6 @@ class Engine:
             self.log.write("dry-run-delete", [row.external_id for row in rows])
         else:
             self.remove_all(rows)
-        return len(rows)
 
     def _count_over_budget(self, over: list[tuple[str, str, str]], displaced: int) -> None:
         """Over-budget candidates are skipped attributes: counted, their events read again next

@@ -280,11 +280,14 @@ class StateStore:
             self.db.executemany("DELETE FROM indicators WHERE external_id = ?", ((e,) for e in failed))
 
     def record_updated(self, rows: Iterable[StateRow]) -> None:
-        """After an update, renewal or re-upload of indicators already owned."""
+        """After an update, renewal or re-upload of indicators already owned (under the id the
+        service answered with, when it named one)."""
         with self.transaction():
             self.db.executemany(
-                "UPDATE indicators SET content_hash = ?, fixed_hash = ?, expires_at = ?, sent_at = ?, body = ? WHERE external_id = ?",
-                ((k.content_hash, k.immutable_hash, k.expires_at, k.sent_at, k.body, k.external_id) for k in rows),
+                "UPDATE indicators SET remote_id = COALESCE(?, remote_id), content_hash = ?, fixed_hash = ?, expires_at = ?, "
+                "sent_at = ?, body = ? WHERE external_id = ?",
+                ((k.remote_id or None, k.content_hash, k.immutable_hash, k.expires_at, k.sent_at, k.body, k.external_id)
+                 for k in rows),
             )
 
     def record_revoked(self, revoked: Iterable[tuple[str, str]]) -> None:
@@ -404,8 +407,14 @@ class StateStore:
         with self.transaction("BEGIN"):  # only the temporary table is written
             self.db.executemany("INSERT OR IGNORE INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def is_candidate(self, key: str) -> bool:
-        return self.db.execute("SELECT 1 FROM candidates WHERE key = ?", (key,)).fetchone() is not None
+    def candidate_event(self, key: str) -> str | None:
+        """The event that offered `key` as a candidate, None when none did."""
+        row = self.db.execute("SELECT event_uuid FROM candidates WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def held_count(self) -> int:
+        """Rows the service may hold: owned ones and those whose removal is not confirmed."""
+        return self.db.execute("SELECT COUNT(*) FROM indicators").fetchone()[0]
 
     def incumbent_candidates(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM candidates WHERE incumbent = 1").fetchone()[0]

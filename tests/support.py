@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -159,6 +160,16 @@ def held_defender_keys(standins: Any, creator: str | None = None) -> collections
 
 def defender_config(tmp_path: Path, standins: Any, **overrides: Any) -> Path:
     return write_config(tmp_path, standins, target="defender", **overrides)
+
+
+def kill_during_defender_import(config: Path, standins: Any) -> None:
+    """A run killed (-9) while Defender's answer to its first import is on its way: the import
+    is done there, the state holds the rows as `pending` without Defender's ids."""
+    standins.defender.delay_next(30, path_suffix="/import")
+    process = start(config)
+    wait_for(lambda: standins.defender.calls["import"] >= 1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 def held_external_ids(standins: Any) -> set[str]:

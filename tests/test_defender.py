@@ -5,7 +5,6 @@ touched) and the per-target policy from one MISP fetch."""
 from __future__ import annotations
 
 import json
-import signal
 
 from constants import ExitCode
 from misp_transformer import MappingPolicy
@@ -16,11 +15,10 @@ from tests.support import (
     expected_stix_ids,
     graph_session,
     held_defender_keys,
+    kill_during_defender_import,
     published,
     run_cli,
-    start,
     store_file,
-    wait_for,
     write_config,
 )
 
@@ -78,11 +76,7 @@ def test_a_lost_state_file_is_rebuilt_from_defender_and_nothing_is_sent_twice(st
 
 def test_a_kill_during_an_import_is_recovered_without_loss_or_copy(standins, tmp_path, capsys):
     config = defender_config(tmp_path, standins)
-    standins.defender.delay_next(30, path_suffix="/import")
-    process = start(config)
-    wait_for(lambda: standins.defender.calls["import"] >= 1)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_during_defender_import(config, standins)
     result = run_cli(config, capsys=capsys)
     assert result.code == ExitCode.OK, result.out + result.err
     held = held_defender_keys(standins)
