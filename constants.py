@@ -259,6 +259,7 @@ STIX_TLP_MARKINGS = {
     "white": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
     "green": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
     "amber": "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82",
+    "amber+strict": "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82",  # STIX 2.1 defines TLP 1.0 only
     "red": "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed",
 }
 STIX_KILL_CHAIN_NAME = "lockheed-martin-cyber-kill-chain"
@@ -367,10 +368,13 @@ TLP_TAGS = {
     "tlp:white": "white",
     "tlp:green": "green",
     "tlp:amber": "amber",
-    "tlp:amber+strict": "amber",
+    "tlp:amber+strict": "amber+strict",
     "tlp:red": "red",
 }
-TLP_RANK = {"white": 0, "green": 1, "amber": 2, "red": 3}
+# TLP 2.0's AMBER+STRICT is more restrictive than AMBER: a tlp_max of amber keeps it out.
+TLP_RANK = {"white": 0, "green": 1, "amber": 2, "amber+strict": 3, "red": 4}
+# Graph's tlpLevel and the STIX 2.1 TLP markings have no AMBER+STRICT: it is sent as amber.
+TLP_SENT = {"white": "white", "green": "green", "amber": "amber", "amber+strict": "amber", "red": "red"}
 
 THREAT_TYPE_PREFIX = "sentinel-threattype:"
 THREAT_TYPE_BY_LOWER = {name.lower(): name for name in GRAPH_THREAT_TYPES}

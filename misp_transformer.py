@@ -1190,7 +1190,7 @@ class GraphTransformer(EventLineTransformer):
             "passiveOnly": self.policy.passive_only,
             "isActive": True,
             "expirationDateTime": self._expiration,
-            "tlpLevel": facts.tlp or self.policy.default_tlp,
+            "tlpLevel": C.TLP_SENT[facts.tlp or self.policy.default_tlp],
             "threatType": facts.threat_type or C.DEFAULT_THREAT_TYPE,
             "confidence": _first_set(facts.confidence, self.policy.default_confidence),
         }

@@ -45,7 +45,7 @@ def test_a_defender_dict_carries_its_own_policy_and_the_top_level_fills_the_rest
                               "defender_rbac_groups = ['Servers']\n")
     sentinel, defender = settings.targets
     assert (defender.defender_action, defender.tlp_max, defender.min_confidence, defender.defender_rbac_groups) == (
-        "Block", "amber", 40, ("Servers",))
+        "Block", "amber+strict", 40, ("Servers",))
     assert (sentinel.tlp_max, sentinel.min_confidence) == ("", 40)
 
 

@@ -116,8 +116,9 @@ def test_every_target_honours_its_tlp_ceiling(transformer):
                   attribute("domain", "red.example", Tag=[{"name": "tlp:red"}]),
                   attribute("domain", "untagged.example")]
     result = transformer(policy, NOW).transform(event(*attributes))
-    assert len(result.indicators) == 2
-    assert [(s.value, s.reason) for s in result.skips] == [("red.example", SkipReason.ABOVE_TLP_MAX),
+    assert len(result.indicators) == 1  # green; AMBER+STRICT is above amber (TLP 2.0)
+    assert [(s.value, s.reason) for s in result.skips] == [("strict.example", SkipReason.ABOVE_TLP_MAX),
+                                                            ("red.example", SkipReason.ABOVE_TLP_MAX),
                                                             ("untagged.example", SkipReason.ABOVE_TLP_MAX)]
 
 

@@ -161,8 +161,6 @@ def test_a_value_another_source_holds_does_not_take_a_budget_slot(standins, tmp_
     assert sum(held_defender_keys(standins).values()) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="constants.TLP_TAGS folds tlp:amber+strict into amber (Graph has no "
-                   "amber+strict), so tlp_max cannot tell them apart; constants.py is outside this review's files")
 def test_tlp_max_amber_keeps_amber_strict_out(standins, tmp_path, capsys):
     """TLP 2.0's AMBER+STRICT is more restrictive than AMBER: a target whose ceiling is amber
     must not receive it (README: the most restrictive TLP a target receives)."""
