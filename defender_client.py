@@ -34,7 +34,7 @@ from ms_client import (
     error_text,
     response_body,
 )
-from rebuild import Rebuilt
+from rebuild import Rebuilt, Survey
 from reconcile import Action, HashRules, content_hash, event_uuid_of, immutable_hash
 from request_log import RequestLog
 from settings import ConfigError, Settings, TargetSettings
@@ -301,10 +301,11 @@ class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
         return (str(item.get("createdBy") or "").lower() == self._owner
                 and bool(C.UUID_RE.fullmatch(str(item.get("externalID") or ""))))
 
-    def tenant_room(self) -> int:
-        """Indicators the tenant still takes, from a fresh listing (with Ti.ReadWrite it shows
-        only ours, and the service's own refusal is the last guard)."""
-        return max(C.DEFENDER_TENANT_MAX - self.view(fresh=True).total, 0)
+    def survey(self) -> Survey:
+        """The tenant's room and the values other sources hold, from a fresh listing (with
+        Ti.ReadWrite it shows only ours, and the service's own refusal is the last guard)."""
+        view = self.view(fresh=True)
+        return Survey(max(C.DEFENDER_TENANT_MAX - view.total, 0), frozenset(view.foreign))
 
     def probe(self) -> Iterator[dict[str, Any]]:
         return self.listing()

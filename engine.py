@@ -586,21 +586,31 @@ class Engine:
             return
         self.commit_seen()
         held = self._held()
+        newcomers = self.store.candidate_count() - self.store.incumbent_candidates()
+        survey = budget.survey() if self.online and newcomers else None  # one listing, only when something may be added
+        foreign = survey.foreign if survey else frozenset()
         slots = max(budget.budget - (held - self.store.incumbent_candidates()), 0)
         chosen: list[tuple[str, str, str]] = []
+        refused: list[tuple[str, str, str]] = []  # held by another source: never sent, and no slot taken
         displaced: list[tuple[str, str]] = []
         over: list[tuple[str, str, str]] = []
-        for index, (key, event_uuid, incumbent, planned, body) in enumerate(self.store.ranked_candidates()):
-            if incumbent and index >= slots:
+        place = 0
+        for key, event_uuid, incumbent, planned, body in self.store.ranked_candidates():
+            if not incumbent and key in foreign:
+                refused.append((key, event_uuid, body))
+                continue
+            if incumbent and place >= slots:
                 displaced.append((key, planned))
             elif not incumbent:
-                (chosen if index < slots else over).append((key, event_uuid, body))
+                (chosen if place < slots else over).append((key, event_uuid, body))
+            place += 1
         self._displace(displaced, allow_mass_delete)
-        room = budget.budget - self._held()
-        if self.online:
-            room = min(room, budget.tenant_room())
+        held_now = self._held()
+        room = budget.budget - held_now
+        if survey is not None:
+            room = min(room, survey.room + held - held_now)  # what the removals just freed, too
         over = chosen[max(room, 0):] + over
-        for key, event_uuid, body in chosen[:max(room, 0)]:
+        for key, event_uuid, body in refused + chosen[:max(room, 0)]:  # the adapter refuses the former, with the reason
             self.report.actions[Action.NEW.value] += 1
             self.queues[Action.NEW].append(self.queued(key, json.loads(body), event_uuid, None))
             if len(self.queues[Action.NEW]) >= self.adapter.max_batch:

@@ -416,6 +416,9 @@ class StateStore:
         """Rows the service may hold: owned ones and those whose removal is not confirmed."""
         return self.db.execute("SELECT COUNT(*) FROM indicators").fetchone()[0]
 
+    def candidate_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+
     def incumbent_candidates(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM candidates WHERE incumbent = 1").fetchone()[0]
 

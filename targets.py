@@ -15,7 +15,7 @@ from defender_client import DefenderAdapter
 from graph_client import GraphAdapter
 from misp_transformer import Transformer
 from ms_client import ItemResult
-from rebuild import Rebuilt
+from rebuild import Rebuilt, Survey
 from reconcile import Action, HashRules
 from request_log import RequestLog
 from sentinel_client import SentinelAdapter
@@ -140,8 +140,8 @@ class Budgeted(Protocol):
         """The indicator's value for the budget, compared as a tuple: larger is better."""
         ...
 
-    def tenant_room(self) -> int:
-        """How many more indicators the service takes, from every source (a fresh reading)."""
+    def survey(self) -> Survey:
+        """A fresh reading of the service, taken before newcomers are ranked."""
         ...
 
 

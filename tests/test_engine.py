@@ -15,7 +15,7 @@ from constants import ErrorCause, Outcome
 from engine import Engine, Limits
 from misp_transformer import GraphTransformer, Transformer
 from ms_client import ItemResult, MicrosoftError
-from rebuild import Rebuilt
+from rebuild import Rebuilt, Survey
 from reconcile import Action, HashRules
 from report import RunReport
 from request_log import RequestLog
@@ -374,9 +374,9 @@ class BudgetedAdapter(FakeAdapter):
     def rank_of(self, item: dict[str, Any]) -> tuple[int, ...]:
         return tuple(item["rank"])
 
-    def tenant_room(self) -> int:
-        self.calls.append(("room", 0))
-        return self.room - len(self.held)
+    def survey(self) -> Survey:
+        self.calls.append(("survey", 0))
+        return Survey(self.room - len(self.held), frozenset())
 
     def keys_held(self) -> list[str]:
         return sorted(item["key"] for item in self.held.values())
@@ -410,7 +410,9 @@ def test_the_choice_is_stable_and_only_a_clearly_better_newcomer_displaces(log: 
         engine = sync(adapter, store, log, {"e1": [ranked("a", 50), ranked("b", 50)], "e2": [newer]})
         assert adapter.keys_held() == ["a", "b"] and actions(engine) == {"unchanged": 2}
         assert engine.report.skipped[C.SkipReason.OVER_BUDGET.value] == 1
-    assert [call[0] for call in adapter.calls[calls:]] == ["room", "room"]  # nothing sent, nothing removed
+    assert [call[0] for call in adapter.calls[calls:]] == ["survey", "survey"]  # nothing sent, nothing removed
+    sync(adapter, store, log, {"e1": [ranked("a", 50), ranked("b", 50)]})
+    assert [call[0] for call in adapter.calls[calls + 2:]] == []  # no newcomer: the service is not even listed
     engine = sync(adapter, store, log, {"e1": [ranked("a", 50), ranked("b", 40)], "e2": [ranked("better", 60)]})
     assert adapter.keys_held() == ["a", "better"]
     deleted = [json.loads(line) for path in log.directory.glob("*deleted-fake*") for line in path.read_text().splitlines()]

@@ -140,10 +140,6 @@ def test_explain_says_when_the_budget_keeps_an_attribute_out(standins, tmp_path,
     assert "over-budget" in explained.out and ": new" not in explained.out
 
 
-@pytest.mark.xfail(strict=True, reason="the budget gives a slot to a value another source holds, which create() then "
-                   "refuses. Refilling the slot after the refusal makes the next run displace an incumbent for the "
-                   "same refused value (churn): the fix needs the Budgeted protocol (targets.py) to name the values "
-                   "others hold, so the ranking leaves them out")
 def test_a_value_another_source_holds_does_not_take_a_budget_slot(standins, tmp_path, capsys):
     """With Ti.ReadWrite.All the listing shows which values another source holds: those are
     never sent, so they must not take a place in our share that the next best would fill."""
