@@ -96,6 +96,14 @@ def _attribute_uuids(wrapped: Mapping[str, Any]) -> Iterator[str]:
         yield str(attribute.get("uuid", "")).lower()
 
 
+def _budget_decision(budget: targets.Budgeted, key: str, indicator: dict[str, Any]) -> str:
+    """A newcomer to a budgeted target is sent only if the whole read ranks it within the budget,
+    which one attribute cannot tell."""
+    return (f"sends {key} only if it ranks among the {budget.budget} most valuable (rank {list(budget.rank_of(indicator))}: "
+            "action, confidence, threat level, event time); else it is counted over-budget, as the last run's "
+            "logs/*_over-budget-* file lists")
+
+
 def _decisions(engine: Engine, result: EventResult, uuid: str, log: RequestLog) -> list[str]:
     """What a sync would do with this attribute on this target: each indicator's plan, or the skip."""
     skips = skipped_records([skip for skip in result.skips if skip.attribute_uuid.lower() == uuid], log)
@@ -105,6 +113,9 @@ def _decisions(engine: Engine, result: EventResult, uuid: str, log: RequestLog) 
             continue
         key = engine.adapter.key_of(indicator)
         row = engine.store.known(key)
+        if row is None and isinstance(engine.adapter, targets.Budgeted):
+            decisions.append(_budget_decision(engine.adapter, key, indicator))
+            continue
         remote = engine.queued(key, indicator, "", row).remote_id  # a retired id's successor, where ids are retired
         where = f" (service id {remote})" if remote and remote != key else ""
         decisions.append(f"sends {key}{where}: {plan(row, indicator, engine.renew_before, engine.adapter.hash_rules).value}")

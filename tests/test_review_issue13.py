@@ -6,8 +6,6 @@ import copy
 import json
 import uuid
 
-import pytest
-
 from constants import ExitCode
 from tests.support import (
     defender_config,
@@ -126,8 +124,6 @@ def test_an_indicator_deleted_in_the_portal_and_imported_anew_is_removed_under_i
     assert attribute["value"].lower() not in {item["indicatorValue"] for item in standins.defender.held()}
 
 
-@pytest.mark.xfail(strict=True, reason="explain.py (outside this review's files) plans a budgeted newcomer as `new` "
-                   "without asking the budget")
 def test_explain_says_when_the_budget_keeps_an_attribute_out(standins, tmp_path, capsys):
     """--explain answers "why is this not in Defender?": for an attribute the budget keeps out
     it must not say it is sent."""
