@@ -630,7 +630,8 @@ class Engine:
         the exit code as for any blocked removal)."""
         if not displaced or self.report.clock_problem:
             return
-        if mass_delete_blocked(len(displaced), self.owned_at_start, self.limits.max_delete_fraction) and not allow_mass_delete:
+        removing = len(displaced) + self.report.deleted  # with this run's removals: the valve weighs the whole run
+        if mass_delete_blocked(removing, self.owned_at_start, self.limits.max_delete_fraction) and not allow_mass_delete:
             self.report.deletions_blocked += len(displaced)
             self.log.error("safety-valve", f"the budget would remove {len(displaced)} of {self.owned_at_start} owned "
                            f"indicators for better ones, more than max_delete_fraction {self.limits.max_delete_fraction:.0%}; "

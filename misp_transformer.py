@@ -673,9 +673,12 @@ def defender_observable(observable: Observable) -> tuple[str, str]:
     if kind is Kind.IP:
         if observable.is_network:
             raise _Refused(SkipReason.NOT_FOR_TARGET, "Defender takes single addresses, not CIDR blocks")
-        if not ipaddress.ip_address(observable.value).is_global:
+        address = ipaddress.ip_address(observable.value)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:8.8.8.8 is what devices see as 8.8.8.8
+        if not address.is_global:
             raise _Refused(SkipReason.NOT_FOR_TARGET, "Defender takes public addresses only")
-        return "IpAddress", observable.value
+        return "IpAddress", str(address)
     if kind is Kind.DOMAIN:
         return "DomainName", observable.value
     if kind is Kind.URL:

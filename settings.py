@@ -256,6 +256,15 @@ def _text(row: Setting, value: Any, ctx: _Context) -> str:
     return value.strip()
 
 
+def _text_max(limit: int) -> Kind:
+    def bounded(row: Setting, value: Any, ctx: _Context) -> str:
+        text = _text(row, value, ctx)
+        if len(text) > limit:
+            raise ctx.error(f"{row.label} must be at most {limit} characters, not {len(text)}")
+        return text
+    return bounded
+
+
 def _choice(*allowed: str) -> Kind:
     def choice(row: Setting, value: Any, ctx: _Context) -> str:
         text = _text(row, value, ctx)
@@ -586,7 +595,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("defender_rbac_groups", _strings, [],
         "`rbacGroupNames`: the device groups the indicators apply to. Empty: every device",
         field=None, scope=Scope.TARGET, kinds=frozenset({"defender"})),
-    Setting("defender_recommended_actions", _text, "",
+    Setting("defender_recommended_actions", _text_max(C.TEXT_FIELD_MAX), "",
         "`recommendedActions`, shown to the analyst with an alert",
         field=None, scope=Scope.TARGET, kinds=frozenset({"defender"})),
     Setting("tenant", _text, "",

@@ -62,6 +62,7 @@ def test_a_defender_dict_carries_its_own_policy_and_the_top_level_fills_the_rest
     ("target = 'defender'\ndefender_scope = 'http://api.example/.default'\n", "defender_scope"),
     ("target = 'defender'\ndefender_endpoint = 'api.securitycenter.microsoft.com'\n", "defender_endpoint"),
     ("target = ['defender', 'defender']\n", "each once"),
+    ("target = 'defender'\ndefender_recommended_actions = '" + "x" * 4097 + "'\n", "defender_recommended_actions"),
 ])
 def test_each_mistake_is_one_line_naming_the_setting(tmp_path, text, named):
     assert named in refused(tmp_path, text)

@@ -50,6 +50,7 @@ def skipped(misp_type: str, value: str, policy: MappingPolicy = DEFAULT) -> Skip
     ("ip-src", "8.8.8.8", ("IpAddress", "8.8.8.8")),
     ("ip-dst|port", "8.8.4.4|443", ("IpAddress", "8.8.4.4")),
     ("ip-dst", "2606:4700:4700::1111", ("IpAddress", "2606:4700:4700::1111")),
+    ("ip-dst", "::ffff:8.8.8.8", ("IpAddress", "8.8.8.8")),
     ("domain", "Evil.Example.com", ("DomainName", "evil.example.com")),
     ("hostname|port", "c2.example.com|8080", ("DomainName", "c2.example.com")),
     ("url", "http://evil.example.com/a", ("Url", "http://evil.example.com/a")),

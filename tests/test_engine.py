@@ -451,3 +451,11 @@ def test_an_incumbent_whose_event_was_not_read_keeps_its_place(log: RequestLog) 
     engine.fill(False)
     engine.close()
     assert adapter.keys_held() == ["a", "c"]  # b, ranked and weaker, made room; a, unranked, stayed
+
+
+def test_the_safety_valve_weighs_removals_and_displacements_of_one_run_together(log: RequestLog) -> None:
+    adapter, store = BudgetedAdapter(budget=4), StateStore(None)
+    sync(adapter, store, log, {"e1": [ranked("a", 90), ranked("b", 80), ranked("c", 70), ranked("d", 60)]})
+    adapter.budget = 1  # d leaves MISP (1 of 4), and the budget would displace b and c: 3 of 4 in one run
+    engine = sync(adapter, store, log, {"e1": [ranked("a", 90), ranked("b", 80), ranked("c", 70)]})
+    assert adapter.keys_held() == ["a", "b", "c"] and engine.report.deletions_blocked == 2
