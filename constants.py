@@ -259,7 +259,6 @@ STIX_TLP_MARKINGS = {
     "white": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
     "green": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
     "amber": "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82",
-    "amber+strict": "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82",  # STIX 2.1 defines TLP 1.0 only
     "red": "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed",
 }
 STIX_KILL_CHAIN_NAME = "lockheed-martin-cyber-kill-chain"

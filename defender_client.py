@@ -77,11 +77,6 @@ def no_content(body: Any) -> bool:
     return isinstance(body, str) and not body.strip()
 
 
-def listed_page(body: Any) -> bool:
-    value = body.get("value") if isinstance(body, dict) else None
-    return isinstance(value, list) and all(isinstance(item, dict) and isinstance(item.get("id"), (str, int)) for item in value)
-
-
 class DefenderClient(MicrosoftClient):
     """One tenant's indicators, as seen by this app (Ti.ReadWrite: its own; .All: every one)."""
 
@@ -116,7 +111,7 @@ class DefenderClient(MicrosoftClient):
         while True:
             url = f"{self.resource}{C.DEFENDER_TI_PATH}?$top={C.DEFENDER_LIST_PAGE_SIZE}&$skip={len(listed)}"
             full = False
-            for page in self._pages(url):
+            for page in self.pages("list", url, "@odata.nextLink"):
                 ids = {str(item["id"]) for item in page["value"]}
                 if ids and ids <= listed:
                     raise MicrosoftError("list: Defender for Endpoint returned a page of indicators already listed",
@@ -126,9 +121,6 @@ class DefenderClient(MicrosoftClient):
                 yield page
             if not full:
                 return
-
-    def _pages(self, url: str) -> Iterator[dict[str, Any]]:
-        return self.pages("list", url, "@odata.nextLink")
 
     def batch_delete(self, ids: list[str]) -> list[ItemResult]:
         """BatchDelete in batches of 500. Its 404 ("any id not found") and 403 (an id outside

@@ -585,11 +585,11 @@ class Engine:
         if budget is None:
             return
         self.commit_seen()
-        held = self._held()
-        newcomers = self.store.candidate_count() - self.store.incumbent_candidates()
+        held, incumbents = self._held(), self.store.incumbent_candidates()
+        newcomers = self.store.candidate_count() - incumbents
         survey = budget.survey() if self.online and newcomers else None  # one listing, only when something may be added
         foreign = survey.foreign if survey else frozenset()
-        slots = max(budget.budget - (held - self.store.incumbent_candidates()), 0)
+        slots = max(budget.budget - (held - incumbents), 0)
         chosen: list[tuple[str, str, str]] = []
         refused: list[tuple[str, str, str]] = []  # held by another source: never sent, and no slot taken
         displaced: list[tuple[str, str]] = []

@@ -1387,7 +1387,7 @@ class StixTransformer(Transformer):
             "pattern_type": "stix", "pattern_version": "2.1",
             "indicator_types": [(facts.threat_type or C.DEFAULT_THREAT_TYPE).lower()],
             "confidence": _first_set(facts.confidence, self.policy.default_confidence),
-            "object_marking_refs": [C.STIX_TLP_MARKINGS[facts.tlp or self.policy.default_tlp]],
+            "object_marking_refs": [C.STIX_TLP_MARKINGS[C.TLP_SENT[facts.tlp or self.policy.default_tlp]]],
         }
         labels = _merge_unique(
             facts.labels, [f"diamond-model:{facts.diamond_model}"] if facts.diamond_model else [],
