@@ -57,6 +57,7 @@ class SkipReason(str, enum.Enum):
     ABOVE_TLP_MAX = "above-tlp-max"  # the target's tlp_max keeps it out
     BELOW_MIN_CONFIDENCE = "below-min-confidence"  # under the target's min_confidence
     OVER_BUDGET = "over-budget"  # more valuable indicators fill the target's share of a capped service
+    DECAYED = "decayed"  # its score in misp_decay_model is below decay_threshold
     INTERNAL_ERROR = "internal-error"  # a bug or an unforeseen input: it costs the attribute, not the run
 
 
@@ -360,6 +361,20 @@ MISP_IGNORED_FILTER_HINTS = {
 # Names the 2018 Microsoft sample's config used with the PyMISP of its day.
 MISP_LEGACY_FILTERS = {"values": "value", "type": "type_attribute"}
 MISP_LEGACY_NEGATED_FILTERS = {"not_values": "value", "not_tags": "tags"}
+
+# --- MISP's decaying models (lifecycle.md §3; README, Decay) -----------------------------------
+# The formula whose crossing the tool predicts: MISP names it "Polynomial" ("" and lower case
+# load the same file). PolynomialExtended's retention tags override the score, so it is not this.
+DECAY_POLYNOMIAL = "polynomial"
+# A score MISP still calls fresh whose predicted crossing has passed (a sighting we cannot see,
+# MISP's clock ahead of ours) gets at least this long.
+DECAY_MIN_SECONDS_LEFT = 3600
+# The run report's `decay` counts: attributes scored by the model, left without a score (the
+# model is not associated with their type), skipped as decayed, sent with the predicted
+# crossing as their expiry, and indicators removed because they decayed since they were sent.
+DECAY_COUNTS = ("scored", "unscored", "decayed", "expiry_from_decay", "removed_decayed")
+# Two expiries closer than this are the same (a service may round what it stores).
+DECAY_EXPIRY_TOLERANCE_SECONDS = 60
 
 # --- Taxonomies (mapping.md "Tags and taxonomies") -------------------------------------------
 TLP_TAGS = {

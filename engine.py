@@ -23,12 +23,14 @@ from misp_transformer import iso_utc
 from ms_client import ItemResult, MicrosoftError
 from reconcile import (
     Action,
+    DecayExpiry,
     changed_events,
     clock_problem,
     content_hash,
     full_read_reason,
     immutable_hash,
     mass_delete_blocked,
+    parse_expiry,
     plan,
     renewal_threshold,
 )
@@ -52,11 +54,12 @@ class Limits:
     full_resync_days: int
     max_delete_fraction: float
     concurrency: int
+    decay: bool = False  # misp_decay_model is set: expiries may be predicted crossings
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
         return cls(settings.renew_days, settings.days_to_expire, settings.full_resync_days,
-                   settings.max_delete_fraction, settings.max_concurrent_requests)
+                   settings.max_delete_fraction, settings.max_concurrent_requests, bool(settings.misp_decay_model))
 
 
 @dataclasses.dataclass
@@ -110,6 +113,8 @@ class Engine:
         self._candidates: list[tuple[Any, ...]] = []  # this page's, for a budgeted target; stored per page
         self._candidate_keys: dict[str, str] = {}  # key -> event, this page's candidates
         self._over_budget: set[str] = set()  # incumbents removed to make room for better ones
+        self._decayed_keys: set[str] = set()  # keys of attributes the decaying model skipped in this run
+        self._decayed_attributes: set[str] = set()  # their attribute uuids (for keys that are values)
 
     @property
     def dry_run(self) -> bool:
@@ -169,7 +174,7 @@ class Engine:
         if self._budget is not None and row is None:  # a newcomer waits for `fill`, once all of MISP is read
             self._candidate(key, event_uuid, indicator, self._budget, None)
             return
-        action = plan(row, indicator, self.renew_before, self.adapter.hash_rules)
+        action = plan(row, indicator, self.renew_before, self.adapter.hash_rules, self.decay_expiry(indicator))
         if self._budget is not None:
             self._candidate(key, event_uuid, indicator, self._budget, action)
         self.report.actions[action.value] += 1
@@ -182,6 +187,26 @@ class Engine:
         self._queued_keys[key] = event_uuid
         if len(queue) >= self.adapter.max_batch:
             self._flush(action)
+
+    def decay_expiry(self, indicator: dict[str, Any]) -> DecayExpiry | None:
+        """With a decaying model, the indicator's expiry as the plan weighs it."""
+        if not self.limits.decay:
+            return None
+        return DecayExpiry(parse_expiry(self.adapter.expiry_of(indicator)), self.now + dt.timedelta(days=self.limits.days_to_expire))
+
+    def note_decayed(self, attribute_uuids: list[str]) -> None:
+        """Attributes the model calls decayed: what was sent for them is removed with that reason."""
+        for uuid in attribute_uuids:
+            uuid = uuid.strip().lower()
+            self._decayed_attributes.add(uuid)
+            self._decayed_keys.update(self.adapter.keys_of_attribute(uuid) or ())
+
+    def _decayed(self, row: StateRow) -> bool:
+        if row.external_id in self._decayed_keys:
+            return True
+        if not row.body or not self._decayed_attributes:
+            return False
+        return self.adapter.attribute_of(json.loads(row.body)) in self._decayed_attributes
 
     def _candidate(self, key: str, event_uuid: str, indicator: dict[str, Any], budget: Budgeted, planned: Action | None) -> None:
         """Rank an indicator of a budgeted target; a newcomer (no plan yet) keeps its body."""
@@ -454,6 +479,8 @@ class Engine:
                                   self.now, self.limits.full_resync_days, self.report.clock_problem)
         if not reason and self._budget is not None and self.store.meta("budget_full"):
             reason = "the budget was full in the last run: every event competes for it"
+        if not reason and self.limits.decay:
+            reason = "misp_decay_model is set: scores and sightings change without moving any timestamp"
         if reason:
             return reason, set(listed)
         return "", changed_events(listed, self.store.event_stamps(), self.store.events_due(iso_utc(self.renew_before)))
@@ -571,6 +598,9 @@ class Engine:
             return "over budget: more valuable indicators took its place"
         if self._fetched_events is None:
             return "finishing a removal an interrupted run started"
+        if self._decayed(row):
+            self.report.decay["removed_decayed"] += 1
+            return f"decayed: its score in misp_decay_model fell below decay_threshold (MISP event {row.event_uuid})"
         if row.event_uuid in self._fetched_events:
             return f"its MISP event {row.event_uuid} no longer yields it (attribute deleted, changed or not to_ids)"
         return f"its MISP event {row.event_uuid} is no longer selected (deleted, unpublished or filtered out)"

@@ -15,7 +15,7 @@ import targets
 from constants import ExitCode
 from engine import Engine
 from misp_source import MispSource
-from misp_transformer import EventResult, event_attributes
+from misp_transformer import DecayPolicy, EventResult, event_attributes
 from reconcile import plan
 from report import shown_value, skipped_records
 from request_log import RequestLog
@@ -36,10 +36,11 @@ def explain(settings: Settings, log: RequestLog, needle: str, out: TextIO) -> Ex
         out.write(f"no MISP attribute has the uuid or value {shown_value(log, needle)!r}\n")
         return ExitCode.NOT_FOUND
     now = dt.datetime.now(dt.UTC)
+    decay, _ = source.decay_policy()
     with contextlib.ExitStack() as stack:
         engines = [_open_target(settings, spec, log, now, stack) for spec in settings.targets]
         for attribute in attributes:
-            out.write(_explain_attribute(settings, source, log, engines, attribute, now))
+            out.write(_explain_attribute(settings, source, log, engines, attribute, now, decay))
     return ExitCode.OK
 
 
@@ -54,7 +55,7 @@ def _open_target(settings: Settings, spec: TargetSettings, log: RequestLog, now:
 
 
 def _explain_attribute(settings: Settings, source: MispSource, log: RequestLog, engines: list[Engine],
-                       attribute: Mapping[str, Any], now: dt.datetime) -> str:
+                       attribute: Mapping[str, Any], now: dt.datetime, decay: DecayPolicy | None) -> str:
     uuid = str(attribute.get("uuid", "")).lower()
     event_header = attribute.get("Event")
     header: Mapping[str, Any] = event_header if isinstance(event_header, Mapping) else {}
@@ -69,7 +70,7 @@ def _explain_attribute(settings: Settings, source: MispSource, log: RequestLog, 
     if notes:
         lines.append("  were it selected:")
     for spec, engine in zip(settings.targets, engines, strict=True):
-        result = engine.adapter.transformer(policy_from(settings, spec), now).transform(event)
+        result = engine.adapter.transformer(policy_from(settings, spec, decay), now).transform(event)
         lines += [f"  {engine.report.target}: {decision}" for decision in _decisions(engine, result, uuid, log)]
     return "\n".join(lines) + "\n"
 
@@ -118,5 +119,6 @@ def _decisions(engine: Engine, result: EventResult, uuid: str, log: RequestLog) 
             continue
         remote = engine.queued(key, indicator, "", row).remote_id  # a retired id's successor, where ids are retired
         where = f" (service id {remote})" if remote and remote != key else ""
-        decisions.append(f"sends {key}{where}: {plan(row, indicator, engine.renew_before, engine.adapter.hash_rules).value}")
+        action = plan(row, indicator, engine.renew_before, engine.adapter.hash_rules, engine.decay_expiry(indicator))
+        decisions.append(f"sends {key}{where}: {action.value}")
     return decisions or ["no indicator and no skip (the transform did not see this attribute)"]

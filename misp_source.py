@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
 import warnings
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,8 +24,9 @@ from pymisp.exceptions import MISPServerError, PyMISPUnexpectedResponse
 
 import constants as C
 from constants import MispCause
+from misp_transformer import DecayPolicy, is_true
 from request_log import RequestLog
-from settings import Settings
+from settings import ConfigError, Settings
 
 # PyMISP logs failed requests (bodies included) on its own logger; we report errors ourselves.
 _pymisp_logger = logging.getLogger("pymisp")
@@ -324,9 +326,11 @@ class MispSource:
         raise MispError(f"{label}: still not at the end after {max_pages} pages; MISP does not page as expected")
 
     def _page(self, misp: PyMISP, filters: dict[str, Any], page: int, where: str) -> list[dict[str, Any]]:
-        """One restSearch answer, checked to be a list of events; `where` names it in errors."""
+        """One restSearch answer, checked to be a list of events; `where` names it in errors.
+        With a decaying model, full events carry each attribute's scores."""
         limit = self.settings.misp_page_size
-        result = self._ask(misp, "events", {**filters, "limit": limit, "page": page}, where)
+        decay = {"include_decay_score": True} if self.settings.misp_decay_model and not filters.get("metadata") else {}
+        result = self._ask(misp, "events", {**filters, **decay, "limit": limit, "page": page}, where)
         if not isinstance(result, list):
             raise MispError(f"{where}: expected a list of events, got {type(result).__name__}")
         _check_events(result, where, limit)
@@ -347,11 +351,43 @@ class MispSource:
         events = self._page(self.connect(), {**filters, "uuid": uuid}, 1, f"MISP event {uuid}")
         return events[0] if events else None
 
+    def decay_policy(self) -> tuple[DecayPolicy | None, str]:
+        """misp_decay_model as MISP defines it, and a warning when the tool cannot predict its
+        crossing (a formula other than Polynomial). A model MISP does not have, or has disabled
+        (MISP scores only enabled models), is a config error."""
+        wanted = self.settings.misp_decay_model
+        if not wanted:
+            return None, ""
+        where = "MISP decaying models"
+        started = time.monotonic()
+        answer = self._call(where, lambda: self.connect().decaying_models())
+        self.log.request("misp-decayingModel", "GET", f"{self.settings.misp_url}decayingModel/index", None, 200,
+                         {"models": len(answer) if isinstance(answer, list) else None}, time.monotonic() - started)
+        if isinstance(answer, dict) and "errors" in answer:
+            raise MispError(f"{where}: MISP refused the request: {_describe_errors(answer['errors'])}")
+        models = [item["DecayingModel"] for item in answer if isinstance(item, dict) and isinstance(item.get("DecayingModel"), dict)] \
+            if isinstance(answer, list) else None
+        if models is None:
+            raise MispError(f"{where}: expected a list of models, got {type(answer).__name__}")
+        return decay_policy_of(models, wanted, self.settings.decay_threshold, self.settings.decay_as_confidence)
+
     def _ask(self, misp: PyMISP, controller: str, body: dict[str, Any], where: str) -> Any:
         """One restSearch, every PyMISP failure turned into a MispError naming `where`."""
         started = time.monotonic()
+        result = self._call(where, lambda: misp.search(controller=controller, return_format="json", **body))
+        self.log.request(
+            "misp-restSearch", "POST", f"{self.settings.misp_url}{controller}/restSearch", body, 200,
+            {controller: len(result) if isinstance(result, list) else None}, time.monotonic() - started,
+        )
+        if isinstance(result, dict) and "errors" in result:
+            raise MispError(f"{where}: MISP refused the search: {_describe_errors(result['errors'])}")
+        return result
+
+    @staticmethod
+    def _call(where: str, request: Callable[[], Any]) -> Any:
+        """One PyMISP call, every failure turned into a MispError naming `where`."""
         try:
-            result = misp.search(controller=controller, return_format="json", **body)
+            return request()
         except PyMISPUnexpectedResponse:
             raise MispError(f"{where}: MISP answered with something that is not JSON (a login page or a proxy?)",
                             MispCause.NOT_JSON) from None
@@ -362,10 +398,40 @@ class MispSource:
         except requests.RequestException as exc:
             cause, phrase = _explain(exc)
             raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {phrase}", cause) from None
-        self.log.request(
-            "misp-restSearch", "POST", f"{self.settings.misp_url}{controller}/restSearch", body, 200,
-            {controller: len(result) if isinstance(result, list) else None}, time.monotonic() - started,
-        )
-        if isinstance(result, dict) and "errors" in result:
-            raise MispError(f"{where}: MISP refused the search: {_describe_errors(result['errors'])}")
-        return result
+
+
+def decay_policy_of(models: list[dict[str, Any]], wanted: str, threshold: float | None,
+                    as_confidence: bool) -> tuple[DecayPolicy, str]:
+    """The model `wanted` names (its id, or its name without case) among MISP's, as the run
+    applies it, and a warning when its formula is not the Polynomial one the tool predicts."""
+    found = [m for m in models if str(m.get("id")) == wanted] or \
+        [m for m in models if str(m.get("name", "")).strip().lower() == wanted.lower()]
+    known = ", ".join(f"{m.get('id')} {m.get('name')!r}" for m in models) or "none"
+    if len(found) != 1:
+        problem = "names more than one" if found else "is not one of"
+        raise ConfigError(f"misp_decay_model {wanted!r} {problem} MISP's decaying models ({known}); use its id")
+    model = found[0]
+    label = f"misp_decay_model {wanted!r} ({model.get('id')} {model.get('name')!r})"
+    if not is_true(model.get("enabled")):
+        raise ConfigError(f"{label} is disabled in MISP, which scores enabled models only: enable it there")
+    raw = model.get("parameters")
+    parameters: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    own = _positive(parameters.get("threshold"), allow_zero=True)
+    if threshold is None and own is None:
+        raise ConfigError(f"{label} has no numeric threshold in MISP: set decay_threshold")
+    lifetime, speed = _positive(parameters.get("lifetime")), _positive(parameters.get("decay_speed"))
+    formula = str(model.get("formula") or C.DECAY_POLYNOMIAL).strip().lower()
+    predictable = formula == C.DECAY_POLYNOMIAL and lifetime is not None and speed is not None
+    policy = DecayPolicy(str(model.get("id")), str(model.get("name", "")), threshold if threshold is not None else own or 0.0,
+                         as_confidence, lifetime if predictable else None, speed if predictable else None)
+    warning = "" if predictable else (
+        f"{label} uses the {model.get('formula')!r} formula, not Polynomial with a positive lifetime and decay_speed: "
+        "its scores are used, but expiries stay days_to_expire")
+    return policy, warning
+
+
+def _positive(value: Any, allow_zero: bool = False) -> float | None:
+    """A model parameter that is a number above 0 (or 0 itself when allowed), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value) if value > 0 or (allow_zero and value == 0) else None

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import ipaddress
 import json
+import math
 import urllib.parse
 import uuid as uuid_module
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,6 +27,20 @@ from constants import SkipReason
 
 class InvalidValue(ValueError):
     """An attribute value that cannot become an observable; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecayPolicy:
+    """MISP's decaying model as a run applies it (`misp_decay_model`): whose score to read, the
+    threshold, and the Polynomial parameters that predict when the score crosses it (None for
+    another formula: its score is used, its expiry is the fixed one)."""
+
+    model_id: str
+    model_name: str
+    threshold: float
+    as_confidence: bool = True
+    lifetime_days: float | None = None
+    decay_speed: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +65,7 @@ class MappingPolicy:
     defender_severity: str = ""  # "" = from the event's threat level
     defender_rbac_groups: tuple[str, ...] = ()
     defender_recommended_actions: str = ""
+    decay: DecayPolicy | None = None
 
 
 class Skip(NamedTuple):
@@ -78,6 +94,7 @@ class EventResult:
     attributes: int
     event_uuid: str = ""
     refanged: int = 0  # values sent after undoing defanging (hxxp, [.], ...): counted, not skipped
+    decay: dict[str, int] = dataclasses.field(default_factory=dict)  # C.DECAY_COUNTS, with a model
 
 
 # --- small parsers that accept what real MISP servers and feeds send -------------------------
@@ -937,6 +954,90 @@ def _shorter(value: str | list[str], tail: str, excess: int) -> str | list[str]:
     return head + tail if head else tail.lstrip("\n")
 
 
+# --- MISP's decaying model (lifecycle.md §3) ---------------------------------------------------
+
+class DecayVerdict(NamedTuple):
+    """What the model says of an attribute still above its threshold."""
+
+    score: float
+    confidence: int | None  # the score as a confidence (decay_as_confidence), else None
+    valid_until: dt.datetime | None  # the predicted crossing when it comes before the fixed expiry
+
+
+def decay_verdict(attribute: Mapping[str, Any], decay: DecayPolicy, now: dt.datetime,
+                  fixed_until: dt.datetime) -> DecayVerdict | None:
+    """The model's verdict on one attribute, None when MISP gave it no score for this model (the
+    model is not associated with its type). Raises _Refused for a decayed attribute, or a score
+    that is not a finite number (a garbled score must not pass as fresh)."""
+    entry = _decay_entry(attribute, decay.model_id)
+    if entry is None:
+        return None
+    score = entry.get("score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise _Refused(SkipReason.MALFORMED, f"decay score {score!r} of model {decay.model_name!r} is not a number")
+    if score < decay.threshold:
+        raise _Refused(SkipReason.DECAYED, f"decay score {score:.2f} is below the threshold {decay.threshold:g} "
+                                           f"of model {decay.model_name!r}")
+    confidence = min(100, max(0, math.floor(score + 0.5))) if decay.as_confidence else None
+    crossing = _crossing(attribute, entry, score, decay, now)
+    return DecayVerdict(score, confidence, crossing if crossing is not None and crossing < fixed_until else None)
+
+
+def _decay_entry(attribute: Mapping[str, Any], model_id: str) -> Mapping[str, Any] | None:
+    """The attribute's `decay_score` entry of the model (one entry per model MISP applied)."""
+    for entry in _dicts(attribute.get("decay_score")):
+        model = entry.get("DecayingModel")
+        if isinstance(model, dict) and str(model.get("id")) == model_id:
+            return entry
+    return None
+
+
+def _crossing(attribute: Mapping[str, Any], entry: Mapping[str, Any], score: float, decay: DecayPolicy,
+              now: dt.datetime) -> dt.datetime | None:
+    """When the Polynomial score falls below the threshold: lifetime × (1 − threshold/base)^speed
+    after the reference time, in whole seconds so that every run predicts the same moment. When
+    MISP's score says the attribute is fresher than its own fields show (a sighting we may not
+    see, a clock apart), the time left is read from the score instead."""
+    base = entry.get("base_score")
+    if decay.lifetime_days is None or decay.decay_speed is None or isinstance(base, bool) \
+            or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 0:
+        return None
+    lifetime, speed = decay.lifetime_days * 86400, decay.decay_speed
+    to_threshold = lifetime * max(0.0, 1 - decay.threshold / base) ** speed
+    crossing = dt.datetime.fromtimestamp(decay_reference(attribute) + round(to_threshold), dt.UTC)
+    if crossing > now:
+        return crossing
+    elapsed = lifetime * max(0.0, 1 - score / base) ** speed
+    return now + dt.timedelta(seconds=max(round(to_threshold - elapsed), C.DECAY_MIN_SECONDS_LEFT))
+
+
+def decay_reference(attribute: Mapping[str, Any]) -> int:
+    """The moment the score counts from (MISP's Base::computeCurrentScore): the last sighting
+    (type 0), else `last_seen`, else the attribute's timestamp; an edit after the last sighting
+    restarts the clock from `last_seen` or the timestamp."""
+    stamp = epoch_seconds(attribute.get("timestamp")) or 0
+    seen = _iso_seconds(attribute.get("last_seen"))
+    sightings = [epoch_seconds(s.get("date_sighting")) for s in _dicts(attribute.get("Sighting"))
+                 if str(s.get("type", "0")) == "0"]
+    last_sighting = max((moment for moment in sightings if moment is not None), default=None)
+    since_edit = seen if seen is not None else stamp
+    if last_sighting is None or stamp > last_sighting:
+        return since_edit
+    return last_sighting
+
+
+def _iso_seconds(value: Any) -> int | None:
+    """MISP's `last_seen` (ISO 8601 with microseconds and an offset) in epoch seconds, floored as
+    PHP's DateTime::format('U') does; None when absent or unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return math.floor((moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp())
+
+
 class Transformer:
     """What every target shares: candidates, their one reading (OBSERVABLE_TYPES), context and
     skip accounting. It keeps no event's data for the next (the target's state store spots an
@@ -945,6 +1046,9 @@ class Transformer:
     Subclasses render a candidate's observables as the target's indicator(s) in `render`; a new
     target is a new renderer, the reading stays.
     """
+
+    CONFIDENCE_FIELD = "confidence"  # where `decayed` puts the model's confidence and expiry
+    EXPIRY_FIELD = "expirationDateTime"
 
     def __init__(self, policy: MappingPolicy, now: dt.datetime) -> None:
         self.policy = policy
@@ -966,6 +1070,7 @@ class Transformer:
         self._room = self._largest_names = self._largest_texts = self._unmeasured_bound = self._spare = 0
         self._unmeasured: list[Any] = []  # texts of this event not measured yet
         self._refanged = 0  # values of this event sent after refanging
+        self._decay_counts: dict[str, int] = {}  # of this event (C.DECAY_COUNTS)
         self._filtering = bool(policy.tlp_max) or policy.min_confidence is not None
 
     def template(self, context: EventContext, attribute: Mapping[str, Any]) -> dict[str, Any]:
@@ -986,15 +1091,18 @@ class Transformer:
         tags, galaxies = attribute.get("Tag"), attribute.get("Galaxy")
         return tuple(tag_names(tags, self.policy.ignore_local_tags) + galaxy_tag_names(attribute)) if tags or galaxies else ()
 
-    def refused_by_policy(self, context: EventContext, attribute: Mapping[str, Any]) -> Skip | None:
+    def refused_by_policy(self, context: EventContext, attribute: Mapping[str, Any],
+                          verdict: DecayVerdict | None = None) -> Skip | None:
         """The target's own filters: a TLP ceiling (an untagged attribute has default_tlp) and a
-        confidence floor (an unrated one has defaultConfidenceLevel)."""
+        confidence floor (an unrated one has defaultConfidenceLevel; with decay_as_confidence, a
+        scored one has its score)."""
         facts = self.facts(context, self.own_tags(attribute))
         policy = self.policy
         tlp = facts.tlp or policy.default_tlp
         if policy.tlp_max and C.TLP_RANK[tlp] > C.TLP_RANK[policy.tlp_max]:
             return _skip(context.uuid, attribute, SkipReason.ABOVE_TLP_MAX, f"TLP {tlp} is above tlp_max {policy.tlp_max}")
-        confidence = _first_set(facts.confidence, policy.default_confidence) or 0
+        scored = verdict.confidence if verdict is not None else None
+        confidence = _first_set(scored, facts.confidence, policy.default_confidence) or 0
         if policy.min_confidence is not None and confidence < policy.min_confidence:
             return _skip(context.uuid, attribute, SkipReason.BELOW_MIN_CONFIDENCE,
                          f"confidence {confidence} is below min_confidence {policy.min_confidence}")
@@ -1073,6 +1181,7 @@ class Transformer:
         self._facts, self._common, self._texts, self._templates = {}, {}, {}, {}
         self._room = C.INDICATOR_MAX_BYTES - self._fixed_bytes - _BYTES_PER_CHAR * len(context.uuid)
         self._largest_names = self._largest_texts = self._unmeasured_bound = self._refanged = 0
+        self._decay_counts = {}
         self._unmeasured = []
         self._count_spare()
         result = EventResult([], [], len(pairs), context.uuid.strip().lower())
@@ -1086,7 +1195,7 @@ class Transformer:
                 indicators.extend(outcome)
             else:
                 skips.append(outcome)
-        result.refanged = self._refanged
+        result.refanged, result.decay = self._refanged, self._decay_counts
         return result
 
     def _candidate(self, context: EventContext, attribute: Mapping[str, Any], object_deleted: bool) -> list[dict[str, Any]] | Skip:
@@ -1104,10 +1213,16 @@ class Transformer:
         to_ids = get("to_ids")
         if to_ids is not True and not (to_ids and is_true(to_ids)):
             return _skip(context.uuid, attribute, SkipReason.NOT_TO_IDS)
+        verdict = None
+        if self.policy.decay is not None:
+            try:
+                verdict = self.decay_of(attribute, self.policy.decay)
+            except _Refused as refused:
+                return _skip(context.uuid, attribute, refused.reason, str(refused))
         if self._filtering:
-            refused = self.refused_by_policy(context, attribute)
-            if refused is not None:
-                return refused
+            unwanted = self.refused_by_policy(context, attribute, verdict)
+            if unwanted is not None:
+                return unwanted
         try:
             value = as_text(get("value"))
             reader = OBSERVABLE_TYPES.get(misp_type)  # the one reading, that every target renders
@@ -1119,6 +1234,8 @@ class Transformer:
             else:
                 refanged, observables = False, reader(value, self.policy)
             indicators = self.render(context, attribute, observables, value, key)
+            if verdict is not None:
+                indicators = [self.decayed(indicator, verdict) for indicator in indicators]
             size = 2 * len(value) + len(key)
             if size > self._spare and size > self._measured_spare(context):
                 indicators = [fit(indicator, self.cuts(context)) for indicator in indicators]  # worst case too big: measure
@@ -1134,6 +1251,35 @@ class Transformer:
                key: str) -> list[dict[str, Any]]:
         """The target's indicator(s) for the attribute's observables."""
         raise NotImplementedError
+
+    def decay_of(self, attribute: Mapping[str, Any], decay: DecayPolicy) -> DecayVerdict | None:
+        """decay_verdict, counted per event (C.DECAY_COUNTS; a decayed attribute was scored too)."""
+        counts = self._decay_counts
+        try:
+            verdict = decay_verdict(attribute, decay, self.now, self.valid_until)
+        except _Refused as refused:
+            if refused.reason is SkipReason.DECAYED:
+                counts["scored"] = counts.get("scored", 0) + 1
+            raise
+        if verdict is None:
+            counts["unscored"] = counts.get("unscored", 0) + 1
+        else:
+            counts["scored"] = counts.get("scored", 0) + 1
+            if verdict.valid_until is not None:
+                counts["expiry_from_decay"] = counts.get("expiry_from_decay", 0) + 1
+        return verdict
+
+    def decayed(self, indicator: dict[str, Any], verdict: DecayVerdict) -> dict[str, Any]:
+        """The indicator with the model's confidence and predicted expiry in the target's fields."""
+        if verdict.confidence is not None:
+            indicator[self.CONFIDENCE_FIELD] = verdict.confidence
+        if verdict.valid_until is not None:
+            indicator[self.EXPIRY_FIELD] = self.expiry_text(verdict.valid_until)
+        return indicator
+
+    def expiry_text(self, moment: dt.datetime) -> str:
+        """The target's spelling of an expiry."""
+        return iso_utc(moment)
 
 
 class EventLineTransformer(Transformer):
@@ -1231,6 +1377,16 @@ class DefenderTransformer(EventLineTransformer):
         if refusal is not None and not indicators:
             raise refusal
         return indicators
+
+    def decayed(self, indicator: dict[str, Any], verdict: DecayVerdict) -> dict[str, Any]:
+        """Defender has no confidence field: the model's confidence ranks the indicator instead."""
+        if verdict.confidence is not None:
+            rank = list(indicator[C.DEFENDER_RANK_FIELD])
+            rank[1] = verdict.confidence
+            indicator[C.DEFENDER_RANK_FIELD] = rank
+        if verdict.valid_until is not None:
+            indicator["expirationTime"] = iso_utc(verdict.valid_until)
+        return indicator
 
     def describe(self, context: EventContext, comment: str) -> tuple[str, str]:
         """The title is the event's (≤ 100 characters); the comment goes to the description."""
@@ -1357,10 +1513,15 @@ class StixTransformer(Transformer):
             indicators.append(indicator)
         return indicators
 
+    EXPIRY_FIELD = "valid_until"
+
     def __init__(self, policy: MappingPolicy, now: dt.datetime) -> None:
         super().__init__(policy, now)
         self._now_stix, self._now_seconds = stix_time(now), int(now.timestamp())
         self._valid_until_stix = stix_time(self.valid_until)
+
+    def expiry_text(self, moment: dt.datetime) -> str:
+        return stix_time(moment)
 
     def text_fields(self, texts: str) -> dict[str, str]:
         return {"description": texts}

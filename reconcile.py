@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import constants as C
 from misp_transformer import stix_time
 from state_store import SENT, StateRow
 
@@ -71,7 +72,28 @@ def event_uuid_of(indicator: Mapping[str, Any], field: str = "additionalInformat
     return match.group(1).lower() if match else ""
 
 
-def plan(row: StateRow | None, indicator: Mapping[str, Any], renew_before: dt.datetime, rules: HashRules) -> Action:
+@dataclasses.dataclass(frozen=True)
+class DecayExpiry:
+    """With a decaying model, an expiry is the moment the score will cross the threshold, when
+    that comes before the fixed one (`fixed_until`, now + days_to_expire)."""
+
+    wanted: dt.datetime | None  # the expiry the indicator has now
+    fixed_until: dt.datetime
+
+    def moved(self, sent: dt.datetime) -> bool:
+        """The sent expiry must change: it is later than the one wanted now (the score will cross
+        sooner), or the wanted one is a crossing that moved (a sighting restarted the clock). A
+        fixed expiry is left to the usual renewal, so a capped indicator is not re-sent nightly."""
+        if self.wanted is None:
+            return False
+        tolerance = dt.timedelta(seconds=C.DECAY_EXPIRY_TOLERANCE_SECONDS)
+        if sent > self.wanted + tolerance:
+            return True
+        return self.wanted < self.fixed_until - tolerance and abs(self.wanted - sent) > tolerance
+
+
+def plan(row: StateRow | None, indicator: Mapping[str, Any], renew_before: dt.datetime, rules: HashRules,
+         decay: DecayExpiry | None = None) -> Action:
     """What to do with one desired indicator, given its state row (or None). A row still
     `pending` may never have arrived, so it is sent again as new."""
     if row is None or row.status != SENT:
@@ -81,7 +103,7 @@ def plan(row: StateRow | None, indicator: Mapping[str, Any], renew_before: dt.da
     if content_hash(indicator, rules) != row.content_hash:
         return Action.UPDATE
     expires = parse_expiry(row.expires_at)
-    if expires is None or expires <= renew_before:
+    if expires is None or expires <= renew_before or (decay is not None and decay.moved(expires)):
         return Action.RENEW
     return Action.UNCHANGED
 

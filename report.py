@@ -58,6 +58,8 @@ class RunReport:
     deletions_blocked: int = 0
     requests: int = 0
     skipped: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    decay_model: str = ""  # misp_decay_model's name, "" when decay is off
+    decay: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # C.DECAY_COUNTS
     named_deleted: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (value, reason), the first few
     named_rejected: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     started: float = dataclasses.field(default_factory=time.monotonic)
@@ -69,6 +71,7 @@ class RunReport:
         self.indicators += len(result.indicators)
         self.refanged += result.refanged
         self.skipped.update(skip.reason.value for skip in result.skips)
+        self.decay.update(result.decay)
 
     def name(self, named: list[tuple[str, str]], value: str, reason: str) -> None:
         """Keep the first SUMMARY_NAMED for the summary; the logs hold every one."""
@@ -93,8 +96,16 @@ class RunReport:
             "recovered": self.recovered, "refanged": self.refanged, "state_rebuilt": self.rebuilt or None,
             "clock_problem": self.clock_problem or None,
             "deletions_blocked": self.deletions_blocked, "requests": self.requests,
-            "skipped": dict(sorted(self.skipped.items())), "seconds": round(time.monotonic() - self.started, 3),
+            "skipped": dict(sorted(self.skipped.items())), "decay": self._decay_counts(),
+            "seconds": round(time.monotonic() - self.started, 3),
         }
+
+    def _decay_counts(self) -> dict[str, Any] | None:
+        """The run report's `decay`: the model and C.DECAY_COUNTS (None when decay is off)."""
+        if not self.decay_model:
+            return None
+        counts = {**self.decay, "decayed": self.skipped[SkipReason.DECAYED.value]}
+        return {"model": self.decay_model, **{name: counts.get(name, 0) for name in C.DECAY_COUNTS}}
 
     def summary(self, dry_run: bool) -> str:
         data = self.as_dict(dry_run)
@@ -114,6 +125,7 @@ class RunReport:
             + (f"DELETIONS BLOCKED by the safety valve: {data['deletions_blocked']}\n" if data["deletions_blocked"] else "")
             + (f"recovered from an interrupted run: {data['recovered']}\n" if data["recovered"] else "")
             + (f"refanged (defanged in MISP, sent as real values): {data['refanged']}\n" if data["refanged"] else "")
+            + _decay_line(data["decay"])
             + (f"STATE REBUILT from the service: {data['state_rebuilt']}\n" if data["state_rebuilt"] else "")
             + (f"NOTHING FORGOTTEN OR REMOVED: {data['clock_problem']}\n" if data["clock_problem"] else "")
             + _named("deleted", self.named_deleted, self.deleted) + _named("rejected", self.named_rejected, self.rejected)
@@ -123,6 +135,13 @@ class RunReport:
     def _run_kind(self) -> str:
         kind = f"full read ({self.full_read})" if self.full_read else "incremental read (only changed events)"
         return f"run: {kind}, {self.events_read_in_full} of {self.events_listed} listed events read in full"
+
+
+def _decay_line(decay: dict[str, Any] | None) -> str:
+    if decay is None:
+        return ""
+    return (f"decay ({decay['model']}): scored {decay['scored']}, decayed {decay['decayed']}, removed as decayed "
+            f"{decay['removed_decayed']}, expiry from the model {decay['expiry_from_decay']}, unscored {decay['unscored']}\n")
 
 
 def _named(what: str, named: list[tuple[str, str]], total: int) -> str:

@@ -27,11 +27,12 @@ from check import run_checks
 from constants import ExitCode, Outcome
 from explain import explain
 from misp_source import MispSource
+from misp_transformer import DecayPolicy
 from report import TargetRun, classify, last_run_status
 from request_log import LogWriteError, RequestLog
 from settings import ConfigError, Settings, load_settings
 from state_store import StateStore, open_store, target_lock
-from sync import make_engine, new_run, open_run, run_all, state_paths
+from sync import apply_decay, make_engine, new_run, open_run, run_all, state_paths
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
@@ -118,10 +119,21 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
         if not any(run.report.clock_problem for run in runs):  # a jumped clock would make every record look old
             log.prune(settings.log_retention_days)
         try:
-            run_all(runs, MispSource(settings, log), log, args.allow_mass_delete, scope, progress, args.full)
+            source = MispSource(settings, log)
+            apply_decay(settings, runs, decay_policy(source, log), now)
+            run_all(runs, source, log, args.allow_mass_delete, scope, progress, args.full)
         finally:
             for run in runs:
                 run.report.requests = run.adapter.requests_sent
+
+
+def decay_policy(source: MispSource, log: RequestLog) -> DecayPolicy | None:
+    """The decaying model from MISP; a formula the tool cannot predict is said once, on stderr and in logs/."""
+    decay, warning = source.decay_policy()
+    if warning:
+        sys.stderr.write(f"misp2sentinel: warning: {warning}\n")
+        log.error("decay", warning)
+    return decay
 
 
 def write_reports(runs: list[TargetRun], log: RequestLog, args: argparse.Namespace, started: dt.datetime, out: TextIO) -> None:

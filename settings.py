@@ -113,6 +113,9 @@ class Settings:
     client_certificate_password: str = dataclasses.field(default="", repr=False)
     managed_identity: str = ""  # "", "system", or a user-assigned identity's client id
     misp_allow_plain_http: bool = False
+    misp_decay_model: str = ""  # a decaying model's name or id; "" = decay off
+    decay_threshold: float | None = None  # None: the model's own threshold
+    decay_as_confidence: bool = True
     unknown_settings: tuple[str, ...] = ()  # one message per name this version does not know
     warnings: tuple[str, ...] = ()
 
@@ -314,6 +317,19 @@ def _optional_whole(low: int, high: int) -> Kind:
     def optional(row: Setting, value: Any, ctx: _Context) -> int | None:
         return None if value is None else int(_whole(low, high)(row, value, ctx))
     return optional
+
+
+def _optional_number(low: float, high: float) -> Kind:
+    def optional(row: Setting, value: Any, ctx: _Context) -> float | None:
+        return None if value is None else _in_range(row, value, low, high, ctx)
+    return optional
+
+
+def _decay_model(row: Setting, value: Any, ctx: _Context) -> str:
+    """A decaying model's name, or its id (a whole number, also written as one)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    return _text(row, value, ctx)
 
 
 def _optional_flag(row: Setting, value: Any, ctx: _Context) -> bool | None:
@@ -688,6 +704,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("misp_ignore_localtags", _flag, True,
         "ignore local tags (`local` true or 1)",
         field="ignore_local_tags"),
+    Setting("misp_decay_model", _decay_model, "",
+        "a MISP decaying model, by name or id: each run then asks MISP for the attributes' decay scores "
+        "(`includeDecayScore`) and reads every listed event in full, since scores and sightings change "
+        'without moving any timestamp (see "Decay"). The model must be enabled in MISP. Unset: decay off'),
+    Setting("decay_threshold", _optional_number(0, 100), None,
+        "an attribute whose score is below this is skipped as `decayed`, and what was sent for it is removed",
+        shown="the model's own threshold"),
+    Setting("decay_as_confidence", _flag, True,
+        "the score, rounded to a whole number from 0 to 100, is the indicator's confidence (for Defender, "
+        "its rank in the budget). `False` keeps the confidence of the tags"),
     Setting("log_dir", _folder, "logs",
         "where the JSON files go (relative to the config file)"),
     Setting("write_post_json", _flag, True,

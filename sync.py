@@ -25,15 +25,16 @@ import targets
 from constants import ExitCode, SkipReason
 from engine import Engine, Limits
 from misp_source import EventStamp, MispSource, stamp_of
-from misp_transformer import MappingPolicy
+from misp_transformer import DecayPolicy, MappingPolicy
 from report import RunReport, TargetRun
 from request_log import RequestLog, strip_url_credentials
 from settings import Settings, TargetSettings
 from state_store import StateStore, StoreError, StoreLocked, open_store, target_lock
 
 
-def policy_from(settings: Settings, spec: TargetSettings) -> MappingPolicy:
-    """One target's mapping policy: the shared settings and that target's own."""
+def policy_from(settings: Settings, spec: TargetSettings, decay: DecayPolicy | None = None) -> MappingPolicy:
+    """One target's mapping policy: the shared settings, that target's own, and the decaying
+    model as MISP defines it (MispSource.decay_policy)."""
     return MappingPolicy(
         target_product=settings.target_product, action=settings.action, passive_only=settings.passive_only,
         days_to_expire=settings.days_to_expire, network_ignore_direction=settings.network_ignore_direction,
@@ -42,7 +43,7 @@ def policy_from(settings: Settings, spec: TargetSettings) -> MappingPolicy:
         misp_url=strip_url_credentials(settings.misp_url), tlp_max=spec.tlp_max, min_confidence=spec.min_confidence,
         defender_action=spec.defender_action, defender_generate_alert=spec.defender_generate_alert,
         defender_severity=spec.defender_severity, defender_rbac_groups=spec.defender_rbac_groups,
-        defender_recommended_actions=spec.defender_recommended_actions,
+        defender_recommended_actions=spec.defender_recommended_actions, decay=decay,
     )
 
 
@@ -59,7 +60,8 @@ def settings_fingerprint(settings: Settings, spec: TargetSettings) -> str:
     filters, target, tool version): when it changes, every event is read again in full."""
     timeless = [{k: v for k, v in one.items() if k not in C.MISP_TIME_FILTERS} for one in settings.misp_event_filters]
     shape = {"version": C.VERSION, "policy": dataclasses.asdict(policy_from(settings, spec)), "filters": timeless,
-             "target": dataclasses.asdict(spec), "sourcesystem": settings.sourcesystem}
+             "target": dataclasses.asdict(spec), "sourcesystem": settings.sourcesystem,
+             "decay": [settings.misp_decay_model, settings.decay_threshold, settings.decay_as_confidence]}
     return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
@@ -72,6 +74,15 @@ def new_run(settings: Settings, spec: TargetSettings, log: RequestLog, dry_run: 
     adapter = targets.adapter(settings, spec, log, online=not dry_run)
     return TargetRun(spec, adapter, adapter.transformer(policy_from(settings, spec), now), RunReport(adapter.label),
                      fingerprint=settings_fingerprint(settings, spec))
+
+
+def apply_decay(settings: Settings, runs: list[TargetRun], decay: DecayPolicy | None, now: dt.datetime) -> None:
+    """Give every target the decaying model once MISP has said what it is."""
+    if decay is None:
+        return
+    for run in runs:
+        run.transformer = run.adapter.transformer(policy_from(settings, run.spec, decay), now)
+        run.report.decay_model = decay.model_name or decay.model_id
 
 
 def open_run(settings: Settings, run: TargetRun, log: RequestLog, dry_run: bool, now: dt.datetime,
@@ -180,6 +191,7 @@ def _feed(run: TargetRun, engine: Engine, event: Any, log: RequestLog) -> str:
         log.error("transform", f"{len(failed)} attributes of MISP event {failed[0].event_uuid} could not be transformed",
                   event_uuid=failed[0].event_uuid, attributes=[{"uuid": s.attribute_uuid, "error": s.detail} for s in failed])
     engine.keep([skip.attribute_uuid for skip in failed], result.event_uuid)
+    engine.note_decayed([skip.attribute_uuid for skip in result.skips if skip.reason is SkipReason.DECAYED])
     for indicator in result.indicators:
         run.guard(log, functools.partial(engine.offer, indicator, result.event_uuid))
     return result.event_uuid

@@ -77,7 +77,7 @@ def _as_list(value: object) -> list[str]:
 
 class MispStandIn(HttpsStandIn):
     """MISP server holding `events` (public list of {"Event": ...}; edit it between runs),
-    the enabled `warninglists`, the `decaying_model` and `sightings` (epoch seconds per
+    the enabled `warninglists`, the `decaying_models` and `sightings` (epoch seconds per
     attribute uuid) that restSearch applies; tests set them."""
 
     def __init__(self, key: str, events: list[dict[str, Any]], *, ca: PrivateCA | None = None) -> None:
@@ -91,7 +91,7 @@ class MispStandIn(HttpsStandIn):
         describe = resources.files("pymisp").joinpath("data/describeTypes.json").read_text("utf-8")
         self._describe_types = {"result": json.loads(describe)["result"]}
         self.warninglists: list[Warninglist] = []
-        self.decaying_model: DecayingModel | None = DecayingModel()
+        self.decaying_models: list[DecayingModel] = [DecayingModel()]
         self.sightings: dict[str, list[int]] = {}
         self._last_search: tuple[dict[str, Any], Search] | None = None
 
@@ -125,6 +125,9 @@ class MispStandIn(HttpsStandIn):
             return json_reply(200, _ME)
         if route == ("GET", "/attributes/describeTypes.json"):
             return json_reply(200, self._describe_types)
+        if route == ("GET", "/decayingModel/index"):
+            with self.lock:
+                return json_reply(200, [model.index_entry() for model in self.decaying_models])
         if route == ("POST", "/events/restSearch"):
             return self._rest_search(request)
         if route == ("POST", "/attributes/restSearch"):
@@ -153,7 +156,7 @@ class MispStandIn(HttpsStandIn):
                 search = self._search(body)
                 selected = [event for event in self.events if self._selects(event["Event"], body)]
                 shaped = [{"Event": copy.deepcopy(search.shape(event["Event"], self.warninglists,
-                                                               self.decaying_model, self.sightings))}
+                                                               self.decaying_models, self.sightings))}
                           for event in search.page(selected, page) if search.fetches(event["Event"])]
         except ValueError as error:
             return _error(400, str(error), request.path)

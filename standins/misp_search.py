@@ -48,6 +48,7 @@ import functools
 import ipaddress
 import re
 import time
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -99,22 +100,43 @@ class Warninglist:
         return False
 
 
+# The attribute types of MISP's "NIDS Simple Decaying Model" (misp-decaying-models, version 2).
+NIDS_TYPES = ("domain", "domain|ip", "hostname", "hostname|port", "ip-dst", "ip-dst|port", "ip-src", "ip-src|port",
+              "url", "snort", "suricata", "zeek", "bro")
+
+
 @dataclasses.dataclass
 class DecayingModel:
-    """A Polynomial decaying model (DecayingModelsFormulas/Polynomial.php); `lifetime` in days.
-    `attribute_types` None: the model is associated with every type."""
+    """A decaying model as MISP stores it (DecayingModel.php; defaults: the parameters of the
+    NIDS Simple Decaying Model, enabled here although MISP installs it disabled); `lifetime` in
+    days. `attribute_types` None: the model is associated with every type. The base score is
+    always `default_base_score` (the taxonomy weights of `base_score_config` are not modelled).
+    Only the Polynomial formula scores here; a model with another `formula` is listed but gives
+    no score, as the tool must then not rely on predicting one."""
 
     id: str = "1"
     name: str = "NIDS Simple Decaying Model"
-    lifetime: float = 180
-    decay_speed: float = 0.3
+    lifetime: float = 120
+    decay_speed: float = 2
     threshold: float = 30
     default_base_score: float = 80
-    attribute_types: list[str] | None = None
+    attribute_types: list[str] | None = dataclasses.field(default_factory=lambda: list(NIDS_TYPES))
+    enabled: bool = True
+    formula: str = "Polynomial"
+
+    def index_entry(self) -> dict[str, Any]:
+        """The model as `GET /decayingModel/index` lists it (afterFind decodes the JSON columns)."""
+        return {"DecayingModel": {
+            "id": self.id, "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"decaying-model:{self.id}")), "name": self.name,
+            "description": "", "parameters": {"lifetime": self.lifetime, "decay_speed": self.decay_speed,
+                                              "threshold": self.threshold, "default_base_score": self.default_base_score,
+                                              "base_score_config": {}},
+            "attribute_types": list(self.attribute_types or []), "org_id": "1", "enabled": self.enabled,
+            "all_orgs": True, "ref": [], "formula": self.formula, "version": "2", "default": True}}
 
     def score(self, attribute: dict[str, Any], sightings: list[int], now: float) -> dict[str, Any] | None:
         """DecayingModel::attachScoresToAttribute (DecayingModel.php 625-662) for one model."""
-        if self.attribute_types is not None and attribute.get("type") not in self.attribute_types:
+        if not self.enabled or (self.attribute_types is not None and attribute.get("type") not in self.attribute_types):
             return None
         elapsed = now - _reference_time(attribute, sightings)
         score = self._polynomial(elapsed)
@@ -123,7 +145,7 @@ class DecayingModel:
 
     def _polynomial(self, elapsed: float) -> float:
         """Polynomial::computeScore: base × (1 − (t/lifetime)^(1/decay_speed)), floored at 0."""
-        if elapsed < 0:
+        if elapsed < 0 or self.formula.lower() != "polynomial":
             return 0
         lifetime = self.lifetime * 86400
         score = self.default_base_score * (1 - (elapsed / lifetime) ** (1 / self.decay_speed))
@@ -341,13 +363,13 @@ class Search:
         value = self.body.get("published")
         return value is None or _column_in(event.get("published"), value)
 
-    def shape(self, event: dict[str, Any], warninglists: Iterable[Warninglist], model: DecayingModel | None,
+    def shape(self, event: dict[str, Any], warninglists: Iterable[Warninglist], models: list[DecayingModel],
               sightings: dict[str, list[int]]) -> dict[str, Any]:
         """The event as fetchEvent returns it (a copy; `event` is not changed)."""
         if _php_truthy(self.body.get("metadata")):
             return {k: v for k, v in event.items() if k not in _NOT_IN_METADATA}
         lists = [wl for wl in warninglists if wl.enabled] if _php_truthy(self.body.get("enforceWarninglist")) else []
-        decay = model if _php_truthy(self.body.get("includeDecayScore")) else None
+        decay = models if _php_truthy(self.body.get("includeDecayScore")) else []
         def keep(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [self._finish(a, decay, sightings) for a in items
                     if self._fetched(a, event) and not any(wl.hit(a) for wl in lists)]
@@ -396,12 +418,25 @@ class Search:
             return set()
         return self._resolve(_dissect(value)["NOT"])
 
-    def _finish(self, attribute: dict[str, Any], model: DecayingModel | None,
+    def _finish(self, attribute: dict[str, Any], models: list[DecayingModel],
                 sightings: dict[str, list[int]]) -> dict[str, Any]:
-        if model is None:
-            return attribute
-        score = model.score(attribute, sightings.get(str(attribute.get("uuid")), []), self.now)
-        return attribute if score is None else {**attribute, "decay_score": [score]}
+        """JSONConverterTool attaches the attribute's sightings; attachScoresToAttribute one
+        score per enabled model associated with its type."""
+        seen = sightings.get(str(attribute.get("uuid")), [])
+        scores = [score for model in models if (score := model.score(attribute, seen, self.now)) is not None]
+        extra: dict[str, Any] = {"Sighting": [_sighting(attribute, moment, n) for n, moment in enumerate(seen, 1)]} if seen else {}
+        if scores:
+            extra["decay_score"] = scores
+        return {**attribute, **extra} if extra else attribute
+
+
+def _sighting(attribute: dict[str, Any], moment: int, number: int) -> dict[str, Any]:
+    """One type-0 sighting as an event's attribute carries it (misp.md "Sighting")."""
+    return {"id": str(number), "attribute_id": str(attribute.get("id", "")), "event_id": str(attribute.get("event_id", "")),
+            "org_id": USER_ORG_ID, "date_sighting": str(moment), "type": "0", "source": "",
+            "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sighting:{attribute.get('uuid')}:{moment}:{number}")),
+            "attribute_uuid": str(attribute.get("uuid", "")),
+            "Organisation": {"id": USER_ORG_ID, "uuid": "5f6c3f7e-0000-4000-8000-000000000001", "name": "StandIn Org"}}
 
 
 def event_attributes(event: dict[str, Any]) -> list[dict[str, Any]]:

@@ -344,8 +344,8 @@ def test_date_selects_by_event_date_from_a_time(dated, tmp_path):
 # --- includeDecayScore --------------------------------------------------------------------------
 
 def test_include_decay_score_scores_each_attribute_from_its_last_sighting_or_timestamp(standins, tmp_path):
-    standins.misp.decaying_model = DecayingModel(id="7", name="linear", lifetime=10, decay_speed=1,
-                                                 threshold=50, default_base_score=100)
+    standins.misp.decaying_models = [DecayingModel(id="7", name="linear", lifetime=10, decay_speed=1,
+                                                   threshold=50, default_base_score=100)]
     sighted = attribute("192.0.2.1", timestamp=str(NOW - 5 * DAY))
     seen = attribute("192.0.2.2", timestamp=str(NOW - 9 * DAY), last_seen=time.strftime(
         "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(NOW - 8 * DAY)))
@@ -364,7 +364,7 @@ def test_include_decay_score_scores_each_attribute_from_its_last_sighting_or_tim
 
 def test_decay_score_follows_the_polynomial_formula_and_the_models_types(standins, tmp_path):
     model = DecayingModel(lifetime=30, decay_speed=2, threshold=40, default_base_score=90, attribute_types=["domain"])
-    standins.misp.decaying_model = model
+    standins.misp.decaying_models = [model]
     standins.misp.events = [event("e", attribute("evil.test", "domain", timestamp=str(NOW - 12 * DAY)),
                                   attribute("192.0.2.1", timestamp=str(NOW - 12 * DAY)))]
     domain, address = attributes_of(standins, tmp_path, {"includeDecayScore": 1})

@@ -1,0 +1,143 @@
+"""The pure half of decay (issue 14): which score is read, when an attribute is decayed, the
+reference time, and the predicted crossing, checked against the MISP stand-in's own formula."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import pytest
+
+import constants as C
+from constants import SkipReason
+from misp_source import decay_policy_of
+from misp_transformer import (
+    DecayPolicy,
+    DefenderTransformer,
+    GraphTransformer,
+    MappingPolicy,
+    StixTransformer,
+    decay_reference,
+    stix_time,
+)
+from settings import ConfigError
+from standins.misp_search import DecayingModel
+
+NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+DAY = 86400
+NIDS = DecayPolicy("1", "NIDS", threshold=30, lifetime_days=120, decay_speed=2)
+
+
+def scored(score: object, base: object = 80, model: str = "1", **attribute: object) -> dict:
+    return {"uuid": "6f2f2a7e-1d3b-4c5e-9a1b-2c3d4e5f6a7b", "type": "domain", "value": "decay.example.com",
+            "to_ids": True, "timestamp": str(int(NOW.timestamp()) - 10 * DAY),
+            "decay_score": [{"score": score, "base_score": base, "decayed": False,
+                             "DecayingModel": {"id": model, "name": "NIDS"}}], **attribute}
+
+
+def event(*attributes: dict) -> dict:
+    return {"Event": {"uuid": "0b6d6c1e-3f4a-4b5c-8d9e-0f1a2b3c4d5e", "info": "decay", "timestamp": str(int(NOW.timestamp())),
+                      "threat_level_id": "2", "Attribute": list(attributes), "Tag": []}}
+
+
+def transform(item: dict, transformer: Any = GraphTransformer, **policy: Any) -> Any:
+    return transformer(MappingPolicy(decay=NIDS, **policy), NOW).transform(event(item))
+
+
+def test_the_predicted_crossing_is_where_the_stand_ins_score_meets_the_threshold():
+    model = DecayingModel()
+    item = scored(60.0)
+    [indicator] = transform(item).indicators
+    crossing = dt.datetime.fromisoformat(indicator["expirationDateTime"].replace("Z", "+00:00")).timestamp()
+    reference = int(item["timestamp"])
+    before, after = model.score(item, [], crossing - 1), model.score(item, [], crossing + 1)
+    assert before is not None and after is not None and before["score"] > 30 > after["score"]
+    assert crossing - reference == pytest.approx(120 * DAY * (1 - 30 / 80) ** 2, abs=1)
+
+
+@pytest.mark.parametrize(("score", "confidence"), [(72.5, 73), (72.49, 72), (30, 30), (250, 100)])
+def test_confidence_is_the_score_rounded_half_up_within_0_to_100(score, confidence):
+    [indicator] = transform(scored(score)).indicators
+    assert indicator["confidence"] == confidence
+
+
+def test_a_score_below_the_threshold_is_decayed_and_another_models_score_is_not_read():
+    [skip] = transform(scored(29.99)).skips
+    assert skip.reason is SkipReason.DECAYED and "29.99 is below" in skip.detail and "below the threshold 30" in skip.detail
+    result = transform(scored(5, model="2"))
+    assert result.indicators[0]["confidence"] == 50 and result.decay == {"unscored": 1}
+
+
+@pytest.mark.parametrize("score", ["72", None, True, math.nan, math.inf])
+def test_a_score_that_is_not_a_finite_number_is_malformed_not_fresh(score):
+    [skip] = transform(scored(score)).skips
+    assert skip.reason is SkipReason.MALFORMED and "decay score" in skip.detail
+
+
+def test_the_reference_is_the_last_true_sighting_unless_an_edit_came_later():
+    stamp = int(NOW.timestamp()) - 10 * DAY
+    sightings = [{"date_sighting": str(stamp + DAY), "type": "0"}, {"date_sighting": str(stamp + 3 * DAY), "type": "1"}]
+    assert decay_reference({"timestamp": str(stamp), "Sighting": sightings}) == stamp + DAY  # a false positive is no sighting
+    assert decay_reference({"timestamp": str(stamp + 2 * DAY), "Sighting": sightings}) == stamp + 2 * DAY
+    seen = "2026-11-30T10:00:00.123456+00:00"
+    assert decay_reference({"timestamp": str(stamp), "last_seen": seen}) == int(dt.datetime(2026, 11, 30, 10, tzinfo=dt.UTC).timestamp())
+    assert decay_reference({"timestamp": str(stamp), "last_seen": "garbage", "Sighting": "junk"}) == stamp
+
+
+def test_misps_fresher_score_wins_over_a_crossing_its_fields_put_in_the_past():
+    item = scored(79.0, timestamp=str(int(NOW.timestamp()) - 100 * DAY))  # the fields say decayed 53 days ago
+    [indicator] = transform(item).indicators
+    expires = dt.datetime.fromisoformat(indicator["expirationDateTime"].replace("Z", "+00:00"))
+    assert expires - NOW > dt.timedelta(days=40)  # read from the score: little of its life is gone
+
+
+def test_a_crossing_after_days_to_expire_keeps_the_fixed_expiry():
+    far = DecayPolicy("1", "NIDS", threshold=30, lifetime_days=4000, decay_speed=2)
+    result = GraphTransformer(MappingPolicy(decay=far), NOW).transform(event(scored(79.0)))
+    assert result.indicators[0]["expirationDateTime"] == "2027-01-31T12:00:00Z"  # NOW + 60 days
+    assert result.decay == {"scored": 1}
+
+
+def test_every_target_carries_the_score_and_the_crossing_in_its_own_fields():
+    item = scored(60.0)
+    crossing = dt.datetime.fromtimestamp(int(item["timestamp"]) + round(120 * DAY * (1 - 30 / 80) ** 2), dt.UTC)
+    [stix] = transform(item, StixTransformer).indicators
+    assert stix["confidence"] == 60 and stix["valid_until"] == stix_time(crossing)
+    [defender] = transform(item, DefenderTransformer).indicators
+    assert defender[C.DEFENDER_RANK_FIELD][1] == 60 and defender["expirationTime"] == crossing.strftime("%Y-%m-%dT%H:%M:%SZ")
+    other = {**scored(90.0), "uuid": "7f2f2a7e-1d3b-4c5e-9a1b-2c3d4e5f6a7b", "value": "b.example.com"}
+    shared = DefenderTransformer(MappingPolicy(decay=NIDS), NOW).transform(event(scored(60.0), other))
+    assert [i[C.DEFENDER_RANK_FIELD][1] for i in shared.indicators] == [60, 90]  # the template's rank is not shared
+
+
+def test_min_confidence_weighs_the_score_when_it_is_the_confidence():
+    assert transform(scored(45.0), min_confidence=50).skips[0].reason is SkipReason.BELOW_MIN_CONFIDENCE
+    as_tags = DecayPolicy("1", "NIDS", threshold=30, as_confidence=False, lifetime_days=120, decay_speed=2)
+    result = GraphTransformer(MappingPolicy(decay=as_tags, min_confidence=50), NOW).transform(event(scored(45.0)))
+    assert result.indicators and result.indicators[0]["confidence"] == 50
+
+
+def model_entry(**fields: Any) -> dict:
+    return DecayingModel(**fields).index_entry()["DecayingModel"]
+
+
+def test_the_model_is_found_by_id_or_name_and_its_parameters_read():
+    models = [model_entry(), model_entry(id="5", name="Fast", lifetime=3, decay_speed=0.3, threshold=50)]
+    policy, warning = decay_policy_of(models, "fast", None, True)
+    assert policy == DecayPolicy("5", "Fast", 50.0, True, 3.0, 0.3) and warning == ""
+    policy, _ = decay_policy_of(models, "1", 42.5, False)
+    assert policy.threshold == 42.5 and not policy.as_confidence and policy.lifetime_days == 120
+
+
+@pytest.mark.parametrize("fields", [{"formula": "PolynomialExtended"}, {"lifetime": 0}, {"decay_speed": "2"}])
+def test_a_model_the_tool_cannot_predict_falls_back_with_a_warning(fields):
+    policy, warning = decay_policy_of([model_entry(**fields)], "1", None, True)
+    assert policy.lifetime_days is None and "expiries stay days_to_expire" in warning
+
+
+def test_a_model_without_a_threshold_needs_decay_threshold():
+    entry = model_entry()
+    del entry["parameters"]["threshold"]
+    with pytest.raises(ConfigError, match="set decay_threshold"):
+        decay_policy_of([entry], "1", None, True)
+    assert decay_policy_of([entry], "1", 20, True)[0].threshold == 20
