@@ -107,6 +107,24 @@ def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> Non
     fix = "" if events else "no event matches: check misp_event_filters (published, time window, tags)"
     checklist.add(Line(bool(events), "MISP filters", f"{events} events match misp_event_filters {filter_text(settings)}", fix),
                   ExitCode.MISP)
+    if settings.misp_decay_model:
+        check_decay(source, checklist)
+
+
+def check_decay(source: MispSource, checklist: Checklist) -> None:
+    """The decaying model exists, is enabled, and whether its crossing can be predicted."""
+    try:
+        decay, warning = source.decay_policy()
+    except (ConfigError, MispError) as exc:
+        code = ExitCode.CONFIG if isinstance(exc, ConfigError) else ExitCode.MISP
+        checklist.add(Line(False, "MISP decaying model", str(exc), "name an enabled model MISP lists under Decaying Models"), code)
+        return
+    if decay is None:  # misp_decay_model is unset: nothing to check
+        return
+    what = warning or (f"Polynomial, lifetime {decay.lifetime_days:g} days, decay_speed {decay.decay_speed:g}: "
+                       "expiry at the predicted crossing")
+    checklist.add(Line(True, "MISP decaying model", f"{decay.model_id} {decay.model_name!r}, threshold {decay.threshold:g}; {what}"),
+                  ExitCode.CONFIG)
 
 
 def filter_text(settings: Settings) -> str:

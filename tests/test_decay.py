@@ -186,3 +186,12 @@ def test_a_model_misp_cannot_apply_is_a_config_error(standins, tmp_path, capsys,
     result = run_cli(write_config(tmp_path, standins, misp_decay_model=wanted), capsys=capsys)
     assert result.code == ExitCode.CONFIG and message in result.err and "Traceback" not in result.err
     assert not standins.graph.indicators
+
+
+def test_check_names_the_model_and_what_it_drives(standins, tmp_path, capsys):
+    config = write_config(tmp_path, standins, misp_decay_model="nids simple decaying model")
+    result = run_cli(config, "--check", capsys=capsys)
+    assert "MISP decaying model: 1 'NIDS Simple Decaying Model', threshold 30; Polynomial, lifetime 120 days" in result.out
+    standins.misp.decaying_models = [DecayingModel(enabled=False)]
+    failed = run_cli(config, "--check", capsys=capsys)
+    assert failed.code == ExitCode.CONFIG and "is disabled in MISP" in failed.out
