@@ -124,19 +124,26 @@ def test_a_sync_with_verify_after_minutes_reports_delivery_and_fails_on_a_loss(s
     assert report["exit_code"] == ExitCode.UNDELIVERED
 
 
-@pytest.mark.parametrize("fault", ["garbled", "forbidden"])
+PARTIAL = {"tables": [{"name": "PrimaryResult", "columns": [{"name": "Id", "type": "string"}], "rows": []}],
+           "error": {"code": "PartialError", "message": "Query result set has exceeded the internal limit"}}
+FAULT_TEXT = {"garbled": "not the documented JSON", "forbidden": "Log Analytics Reader", "partial": "only part of the result"}
+
+
+@pytest.mark.parametrize("fault", list(FAULT_TEXT))
 def test_a_log_analytics_failure_is_one_line_and_exit_4(standins, tmp_path, capsys, monkeypatch, fault):
     monkeypatch.setattr("ms_client.time.sleep", lambda seconds: None)
     config = sentinel_config(tmp_path, standins)
     assert run_cli(config, capsys=capsys).code == ExitCode.OK
     if fault == "garbled":
         standins.loganalytics.fail_next(200, "<html>proxy login</html>", times=5)
+    elif fault == "partial":
+        standins.loganalytics.fail_next(200, PARTIAL)
     else:
         standins.loganalytics.readers.clear()
     checked = run_cli(config, "--verify", capsys=capsys)
     assert checked.code == ExitCode.MICROSOFT
     assert checked.err.count("\n") == 1 and "Traceback" not in checked.err
-    assert ("not the documented JSON" if fault == "garbled" else "Log Analytics Reader") in checked.err
+    assert FAULT_TEXT[fault] in checked.err
     text = checked.log_text() + checked.err + checked.out
     assert not any(token in text for token in standins.entra.issued_tokens())
     assert standins.client_secret not in text
