@@ -30,6 +30,7 @@ from constants import ExitCode, Outcome
 from explain import explain
 from misp_source import MispSource
 from misp_transformer import iso_utc
+from ms_client import MicrosoftError
 from report import TargetRun, classify, delivery_line, last_run_status, undelivered_problem
 from request_log import LogWriteError, RequestLog
 from settings import ConfigError, Settings, load_settings
@@ -189,6 +190,8 @@ def verify_delivery(settings: Settings, log: RequestLog, out: TextIO) -> ExitCod
             store = StateStore(path)
             try:
                 found = delivery.verify(settings, spec, adapter, store, log, now)
+            except MicrosoftError as exc:  # which target's check failed
+                raise MicrosoftError(f"{adapter.label}: delivery check: {exc}", exc.cause, exc.fatal, exc.aadsts) from None
             finally:
                 adapter.close()
                 store.close()
