@@ -47,10 +47,9 @@ def _moment(value: Any) -> dt.datetime | None:
         return None
     head, _, fraction = value.rstrip("Z").partition(".")
     try:
-        moment = dt.datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00")
+        return dt.datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00")
     except ValueError:
         return None
-    return moment
 
 
 def young(row: StateRow, now: dt.datetime, wait: dt.timedelta) -> bool:
@@ -74,8 +73,9 @@ def judge_table_row(row: StateRow, seen: Mapping[str, Any] | None, now: dt.datet
     if _moment(seen.get("Modified")) != _moment(sent.get("modified")):
         return _absent(row, now, wait, f"the table holds the version modified {seen.get('Modified')}, "
                                        f"not {sent.get('modified')}", pattern)
-    if not seen.get("ObservableKey"):
-        return Verdict(row, Delivery.UNPARSED, "empty ObservableKey: Sentinel could not parse the pattern", pattern)
+    if not seen.get("ObservableKey"):  # the pattern Sentinel holds is the one it could not parse
+        return Verdict(row, Delivery.UNPARSED, "empty ObservableKey: Sentinel could not parse the pattern",
+                       str(seen.get("Pattern") or pattern))
     rewritten = []
     if seen.get("Confidence") != sent.get("confidence"):
         rewritten.append(f"confidence {seen.get('Confidence')!r} (sent {sent.get('confidence')!r})")

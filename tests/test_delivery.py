@@ -46,6 +46,24 @@ def test_a_full_sync_of_every_fixture_event_is_delivered_and_parsed(standins, tm
     assert checked.err == "" and undelivered_records(checked) == []
 
 
+def test_a_compound_pattern_stored_under_our_id_shows_as_unparsed(standins, tmp_path, capsys):
+    """What misp-stix's `AND` patterns did to cudeso's users: Sentinel takes them, the table
+    shows no observable, and only the delivery check says so."""
+    config = sentinel_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    (victim,) = _victims(standins, 1)
+    compound = "[ipv4-addr:value = '198.51.100.7' AND ipv4-addr:value = '198.51.100.8']"
+    session = graph_session(standins, resource=standins.sentinel.url)
+    url = (f"{standins.sentinel.url}/workspaces/{standins.sentinel.workspace_id}"
+           "/threat-intelligence-stix-objects:upload?api-version=2024-02-01-preview")
+    same_version = {**standins.sentinel.objects[victim], "pattern": compound}
+    assert session.post(url, json={"sourcesystem": "MISP", "stixobjects": [same_version]}).status_code == 200
+    checked = run_cli(config, "--verify", capsys=capsys)
+    assert checked.code == ExitCode.UNDELIVERED and delivery_counts(checked)["unparsed"] == 1
+    (logged,) = undelivered_records(checked)
+    assert (logged["id"], logged["status"], logged["pattern"]) == (victim, "unparsed", compound)
+
+
 def test_verify_tells_unparsed_rewritten_missing_and_deleted_apart(standins, tmp_path, capsys):
     config = sentinel_config(tmp_path, standins)
     assert run_cli(config, capsys=capsys).code == ExitCode.OK
