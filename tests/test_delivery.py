@@ -34,11 +34,14 @@ def _rule(ident: str, change: Any) -> Any:
     return lambda row: change(row) if row["Id"].endswith("---" + ident) else row
 
 
-def test_a_full_sync_of_every_fixture_event_is_delivered_and_parsed(standins, tmp_path, capsys):
-    """The guard that moved out of the stand-in: whatever the mapping sends, Sentinel parses."""
+def test_a_full_sync_of_every_fixture_event_is_delivered_and_parsed(standins, tmp_path, capsys, monkeypatch):
+    """The guard that moved out of the stand-in: whatever the mapping sends, Sentinel parses.
+    (Asked 100 ids per query, so that a big tenant's answer stays far below the row limit.)"""
     config = sentinel_config(tmp_path, standins)
     assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    monkeypatch.setattr("constants.LOGANALYTICS_IDS_PER_QUERY", 100)
     checked = run_cli(config, "--verify", capsys=capsys)
+    assert len(standins.loganalytics.requests_seen) == -(-len(standins.sentinel.objects) // 100)
     assert checked.code == ExitCode.OK, checked.err
     found = delivery_counts(checked)
     assert found[Delivery.UNPARSED.value] == 0
