@@ -17,7 +17,8 @@ from cryptography import x509
 
 import constants as C
 import targets
-from constants import ExitCode
+from constants import ErrorCause, ExitCode
+from loganalytics_client import LogAnalyticsClient, connection, kql_string
 from misp_source import MispError, MispSource
 from ms_client import MicrosoftError
 from private_files import UnsafePath, private_dir
@@ -146,6 +147,25 @@ def check_target(settings: Settings, target: TargetSettings, log: RequestLog, ch
         check_service(settings, target, adapter, checklist)
     finally:
         adapter.close()
+    if settings.verify_after_minutes and target.workspace_id:
+        checklist.add(delivery_check_line(settings, target, log), ExitCode.MICROSOFT)
+
+
+def delivery_check_line(settings: Settings, target: TargetSettings, log: RequestLog) -> Line:
+    """verify_after_minutes reads the workspace's table: one harmless query shows the token, the
+    API permission and the reader role all work."""
+    label = f"{target.label}: delivery checks"
+    client = LogAnalyticsClient(connection(settings), target.workspace_id, log)
+    try:
+        client.query(f"{C.LOGANALYTICS_TABLE} | where Source == {kql_string(settings.sourcesystem)} | summarize count()")
+    except MicrosoftError as exc:
+        fix = ("add the API permission Log Analytics API Data.Read (admin consent) and the Log Analytics Reader role on "
+               "the workspace" if exc.cause in (ErrorCause.PERMISSION_MISSING, ErrorCause.AUTH_REFUSED)
+               else C.PROBE_FIXES.get(exc.cause, f"check loganalytics_endpoint and {client.permission}"))
+        return Line(False, label, str(exc), fix)
+    finally:
+        client.session.close()
+    return Line(True, label, f"the workspace's {C.LOGANALYTICS_TABLE} table can be read ({client.permission})")
 
 
 def check_service(settings: Settings, target: TargetSettings, adapter: targets.Adapter, checklist: Checklist) -> None:

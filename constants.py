@@ -39,6 +39,8 @@ class ExitCode(enum.IntEnum):
                        "`--allow-mass-delete` if the deletions are real")
     LOCKED = 7, "another run holds the lock for this target (cron overlap). Nothing was done"
     NOT_FOUND = 8, "`--explain`: no MISP attribute has that UUID or value"
+    UNDELIVERED = 9, ("`--verify` (or a sync with `verify_after_minutes`): some indicators the state holds are unparsed, "
+                      "missing or deleted in the service (each one is listed under `logs/`)")
     INTERRUPTED = 130, "interrupted (Ctrl-C, or SIGTERM from systemd's stop or `timeout`); the run report is still written"
 
 
@@ -599,3 +601,37 @@ GRAPH_LISTING_COLUMNS = (("id", 64), ("externalId", 44), ("observable", 64), ("t
 SENTINEL_LISTING_COLUMNS = (("externalId", 48), ("pattern", 96), ("validUntil", 26), ("revoked", 7))
 CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: these cells get a leading '
 CONTROL_CHARACTERS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+# --- Delivery checks (README "Delivery checks"; lifecycle.md §5) --------------------------------
+DEFAULT_LOGANALYTICS_ENDPOINT = "https://api.loganalytics.azure.com"
+DEFAULT_LOGANALYTICS_SCOPE = "https://api.loganalytics.io/.default"
+LOGANALYTICS_QUERY_PATH = "/v1/workspaces/{workspace_id}/query"
+LOGANALYTICS_TABLE = "ThreatIntelIndicators"
+# The query API allows 200 requests per 30 s per user; a verification sends one per id batch.
+LOGANALYTICS_REQUESTS_PER_MINUTE = 200
+# An answer holds at most 500,000 rows and 64 MB, and a cut answer is 200 with a PartialError:
+# ids are asked in batches far below both (one row each, a few kB with its Data).
+LOGANALYTICS_IDS_PER_QUERY = 500
+# Every live indicator is republished every 7-10 days, so its latest row falls within this window.
+LOGANALYTICS_TIMESPAN = "P14D"
+# What a verification reads of each row (the Data column is left out: it is large and unused).
+LOGANALYTICS_COLUMNS = ("Id", "TimeGenerated", "Modified", "ObservableKey", "ObservableValue", "Pattern", "Confidence",
+                        "ValidUntil", "IsDeleted")
+DELIVERY_LOG = "undelivered"  # logs/<time>_undelivered_<n>.jsonl: every unparsed, missing and deleted indicator
+
+
+class Delivery(str, enum.Enum):
+    """What a verification found for one indicator the state holds (README "Delivery checks")."""
+
+    DELIVERED = "delivered"  # present, parsed, as sent
+    UNPARSED = "unparsed"  # present, but Sentinel extracted no observable: analytics never match it
+    REWRITTEN = "rewritten"  # present, confidence or expiry not as sent (an ingestion rule)
+    DIFFERS = "differs"  # Graph/Defender: present, content not as sent (edited in the service)
+    PENDING = "pending"  # not (yet) there, sent less than verify_after_minutes ago
+    MISSING = "missing"  # not there (or an older version), sent longer ago than that
+    DELETED = "deleted"  # IsDeleted in the workspace's table
+
+
+# Findings a cron job must notice: exit code UNDELIVERED.
+UNDELIVERED = (Delivery.UNPARSED, Delivery.MISSING, Delivery.DELETED)
+DELIVERED_COLUMN_WIDTH = 9  # `-r --format table`: the longest status

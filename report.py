@@ -62,6 +62,7 @@ class RunReport:
     decay: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)  # C.DECAY_COUNTS
     named_deleted: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (value, reason), the first few
     named_rejected: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    delivery: dict[str, int] = dataclasses.field(default_factory=dict)  # per status, when a verification ran
     started: float = dataclasses.field(default_factory=time.monotonic)
     progress: tqdm[Any] = dataclasses.field(default_factory=lambda: tqdm(disable=True), repr=False)
 
@@ -97,7 +98,7 @@ class RunReport:
             "clock_problem": self.clock_problem or None,
             "deletions_blocked": self.deletions_blocked, "requests": self.requests,
             "skipped": dict(sorted(self.skipped.items())), "decay": self._decay_counts(),
-            "seconds": round(time.monotonic() - self.started, 3),
+            "seconds": round(time.monotonic() - self.started, 3), "delivery": self.delivery or None,
         }
 
     def _decay_counts(self) -> dict[str, Any] | None:
@@ -129,6 +130,7 @@ class RunReport:
             + (f"STATE REBUILT from the service: {data['state_rebuilt']}\n" if data["state_rebuilt"] else "")
             + (f"NOTHING FORGOTTEN OR REMOVED: {data['clock_problem']}\n" if data["clock_problem"] else "")
             + _named("deleted", self.named_deleted, self.deleted) + _named("rejected", self.named_rejected, self.rejected)
+            + (f"{delivery_line(self.delivery)}\n" if self.delivery else "")
             + f"requests to the service: {data['requests']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
         )
 
@@ -142,6 +144,16 @@ def _decay_line(decay: dict[str, Any] | None) -> str:
         return ""
     return (f"decay ({decay['model']}): scored {decay['scored']}, decayed {decay['decayed']}, removed as decayed "
             f"{decay['removed_decayed']}, expiry from the model {decay['expiry_from_decay']}, unscored {decay['unscored']}\n")
+
+
+def delivery_line(found: dict[str, int]) -> str:
+    """The summary's line of a verification's counts."""
+    return "delivery checked: " + ", ".join(f"{status} {count}" for status, count in found.items())
+
+
+def undelivered(found: dict[str, int]) -> int:
+    """How many a cron job must hear of: unparsed, missing or deleted."""
+    return sum(found.get(status.value, 0) for status in C.UNDELIVERED)
 
 
 def _named(what: str, named: list[tuple[str, str]], total: int) -> str:
@@ -251,7 +263,9 @@ class TargetRun:
             return ExitCode.MICROSOFT
         if self.report.deletions_blocked:
             return ExitCode.SAFETY_VALVE
-        return ExitCode.REJECTED if self.report.rejected else ExitCode.OK
+        if self.report.rejected:
+            return ExitCode.REJECTED
+        return ExitCode.UNDELIVERED if undelivered(self.report.delivery) else ExitCode.OK
 
     def problem(self) -> str:
         """One line for every outcome but 0, so a `--quiet` run under cron still sends mail."""
@@ -263,7 +277,9 @@ class TargetRun:
         if report.deletions_blocked:
             return (f"safety valve: {report.deletions_blocked} deletions blocked, nothing deleted; "
                     "check MISP, then re-run with --allow-mass-delete if they are real")
-        return f"{report.rejected} indicators rejected by the service (see logs/)" if report.rejected else ""
+        if report.rejected:
+            return f"{report.rejected} indicators rejected by the service (see logs/)"
+        return undelivered_problem(report.delivery)
 
     def record(self, dry_run: bool, started: dt.datetime) -> dict[str, Any]:
         """The run report: outcome, times and version as well as the counts, failed runs included."""
@@ -271,6 +287,14 @@ class TargetRun:
             "exit_code": int(self.exit_code()), "error": self.problem() or None, "started": iso_utc(started),
             "ended": iso_utc(dt.datetime.now(dt.UTC)), "version": C.VERSION,
         }
+
+
+def undelivered_problem(found: dict[str, int]) -> str:
+    """One line when a verification found indicators analytics cannot use, else ""."""
+    if not undelivered(found):
+        return ""
+    named = ", ".join(f"{status.value} {found.get(status.value, 0)}" for status in C.UNDELIVERED)
+    return f"{undelivered(found)} indicators not usable in the service ({named}; each under logs/*_{C.DELIVERY_LOG}-*.jsonl)"
 
 
 def last_run_status(previous: Any, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 import json
 import os
@@ -22,13 +23,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import constants as C
+import delivery
 import targets
 from check import run_checks
 from constants import ExitCode, Outcome
 from explain import explain
 from misp_source import MispSource
-from misp_transformer import DecayPolicy
-from report import TargetRun, classify, last_run_status
+from misp_transformer import DecayPolicy, iso_utc
+from ms_client import MicrosoftError
+from report import TargetRun, classify, delivery_line, last_run_status, undelivered_problem
 from request_log import LogWriteError, RequestLog
 from settings import ConfigError, Settings, load_settings
 from state_store import StateStore, open_store, target_lock
@@ -36,8 +39,8 @@ from sync import apply_decay, make_engine, new_run, open_run, run_all, state_pat
 
 HERE = Path(__file__).resolve().parent
 # When targets end differently, the exit code reports the most serious outcome.
-EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT, ExitCode.MISP,
-                 ExitCode.CONFIG, ExitCode.INTERNAL, ExitCode.INTERRUPTED]
+EXIT_SEVERITY = [ExitCode.OK, ExitCode.REJECTED, ExitCode.UNDELIVERED, ExitCode.SAFETY_VALVE, ExitCode.LOCKED, ExitCode.MICROSOFT,
+                 ExitCode.MISP, ExitCode.CONFIG, ExitCode.INTERNAL, ExitCode.INTERRUPTED]
 # What -d reports as done: the indicator is deleted, or revoked already.
 DELETED = frozenset({Outcome.ACCEPTED, Outcome.ALREADY_REVOKED})
 
@@ -65,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("--explain", metavar="VALUE-or-UUID",
                         help="say per target why a MISP attribute (by uuid or value) is sent or not; read-only")
     action.add_argument("--rebuild-state", action="store_true", help="recreate each target's local state from what the service holds")
+    action.add_argument("--verify", action="store_true",
+                        help="check that what the state says was sent is in each target, parsed and unchanged (README, Delivery checks)")
     parser.add_argument("--allow-mass-delete", action="store_true",
                         help="let this run delete more than max_delete_fraction of the owned indicators")
     parser.add_argument("--full", action="store_true",
@@ -125,6 +130,15 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
         finally:
             for run in runs:
                 run.report.requests = run.adapter.requests_sent
+        if settings.verify_after_minutes and not args.dry_run:
+            for run in runs:
+                run.guard(log, functools.partial(verify_run, settings, run, log))
+
+
+def verify_run(settings: Settings, run: TargetRun, log: RequestLog) -> None:
+    """verify_after_minutes: the run ends with a delivery check of its target."""
+    if run.engine is not None:
+        run.report.delivery = delivery.verify(settings, run.spec, run.adapter, run.engine.store, log, dt.datetime.now(dt.UTC))
 
 
 def decay_policy(source: MispSource, log: RequestLog) -> DecayPolicy | None:
@@ -173,6 +187,34 @@ def rebuild_state(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
     return ExitCode.OK
 
 
+def verify_delivery(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
+    """--verify: each target's state against what the service holds now; the verdicts go into
+    the state (for `-r`), the counts to stdout and a `delivery` log file, each unusable
+    indicator to an `undelivered` JSONL."""
+    settings.require_microsoft()
+    now = dt.datetime.now(dt.UTC)
+    code = ExitCode.OK
+    for spec in settings.targets:
+        lock, path = state_paths(settings, spec)
+        adapter = targets.adapter(settings, spec, log)
+        with target_lock(lock):
+            store = StateStore(path)
+            try:
+                found = delivery.verify(settings, spec, adapter, store, log, now)
+            except MicrosoftError as exc:  # which target's check failed
+                raise MicrosoftError(f"{adapter.label}: delivery check: {exc}", exc.cause, exc.fatal, exc.aadsts) from None
+            finally:
+                adapter.close()
+                store.close()
+        log.write("delivery", {"target": adapter.label, "checked": iso_utc(now), "delivery": found})
+        say(out, f"{adapter.label}: {delivery_line(found)}\n")
+        problem = undelivered_problem(found)
+        if problem:
+            sys.stderr.write(f"misp2sentinel: error: {adapter.label}: {problem}\n")
+            code = ExitCode.UNDELIVERED
+    return code
+
+
 def read_indicators(settings: Settings, log: RequestLog, out: TextIO, output: str) -> ExitCode:
     """Each target's holdings: one JSON document per target, naming it (Graph's list answer, or
     the workspace's queryIndicators items from our sourcesystem), or a table or CSV whose rows
@@ -181,13 +223,29 @@ def read_indicators(settings: Settings, log: RequestLog, out: TextIO, output: st
     log.write_requests = False
     for spec in settings.targets:
         adapter = targets.adapter(settings, spec, log)
+        verdicts = last_verdicts(settings, spec)
         counted = Counted(adapter.listing())
         if output == "json":
-            write_listing(adapter.label, counted, out)
+            write_listing(adapter, counted, out, verdicts)
         else:
-            write_rows(adapter, counted, out, output)
+            write_rows(adapter, counted, out, output, verdicts)
         log.write("listing", {"target": adapter.label, "pages": counted.pages, "indicators": counted.items})
     return ExitCode.OK
+
+
+def last_verdicts(settings: Settings, spec: Any) -> dict[str, str]:
+    """Service id -> the last verification's status (empty when none ran)."""
+    _, path = state_paths(settings, spec)
+    store = StateStore.read_only(path)
+    try:
+        return store.deliveries()
+    finally:
+        store.close()
+
+
+def service_id(adapter: targets.Adapter, item: dict[str, Any]) -> str:
+    """A listed item's service id: every adapter's first listing column."""
+    return str(adapter.listing_cell(item, adapter.listing_columns[0][0]))
 
 
 class Counted:
@@ -207,25 +265,31 @@ class Counted:
         return page
 
 
-def write_listing(label: str, pages: Iterator[dict[str, Any]], out: TextIO) -> None:
-    """`{"target": ..., "@odata.context": ..., "value": [...]}` across all pages, one item per line."""
+def write_listing(adapter: targets.Adapter, pages: Iterator[dict[str, Any]], out: TextIO, verdicts: dict[str, str]) -> None:
+    """`{"target": ..., "@odata.context": ..., "value": [...]}` across all pages, one item per line;
+    each item gains "delivered" (the last verification's status) once a verification ran."""
+    label = adapter.label
     first_page = next(pages, None)
     context = first_page.get("@odata.context") if first_page else None
     out.write("{" + f'"target": {json.dumps(label)}, ' + (f'"@odata.context": {json.dumps(context)}, ' if context else "") + '"value": [')
     first = True
     for page in itertools.chain([first_page] if first_page else [], pages):
         for item in page["value"]:
-            out.write(("" if first else ",") + "\n  " + json.dumps(item, ensure_ascii=False))
+            shown = {**item, "delivered": verdicts.get(service_id(adapter, item), "")} if verdicts else item
+            out.write(("" if first else ",") + "\n  " + json.dumps(shown, ensure_ascii=False))
             first = False
     out.write("\n]}\n")
 
 
-def write_rows(adapter: targets.Adapter, pages: Iterator[dict[str, Any]], out: TextIO, output: str) -> None:
+def write_rows(adapter: targets.Adapter, pages: Iterator[dict[str, Any]], out: TextIO, output: str,
+               verdicts: dict[str, str]) -> None:
     """The columns an analyst scans for, after the target's name, as CSV (cells a spreadsheet
     would run as formulas are defused) or as a fixed-width table (control characters escaped,
-    cut values ending in an ellipsis)."""
-    columns = ("target", *(column for column, _ in adapter.listing_columns))
-    widths = (len(adapter.label), *(width for _, width in adapter.listing_columns))
+    cut values ending in an ellipsis); a "delivered" column once a verification ran."""
+    checked = (("delivered", C.DELIVERED_COLUMN_WIDTH),) if verdicts else ()
+    listed = (*adapter.listing_columns, *checked)
+    columns = ("target", *(column for column, _ in listed))
+    widths = (len(adapter.label), *(width for _, width in listed))
     writer = csv.writer(out)
 
     def emit(row: Iterable[Any]) -> None:
@@ -237,7 +301,8 @@ def write_rows(adapter: targets.Adapter, pages: Iterator[dict[str, Any]], out: T
     emit(columns)
     for page in pages:
         for item in page["value"]:
-            emit([adapter.label, *(adapter.listing_cell(item, column) for column in columns[1:])])
+            cells = [adapter.listing_cell(item, column) for column, _ in adapter.listing_columns]
+            emit([adapter.label, *cells, *([verdicts.get(service_id(adapter, item), "")] if verdicts else [])])
 
 
 def csv_cell(value: Any) -> str:
@@ -373,6 +438,8 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
             return delete_indicators(settings, log, args.delete, out)
         if args.rebuild_state:
             return rebuild_state(settings, log, out)
+        if args.verify:
+            return verify_delivery(settings, log, out)
         if args.explain is not None:  # `--explain ""` (an unset shell variable) must not fall through to a sync
             return explain(settings, log, args.explain, out)
         return sync(settings, log, args, out)

@@ -118,6 +118,9 @@ class Settings:
     decay_as_confidence: bool = True
     unknown_settings: tuple[str, ...] = ()  # one message per name this version does not know
     warnings: tuple[str, ...] = ()
+    verify_after_minutes: int = 0
+    loganalytics_endpoint: str = C.DEFAULT_LOGANALYTICS_ENDPOINT
+    loganalytics_scope: str = C.DEFAULT_LOGANALYTICS_SCOPE.removesuffix("/.default")  # the audience
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (used to scrub error text)."""
@@ -569,6 +572,13 @@ SETTINGS: tuple[Setting, ...] = (
         shown="from `cloud`"),
     Setting("management_api_version", _text, C.DEFAULT_MANAGEMENT_API_VERSION,
         "api-version for `queryIndicators`"),
+    Setting("verify_after_minutes", _whole(0, 10080), 0,
+        "`0`: off. Otherwise every run ends with a delivery check of the uploads older than this many minutes, "
+        "and `--verify` counts younger ones as `pending` (README, Delivery checks)"),
+    Setting("loganalytics_endpoint", _https_url, C.DEFAULT_LOGANALYTICS_ENDPOINT,
+        "the Log Analytics query API that checks delivery to Sentinel (`/v1/workspaces/{workspace_id}/query`)"),
+    Setting("loganalytics_scope", _scope, C.DEFAULT_LOGANALYTICS_SCOPE,
+        "its token scope (not the endpoint's host: the API takes tokens for `https://api.loganalytics.io`)"),
     Setting("max_requests_per_minute", _whole(1, 100000), C.SENTINEL_REQUESTS_PER_MINUTE,
         "the client-side pace for Sentinel uploads. It never sends more than this many in any 60 s and waits "
         "only when the window is full"),

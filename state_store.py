@@ -55,6 +55,9 @@ DELETE FROM indicators WHERE status = 'revoked';
 # `fixed_hash` is the column of StateRow.immutable_hash (the name older state files carry).
 _ROW = "external_id, COALESCE(remote_id, ''), content_hash, fixed_hash, expires_at, event_uuid, sent_at, body, status"
 _OWNED = "status IN ('sent', 'pending')"
+# Created by the first verification, so a store that never ran one stays as older versions wrote it.
+_DELIVERIES = ("CREATE TABLE IF NOT EXISTS deliveries (external_id TEXT PRIMARY KEY, remote_id TEXT NOT NULL, "
+               "status TEXT NOT NULL, detail TEXT NOT NULL, checked_at TEXT NOT NULL)")
 _FORGET_EVENT_OF = "DELETE FROM events WHERE uuid IN (SELECT event_uuid FROM indicators WHERE external_id = ?)"
 
 
@@ -448,6 +451,25 @@ class StateStore:
         """A listing found these clean long enough after their ambiguous answer: no copy can come now."""
         with self.transaction():
             self.db.execute("DELETE FROM suspects WHERE since < ?", (before,))
+
+    # --- deliveries: the last verification's verdict per indicator (delivery.py) ----------
+    def owned_rows(self) -> list[StateRow]:
+        """Every owned row (sent or maybe sent), as a verification checks them."""
+        return [StateRow(*row) for row in self.db.execute(f"SELECT {_ROW} FROM indicators WHERE {_OWNED} ORDER BY external_id")]
+
+    def record_deliveries(self, verdicts: Iterable[tuple[str, str, str, str]], checked_at: str) -> None:
+        """(key, service id, status, detail) of one verification, replacing the previous one's."""
+        with self.transaction():
+            self.db.execute(_DELIVERIES)
+            self.db.execute("DELETE FROM deliveries")
+            self.db.executemany("INSERT INTO deliveries VALUES (?, ?, ?, ?, ?)",
+                                ((key, remote_id, status, detail, checked_at) for key, remote_id, status, detail in verdicts))
+
+    def deliveries(self) -> dict[str, str]:
+        """Service id -> last verdict; empty when no verification ever ran."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries'").fetchone() is None:
+            return {}
+        return dict(self.db.execute("SELECT remote_id, status FROM deliveries"))
 
 
 def adopt_case_variant(store: Path) -> None:

@@ -1,12 +1,13 @@
-"""Local HTTPS stand-ins for MISP, Entra ID, Microsoft Graph, Microsoft Sentinel, Microsoft
-Defender for Endpoint and an App Service managed identity endpoint, for tests and the demo.
+"""Local HTTPS stand-ins for MISP, Entra ID, Microsoft Graph, Microsoft Sentinel (and its
+workspace's Log Analytics query API), Microsoft Defender for Endpoint and an App Service managed
+identity endpoint, for tests and the demo.
 
-`StandIns` starts all six behind one private CA:
+`StandIns` starts all seven behind one private CA:
 
     with StandIns(tmp_dir, events=seed_events("tests/fixtures/misp_events")) as s:
         os.environ["REQUESTS_CA_BUNDLE"] = str(s.ca_bundle_path)
         ...  # point the tool at s.misp.url, s.entra.authority_host, s.graph.url,
-             # s.sentinel.url (upload and management API), s.defender.url
+             # s.sentinel.url (upload and management API), s.loganalytics.url, s.defender.url
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from .defender import DefenderStandIn
 from .entra import ClientCertificate, EntraStandIn, TokenInfo, make_client_certificate
 from .graph import GraphStandIn
 from .identity import ManagedIdentityStandIn
+from .loganalytics import AUDIENCE as LOGANALYTICS_AUDIENCE
+from .loganalytics import LogAnalyticsStandIn
 from .misp import MispStandIn, load_event_file
 from .sentinel import SentinelStandIn
 from .tls import HttpsStandIn, PrivateCA, SeenRequest
 
 __all__ = ["ClientCertificate", "DefenderStandIn", "EntraStandIn", "GraphStandIn", "HttpsStandIn",
-           "ManagedIdentityStandIn", "MispStandIn", "PrivateCA", "SeenRequest", "SentinelStandIn",
+           "LogAnalyticsStandIn", "ManagedIdentityStandIn", "MispStandIn", "PrivateCA", "SeenRequest", "SentinelStandIn",
            "StandIns", "TokenInfo", "load_event_file", "make_client_certificate", "seed_events"]
 
 DEFAULT_MISP_KEY = "demo-misp-key-0123456789abcdef0123456789"
@@ -47,7 +50,9 @@ def seed_events(directory: Path | str) -> list[dict[str, Any]]:
 class StandIns:
     """MISP, Entra, Graph, Sentinel and Defender stand-ins sharing one CA; the Graph, Sentinel
     and Defender URLs are Entra resources (Sentinel serves both the upload and the management
-    API; `client_id` holds Ti.ReadWrite on Defender). `identity`
+    API; `client_id` holds Ti.ReadWrite on Defender). `loganalytics` queries the Sentinel
+    workspace's table; its token audience is `https://api.loganalytics.io` (an Entra resource
+    too), and `client_id` holds the workspace reader role. `identity`
     is the managed identity endpoint of an app whose system-assigned identity is `client_id`
     and which has one user-assigned identity, DEFAULT_USER_ASSIGNED_CLIENT_ID; its
     IDENTITY_HEADER value is `identity.header_secret`, random per instance.
@@ -75,6 +80,9 @@ class StandIns:
         self.sentinel = SentinelStandIn(self.entra, workspace_id, subscription_id, resource_group,
                                         workspace_name)
         self.entra.resources.add(self.sentinel.url)
+        self.loganalytics = LogAnalyticsStandIn(self.entra, self.sentinel)
+        self.entra.resources.add(LOGANALYTICS_AUDIENCE)
+        self.loganalytics.readers.add(client_id)
         self.defender = DefenderStandIn(self.entra)
         self.entra.resources.add(self.defender.url)
         self.defender.grant(client_id, "Ti.ReadWrite")
@@ -98,6 +106,7 @@ class StandIns:
             "resource_group": self.sentinel.resource_group,
             "workspace_name": self.sentinel.workspace_name,
             "defender_endpoint": self.defender.url,
+            "loganalytics_endpoint": self.loganalytics.url,
             **overrides,
         }
         path = Path(directory) / "config.py"
@@ -121,7 +130,7 @@ class StandIns:
 
     @property
     def _servers(self) -> tuple[HttpsStandIn, ...]:
-        return (self.misp, self.entra, self.graph, self.sentinel, self.defender, self.identity)
+        return (self.misp, self.entra, self.graph, self.sentinel, self.loganalytics, self.defender, self.identity)
 
     def __enter__(self) -> StandIns:
         return self.start()

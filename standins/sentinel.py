@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import dataclasses
 import functools
 import json
 import re
@@ -41,7 +42,9 @@ __all__ = [
     "UPLOAD_API_VERSION",
     "UPLOAD_LIMIT",
     "SentinelStandIn",
+    "Version",
     "analyse_pattern",
+    "observable",
     "validate_stix_object",
 ]
 
@@ -54,6 +57,10 @@ _QUERY_PATH = re.compile(
     r"/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.OperationalInsights"
     r"/workspaces/([^/]+)/providers/Microsoft\.SecurityInsights/threatIntelligence/main"
     r"/queryIndicators", re.I)
+_INDICATOR_PATH = re.compile(
+    r"/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.OperationalInsights"
+    r"/workspaces/([^/]+)/providers/Microsoft\.SecurityInsights/threatIntelligence/main"
+    r"/indicators/([^/]+)", re.I)
 _MANAGEMENT_API_VERSION = re.compile(r"20\d\d-\d\d-\d\d(-preview)?")
 _TYPES = ("indicator", "attack-pattern", "threat-actor", "identity", "relationship")
 _REQUIRED_BY_TYPE = {"attack-pattern": ("name",), "threat-actor": ("name",), "identity": ("name",),
@@ -67,6 +74,8 @@ _ITEM_NAMESPACE = uuid.UUID("6f1c2e0a-5b7d-4c1e-9a3f-2d8e4b6c0a17")  # names rea
 _REFERENCE_KEYS = {"source_name": "sourceName", "description": "description", "url": "url",
                    "external_id": "externalId", "hashes": "hashes"}
 _MISSING = object()
+# The object path before a comparison: unquoted steps, or quoted ones (`hashes.'SHA-256'`).
+_LEFT_HAND_SIDE = re.compile(r"\[\s*((?:[^\s'=!<>]|'(?:[^'\\]|\\.)*')+)\s*=")
 # The OASIS STIX 2.1 JSON schemas (tests/stix_schemas/README.md says which commit).
 _SCHEMAS = Path(__file__).resolve().parent.parent / "tests" / "stix_schemas"
 _SCHEMA_BASE = "http://raw.githubusercontent.com/oasis-open/cti-stix2-json-schemas/stix2.1/schemas/"
@@ -143,21 +152,38 @@ _OPTIONAL: dict[str, Callable[[Any], str | None]] = {
 def analyse_pattern(pattern: str) -> tuple[str | None, str | None]:
     """(why Sentinel refuses `pattern` or None, the value of its single comparison or None).
 
-    Sentinel extracts the observable only from single-comparison patterns (§3.4), so any
-    pattern with more than one comparison (AND, OR, FOLLOWEDBY...) is refused here; the
-    count comes from the parse tree, so quoted values containing " AND " are fine.
+    Only an invalid STIX pattern is refused. A pattern with more than one comparison (AND, OR,
+    FOLLOWEDBY...) is accepted, as the real upload API accepts it (200), but has no single value:
+    `ThreatIntelIndicators` then shows it with empty observable columns (§3.4,
+    Azure/Azure-Sentinel#12075). The count comes from the parse tree, so quoted values
+    containing " AND " are one comparison.
     """
     failures = run_validator(pattern, stix_version="2.1")
     if failures:
         return "Invalid STIX pattern: " + "; ".join(f.removeprefix("FAIL: ") for f in failures), None
-    comparisons = [c for found in Pattern(pattern).inspect().comparisons.values() for c in found]
+    comparisons = _comparisons(pattern)
     if len(comparisons) != 1:
-        return (f"Pattern must contain exactly one comparison, found {len(comparisons)} (no "
-                "observable can be extracted from compound patterns)"), None
+        return None, None
     raw = comparisons[0][2]
     if len(raw) >= 2 and raw[0] == raw[-1] == "'":
         raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
     return None, raw
+
+
+def _comparisons(pattern: str) -> list[tuple[Any, ...]]:
+    return [c for found in Pattern(pattern).inspect().comparisons.values() for c in found]
+
+
+@functools.lru_cache(maxsize=4096)
+def observable(pattern: str) -> tuple[str, str]:
+    """(ObservableKey, ObservableValue) as `ThreatIntelIndicators` shows them: the whole left-hand
+    side of the pattern's one equality comparison, as written (`file:hashes.'SHA-256'`), and its
+    value; ("", "") for a pattern Sentinel cannot reduce to one (compound, `!=`, `LIKE`)."""
+    refusal, value = analyse_pattern(pattern)
+    if refusal is not None or value is None or _comparisons(pattern)[0][1] != "=":
+        return "", ""
+    left = _LEFT_HAND_SIDE.match(pattern)
+    return (left[1], value) if left else ("", "")
 
 
 def _dns_name(value: object) -> bool:
@@ -208,8 +234,11 @@ def _schema_errors(name: str, obj: dict[str, Any], what: str, values_only: bool 
 def _comparison_object(pattern: str) -> dict[str, Any] | None:
     """The observable a single-comparison pattern describes (`[file:hashes.'MD5' = 'x']` is a
     file with that hash), so that the value can be checked against the observable's schema;
-    None for list paths (`[*]`), which no one object stands for."""
-    ((object_type, ((path, _, raw),)),) = Pattern(pattern).inspect().comparisons.items()
+    None for list paths (`[*]`), which no one object stands for, and for compound patterns."""
+    comparisons = Pattern(pattern).inspect().comparisons.items()
+    if len(comparisons) != 1 or len(next(iter(comparisons))[1]) != 1:
+        return None
+    ((object_type, ((path, _, raw),)),) = comparisons
     if not all(isinstance(step, str) for step in path):
         return None
     value: Any = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith("'") else json.loads(raw)
@@ -365,6 +394,17 @@ def _decode_skip_token(token: str) -> tuple[int, int, list[str] | None] | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """One accepted change of an object, in upload order: what `ThreatIntelIndicators` logs a
+    row for (`deleted`: an ARM delete, logged with IsDeleted = true)."""
+
+    at: datetime
+    source: str
+    obj: dict[str, Any]
+    deleted: bool = False
+
+
 class SentinelStandIn(HttpsStandIn):
     """The STIX objects upload API of workspace `workspace_id` plus `queryIndicators` on the
     management path of subscription/resource group/workspace name; accepts tokens the Entra
@@ -373,7 +413,8 @@ class SentinelStandIn(HttpsStandIn):
     `objects` maps STIX id -> latest accepted version (exactly as uploaded); `sources` maps
     STIX id -> the `sourcesystem` it came with. `throttled` counts the 429s the rate limit
     sent (injected faults excluded). `clock` and `window_seconds` let tests shorten the
-    per-minute window.
+    per-minute window. `history` maps STIX id -> every Version accepted, append-only (each
+    upload, a revocation, an ARM delete), from which the Log Analytics stand-in derives rows.
     """
 
     def __init__(self, entra: EntraStandIn, workspace_id: str, subscription_id: str,
@@ -390,6 +431,7 @@ class SentinelStandIn(HttpsStandIn):
         self.repeat_next_link = False  # every page's nextLink is the same URL (Azure paging bug)
         self.objects: dict[str, dict[str, Any]] = {}
         self.sources: dict[str, str] = {}
+        self.history: dict[str, list[Version]] = {}
         self._versions: dict[str, tuple[int, str]] = {}  # id -> (etag number, lastUpdatedTimeUtc)
         self._etag = 0
         self._rejected: dict[str, str] = {}  # comparison value -> provider's refusal
@@ -432,6 +474,9 @@ class SentinelStandIn(HttpsStandIn):
         if query and (request.method == "POST" or (
                 request.method == "GET" and _query_value(request, "$skipToken") is not None)):
             return self._query(request, *query.groups())
+        indicator = _INDICATOR_PATH.fullmatch(request.path)
+        if indicator and request.method == "DELETE":
+            return self._delete_indicator(*indicator.groups())
         return _arm_error(404, "NotFound", f"No HTTP resource was found for {request.method} "
                                            f"{request.path}.")
 
@@ -505,7 +550,29 @@ class SentinelStandIn(HttpsStandIn):
             self.sources[ident] = source
             self._etag += 1
             self._versions[ident] = (self._etag, _now_utc())
+            self.history.setdefault(ident, []).append(Version(datetime.now(UTC), source, copy.deepcopy(obj)))
         return []
+
+    def delete(self, ident: str) -> bool:
+        """What an ARM DELETE does: the object leaves the workspace's listings, and the table
+        gets a row with IsDeleted = true (lifecycle.md §5). False when it is not held."""
+        with self.lock:
+            obj = self.objects.pop(ident, None)
+            if obj is None:
+                return False
+            self._versions.pop(ident)
+            self.history[ident].append(Version(datetime.now(UTC), self.sources[ident], obj, deleted=True))
+        return True
+
+    def _delete_indicator(self, *path: str) -> Reply:
+        """ARM `DELETE …/threatIntelligence/main/indicators/{name}`, by the read-back item's name."""
+        *workspace, name = path
+        wanted = (self.subscription_id, self.resource_group, self.workspace_name)
+        with self.lock:
+            ident = next((i for i in self.objects if str(uuid.uuid5(_ITEM_NAMESPACE, i)) == name.lower()), None)
+        if [p.lower() for p in workspace] != [p.lower() for p in wanted] or ident is None or not self.delete(ident):
+            return _arm_error(404, "NotFound", f"The indicator '{name}' was not found.")
+        return Reply(200)
 
     def _query(self, request: SeenRequest, subscription: str, group: str, name: str) -> Reply:
         wanted = (self.subscription_id, self.resource_group, self.workspace_name)

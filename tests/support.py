@@ -227,3 +227,17 @@ def graph_session(s: StandIns, resource: str | None = None, client_id: str | Non
 def query_url(s: StandIns) -> str:
     return (f"{s.sentinel.url}{s.sentinel.management_path}/queryIndicators"
             "?api-version=2025-09-01")
+
+
+# --- delivery checks (issue 14) -------------------------------------------------------------------
+
+def delivery_counts(run: Run) -> dict[str, int]:
+    """The counts of the run's last verification: `--verify`'s delivery file, else the run report's."""
+    found = run.logs("delivery") or run.logs("run-report")
+    return found[-1]["delivery"]
+
+
+def undelivered_records(run: Run) -> list[dict[str, Any]]:
+    """Every unparsed, missing or deleted indicator logged so far (logs/*_undelivered-<kind>_*.jsonl)."""
+    return [json.loads(line) for path in sorted(run.log_dir.glob("*_undelivered-*.jsonl"))
+            for line in path.read_text().splitlines()]

@@ -74,19 +74,45 @@ def test_valid_indicator_is_200_with_empty_body_and_stored(standins: StandIns,
 
 def test_invalid_records_are_listed_and_the_rest_stored(standins: StandIns,
                                                         session: requests.Session) -> None:
-    compound = indicator(pattern="[ipv4-addr:value = '1.2.3.4' AND ipv4-addr:value = '5.6.7.8']")
+    bad_pattern = indicator(pattern="[ipv4-addr:value = '1.2.3.4'")
     bad_id = indicator(id="indicator--NOT-A-UUID")
     valid = indicator()
-    answer = upload(standins, session, [compound, bad_id, valid])
+    answer = upload(standins, session, [bad_pattern, bad_id, valid])
 
     assert answer.status_code == 200
     errors = answer.json()["errors"]
     assert [e["recordIndex"] for e in errors] == [0, 1]
-    assert "exactly one comparison" in errors[0]["errorMessages"][0]
+    assert "Invalid STIX pattern" in errors[0]["errorMessages"][0]
     assert errors[1]["errorMessages"] == [
         "Error for Property=id: Must be '<type>--<UUID>' with the object's type. "
         "Actual value: indicator--NOT-A-UUID."]
     assert list(standins.sentinel.objects) == [valid["id"]]
+
+
+def test_a_compound_pattern_is_accepted_as_the_real_service_accepts_it(standins: StandIns,
+                                                                       session: requests.Session) -> None:
+    """Sentinel answers 200 and stores it; only its table shows the empty ObservableKey
+    (Azure/Azure-Sentinel#12075): the Log Analytics stand-in derives that row."""
+    compound = indicator(pattern="[ipv4-addr:value = '1.2.3.4' AND ipv4-addr:value = '5.6.7.8']")
+    answer = upload(standins, session, [compound])
+
+    assert (answer.status_code, answer.content) == (200, b"")
+    assert [version.obj for version in standins.sentinel.history[compound["id"]]] == [compound]
+
+
+def test_history_keeps_every_version_and_an_arm_delete(standins: StandIns, session: requests.Session) -> None:
+    item = indicator()
+    upload(standins, session, [item])
+    upload(standins, session, [{**item, "modified": LATER, "revoked": True}])
+    (listed,) = session.post(query_url(standins), json={}).json()["value"]
+    deleted = session.delete(f"{standins.sentinel.url}{standins.sentinel.management_path}/indicators/{listed['name']}"
+                             "?api-version=2025-09-01")
+
+    assert deleted.status_code == 200 and standins.sentinel.objects == {}
+    versions = standins.sentinel.history[item["id"]]
+    assert [(v.obj.get("revoked", False), v.deleted) for v in versions] == [(False, False), (True, False), (True, True)]
+    assert versions[0].at <= versions[1].at <= versions[2].at
+    assert session.post(query_url(standins), json={}).json()["value"] == []
 
 
 def test_quoted_and_inside_a_value_is_one_comparison(standins: StandIns,
