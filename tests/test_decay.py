@@ -195,3 +195,17 @@ def test_check_names_the_model_and_what_it_drives(standins, tmp_path, capsys):
     standins.misp.decaying_models = [DecayingModel(enabled=False)]
     failed = run_cli(config, "--check", capsys=capsys)
     assert failed.code == ExitCode.CONFIG and "is disabled in MISP" in failed.out
+
+
+# --- review of issue 14: defects found and fixed -------------------------------------------------
+
+def test_a_crossing_inside_renew_days_is_not_renewed_nightly_for_nothing(standins, tmp_path, capsys):
+    """A renewal cannot move an expiry that is the predicted crossing: the last renew_days (15) of
+    a decaying indicator's life must not re-send it every night with the same expiry."""
+    item = attribute("closing.example.com", "domain", age_days=40)  # crosses in 6.9 days
+    standins.misp.events = [decay_event(item)]
+    config = write_config(tmp_path, standins, misp_decay_model="1", decay_as_confidence=False)
+    assert report_of(run_cli(config, capsys=capsys))["new"] == 1
+    for _ in range(2):
+        again = report_of(run_cli(config, capsys=capsys))
+        assert (again["renew"], again["unchanged"], again["accepted"]) == (0, 1, 0)
