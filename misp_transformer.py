@@ -979,8 +979,7 @@ def decay_verdict(attribute: Mapping[str, Any], decay: DecayPolicy, now: dt.date
         raise _Refused(SkipReason.DECAYED, f"decay score {score:.2f} is below the threshold {decay.threshold:g} "
                                            f"of model {decay.model_name!r}")
     confidence = min(100, max(0, math.floor(score + 0.5))) if decay.as_confidence else None
-    crossing = _crossing(attribute, entry, score, decay, now)
-    return DecayVerdict(score, confidence, crossing if crossing is not None and crossing < fixed_until else None)
+    return DecayVerdict(score, confidence, _crossing(attribute, entry, score, decay, now, fixed_until))
 
 
 def _decay_entry(attribute: Mapping[str, Any], model_id: str) -> Mapping[str, Any] | None:
@@ -993,22 +992,26 @@ def _decay_entry(attribute: Mapping[str, Any], model_id: str) -> Mapping[str, An
 
 
 def _crossing(attribute: Mapping[str, Any], entry: Mapping[str, Any], score: float, decay: DecayPolicy,
-              now: dt.datetime) -> dt.datetime | None:
+              now: dt.datetime, fixed_until: dt.datetime) -> dt.datetime | None:
     """When the Polynomial score falls below the threshold: lifetime × (1 − threshold/base)^speed
-    after the reference time, in whole seconds so that every run predicts the same moment. When
-    MISP's score says the attribute is fresher than its own fields show (a sighting we may not
-    see, a clock apart), the time left is read from the score instead."""
+    after the reference time, in whole seconds so that every run predicts the same moment; None
+    when that comes after `fixed_until`, however far (weighed in seconds: a huge lifetime or a
+    reference near year 9999 is no date). When MISP's score says the attribute is fresher than
+    its own fields show (a sighting we may not see, a clock apart), the time left is read from
+    the score instead."""
     base = entry.get("base_score")
     if decay.lifetime_days is None or decay.decay_speed is None or isinstance(base, bool) \
             or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 0:
         return None
     lifetime, speed = decay.lifetime_days * 86400, decay.decay_speed
     to_threshold = lifetime * max(0.0, 1 - decay.threshold / base) ** speed
-    crossing = dt.datetime.fromtimestamp(decay_reference(attribute) + round(to_threshold), dt.UTC)
-    if crossing > now:
-        return crossing
-    elapsed = lifetime * max(0.0, 1 - score / base) ** speed
-    return now + dt.timedelta(seconds=max(round(to_threshold - elapsed), C.DECAY_MIN_SECONDS_LEFT))
+    crossing = decay_reference(attribute) + to_threshold
+    if crossing <= now.timestamp():
+        elapsed = lifetime * max(0.0, 1 - score / base) ** speed
+        crossing = now.timestamp() + max(to_threshold - elapsed, C.DECAY_MIN_SECONDS_LEFT)
+    if not crossing < fixed_until.timestamp():  # also a NaN (an infinite lifetime times 0)
+        return None
+    return dt.datetime.fromtimestamp(round(crossing), dt.UTC)
 
 
 def decay_reference(attribute: Mapping[str, Any]) -> int:

@@ -141,3 +141,17 @@ def test_a_model_without_a_threshold_needs_decay_threshold():
     with pytest.raises(ConfigError, match="set decay_threshold"):
         decay_policy_of([entry], "1", None, True)
     assert decay_policy_of([entry], "1", 20, True)[0].threshold == 20
+
+
+# --- review of issue 14: defects found and fixed -------------------------------------------------
+
+@pytest.mark.parametrize(("policy", "item"), [
+    (DecayPolicy("1", "NIDS", threshold=30, lifetime_days=1e300, decay_speed=2), scored(79.0)),  # "never decays"
+    (DecayPolicy("1", "NIDS", threshold=30, lifetime_days=1e306, decay_speed=2), scored(79.0)),  # × 86400 is inf
+    (DecayPolicy("1", "NIDS", threshold=0, lifetime_days=120, decay_speed=2),  # MISP scores a future reference 0
+     scored(0, last_seen="9999-12-31T23:59:59+14:00")),
+    (DecayPolicy("1", "NIDS", threshold=0, lifetime_days=120, decay_speed=2), scored(0, Sighting=[{"date_sighting": "253402300799"}])),
+])
+def test_a_crossing_too_far_for_a_date_keeps_the_fixed_expiry_instead_of_failing(policy, item):
+    result = GraphTransformer(MappingPolicy(decay=policy), NOW).transform(event(item))
+    assert not result.skips and result.indicators[0]["expirationDateTime"] == "2027-01-31T12:00:00Z"  # NOW + 60 days
