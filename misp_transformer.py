@@ -1248,6 +1248,8 @@ class Transformer:
             return _skip(context.uuid, attribute, refused.reason, str(refused))
         if refanged:
             self._refanged += 1
+        if verdict is not None and verdict.valid_until is not None:
+            self._decay_counts["expiry_from_decay"] = self._decay_counts.get("expiry_from_decay", 0) + 1
         return indicators
 
     def render(self, context: EventContext, attribute: Mapping[str, Any], observables: tuple[Observable, ...], value: str,
@@ -1256,7 +1258,8 @@ class Transformer:
         raise NotImplementedError
 
     def decay_of(self, attribute: Mapping[str, Any], decay: DecayPolicy) -> DecayVerdict | None:
-        """decay_verdict, counted per event (C.DECAY_COUNTS; a decayed attribute was scored too)."""
+        """decay_verdict, counted per event (C.DECAY_COUNTS; a decayed attribute was scored too;
+        `expiry_from_decay` is counted once the attribute's indicators are made)."""
         counts = self._decay_counts
         try:
             verdict = decay_verdict(attribute, decay, self.now, self.valid_until)
@@ -1268,8 +1271,6 @@ class Transformer:
             counts["unscored"] = counts.get("unscored", 0) + 1
         else:
             counts["scored"] = counts.get("scored", 0) + 1
-            if verdict.valid_until is not None:
-                counts["expiry_from_decay"] = counts.get("expiry_from_decay", 0) + 1
         return verdict
 
     def decayed(self, indicator: dict[str, Any], verdict: DecayVerdict) -> dict[str, Any]:

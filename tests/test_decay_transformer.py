@@ -155,3 +155,11 @@ def test_a_model_without_a_threshold_needs_decay_threshold():
 def test_a_crossing_too_far_for_a_date_keeps_the_fixed_expiry_instead_of_failing(policy, item):
     result = GraphTransformer(MappingPolicy(decay=policy), NOW).transform(event(item))
     assert not result.skips and result.indicators[0]["expirationDateTime"] == "2027-01-31T12:00:00Z"  # NOW + 60 days
+
+
+def test_expiry_from_decay_counts_only_what_is_sent():
+    private = scored(60.0, type="ip-dst", value="10.1.2.3")  # Defender takes no non-public address
+    result = transform(private, DefenderTransformer)
+    assert result.skips[0].reason is SkipReason.NOT_FOR_TARGET
+    assert result.decay == {"scored": 1}
+    assert transform(scored(60.0), DefenderTransformer).decay == {"scored": 1, "expiry_from_decay": 1}
