@@ -369,6 +369,9 @@ DECAY_POLYNOMIAL = "polynomial"
 # A score MISP still calls fresh whose predicted crossing has passed (a sighting we cannot see,
 # MISP's clock ahead of ours) gets at least this long.
 DECAY_MIN_SECONDS_LEFT = 3600
+# A crossing read from the score depends on when MISP scored it (minutes into a run): it is
+# floored to this step, so that the same crossing is predicted on every run.
+DECAY_SCORE_STEP_SECONDS = 3600
 # The run report's `decay` counts: attributes scored by the model, left without a score (the
 # model is not associated with their type), skipped as decayed, sent with the predicted
 # crossing as their expiry, and indicators removed because they decayed since they were sent.

@@ -998,7 +998,7 @@ def _crossing(attribute: Mapping[str, Any], entry: Mapping[str, Any], score: flo
     when that comes after `fixed_until`, however far (weighed in seconds: a huge lifetime or a
     reference near year 9999 is no date). When MISP's score says the attribute is fresher than
     its own fields show (a sighting we may not see, a clock apart), the time left is read from
-    the score instead."""
+    the score instead, floored to C.DECAY_SCORE_STEP_SECONDS."""
     base = entry.get("base_score")
     if decay.lifetime_days is None or decay.decay_speed is None or isinstance(base, bool) \
             or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 0:
@@ -1007,8 +1007,9 @@ def _crossing(attribute: Mapping[str, Any], entry: Mapping[str, Any], score: flo
     to_threshold = lifetime * max(0.0, 1 - decay.threshold / base) ** speed
     crossing = decay_reference(attribute) + to_threshold
     if crossing <= now.timestamp():
-        elapsed = lifetime * max(0.0, 1 - score / base) ** speed
-        crossing = now.timestamp() + max(to_threshold - elapsed, C.DECAY_MIN_SECONDS_LEFT)
+        left = to_threshold - lifetime * max(0.0, 1 - score / base) ** speed
+        step = C.DECAY_SCORE_STEP_SECONDS
+        crossing = max((now.timestamp() + left) // step * step, now.timestamp() + C.DECAY_MIN_SECONDS_LEFT)
     if not crossing < fixed_until.timestamp():  # also a NaN (an infinite lifetime times 0)
         return None
     return dt.datetime.fromtimestamp(round(crossing), dt.UTC)

@@ -163,3 +163,21 @@ def test_expiry_from_decay_counts_only_what_is_sent():
     assert result.skips[0].reason is SkipReason.NOT_FOR_TARGET
     assert result.decay == {"scored": 1}
     assert transform(scored(60.0), DefenderTransformer).decay == {"scored": 1, "expiry_from_decay": 1}
+
+
+def test_a_crossing_read_from_the_score_does_not_move_with_the_moment_misp_scored_it():
+    """MISP scores an event when its page is fetched, minutes into a run, and may count from a
+    sighting the event does not carry (MISP.disable_sighting_loading). The time left read from
+    that score must not move with the fetch's delay, or every such indicator is renewed nightly."""
+    model = DecayingModel()
+    item = {**scored(0), "timestamp": str(int(NOW.timestamp()) - 100 * DAY)}  # its fields say decayed long ago
+    sighting = int(NOW.timestamp()) - 10 * DAY + 1800  # MISP's reference, which the event does not carry
+    expiries = set()
+    for delay in (0, 5, 300, 900):
+        entry = model.score(item, [sighting], NOW.timestamp() + delay)
+        assert entry is not None
+        [indicator] = transform({**item, "decay_score": [entry]}).indicators
+        expiries.add(dt.datetime.fromisoformat(indicator["expirationDateTime"].replace("Z", "+00:00")).timestamp())
+    [expiry] = expiries
+    true_crossing = sighting + 120 * DAY * (1 - 30 / 80) ** 2
+    assert true_crossing - C.DECAY_SCORE_STEP_SECONDS <= expiry <= true_crossing
