@@ -994,22 +994,24 @@ def _decay_entry(attribute: Mapping[str, Any], model_id: str) -> Mapping[str, An
 def _crossing(attribute: Mapping[str, Any], entry: Mapping[str, Any], score: float, decay: DecayPolicy,
               now: dt.datetime, fixed_until: dt.datetime) -> dt.datetime | None:
     """When the Polynomial score falls below the threshold: lifetime × (1 − threshold/base)^speed
-    after the reference time, in whole seconds so that every run predicts the same moment; None
-    when that comes after `fixed_until`, however far (weighed in seconds: a huge lifetime or a
-    reference near year 9999 is no date). When MISP's score says the attribute is fresher than
-    its own fields show (a sighting we may not see, a clock apart), the time left is read from
-    the score instead, floored to C.DECAY_SCORE_STEP_SECONDS."""
+    after the reference time. The score tells how long MISP counted: when the attribute's own
+    fields agree (within C.DECAY_SCORE_STEP_SECONDS), the crossing is theirs, in whole seconds,
+    the same on every run; when they do not (a sighting the event does not carry, one MISP does
+    not count, clocks apart), it is read from the score, floored to that step. None when there is
+    no crossing (threshold 0) or it comes after `fixed_until`, however far (weighed in seconds:
+    a huge lifetime or a reference near year 9999 is no date)."""
     base = entry.get("base_score")
-    if decay.lifetime_days is None or decay.decay_speed is None or isinstance(base, bool) \
+    if decay.lifetime_days is None or decay.decay_speed is None or decay.threshold <= 0 or isinstance(base, bool) \
             or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 0:
         return None
-    lifetime, speed = decay.lifetime_days * 86400, decay.decay_speed
+    lifetime, speed, moment, step = decay.lifetime_days * 86400, decay.decay_speed, now.timestamp(), C.DECAY_SCORE_STEP_SECONDS
     to_threshold = lifetime * max(0.0, 1 - decay.threshold / base) ** speed
-    crossing = decay_reference(attribute) + to_threshold
-    if crossing <= now.timestamp():
-        left = to_threshold - lifetime * max(0.0, 1 - score / base) ** speed
-        step = C.DECAY_SCORE_STEP_SECONDS
-        crossing = max((now.timestamp() + left) // step * step, now.timestamp() + C.DECAY_MIN_SECONDS_LEFT)
+    counted = lifetime * max(0.0, 1 - score / base) ** speed  # since MISP's reference, when it scored
+    reference = decay_reference(attribute)
+    agree = abs(moment - reference - counted) <= step
+    crossing = reference + to_threshold if agree else (moment - counted + to_threshold) // step * step
+    if crossing <= moment:  # MISP still calls it fresh
+        crossing = moment + C.DECAY_MIN_SECONDS_LEFT
     if not crossing < fixed_until.timestamp():  # also a NaN (an infinite lifetime times 0)
         return None
     return dt.datetime.fromtimestamp(round(crossing), dt.UTC)

@@ -77,8 +77,9 @@ def _as_list(value: object) -> list[str]:
 
 class MispStandIn(HttpsStandIn):
     """MISP server holding `events` (public list of {"Event": ...}; edit it between runs),
-    the enabled `warninglists`, the `decaying_models` and `sightings` (epoch seconds per
-    attribute uuid) that restSearch applies; tests set them."""
+    the enabled `warninglists`, the `decaying_models`, and `sightings` (epoch seconds per
+    attribute uuid) that restSearch applies; `partner_sightings` are another organisation's,
+    which events carry but scores do not count (MISP's default Sightings_policy); tests set them."""
 
     def __init__(self, key: str, events: list[dict[str, Any]], *, ca: PrivateCA | None = None) -> None:
         super().__init__(ca)
@@ -93,6 +94,7 @@ class MispStandIn(HttpsStandIn):
         self.warninglists: list[Warninglist] = []
         self.decaying_models: list[DecayingModel] = [DecayingModel()]
         self.sightings: dict[str, list[int]] = {}
+        self.partner_sightings: dict[str, list[int]] = {}
         self._last_search: tuple[dict[str, Any], Search] | None = None
 
     def fail_page(self, page: int | None, mode: str) -> None:
@@ -156,7 +158,7 @@ class MispStandIn(HttpsStandIn):
                 search = self._search(body)
                 selected = [event for event in self.events if self._selects(event["Event"], body)]
                 shaped = [{"Event": copy.deepcopy(search.shape(event["Event"], self.warninglists,
-                                                               self.decaying_models, self.sightings))}
+                                                               self.decaying_models, self.sightings, self.partner_sightings))}
                           for event in search.page(selected, page) if search.fetches(event["Event"])]
         except ValueError as error:
             return _error(400, str(error), request.path)

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+import constants as C
 from constants import ExitCode
 from standins.misp_search import DecayingModel
 from tests.support import run_cli, write_config
@@ -209,3 +210,17 @@ def test_a_crossing_inside_renew_days_is_not_renewed_nightly_for_nothing(standin
     for _ in range(2):
         again = report_of(run_cli(config, capsys=capsys))
         assert (again["renew"], again["unchanged"], again["accepted"]) == (0, 1, 0)
+
+
+def test_a_partners_sighting_misp_does_not_count_does_not_extend_the_expiry(standins, tmp_path, capsys):
+    """Events carry every organisation's sightings; MISP's score, under its default
+    Sightings_policy, counts the user's and the host's only. The expiry follows MISP's score."""
+    item = attribute("partner.example.com", "domain", age_days=30)
+    standins.misp.events = [decay_event(item)]
+    standins.misp.partner_sightings = {item["uuid"]: [int(time.time() - DAY)]}
+    config = write_config(tmp_path, standins, misp_decay_model="1")
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    sent = seconds(graph_by_value(standins)["partner.example.com"]["expirationDateTime"])
+    misp_crossing = int(item["timestamp"]) + CROSSING_DAYS * DAY
+    assert misp_crossing - C.DECAY_SCORE_STEP_SECONDS <= sent <= misp_crossing
+    assert report_of(run_cli(config, capsys=capsys))["unchanged"] == 1

@@ -44,9 +44,16 @@ def transform(item: dict, transformer: Any = GraphTransformer, **policy: Any) ->
     return transformer(MappingPolicy(decay=NIDS, **policy), NOW).transform(event(item))
 
 
+def as_misp_scores(item: dict, sightings: list[int], model: DecayingModel | None = None) -> dict:
+    """The item with the score the stand-in's MISP gives it at NOW, counting from `sightings`."""
+    entry = (model or DecayingModel()).score(item, sightings, NOW.timestamp())
+    assert entry is not None
+    return {**item, "decay_score": [entry]}
+
+
 def test_the_predicted_crossing_is_where_the_stand_ins_score_meets_the_threshold():
     model = DecayingModel()
-    item = scored(60.0)
+    item = as_misp_scores(scored(0), [])
     [indicator] = transform(item).indicators
     crossing = dt.datetime.fromisoformat(indicator["expirationDateTime"].replace("Z", "+00:00")).timestamp()
     reference = int(item["timestamp"])
@@ -99,12 +106,12 @@ def test_a_crossing_after_days_to_expire_keeps_the_fixed_expiry():
 
 
 def test_every_target_carries_the_score_and_the_crossing_in_its_own_fields():
-    item = scored(60.0)
+    item = as_misp_scores(scored(0), [])  # 56.9, ten days old
     crossing = dt.datetime.fromtimestamp(int(item["timestamp"]) + round(120 * DAY * (1 - 30 / 80) ** 2), dt.UTC)
     [stix] = transform(item, StixTransformer).indicators
-    assert stix["confidence"] == 60 and stix["valid_until"] == stix_time(crossing)
+    assert stix["confidence"] == 57 and stix["valid_until"] == stix_time(crossing)
     [defender] = transform(item, DefenderTransformer).indicators
-    assert defender[C.DEFENDER_RANK_FIELD][1] == 60 and defender["expirationTime"] == crossing.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert defender[C.DEFENDER_RANK_FIELD][1] == 57 and defender["expirationTime"] == crossing.strftime("%Y-%m-%dT%H:%M:%SZ")
     other = {**scored(90.0), "uuid": "7f2f2a7e-1d3b-4c5e-9a1b-2c3d4e5f6a7b", "value": "b.example.com"}
     shared = DefenderTransformer(MappingPolicy(decay=NIDS), NOW).transform(event(scored(60.0), other))
     assert [i[C.DEFENDER_RANK_FIELD][1] for i in shared.indicators] == [60, 90]  # the template's rank is not shared
@@ -181,3 +188,27 @@ def test_a_crossing_read_from_the_score_does_not_move_with_the_moment_misp_score
     [expiry] = expiries
     true_crossing = sighting + 120 * DAY * (1 - 30 / 80) ** 2
     assert true_crossing - C.DECAY_SCORE_STEP_SECONDS <= expiry <= true_crossing
+
+
+def test_a_sighting_misp_does_not_count_does_not_put_the_expiry_after_misps_crossing():
+    """Under MISP's default Sightings_policy (event owner), the score counts from the last sighting
+    of the user's and the host's organisations only (Sighting::getLastSightingForAttribute), while
+    the event carries every organisation's: a partner's sighting two days ago must not promise
+    18 more days of life than MISP gives."""
+    stamp, counted = int(NOW.timestamp()) - 30 * DAY, int(NOW.timestamp()) - 20 * DAY
+    item = as_misp_scores(scored(0, timestamp=str(stamp), Sighting=[
+        {"date_sighting": str(counted), "type": "0", "org_id": "1"},
+        {"date_sighting": str(int(NOW.timestamp()) - 2 * DAY), "type": "0", "org_id": "7"}]), [counted])
+    [indicator] = transform(item).indicators
+    expiry = dt.datetime.fromisoformat(indicator["expirationDateTime"].replace("Z", "+00:00")).timestamp()
+    misp_crossing = counted + 120 * DAY * (1 - 30 / 80) ** 2
+    assert misp_crossing - C.DECAY_SCORE_STEP_SECONDS <= expiry <= misp_crossing
+
+
+def test_with_threshold_0_nothing_crosses_so_an_old_attribute_keeps_the_fixed_expiry():
+    """A score never falls below 0: an attribute past its lifetime (score 0) was sent with an
+    expiry an hour away, again on every run."""
+    zero = DecayPolicy("1", "NIDS", threshold=0, lifetime_days=120, decay_speed=2)
+    item = as_misp_scores(scored(0, timestamp=str(int(NOW.timestamp()) - 200 * DAY)), [])
+    result = GraphTransformer(MappingPolicy(decay=zero), NOW).transform(event(item))
+    assert result.indicators[0]["expirationDateTime"] == "2027-01-31T12:00:00Z"  # NOW + 60 days
