@@ -363,6 +363,8 @@ MISP_LEGACY_FILTERS = {"values": "value", "type": "type_attribute"}
 MISP_LEGACY_NEGATED_FILTERS = {"not_values": "value", "not_tags": "tags"}
 
 # --- MISP's decaying models (lifecycle.md §3; README, Decay) -----------------------------------
+# DecayingModelController::index pages its models, newest first; `page:N` asks for the next.
+MISP_DECAY_INDEX_PAGE = 50
 # The formula whose crossing the tool predicts: MISP names it "Polynomial" ("" and lower case
 # load the same file). PolynomialExtended's retention tags override the score, so it is not this.
 DECAY_POLYNOMIAL = "polynomial"

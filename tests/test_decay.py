@@ -224,3 +224,25 @@ def test_a_partners_sighting_misp_does_not_count_does_not_extend_the_expiry(stan
     misp_crossing = int(item["timestamp"]) + CROSSING_DAYS * DAY
     assert misp_crossing - C.DECAY_SCORE_STEP_SECONDS <= sent <= misp_crossing
     assert report_of(run_cli(config, capsys=capsys))["unchanged"] == 1
+
+
+@pytest.mark.parametrize("count", [50, 60, 101])
+def test_the_model_is_found_beyond_the_first_page_of_misps_index(standins, tmp_path, capsys, count):
+    """MISP's index lists 50 models a page, newest first: MISP's own models, the oldest, are on
+    the last page of an instance with many (a page past the last is a 404)."""
+    standins.misp.decaying_models = [DecayingModel()] + [DecayingModel(id=str(n), name=f"custom {n}") for n in range(2, count + 1)]
+    item = attribute("paged.example.com", "domain", age_days=1)
+    standins.misp.events = [decay_event(item)]
+    result = run_cli(write_config(tmp_path, standins, misp_decay_model="NIDS Simple Decaying Model"), capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    assert report_of(result)["decay"]["scored"] == 1
+    pages = [r.path for r in standins.misp.requests_seen if r.path.startswith("/decayingModel/index")]
+    assert len(pages) == count // 50 + 1  # a short page is the last; after a full one, the next is asked
+
+
+def test_an_index_that_ignores_page_is_read_once_not_forever(standins, tmp_path, capsys):
+    standins.misp.decaying_models = [DecayingModel(id=str(n), name=f"custom {n}") for n in range(1, 51)]
+    standins.misp.decay_index_pages = False
+    result = run_cli(write_config(tmp_path, standins, misp_decay_model="custom 50"), capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    assert len([r for r in standins.misp.requests_seen if r.path.startswith("/decayingModel/index")]) == 2
