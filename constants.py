@@ -374,6 +374,8 @@ DECAY_MIN_SECONDS_LEFT = 3600
 # A crossing read from the score depends on when MISP scored it (minutes into a run): it is
 # floored to this step, so that the same crossing is predicted on every run.
 DECAY_SCORE_STEP_SECONDS = 3600
+# Two scores this close (relatively) are the same: a double carries about 16 digits.
+DECAY_SCORE_RELATIVE_TOLERANCE = 1e-9
 # The run report's `decay` counts: attributes scored by the model, left without a score (the
 # model is not associated with their type), skipped as decayed, sent with the predicted
 # crossing as their expiry, and indicators removed because they decayed since they were sent.

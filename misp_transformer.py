@@ -995,7 +995,8 @@ def _crossing(attribute: Mapping[str, Any], entry: Mapping[str, Any], score: flo
               now: dt.datetime, fixed_until: dt.datetime) -> dt.datetime | None:
     """When the Polynomial score falls below the threshold: lifetime × (1 − threshold/base)^speed
     after the reference time. The score tells how long MISP counted: when the attribute's own
-    fields agree (within C.DECAY_SCORE_STEP_SECONDS), the crossing is theirs, in whole seconds,
+    fields agree (within C.DECAY_SCORE_STEP_SECONDS, or they give the same score: a score still
+    at its base to the last bit dates nothing), the crossing is theirs, in whole seconds,
     the same on every run; when they do not (a sighting the event does not carry, one MISP does
     not count, clocks apart), it is read from the score, floored to that step. None when there is
     no crossing (threshold 0) or it comes after `fixed_until`, however far (weighed in seconds:
@@ -1008,7 +1009,9 @@ def _crossing(attribute: Mapping[str, Any], entry: Mapping[str, Any], score: flo
     to_threshold = lifetime * max(0.0, 1 - decay.threshold / base) ** speed
     counted = lifetime * max(0.0, 1 - score / base) ** speed  # since MISP's reference, when it scored
     reference = decay_reference(attribute)
-    agree = abs(moment - reference - counted) <= step
+    since = moment - reference
+    told = base * (1 - (max(0.0, since) / lifetime) ** (1 / speed)) if since < lifetime else 0.0  # the score of the fields
+    agree = abs(since - counted) <= step or math.isclose(told, score, rel_tol=C.DECAY_SCORE_RELATIVE_TOLERANCE)
     crossing = reference + to_threshold if agree else (moment - counted + to_threshold) // step * step
     if crossing <= moment:  # MISP still calls it fresh
         crossing = moment + C.DECAY_MIN_SECONDS_LEFT

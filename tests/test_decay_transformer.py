@@ -212,3 +212,20 @@ def test_with_threshold_0_nothing_crosses_so_an_old_attribute_keeps_the_fixed_ex
     item = as_misp_scores(scored(0, timestamp=str(int(NOW.timestamp()) - 200 * DAY)), [])
     result = GraphTransformer(MappingPolicy(decay=zero), NOW).transform(event(item))
     assert result.indicators[0]["expirationDateTime"] == "2027-01-31T12:00:00Z"  # NOW + 60 days
+
+
+def test_a_score_too_flat_to_date_its_reference_keeps_the_crossing_of_the_fields():
+    """With a small decay_speed the score stays at its base, to the last bit, for days: it says
+    nothing of when MISP started counting, and the crossing must not move a day each night."""
+    flat = DecayPolicy("1", "NIDS", threshold=30, lifetime_days=50, decay_speed=0.05)
+    model = DecayingModel(lifetime=50, decay_speed=0.05)
+    item = scored(0, timestamp=str(int(NOW.timestamp()) - 2 * DAY))
+    expiries = set()
+    for night in range(3):
+        now = NOW + dt.timedelta(days=night)
+        entry = model.score(item, [], now.timestamp())
+        assert entry is not None and entry["score"] == 80
+        result = GraphTransformer(MappingPolicy(decay=flat), now).transform(event({**item, "decay_score": [entry]}))
+        expiries.add(result.indicators[0]["expirationDateTime"])
+    crossing = int(item["timestamp"]) + round(50 * DAY * (1 - 30 / 80) ** 0.05)
+    assert expiries == {dt.datetime.fromtimestamp(crossing, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
