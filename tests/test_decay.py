@@ -284,3 +284,40 @@ def test_defender_lists_what_decayed_with_its_reason(standins, tmp_path, capsys)
     assert result.code == ExitCode.OK, result.out + result.err
     [deleted] = [json.loads(line) for path in result.log_dir.glob("*_deleted-defender*") for line in path.read_text().splitlines()]
     assert deleted["reason"].startswith("decayed") and report_of(result)["decay"]["removed_decayed"] == 1
+
+
+def churn(result) -> tuple[int, ...]:
+    report = report_of(result)
+    return tuple(report[name] for name in ("new", "update", "replace", "renew", "deleted"))
+
+
+@pytest.fixture
+def mixed_misp(standins):
+    """Fresh, inside renew_days, refreshed by a sighting, and unscored."""
+    items = [attribute("a.example.com", "domain", age_days=1), attribute("b.example.com", "domain", age_days=40),
+             attribute("8.8.4.4", "ip-dst", age_days=90), attribute("c" * 64, "sha256", age_days=3)]
+    sight(standins, items[2], days_ago=3)
+    standins.misp.events = [decay_event(*items)]
+
+
+@pytest.mark.parametrize("target", ["graph", "sentinel", "defender"])
+def test_a_rebuilt_state_then_a_decay_run_sends_nothing(standins, tmp_path, capsys, mixed_misp, target):
+    config = write_config(tmp_path, standins, misp_decay_model="1", target=target)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    assert run_cli(config, "--rebuild-state", capsys=capsys).code == ExitCode.OK
+    again = run_cli(config, capsys=capsys)
+    assert again.code == ExitCode.OK and churn(again) == (0, 0, 0, 0, 0) and report_of(again)["accepted"] == 0
+
+
+def test_decay_on_off_on_moves_only_the_expiries_that_must_move(standins, tmp_path, capsys, mixed_misp):
+    """Off, a crossing stays until its usual renewal; on again, only what the fixed expiry
+    overshot comes back to its crossing. No run repeats the one before it."""
+    plain = write_config(tmp_path, standins).read_text()
+    decaying = write_config(tmp_path, standins, misp_decay_model="1", decay_as_confidence=False).read_text()
+    config = tmp_path / "config.py"
+    seen = []
+    for text in (plain, decaying, decaying, plain, plain, decaying, decaying):
+        config.write_text(text)
+        seen.append(churn(run_cli(config, capsys=capsys)))
+    # new, update, replace, renew, deleted: b.example.com is inside renew_days, so off renews it to the fixed expiry
+    assert seen == [(4, 0, 0, 0, 0), (0, 0, 0, 3, 0), (0,) * 5, (0, 0, 0, 1, 0), (0,) * 5, (0, 0, 0, 1, 0), (0,) * 5]
