@@ -365,12 +365,19 @@ MISP_LEGACY_FILTERS = {"values": "value", "type": "type_attribute"}
 MISP_LEGACY_NEGATED_FILTERS = {"not_values": "value", "not_tags": "tags"}
 
 # --- MISP's decaying models (lifecycle.md §3; README, Decay) -----------------------------------
+# DecayingModelController::index pages its models, newest first; `page:N` asks for the next.
+MISP_DECAY_INDEX_PAGE = 50
 # The formula whose crossing the tool predicts: MISP names it "Polynomial" ("" and lower case
 # load the same file). PolynomialExtended's retention tags override the score, so it is not this.
 DECAY_POLYNOMIAL = "polynomial"
 # A score MISP still calls fresh whose predicted crossing has passed (a sighting we cannot see,
 # MISP's clock ahead of ours) gets at least this long.
 DECAY_MIN_SECONDS_LEFT = 3600
+# A crossing read from the score depends on when MISP scored it (minutes into a run): it is
+# floored to this step, so that the same crossing is predicted on every run.
+DECAY_SCORE_STEP_SECONDS = 3600
+# Two scores this close (relatively) are the same: a double carries about 16 digits.
+DECAY_SCORE_RELATIVE_TOLERANCE = 1e-9
 # The run report's `decay` counts: attributes scored by the model, left without a score (the
 # model is not associated with their type), skipped as decayed, sent with the predicted
 # crossing as their expiry, and indicators removed because they decayed since they were sent.

@@ -113,8 +113,9 @@ class Engine:
         self._candidates: list[tuple[Any, ...]] = []  # this page's, for a budgeted target; stored per page
         self._candidate_keys: dict[str, str] = {}  # key -> event, this page's candidates
         self._over_budget: set[str] = set()  # incumbents removed to make room for better ones
-        self._decayed_keys: set[str] = set()  # keys of attributes the decaying model skipped in this run
-        self._decayed_attributes: set[str] = set()  # their attribute uuids (for keys that are values)
+        self._decayed_keys: set[str] = set()  # keys the state holds of attributes the decaying model skipped in this run
+        self._decayed_attributes: set[str] = set()  # their attribute uuids, where keys are values
+        self._held_attributes: set[str] | None = None  # where keys are values: the attributes of rows held at first need
 
     @property
     def dry_run(self) -> bool:
@@ -195,11 +196,23 @@ class Engine:
         return DecayExpiry(parse_expiry(self.adapter.expiry_of(indicator)), self.now + dt.timedelta(days=self.limits.days_to_expire))
 
     def note_decayed(self, attribute_uuids: list[str]) -> None:
-        """Attributes the model calls decayed: what was sent for them is removed with that reason."""
+        """Attributes the model calls decayed: what was sent for them is removed with that reason.
+        Only those the state holds are remembered: most of a long-lived MISP has decayed, and
+        memory must not grow with it."""
         for uuid in attribute_uuids:
             uuid = uuid.strip().lower()
-            self._decayed_attributes.add(uuid)
-            self._decayed_keys.update(self.adapter.keys_of_attribute(uuid) or ())
+            keys = self.adapter.keys_of_attribute(uuid)
+            if keys is not None:
+                self._decayed_keys.update(row.external_id for row in self.store.rows(keys))
+            elif uuid in self._attributes_held():
+                self._decayed_attributes.add(uuid)
+
+    def _attributes_held(self) -> set[str]:
+        """The attributes of the rows held, where keys are values (a budgeted target: few)."""
+        if self._held_attributes is None:
+            self._held_attributes = {self.adapter.attribute_of(json.loads(row.body))
+                                     for row in self.store.unseen(self.run_number) if row.body}
+        return self._held_attributes
 
     def _decayed(self, row: StateRow) -> bool:
         if row.external_id in self._decayed_keys:

@@ -358,18 +358,32 @@ class MispSource:
         wanted = self.settings.misp_decay_model
         if not wanted:
             return None, ""
-        where = "MISP decaying models"
+        models: dict[str, dict[str, Any]] = {}
+        for page in range(1, C.MISP_MAX_PAGES + 1):
+            listed = self._decaying_models(page)
+            fresh = {str(model.get("id")): model for model in listed or () if str(model.get("id")) not in models}
+            models.update(fresh)
+            if listed is None or len(listed) < C.MISP_DECAY_INDEX_PAGE or not fresh:  # the end, or a MISP that ignores `page`
+                break
+        return decay_policy_of(list(models.values()), wanted, self.settings.decay_threshold, self.settings.decay_as_confidence)
+
+    def _decaying_models(self, page: int) -> list[dict[str, Any]] | None:
+        """One page of MISP's decaying models (its index pages them, newest first); None for
+        the 404 Cake answers for a page past the last."""
+        where = f"MISP decaying models, page {page}"
+        path = f"decayingModel/index/page:{page}"
         started = time.monotonic()
-        answer = self._call(where, lambda: self.connect().decaying_models())
-        self.log.request("misp-decayingModel", "GET", f"{self.settings.misp_url}decayingModel/index", None, 200,
+        answer = self._call(where, lambda: _json_only(self.connect().direct_call(path)))
+        self.log.request("misp-decayingModel", "GET", f"{self.settings.misp_url}{path}", None, 200,
                          {"models": len(answer) if isinstance(answer, list) else None}, time.monotonic() - started)
         if isinstance(answer, dict) and "errors" in answer:
-            raise MispError(f"{where}: MISP refused the request: {_describe_errors(answer['errors'])}")
-        models = [item["DecayingModel"] for item in answer if isinstance(item, dict) and isinstance(item.get("DecayingModel"), dict)] \
-            if isinstance(answer, list) else None
-        if models is None:
+            errors = answer["errors"]
+            if page > 1 and isinstance(errors, tuple) and errors[:1] == (404,):
+                return None
+            raise MispError(f"{where}: MISP refused the request: {_describe_errors(errors)}")
+        if not isinstance(answer, list):
             raise MispError(f"{where}: expected a list of models, got {type(answer).__name__}")
-        return decay_policy_of(models, wanted, self.settings.decay_threshold, self.settings.decay_as_confidence)
+        return [item["DecayingModel"] for item in answer if isinstance(item, dict) and isinstance(item.get("DecayingModel"), dict)]
 
     def _ask(self, misp: PyMISP, controller: str, body: dict[str, Any], where: str) -> Any:
         """One restSearch, every PyMISP failure turned into a MispError naming `where`."""
@@ -428,6 +442,13 @@ def decay_policy_of(models: list[dict[str, Any]], wanted: str, threshold: float 
         f"{label} uses the {model.get('formula')!r} formula, not Polynomial with a positive lifetime and decay_speed: "
         "its scores are used, but expiries stay days_to_expire")
     return policy, warning
+
+
+def _json_only(answer: Any) -> Any:
+    """PyMISP's direct_call gives a page that is not JSON as its text: refuse it as its JSON calls do."""
+    if isinstance(answer, str):
+        raise PyMISPUnexpectedResponse(f"not JSON ({len(answer)} characters)")
+    return answer
 
 
 def _positive(value: Any, allow_zero: bool = False) -> float | None:

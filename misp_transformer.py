@@ -979,8 +979,7 @@ def decay_verdict(attribute: Mapping[str, Any], decay: DecayPolicy, now: dt.date
         raise _Refused(SkipReason.DECAYED, f"decay score {score:.2f} is below the threshold {decay.threshold:g} "
                                            f"of model {decay.model_name!r}")
     confidence = min(100, max(0, math.floor(score + 0.5))) if decay.as_confidence else None
-    crossing = _crossing(attribute, entry, score, decay, now)
-    return DecayVerdict(score, confidence, crossing if crossing is not None and crossing < fixed_until else None)
+    return DecayVerdict(score, confidence, _crossing(attribute, entry, score, decay, now, fixed_until))
 
 
 def _decay_entry(attribute: Mapping[str, Any], model_id: str) -> Mapping[str, Any] | None:
@@ -993,22 +992,32 @@ def _decay_entry(attribute: Mapping[str, Any], model_id: str) -> Mapping[str, An
 
 
 def _crossing(attribute: Mapping[str, Any], entry: Mapping[str, Any], score: float, decay: DecayPolicy,
-              now: dt.datetime) -> dt.datetime | None:
+              now: dt.datetime, fixed_until: dt.datetime) -> dt.datetime | None:
     """When the Polynomial score falls below the threshold: lifetime × (1 − threshold/base)^speed
-    after the reference time, in whole seconds so that every run predicts the same moment. When
-    MISP's score says the attribute is fresher than its own fields show (a sighting we may not
-    see, a clock apart), the time left is read from the score instead."""
+    after the reference time. The score tells how long MISP counted: when the attribute's own
+    fields agree (within C.DECAY_SCORE_STEP_SECONDS, or they give the same score: a score still
+    at its base to the last bit dates nothing), the crossing is theirs, in whole seconds,
+    the same on every run; when they do not (a sighting the event does not carry, one MISP does
+    not count, clocks apart), it is read from the score, floored to that step. None when there is
+    no crossing (threshold 0) or it comes after `fixed_until`, however far (weighed in seconds:
+    a huge lifetime or a reference near year 9999 is no date)."""
     base = entry.get("base_score")
-    if decay.lifetime_days is None or decay.decay_speed is None or isinstance(base, bool) \
+    if decay.lifetime_days is None or decay.decay_speed is None or decay.threshold <= 0 or isinstance(base, bool) \
             or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 0:
         return None
-    lifetime, speed = decay.lifetime_days * 86400, decay.decay_speed
+    lifetime, speed, moment, step = decay.lifetime_days * 86400, decay.decay_speed, now.timestamp(), C.DECAY_SCORE_STEP_SECONDS
     to_threshold = lifetime * max(0.0, 1 - decay.threshold / base) ** speed
-    crossing = dt.datetime.fromtimestamp(decay_reference(attribute) + round(to_threshold), dt.UTC)
-    if crossing > now:
-        return crossing
-    elapsed = lifetime * max(0.0, 1 - score / base) ** speed
-    return now + dt.timedelta(seconds=max(round(to_threshold - elapsed), C.DECAY_MIN_SECONDS_LEFT))
+    counted = lifetime * max(0.0, 1 - score / base) ** speed  # since MISP's reference, when it scored
+    reference = decay_reference(attribute)
+    since = moment - reference
+    told = base * (1 - (max(0.0, since) / lifetime) ** (1 / speed)) if since < lifetime else 0.0  # the score of the fields
+    agree = abs(since - counted) <= step or math.isclose(told, score, rel_tol=C.DECAY_SCORE_RELATIVE_TOLERANCE)
+    crossing = reference + to_threshold if agree else (moment - counted + to_threshold) // step * step
+    if crossing <= moment:  # MISP still calls it fresh
+        crossing = moment + C.DECAY_MIN_SECONDS_LEFT
+    if not crossing < fixed_until.timestamp():  # also a NaN (an infinite lifetime times 0)
+        return None
+    return dt.datetime.fromtimestamp(round(crossing), dt.UTC)
 
 
 def decay_reference(attribute: Mapping[str, Any]) -> int:
@@ -1245,6 +1254,8 @@ class Transformer:
             return _skip(context.uuid, attribute, refused.reason, str(refused))
         if refanged:
             self._refanged += 1
+        if verdict is not None and verdict.valid_until is not None:
+            self._decay_counts["expiry_from_decay"] = self._decay_counts.get("expiry_from_decay", 0) + 1
         return indicators
 
     def render(self, context: EventContext, attribute: Mapping[str, Any], observables: tuple[Observable, ...], value: str,
@@ -1253,7 +1264,8 @@ class Transformer:
         raise NotImplementedError
 
     def decay_of(self, attribute: Mapping[str, Any], decay: DecayPolicy) -> DecayVerdict | None:
-        """decay_verdict, counted per event (C.DECAY_COUNTS; a decayed attribute was scored too)."""
+        """decay_verdict, counted per event (C.DECAY_COUNTS; a decayed attribute was scored too;
+        `expiry_from_decay` is counted once the attribute's indicators are made)."""
         counts = self._decay_counts
         try:
             verdict = decay_verdict(attribute, decay, self.now, self.valid_until)
@@ -1265,8 +1277,6 @@ class Transformer:
             counts["unscored"] = counts.get("unscored", 0) + 1
         else:
             counts["scored"] = counts.get("scored", 0) + 1
-            if verdict.valid_until is not None:
-                counts["expiry_from_decay"] = counts.get("expiry_from_decay", 0) + 1
         return verdict
 
     def decayed(self, indicator: dict[str, Any], verdict: DecayVerdict) -> dict[str, Any]:

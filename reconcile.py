@@ -80,16 +80,17 @@ class DecayExpiry:
     wanted: dt.datetime | None  # the expiry the indicator has now
     fixed_until: dt.datetime
 
-    def moved(self, sent: dt.datetime) -> bool:
-        """The sent expiry must change: it is later than the one wanted now (the score will cross
-        sooner), or the wanted one is a crossing that moved (a sighting restarted the clock). A
-        fixed expiry is left to the usual renewal, so a capped indicator is not re-sent nightly."""
+    def due(self, sent: dt.datetime, renew_before: dt.datetime) -> bool:
+        """The sent expiry must be sent again. A crossing is moved only when it moved (a sighting
+        restarted the clock, the threshold changed): renewing it unmoved, in its last renew_days,
+        would re-send it every night for nothing. A fixed expiry gets the usual renewal, and one
+        later than wanted (the score will cross sooner) is brought forward."""
         if self.wanted is None:
-            return False
+            return sent <= renew_before
         tolerance = dt.timedelta(seconds=C.DECAY_EXPIRY_TOLERANCE_SECONDS)
-        if sent > self.wanted + tolerance:
-            return True
-        return self.wanted < self.fixed_until - tolerance and abs(self.wanted - sent) > tolerance
+        if self.wanted < self.fixed_until - tolerance:
+            return abs(self.wanted - sent) > tolerance
+        return sent > self.wanted + tolerance or sent <= renew_before
 
 
 def plan(row: StateRow | None, indicator: Mapping[str, Any], renew_before: dt.datetime, rules: HashRules,
@@ -103,9 +104,10 @@ def plan(row: StateRow | None, indicator: Mapping[str, Any], renew_before: dt.da
     if content_hash(indicator, rules) != row.content_hash:
         return Action.UPDATE
     expires = parse_expiry(row.expires_at)
-    if expires is None or expires <= renew_before or (decay is not None and decay.moved(expires)):
+    if expires is None:
         return Action.RENEW
-    return Action.UNCHANGED
+    due = decay.due(expires, renew_before) if decay is not None else expires <= renew_before
+    return Action.RENEW if due else Action.UNCHANGED
 
 
 def renewal_threshold(now: dt.datetime, renew_days: float) -> dt.datetime:

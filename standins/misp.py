@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -27,6 +28,9 @@ FAULT_MODES = frozenset({"500", "502-html", "html-200", "403", "errors-200", "re
                          "ignore-page"})
 # A 200 whose list holds no events: what a broken proxy or plugin has been seen to send.
 _NON_EVENTS = ["not an event", {"foo": 1}, 42]
+# DecayingModelController's $paginate: 50 models a page; `page:N` asks for another.
+DECAY_INDEX_PAGE = 50
+_DECAY_INDEX_RE = re.compile(r"/decayingModel/index(?:/page:([1-9][0-9]*))?")
 
 _VERSION = {
     "version": "2.5.1", "pymisp_recommended_version": "2.5.34.4", "perm_sync": False,
@@ -77,8 +81,9 @@ def _as_list(value: object) -> list[str]:
 
 class MispStandIn(HttpsStandIn):
     """MISP server holding `events` (public list of {"Event": ...}; edit it between runs),
-    the enabled `warninglists`, the `decaying_models` and `sightings` (epoch seconds per
-    attribute uuid) that restSearch applies; tests set them."""
+    the enabled `warninglists`, the `decaying_models`, and `sightings` (epoch seconds per
+    attribute uuid) that restSearch applies; `partner_sightings` are another organisation's,
+    which events carry but scores do not count (MISP's default Sightings_policy); tests set them."""
 
     def __init__(self, key: str, events: list[dict[str, Any]], *, ca: PrivateCA | None = None) -> None:
         super().__init__(ca)
@@ -93,6 +98,8 @@ class MispStandIn(HttpsStandIn):
         self.warninglists: list[Warninglist] = []
         self.decaying_models: list[DecayingModel] = [DecayingModel()]
         self.sightings: dict[str, list[int]] = {}
+        self.partner_sightings: dict[str, list[int]] = {}
+        self.decay_index_pages = True  # False: the decaying model index answers every page with the first
         self._last_search: tuple[dict[str, Any], Search] | None = None
 
     def fail_page(self, page: int | None, mode: str) -> None:
@@ -125,14 +132,24 @@ class MispStandIn(HttpsStandIn):
             return json_reply(200, _ME)
         if route == ("GET", "/attributes/describeTypes.json"):
             return json_reply(200, self._describe_types)
-        if route == ("GET", "/decayingModel/index"):
-            with self.lock:
-                return json_reply(200, [model.index_entry() for model in self.decaying_models])
+        if request.method == "GET" and (listed := _DECAY_INDEX_RE.fullmatch(request.path)):
+            return self._decay_index(int(listed.group(1) or 1), request.path)
         if route == ("POST", "/events/restSearch"):
             return self._rest_search(request)
         if route == ("POST", "/attributes/restSearch"):
             return self._attribute_search(request)
         return _error(404, "Not Found", request.path)
+
+    def _decay_index(self, page: int, path: str) -> Reply:
+        """DecayingModelController::index: paginated, newest first (`page:N`); a page past the
+        last is Cake's NotFoundException."""
+        with self.lock:
+            models = sorted(self.decaying_models, key=lambda model: int(model.id), reverse=True)
+            page = page if self.decay_index_pages else 1
+        size = DECAY_INDEX_PAGE
+        if page > max(1, -(-len(models) // size)):
+            return _error(404, "Not Found", path)
+        return json_reply(200, [model.index_entry() for model in models[(page - 1) * size:page * size]])
 
     def _rest_search(self, request: SeenRequest) -> Reply:
         body = request.json if isinstance(request.json, dict) else {}
@@ -156,7 +173,7 @@ class MispStandIn(HttpsStandIn):
                 search = self._search(body)
                 selected = [event for event in self.events if self._selects(event["Event"], body)]
                 shaped = [{"Event": copy.deepcopy(search.shape(event["Event"], self.warninglists,
-                                                               self.decaying_models, self.sightings))}
+                                                               self.decaying_models, self.sightings, self.partner_sightings))}
                           for event in search.page(selected, page) if search.fetches(event["Event"])]
         except ValueError as error:
             return _error(400, str(error), request.path)

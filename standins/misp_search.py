@@ -59,6 +59,9 @@ _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 # The stand-in's user (standins/misp.py _ME): its org sees its own events' soft-deleted data.
 USER_ORG_ID = "1"
+PARTNER_ORG_ID = "7"  # another organisation, whose sightings the user sees but MISP's score does not count
+_SIGHTING_ORGS = {USER_ORG_ID: {"id": USER_ORG_ID, "uuid": "5f6c3f7e-0000-4000-8000-000000000001", "name": "StandIn Org"},
+                  PARTNER_ORG_ID: {"id": PARTNER_ORG_ID, "uuid": "5f6c3f7e-0000-4000-8000-000000000007", "name": "Partner Org"}}
 _SKIPPED = object()
 # What metadata=1 leaves out (fetchEvent 2049-2054).
 _NOT_IN_METADATA = frozenset({"Attribute", "Object", "ShadowAttribute", "EventReport"})
@@ -364,14 +367,14 @@ class Search:
         return value is None or _column_in(event.get("published"), value)
 
     def shape(self, event: dict[str, Any], warninglists: Iterable[Warninglist], models: list[DecayingModel],
-              sightings: dict[str, list[int]]) -> dict[str, Any]:
+              sightings: dict[str, list[int]], partner_sightings: dict[str, list[int]]) -> dict[str, Any]:
         """The event as fetchEvent returns it (a copy; `event` is not changed)."""
         if _php_truthy(self.body.get("metadata")):
             return {k: v for k, v in event.items() if k not in _NOT_IN_METADATA}
         lists = [wl for wl in warninglists if wl.enabled] if _php_truthy(self.body.get("enforceWarninglist")) else []
         decay = models if _php_truthy(self.body.get("includeDecayScore")) else []
         def keep(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return [self._finish(a, decay, sightings) for a in items
+            return [self._finish(a, decay, sightings, partner_sightings) for a in items
                     if self._fetched(a, event) and not any(wl.hit(a) for wl in lists)]
         shaped = {**event, "Attribute": keep(event.get("Attribute", []))}
         objects = [{**o, "Attribute": keep(o.get("Attribute", []))}
@@ -419,24 +422,30 @@ class Search:
         return self._resolve(_dissect(value)["NOT"])
 
     def _finish(self, attribute: dict[str, Any], models: list[DecayingModel],
-                sightings: dict[str, list[int]]) -> dict[str, Any]:
-        """JSONConverterTool attaches the attribute's sightings; attachScoresToAttribute one
-        score per enabled model associated with its type."""
-        seen = sightings.get(str(attribute.get("uuid")), [])
+                sightings: dict[str, list[int]], partner_sightings: dict[str, list[int]]) -> dict[str, Any]:
+        """JSONConverterTool attaches the attribute's sightings, the user's organisation's and
+        its partners' (Sighting::attachToEvent shows the event owner all); attachScoresToAttribute
+        one score per enabled model associated with its type, counting from the user's own only
+        (getLastSightingForAttribute keeps the user's and host's organisations under the default
+        Sightings_policy, event owner)."""
+        key = str(attribute.get("uuid"))
+        seen = sightings.get(key, [])
         scores = [score for model in models if (score := model.score(attribute, seen, self.now)) is not None]
-        extra: dict[str, Any] = {"Sighting": [_sighting(attribute, moment, n) for n, moment in enumerate(seen, 1)]} if seen else {}
+        carried = [(moment, USER_ORG_ID) for moment in seen] + [(moment, PARTNER_ORG_ID) for moment in partner_sightings.get(key, [])]
+        extra: dict[str, Any] = {"Sighting": [_sighting(attribute, moment, org, n) for n, (moment, org) in enumerate(carried, 1)]} \
+            if carried else {}
         if scores:
             extra["decay_score"] = scores
         return {**attribute, **extra} if extra else attribute
 
 
-def _sighting(attribute: dict[str, Any], moment: int, number: int) -> dict[str, Any]:
+def _sighting(attribute: dict[str, Any], moment: int, org_id: str, number: int) -> dict[str, Any]:
     """One type-0 sighting as an event's attribute carries it (misp.md "Sighting")."""
     return {"id": str(number), "attribute_id": str(attribute.get("id", "")), "event_id": str(attribute.get("event_id", "")),
-            "org_id": USER_ORG_ID, "date_sighting": str(moment), "type": "0", "source": "",
+            "org_id": org_id, "date_sighting": str(moment), "type": "0", "source": "",
             "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sighting:{attribute.get('uuid')}:{moment}:{number}")),
             "attribute_uuid": str(attribute.get("uuid", "")),
-            "Organisation": {"id": USER_ORG_ID, "uuid": "5f6c3f7e-0000-4000-8000-000000000001", "name": "StandIn Org"}}
+            "Organisation": _SIGHTING_ORGS[org_id]}
 
 
 def event_attributes(event: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,12 +7,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import tracemalloc
 import uuid
 
 import pytest
 
+import constants as C
+import targets
 from constants import ExitCode
+from request_log import RequestLog
+from settings import load_settings
 from standins.misp_search import DecayingModel
+from state_store import StateStore
+from sync import make_engine
 from tests.support import run_cli, write_config
 
 DAY = 86400
@@ -195,3 +202,122 @@ def test_check_names_the_model_and_what_it_drives(standins, tmp_path, capsys):
     standins.misp.decaying_models = [DecayingModel(enabled=False)]
     failed = run_cli(config, "--check", capsys=capsys)
     assert failed.code == ExitCode.CONFIG and "is disabled in MISP" in failed.out
+
+
+# --- review of issue 14: defects found and fixed -------------------------------------------------
+
+def test_a_crossing_inside_renew_days_is_not_renewed_nightly_for_nothing(standins, tmp_path, capsys):
+    """A renewal cannot move an expiry that is the predicted crossing: the last renew_days (15) of
+    a decaying indicator's life must not re-send it every night with the same expiry."""
+    item = attribute("closing.example.com", "domain", age_days=40)  # crosses in 6.9 days
+    standins.misp.events = [decay_event(item)]
+    config = write_config(tmp_path, standins, misp_decay_model="1", decay_as_confidence=False)
+    assert report_of(run_cli(config, capsys=capsys))["new"] == 1
+    for _ in range(2):
+        again = report_of(run_cli(config, capsys=capsys))
+        assert (again["renew"], again["unchanged"], again["accepted"]) == (0, 1, 0)
+
+
+def test_a_partners_sighting_misp_does_not_count_does_not_extend_the_expiry(standins, tmp_path, capsys):
+    """Events carry every organisation's sightings; MISP's score, under its default
+    Sightings_policy, counts the user's and the host's only. The expiry follows MISP's score."""
+    item = attribute("partner.example.com", "domain", age_days=30)
+    standins.misp.events = [decay_event(item)]
+    standins.misp.partner_sightings = {item["uuid"]: [int(time.time() - DAY)]}
+    config = write_config(tmp_path, standins, misp_decay_model="1")
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    sent = seconds(graph_by_value(standins)["partner.example.com"]["expirationDateTime"])
+    misp_crossing = int(item["timestamp"]) + CROSSING_DAYS * DAY
+    assert misp_crossing - C.DECAY_SCORE_STEP_SECONDS <= sent <= misp_crossing
+    assert report_of(run_cli(config, capsys=capsys))["unchanged"] == 1
+
+
+@pytest.mark.parametrize("count", [50, 60, 101])
+def test_the_model_is_found_beyond_the_first_page_of_misps_index(standins, tmp_path, capsys, count):
+    """MISP's index lists 50 models a page, newest first: MISP's own models, the oldest, are on
+    the last page of an instance with many (a page past the last is a 404)."""
+    standins.misp.decaying_models = [DecayingModel()] + [DecayingModel(id=str(n), name=f"custom {n}") for n in range(2, count + 1)]
+    item = attribute("paged.example.com", "domain", age_days=1)
+    standins.misp.events = [decay_event(item)]
+    result = run_cli(write_config(tmp_path, standins, misp_decay_model="NIDS Simple Decaying Model"), capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    assert report_of(result)["decay"]["scored"] == 1
+    pages = [r.path for r in standins.misp.requests_seen if r.path.startswith("/decayingModel/index")]
+    assert len(pages) == count // 50 + 1  # a short page is the last; after a full one, the next is asked
+
+
+def test_an_index_that_ignores_page_is_read_once_not_forever(standins, tmp_path, capsys):
+    standins.misp.decaying_models = [DecayingModel(id=str(n), name=f"custom {n}") for n in range(1, 51)]
+    standins.misp.decay_index_pages = False
+    result = run_cli(write_config(tmp_path, standins, misp_decay_model="custom 50"), capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    assert len([r for r in standins.misp.requests_seen if r.path.startswith("/decayingModel/index")]) == 2
+
+
+@pytest.mark.parametrize("target", ["graph", "sentinel", "defender"])
+def test_decayed_attributes_never_sent_take_no_memory(standins, tmp_path, target):
+    """Most of a long-lived MISP has decayed: the engine remembers only what its state holds."""
+    settings = load_settings(write_config(tmp_path, standins, misp_decay_model="1", target=target))
+    log = RequestLog(tmp_path / "logs", False, False, ())
+    store = StateStore(tmp_path / "state.db")
+    engine = make_engine(settings, targets.adapter(settings, settings.targets[0], log, online=False), store, log,
+                         dt.datetime.now(dt.UTC), online=False)
+    engine.start()
+    never_sent = [str(uuid.uuid4()) for _ in range(20_000)]
+    tracemalloc.start()
+    try:
+        engine.note_decayed(never_sent)
+        grown = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        store.close()
+    assert grown < 100_000  # it was 3.8 (Defender) to 11.7 MB (Sentinel): every uuid and key, kept to the end of the run
+
+
+def test_defender_lists_what_decayed_with_its_reason(standins, tmp_path, capsys):
+    item = attribute("leaving.example.com", "domain", age_days=40)
+    standins.misp.events = [decay_event(item, attribute("staying.example.com", "domain", age_days=1))]
+    config = write_config(tmp_path, standins, misp_decay_model="1", target="defender", max_delete_fraction=0.5)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    age(standins, 10)
+    result = run_cli(config, capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    [deleted] = [json.loads(line) for path in result.log_dir.glob("*_deleted-defender*") for line in path.read_text().splitlines()]
+    assert deleted["reason"].startswith("decayed") and report_of(result)["decay"]["removed_decayed"] == 1
+
+
+def churn(result) -> tuple[int, ...]:
+    report = report_of(result)
+    return tuple(report[name] for name in ("new", "update", "replace", "renew", "deleted"))
+
+
+@pytest.fixture
+def mixed_misp(standins):
+    """Fresh, inside renew_days, refreshed by a sighting, and unscored."""
+    items = [attribute("a.example.com", "domain", age_days=1), attribute("b.example.com", "domain", age_days=40),
+             attribute("8.8.4.4", "ip-dst", age_days=90), attribute("c" * 64, "sha256", age_days=3)]
+    sight(standins, items[2], days_ago=3)
+    standins.misp.events = [decay_event(*items)]
+
+
+@pytest.mark.parametrize("target", ["graph", "sentinel", "defender"])
+def test_a_rebuilt_state_then_a_decay_run_sends_nothing(standins, tmp_path, capsys, mixed_misp, target):
+    config = write_config(tmp_path, standins, misp_decay_model="1", target=target)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    assert run_cli(config, "--rebuild-state", capsys=capsys).code == ExitCode.OK
+    again = run_cli(config, capsys=capsys)
+    assert again.code == ExitCode.OK and churn(again) == (0, 0, 0, 0, 0) and report_of(again)["accepted"] == 0
+
+
+def test_decay_on_off_on_moves_only_the_expiries_that_must_move(standins, tmp_path, capsys, mixed_misp):
+    """Off, a crossing stays until its usual renewal; on again, only what the fixed expiry
+    overshot comes back to its crossing. No run repeats the one before it."""
+    plain = write_config(tmp_path, standins).read_text()
+    decaying = write_config(tmp_path, standins, misp_decay_model="1", decay_as_confidence=False).read_text()
+    config = tmp_path / "config.py"
+    seen = []
+    for text in (plain, decaying, decaying, plain, plain, decaying, decaying):
+        config.write_text(text)
+        seen.append(churn(run_cli(config, capsys=capsys)))
+    # new, update, replace, renew, deleted: b.example.com is inside renew_days, so off renews it to the fixed expiry
+    assert seen == [(4, 0, 0, 0, 0), (0, 0, 0, 3, 0), (0,) * 5, (0, 0, 0, 1, 0), (0,) * 5, (0, 0, 0, 1, 0), (0,) * 5]
