@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,15 +42,39 @@ class Verdict:
     shown: str = ""
 
 
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", re.I)
+
+
 def _moment(value: Any) -> dt.datetime | None:
-    """A timestamp as STIX or Log Analytics writes it (any sub-second digits), or None."""
-    if not isinstance(value, str) or not value:
+    """A timestamp as STIX, the management API or Log Analytics writes it (any sub-second
+    digits, `Z` or an offset; none is UTC), or None."""
+    match = _STAMP.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
         return None
-    head, _, fraction = value.rstrip("Z").partition(".")
+    head, fraction, zone = match.groups()
+    offset = "+00:00" if zone is None or zone.upper() == "Z" else zone
     try:
-        return dt.datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00")
+        return dt.datetime.fromisoformat(f"{head}.{((fraction or '') + '000000')[:6]}{offset}")
     except ValueError:
         return None
+
+
+def _same_moment(seen: Any, sent: Any) -> bool:
+    """Both the same instant, or both unset; an unreadable one matches nothing."""
+    if seen in (None, "") and sent in (None, ""):
+        return True
+    moment = _moment(seen)
+    return moment is not None and moment == _moment(sent)
+
+
+def _flag(value: Any) -> bool:
+    """A bool column, also when it arrives as text."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _number(value: Any) -> Any:
+    """An int column, also when it arrives as text; anything else as it came."""
+    return int(value) if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() else value
 
 
 def young(row: StateRow, now: dt.datetime, wait: dt.timedelta) -> bool:
@@ -68,18 +93,18 @@ def judge_table_row(row: StateRow, seen: Mapping[str, Any] | None, now: dt.datet
     pattern = str(sent.get("pattern", ""))
     if seen is None:
         return _absent(row, now, wait, "no row in ThreatIntelIndicators", pattern)
-    if seen.get("IsDeleted") is True:
+    if _flag(seen.get("IsDeleted")):
         return Verdict(row, Delivery.DELETED, "IsDeleted in ThreatIntelIndicators", pattern)
-    if _moment(seen.get("Modified")) != _moment(sent.get("modified")):
+    if not _same_moment(seen.get("Modified"), sent.get("modified")):
         return _absent(row, now, wait, f"the table holds the version modified {seen.get('Modified')}, "
                                        f"not {sent.get('modified')}", pattern)
     if not seen.get("ObservableKey"):  # the pattern Sentinel holds is the one it could not parse
         return Verdict(row, Delivery.UNPARSED, "empty ObservableKey: Sentinel could not parse the pattern",
                        str(seen.get("Pattern") or pattern))
     rewritten = []
-    if seen.get("Confidence") != sent.get("confidence"):
+    if _number(seen.get("Confidence")) != sent.get("confidence"):
         rewritten.append(f"confidence {seen.get('Confidence')!r} (sent {sent.get('confidence')!r})")
-    if _moment(seen.get("ValidUntil")) != _moment(sent.get("valid_until")):
+    if not _same_moment(seen.get("ValidUntil"), sent.get("valid_until")):
         rewritten.append(f"expiry {seen.get('ValidUntil')!r} (sent {sent.get('valid_until')!r})")
     if rewritten:
         return Verdict(row, Delivery.REWRITTEN, "; ".join(rewritten), pattern)

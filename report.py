@@ -263,9 +263,9 @@ class TargetRun:
             return ExitCode.MICROSOFT
         if self.report.deletions_blocked:
             return ExitCode.SAFETY_VALVE
-        if self.report.rejected:
-            return ExitCode.REJECTED
-        return ExitCode.UNDELIVERED if undelivered(self.report.delivery) else ExitCode.OK
+        if undelivered(self.report.delivery):  # README's order: 9 is more serious than 1
+            return ExitCode.UNDELIVERED
+        return ExitCode.REJECTED if self.report.rejected else ExitCode.OK
 
     def problem(self) -> str:
         """One line for every outcome but 0, so a `--quiet` run under cron still sends mail."""
@@ -277,9 +277,8 @@ class TargetRun:
         if report.deletions_blocked:
             return (f"safety valve: {report.deletions_blocked} deletions blocked, nothing deleted; "
                     "check MISP, then re-run with --allow-mass-delete if they are real")
-        if report.rejected:
-            return f"{report.rejected} indicators rejected by the service (see logs/)"
-        return undelivered_problem(report.delivery)
+        rejected = f"{report.rejected} indicators rejected by the service (see logs/)" if report.rejected else ""
+        return "; ".join(line for line in (undelivered_problem(report.delivery), rejected) if line)
 
     def record(self, dry_run: bool, started: dt.datetime) -> dict[str, Any]:
         """The run report: outcome, times and version as well as the counts, failed runs included."""
