@@ -213,6 +213,7 @@ class MicrosoftClient:
         self.session.headers["User-Agent"] = "misp2sentinel"
         self.session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=connection.concurrency))
         self._app: msal.ConfidentialClientApplication | msal.ManagedIdentityClient | None = None
+        self._current = ""  # the last token handed out (never logged: it is a registered secret)
         self._lock = threading.Lock()  # one token request at a time; counters
         self.requests_sent = 0
 
@@ -281,7 +282,15 @@ class MicrosoftClient:
             raise self._token_error(result)
         token = str(result["access_token"])
         self.log.add_secret(token)
+        self._current = token
         return token
+
+    def _drop_token(self, refused: str) -> None:
+        """A 401: a new token on the next call, unless another worker already got one after
+        this token was refused (workers that met the same 401 renew it once, not each)."""
+        with self._lock:
+            if refused == f"Bearer {self._current}":
+                self._app = None
 
     def _token_error(self, result: dict[str, Any]) -> MicrosoftError:
         """One line with the AADSTS code; whoever catches the error writes its error file."""
@@ -328,7 +337,8 @@ class MicrosoftClient:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             response, failure = self._attempt(name, method, url, body)
             if response is not None and response.status_code == 401 and not reauthenticated:
-                self._app, reauthenticated = None, True
+                self._drop_token(str(response.request.headers.get("Authorization", "")))
+                reauthenticated = True
                 continue
             if response is not None and response.status_code not in RETRY_STATUSES:
                 failure = self._garbled(response, documented)
