@@ -24,6 +24,7 @@ from ms_client import MicrosoftError
 from private_files import UnsafePath, private_dir
 from request_log import RequestLog
 from settings import ConfigError, Settings, TargetSettings, load_settings, split_pem
+from sightings import Sighted
 from state_store import StateStore, StoreError, StoreUnsafe, refuse_symlinks
 from sync import state_paths
 
@@ -110,6 +111,16 @@ def check_misp(settings: Settings, log: RequestLog, checklist: Checklist) -> Non
                   ExitCode.MISP)
     if settings.misp_decay_model:
         check_decay(source, checklist)
+    if settings.report_sightings:
+        checklist.add(sighting_permission_line(source), ExitCode.MISP)
+
+
+def sighting_permission_line(source: MispSource) -> Line:
+    """report_sightings posts to MISP: the key's role needs perm_sighting (getVersion says)."""
+    if source.can_sight():
+        return Line(True, "MISP sightings", "the key's role may add sightings (perm_sighting)")
+    return Line(False, "MISP sightings", "the key's role may not add sightings (perm_sighting is off)",
+                "give the key's user a role with the Sighting permission (Administration > Roles), or set report_sightings = False")
 
 
 def check_decay(source: MispSource, checklist: Checklist) -> None:
@@ -149,6 +160,19 @@ def check_target(settings: Settings, target: TargetSettings, log: RequestLog, ch
         adapter.close()
     if settings.verify_after_minutes and target.workspace_id:
         checklist.add(delivery_check_line(settings, target, log), ExitCode.MICROSOFT)
+    if settings.report_sightings and isinstance(adapter, Sighted):
+        checklist.add(matches_line(adapter), ExitCode.MICROSOFT)
+
+
+def matches_line(adapter: Sighted) -> Line:
+    """report_sightings reads the target's alerts: one harmless read shows the permission works."""
+    label = f"{adapter.label}: sightings"
+    try:
+        adapter.probe_matches()
+    except MicrosoftError as exc:
+        refused = exc.cause in (ErrorCause.PERMISSION_MISSING, ErrorCause.AUTH_REFUSED)
+        return Line(False, label, str(exc), adapter.matches_fix if refused else C.PROBE_FIXES.get(exc.cause, adapter.matches_fix))
+    return Line(True, label, f"the alerts can be read ({adapter.matches_permission})")
 
 
 def delivery_check_line(settings: Settings, target: TargetSettings, log: RequestLog) -> Line:

@@ -5,6 +5,7 @@ Sources are in ../shared/reference (microsoft-apis.md, mapping.md, misp.md).
 """
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import errno
 import ipaddress
@@ -26,7 +27,8 @@ class ExitCode(enum.IntEnum):
         return member
 
     OK = 0, "all good"
-    REJECTED = 1, "Graph rejected some indicators, or `-d` could not delete some ids (details under `logs/`)"
+    REJECTED = 1, ("Graph rejected some indicators, MISP refused some sightings, or `-d` could not delete some ids "
+                   "(details under `logs/`)")
     CONFIG = 2, ("configuration or usage error, including a file or folder the tool cannot read or write "
                  "(the message names the setting or the path)")
     MISP = 3, ("MISP could not be reached, refused the key, or answered with something that is not events "
@@ -642,3 +644,35 @@ class Delivery(str, enum.Enum):
 # Findings a cron job must notice: exit code UNDELIVERED.
 UNDELIVERED = (Delivery.UNPARSED, Delivery.MISSING, Delivery.DELETED)
 DELIVERED_COLUMN_WIDTH = 9  # `-r --format table`: the longest status
+
+# --- Sightings (README "Sightings"; lifecycle.md §4, defender.md "Finding hits") ----------------
+SIGHTING_SOURCE_PREFIX = "misp2sentinel:"  # the default source is this plus the target's kind
+SIGHTING_SOURCE_MAX = 255  # MISP's Sighting.source column
+SIGHTING_TYPE_SEEN = "0"  # MISP's sighting types: 0 sighting, 1 false positive, 2 expiration
+# A first run (or a lost window) looks back this far; later runs re-read this much before the
+# last window's end, for alerts that reach the service late (their times are when they happened).
+SIGHTINGS_FIRST_DAYS = 7
+SIGHTINGS_OVERLAP = dt.timedelta(hours=6)
+# The volume guard: at most this many sightings are posted per target and run. The rest wait for
+# the next run (the window does not move past them), so a storm of alerts cannot flood MISP.
+SIGHTINGS_MAX_POSTS = 2000
+SIGHTINGS_REFUSED_LOG = "sightings-refused"  # logs/<time>_sightings-refused-<kind>_<n>.jsonl
+SIGHTINGS_WINDOW_META = "sightings_until"  # the state's meta key: the end of the last complete window
+GRAPH_ALERTS_PATH = "/v1.0/security/alerts_v2"
+GRAPH_ALERTS_PAGE_SIZE = 500  # $top; Graph allows at most 2000
+GRAPH_ALERTS_PERMISSION = "SecurityAlert.Read.All"
+DEFENDER_SERVICE_SOURCE = "microsoftDefenderForEndpoint"  # alerts_v2's serviceSource of Defender's alerts
+CUSTOM_TI_DETECTION = "customTi"  # detectionSource of an alert a custom indicator raised
+# The default Sentinel match query: alerts of the built-in "TI map …" analytics rules. The tool
+# finds our STIX ids and the matched values in their Entities and ExtendedProperties.
+SENTINEL_MATCH_QUERY = ('SecurityAlert | where AlertName startswith "TI map" '
+                        "| project TimeGenerated, StartTime, SystemAlertId, AlertName, Entities, ExtendedProperties")
+# Why a target's matches are not read (`--sightings`).
+NO_SIGHTINGS = {"graph": "Graph tiIndicators has no API that says what an indicator matched"}
+NO_SIGHTINGS_STATE = "its state holds nothing yet: run a sync first"
+SIGHTINGS_PROBE_TIMESPAN = "P1D"  # `--check` runs the match query over this, with `| take 1`
+# A STIX indicator id anywhere in a text (an alert's entities or extended properties).
+STIX_INDICATOR_ID_SEARCH_RE = re.compile(r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+SENTINEL_MATCH_QUERY_MAX = 10000  # characters; a longer query is a pasted mistake
+# Where a Sentinel alert row names the observable it matched: the entity fields by type.
+SENTINEL_ENTITY_VALUES = ("Address", "Url", "DomainName", "HostName", "Value")

@@ -17,10 +17,12 @@ import datetime as dt
 import ipaddress
 import json
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import constants as C
+from alerts_client import AlertsClient
 from constants import Outcome
 from misp_transformer import DefenderTransformer, Transformer, iso_utc
 from ms_client import (
@@ -38,6 +40,7 @@ from rebuild import Rebuilt, Survey
 from reconcile import Action, HashRules, content_hash, event_uuid_of, immutable_hash
 from request_log import RequestLog
 from settings import ConfigError, Settings, TargetSettings
+from sightings import Match, moment_of
 from state_store import StateRow
 
 DEFENDER_HASH_RULES = HashRules(volatile=C.DEFENDER_VOLATILE, updatable=C.DEFENDER_UPDATABLE)
@@ -191,6 +194,44 @@ def defender_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebui
     return rebuilt
 
 
+# fileDetails' hash properties -> Defender's indicator types.
+_HASH_TYPES = (("sha1", "FileSha1"), ("sha256", "FileSha256"), ("md5", "FileMd5"))
+
+
+def _url_host(url: str) -> str:
+    """A URL's host (Defender's DomainName indicators match connections to it); "" if none."""
+    try:
+        return urllib.parse.urlsplit(url if "://" in url else f"//{url}").hostname or ""
+    except ValueError:
+        return ""
+
+
+def evidence_keys(evidence: Mapping[str, Any]) -> Iterator[str]:
+    """The indicator keys one alert evidence can have matched: its address, URL (and the URL's
+    host), domain, or file hashes (a file's, or a process's image file)."""
+    for field, indicator_type in (("ipAddress", "IpAddress"), ("url", "Url"), ("domainName", "DomainName")):
+        if isinstance(value := evidence.get(field), str) and value.strip():
+            yield defender_key(indicator_type, value)
+            if field == "url" and (host := _url_host(value)):
+                yield defender_key("DomainName", host)
+    for details in (evidence.get("fileDetails"), evidence.get("imageFile")):
+        if isinstance(details, Mapping):
+            for field, indicator_type in _HASH_TYPES:
+                if isinstance(value := details.get(field), str) and value.strip():
+                    yield defender_key(indicator_type, value)
+
+
+def alert_matches(alert: Mapping[str, Any]) -> Iterator[Match]:
+    """One Match per key the alert's evidence can have matched; one without a key when it names
+    none (so the alert is still counted). An alert without a readable creation time is skipped."""
+    moment = moment_of(alert.get("createdDateTime"))
+    if moment is None:
+        return
+    evidence = str(alert.get("id", ""))
+    keys = sorted({key for item in alert.get("evidence") or () if isinstance(item, Mapping) for key in evidence_keys(item)})
+    yield from (Match(moment, evidence, key=key) for key in keys or [""])
+
+
 class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
     """The Defender tenant as a budgeted target: import creates and updates, BatchDelete removes."""
 
@@ -204,6 +245,9 @@ class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
     permission_fix = ("add the application permission Ti.ReadWrite of WindowsDefenderATP (APIs my organization uses) "
                       "and grant admin consent")
     listing_columns: tuple[tuple[str, int], ...] = C.DEFENDER_LISTING_COLUMNS
+    matches_permission = AlertsClient.permission
+    matches_fix = (f"add the Microsoft Graph application permission {C.GRAPH_ALERTS_PERMISSION} (Microsoft Graph, not "
+                   "WindowsDefenderATP) and grant admin consent")
 
     def __init__(self, settings: Settings, spec: TargetSettings, log: RequestLog, online: bool) -> None:
         self.label = f"defender tenant {settings.tenant}" if settings.tenant else "defender"
@@ -215,6 +259,8 @@ class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
         connection = Connection.of(settings, spec.defender_endpoint, C.DEFENDER_REQUESTS_PER_MINUTE["list"],
                                    audience=spec.defender_scope)
         super().__init__(DefenderClient(connection, log) if online else None)
+        self._alerts = AlertsClient(Connection.of(settings, settings.graph_endpoint, settings.graph_requests_per_minute),
+                                    log) if online else None
         self._view: TenantView | None = None
         self._view_lock = threading.Lock()  # creates run on worker threads: one listing at a time
 
@@ -334,6 +380,25 @@ class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
     def change(self, action: Action, items: list[tuple[str, dict[str, Any]]]) -> list[ItemResult]:
         """import updates the indicator Defender holds under the same type and value."""
         return self.client.import_indicators([indicator for _, indicator in items])
+
+    def matches(self, since: dt.datetime, until: dt.datetime) -> Iterator[Match]:
+        """What custom indicators matched: Graph's alerts_v2 with detectionSource customTi."""
+        for alert in self.alerts.custom_ti_alerts(since, until):
+            yield from alert_matches(alert)
+
+    def probe_matches(self) -> None:
+        self.alerts.probe()
+
+    @property
+    def alerts(self) -> AlertsClient:
+        if self._alerts is None:
+            raise RuntimeError("DefenderAdapter has no connection (a dry run sends nothing)")
+        return self._alerts
+
+    def close(self) -> None:
+        super().close()
+        if self._alerts is not None:
+            self._alerts.session.close()
 
     def remove(self, rows: list[StateRow]) -> list[ItemResult]:
         """BatchDelete by id. A row a killed run left `pending` has no id: the listing gives it

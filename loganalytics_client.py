@@ -66,9 +66,10 @@ class LogAnalyticsClient(MicrosoftClient):
         self.workspace_id = workspace_id
         self.url = connection.resource + C.LOGANALYTICS_QUERY_PATH.format(workspace_id=workspace_id)
 
-    def query(self, kql: str) -> list[dict[str, Any]]:
-        """The rows of the primary table, each as column -> value."""
-        body = {"query": kql, "timespan": C.LOGANALYTICS_TIMESPAN}
+    def query(self, kql: str, timespan: str = C.LOGANALYTICS_TIMESPAN) -> list[dict[str, Any]]:
+        """The rows of the primary table, each as column -> value; `timespan` (ISO 8601, a
+        duration or `start/end`) limits TimeGenerated."""
+        body = {"query": kql, "timespan": timespan}
         response = self._call("query", "POST", self.url, body, documented_answer)
         if response.status_code == 204:
             return []

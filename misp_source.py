@@ -6,6 +6,7 @@ So does a page holding something other than events, or a MISP that ignores `page
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -351,6 +352,44 @@ class MispSource:
         events = self._page(self.connect(), {**filters, "uuid": uuid}, 1, f"MISP event {uuid}")
         return events[0] if events else None
 
+    def can_sight(self) -> bool:
+        """Whether the key's role may add sightings (getVersion's `perm_sighting`)."""
+        instance = self.connect().misp_instance_version
+        return isinstance(instance, dict) and instance.get("perm_sighting") is True
+
+    def add_sighting(self, attribute_uuid: str, source: str, moment: int) -> str:
+        """One type-0 sighting of one attribute, addressed by its uuid (never by value: that would
+        sight every attribute with the value). "" when MISP saved it, else MISP's reason: MISP
+        answers 200 even when it saved nothing, so only an answer holding the saved Sighting counts."""
+        where = f"MISP sighting of attribute {attribute_uuid}"
+        body = {"type": C.SIGHTING_TYPE_SEEN, "source": source, "timestamp": moment}
+        started = time.monotonic()
+        answer = self._call(where, lambda: self.connect().add_sighting(body, attribute_uuid))
+        self.log.request("misp-sighting", "POST", f"{self.settings.misp_url}sightings/add/{attribute_uuid}", body, 200,
+                         answer, time.monotonic() - started)
+        saved = answer.get("Sighting") if isinstance(answer, dict) else None
+        if isinstance(saved, dict) and saved.get("id"):
+            return ""
+        if isinstance(answer, dict) and "errors" in answer:
+            status, detail = _status_and_body(answer["errors"])
+            if status in (401, 403) and not _refusal_text(detail):
+                raise MispError(f"{where}: MISP refused it ({_describe_errors(answer['errors'])}): the key's role needs "
+                                "perm_sighting", MispCause.OTHER)
+            return _refusal_text(detail) or _describe_errors(answer["errors"])
+        return _refusal_text(answer) or f"MISP answered without a saved sighting: {_first_line(json.dumps(answer))}"
+
+    def has_sighting(self, attribute_uuid: str, source: str, day: str) -> bool:
+        """Read back before posting again: the attribute's sightings, by uuid (attributes restSearch)."""
+        where = f"MISP sightings of attribute {attribute_uuid}"
+        result = self._ask(self.connect(), "attributes", {"uuid": attribute_uuid, "include_sightings": True}, where)
+        found = result.get("Attribute") if isinstance(result, dict) else None
+        if not isinstance(found, list):
+            raise MispError(f"{where}: expected {{'Attribute': [...]}}, got {type(result).__name__}")
+        return any(_sighting_day(sighting) == day and str(sighting.get("source")) == source
+                   and str(sighting.get("type", C.SIGHTING_TYPE_SEEN)) == C.SIGHTING_TYPE_SEEN
+                   for attribute in found if isinstance(attribute, dict)
+                   for sighting in attribute.get("Sighting") or () if isinstance(sighting, dict))
+
     def decay_policy(self) -> tuple[DecayPolicy | None, str]:
         """misp_decay_model as MISP defines it, and a warning when the tool cannot predict its
         crossing (a formula other than Polynomial). A model MISP does not have, or has disabled
@@ -412,6 +451,31 @@ class MispSource:
         except requests.RequestException as exc:
             cause, phrase = _explain(exc)
             raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {phrase}", cause) from None
+
+
+def _status_and_body(errors: Any) -> tuple[int | None, Any]:
+    """PyMISP's `errors`: (HTTP status, MISP's body) for an HTTP error, else what MISP said."""
+    if isinstance(errors, (tuple, list)) and len(errors) == 2 and isinstance(errors[0], int):
+        return errors[0], errors[1]
+    return None, errors
+
+
+def _refusal_text(answer: Any) -> str:
+    """MISP's reason in a sightings answer that saved nothing ("Could not add the Sighting. Reason: …")."""
+    if isinstance(answer, dict):
+        for name in ("message", "errors", "name"):
+            text = answer.get(name)
+            if isinstance(text, str) and text.strip():
+                return _first_line(text)
+    return ""
+
+
+def _sighting_day(sighting: dict[str, Any]) -> str:
+    """The UTC day of a sighting MISP returns (`date_sighting`, epoch seconds)."""
+    try:
+        return dt.datetime.fromtimestamp(int(str(sighting.get("date_sighting"))), dt.UTC).date().isoformat()
+    except (TypeError, ValueError, OverflowError, OSError):
+        return ""
 
 
 def decay_policy_of(models: list[dict[str, Any]], wanted: str, threshold: float | None,

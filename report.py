@@ -63,6 +63,7 @@ class RunReport:
     named_deleted: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (value, reason), the first few
     named_rejected: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     delivery: dict[str, int] = dataclasses.field(default_factory=dict)  # per status, when a verification ran
+    sightings: dict[str, int] = dataclasses.field(default_factory=dict)  # sightings.SightingCounts, when they ran
     started: float = dataclasses.field(default_factory=time.monotonic)
     progress: tqdm[Any] = dataclasses.field(default_factory=lambda: tqdm(disable=True), repr=False)
 
@@ -99,6 +100,7 @@ class RunReport:
             "deletions_blocked": self.deletions_blocked, "requests": self.requests,
             "skipped": dict(sorted(self.skipped.items())), "decay": self._decay_counts(),
             "seconds": round(time.monotonic() - self.started, 3), "delivery": self.delivery or None,
+            "sightings": self.sightings or None,
         }
 
     def _decay_counts(self) -> dict[str, Any] | None:
@@ -131,6 +133,7 @@ class RunReport:
             + (f"NOTHING FORGOTTEN OR REMOVED: {data['clock_problem']}\n" if data["clock_problem"] else "")
             + _named("deleted", self.named_deleted, self.deleted) + _named("rejected", self.named_rejected, self.rejected)
             + (f"{delivery_line(self.delivery)}\n" if self.delivery else "")
+            + (f"{sightings_line(self.sightings)}\n" if self.sightings else "")
             + f"requests to the service: {data['requests']}\nskipped: {skipped}\ntime: {data['seconds']:.2f} s\n"
         )
 
@@ -149,6 +152,19 @@ def _decay_line(decay: dict[str, Any] | None) -> str:
 def delivery_line(found: dict[str, int]) -> str:
     """The summary's line of a verification's counts."""
     return "delivery checked: " + ", ".join(f"{status} {count}" for status, count in found.items())
+
+
+def sightings_line(counts: dict[str, int]) -> str:
+    """The summary's line of a sightings run's counts (sightings.SightingCounts)."""
+    extra = "".join(f", {name.replace('_', ' ')} {counts[name]}" for name in ("recovered", "deferred") if counts.get(name))
+    return (f"sightings to MISP: posted {counts['posted']}, duplicates {counts['duplicates']}, refused {counts['refused']}"
+            f" (alerts read {counts['alerts']}, not ours {counts['not_ours']}{extra})")
+
+
+def sightings_problem(counts: dict[str, int]) -> str:
+    """One line when MISP refused sightings, else ""."""
+    refused = counts.get("refused", 0)
+    return f"{refused} sightings refused by MISP (each under logs/*_{C.SIGHTINGS_REFUSED_LOG}-*.jsonl)" if refused else ""
 
 
 def undelivered(found: dict[str, int]) -> int:
@@ -265,7 +281,7 @@ class TargetRun:
             return ExitCode.SAFETY_VALVE
         if undelivered(self.report.delivery):  # README's order: 9 is more serious than 1
             return ExitCode.UNDELIVERED
-        return ExitCode.REJECTED if self.report.rejected else ExitCode.OK
+        return ExitCode.REJECTED if self.report.rejected or self.report.sightings.get("refused") else ExitCode.OK
 
     def problem(self) -> str:
         """One line for every outcome but 0, so a `--quiet` run under cron still sends mail."""
@@ -278,7 +294,8 @@ class TargetRun:
             return (f"safety valve: {report.deletions_blocked} deletions blocked, nothing deleted; "
                     "check MISP, then re-run with --allow-mass-delete if they are real")
         rejected = f"{report.rejected} indicators rejected by the service (see logs/)" if report.rejected else ""
-        return "; ".join(line for line in (undelivered_problem(report.delivery), rejected) if line)
+        return "; ".join(line for line in (undelivered_problem(report.delivery), rejected, sightings_problem(report.sightings))
+                         if line)
 
     def record(self, dry_run: bool, started: dt.datetime) -> dict[str, Any]:
         """The run report: outcome, times and version as well as the counts, failed runs included."""

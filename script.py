@@ -31,9 +31,10 @@ from explain import explain
 from misp_source import MispSource
 from misp_transformer import DecayPolicy, iso_utc
 from ms_client import MicrosoftError
-from report import TargetRun, classify, delivery_line, last_run_status, undelivered_problem
+from report import TargetRun, classify, delivery_line, last_run_status, sightings_line, sightings_problem, undelivered_problem
 from request_log import LogWriteError, RequestLog
 from settings import ConfigError, Settings, load_settings
+from sightings import Sighted, SightingCounts, report_matches
 from state_store import StateStore, open_store, target_lock
 from sync import apply_decay, make_engine, new_run, open_run, run_all, state_paths
 
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action.add_argument("--rebuild-state", action="store_true", help="recreate each target's local state from what the service holds")
     action.add_argument("--verify", action="store_true",
                         help="check that what the state says was sent is in each target, parsed and unchanged (README, Delivery checks)")
+    action.add_argument("--sightings", action="store_true",
+                        help="post the matches of our indicators in Sentinel and Defender since the last sightings run to "
+                             "MISP as sightings (README, Sightings)")
     parser.add_argument("--allow-mass-delete", action="store_true",
                         help="let this run delete more than max_delete_fraction of the owned indicators")
     parser.add_argument("--full", action="store_true",
@@ -133,12 +137,74 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
         if settings.verify_after_minutes and not args.dry_run:
             for run in runs:
                 run.guard(log, functools.partial(verify_run, settings, run, log))
+        if settings.report_sightings and not args.dry_run and scope is None:
+            for run in runs:
+                run.guard(log, functools.partial(sight_run, settings, run, source, log))
 
 
 def verify_run(settings: Settings, run: TargetRun, log: RequestLog) -> None:
     """verify_after_minutes: the run ends with a delivery check of its target."""
     if run.engine is not None:
         run.report.delivery = delivery.verify(settings, run.spec, run.adapter, run.engine.store, log, dt.datetime.now(dt.UTC))
+
+
+def sight_run(settings: Settings, run: TargetRun, source: MispSource, log: RequestLog) -> None:
+    """report_sightings: the run ends with its target's sightings (a target without alerts has none)."""
+    if run.engine is not None and isinstance(run.adapter, Sighted):
+        counts = report_matches(run.adapter, run.engine.store, source, settings.sighting_source_for(run.adapter.kind), log,
+                                dt.datetime.now(dt.UTC))
+        run.report.sightings = counts.as_dict()
+        warn_deferred(run.adapter.label, counts)
+
+
+def warn_deferred(label: str, counts: SightingCounts) -> None:
+    if counts.deferred:
+        sys.stderr.write(f"misp2sentinel: warning: {label}: {counts.deferred} sightings wait for the next run (at most "
+                         f"{C.SIGHTINGS_MAX_POSTS} are posted per run)\n")
+
+
+def post_sightings(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
+    """--sightings: each target's matches since its last sightings run, posted to MISP; the
+    counts to stdout and a `sightings` log file, each refusal to a `sightings-refused` JSONL."""
+    settings.require_misp()
+    settings.require_microsoft()
+    source = MispSource(settings, log)
+    code = ExitCode.OK
+    for spec in settings.targets:
+        adapter = targets.adapter(settings, spec, log)
+        try:
+            counts = sightings_of(settings, spec, adapter, source, log)
+        finally:
+            adapter.close()
+        if counts is None:
+            say(out, f"{adapter.label}: sightings not read: {C.NO_SIGHTINGS.get(adapter.kind, C.NO_SIGHTINGS_STATE)}\n")
+            continue
+        log.write("sightings", {"target": adapter.label, "sightings": counts.as_dict()})
+        say(out, f"{adapter.label}: {sightings_line(counts.as_dict())}\n")
+        warn_deferred(adapter.label, counts)
+        if problem := sightings_problem(counts.as_dict()):
+            sys.stderr.write(f"misp2sentinel: error: {adapter.label}: {problem}\n")
+            code = ExitCode.REJECTED
+    return code
+
+
+def sightings_of(settings: Settings, spec: Any, adapter: targets.Adapter, source: MispSource,
+                 log: RequestLog) -> SightingCounts | None:
+    """One target's sightings under its lock; None when it has no alerts to read, or no state
+    yet (a sync must first say what it holds)."""
+    if not isinstance(adapter, Sighted):
+        return None
+    lock, path = state_paths(settings, spec)
+    with target_lock(lock):
+        store = StateStore(path)
+        try:
+            if store.is_fresh():
+                return None
+            return report_matches(adapter, store, source, settings.sighting_source_for(adapter.kind), log, dt.datetime.now(dt.UTC))
+        except MicrosoftError as exc:  # which target's alerts failed
+            raise MicrosoftError(f"{adapter.label}: sightings: {exc}", exc.cause, exc.fatal, exc.aadsts) from None
+        finally:
+            store.close()
 
 
 def decay_policy(source: MispSource, log: RequestLog) -> DecayPolicy | None:
@@ -440,6 +506,8 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
             return rebuild_state(settings, log, out)
         if args.verify:
             return verify_delivery(settings, log, out)
+        if args.sightings:
+            return post_sightings(settings, log, out)
         if args.explain is not None:  # `--explain ""` (an unset shell variable) must not fall through to a sync
             return explain(settings, log, args.explain, out)
         return sync(settings, log, args, out)

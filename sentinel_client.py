@@ -8,6 +8,7 @@ true` (revocation is permanent: a revived key gets the next id, derived from the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -16,13 +17,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import constants as C
+import loganalytics_client as loganalytics
 from constants import ErrorCause, Outcome
+from loganalytics_client import LogAnalyticsClient
 from misp_transformer import StixTransformer, Transformer, iso_utc, stix_id, stix_time
 from ms_client import Connection, ItemResult, MicrosoftAdapter, MicrosoftClient, MicrosoftError, error_text, response_body
 from rebuild import Rebuilt
 from reconcile import Action, HashRules, content_hash, immutable_hash, next_modified
 from request_log import RequestLog
 from settings import Settings, TargetSettings
+from sightings import Match, moment_of
 from state_store import StateRow
 
 _EVENT_URL_RE = re.compile(r"/events/view/([0-9a-fA-F-]{36})$")
@@ -227,6 +231,54 @@ def sentinel_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebui
     return rebuilt
 
 
+def _texts(value: Any) -> Iterator[str]:
+    """Every string in a cell: dynamic columns come as JSON text, or already parsed."""
+    if isinstance(value, str):
+        yield value
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(value)
+            if not isinstance(parsed, str):
+                yield from _texts(parsed)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+
+
+def _entity_values(value: Any) -> Iterator[str]:
+    """The observables of an alert's entities (IP Address, URL Url, DNS DomainName, host
+    HostName, file hash Value), from the Entities column."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            yield from _entity_values(json.loads(value))
+    elif isinstance(value, list):
+        for entity in value:
+            if isinstance(entity, Mapping):
+                yield from (str(entity[field]) for field in C.SENTINEL_ENTITY_VALUES
+                            if isinstance(entity.get(field), str) and entity[field].strip())
+
+
+def match_row(row: Mapping[str, Any]) -> Iterator[Match]:
+    """The matches of one row of the match query: the STIX indicator ids it names anywhere
+    (IndicatorId, ExtendedProperties, Entities), else the observables it names (MatchedValue,
+    the entities); the time is TimeGenerated. A row without a readable time is skipped."""
+    moment = moment_of(row.get("TimeGenerated"))
+    if moment is None:
+        return
+    evidence = str(row.get("SystemAlertId") or row.get("AlertName") or "")
+    if not evidence:
+        evidence = json.dumps(row, sort_keys=True, default=str)
+    ids = sorted({found.lower() for column in ("IndicatorId", "ExtendedProperties", "Entities")
+                  for text in _texts(row.get(column)) for found in C.STIX_INDICATOR_ID_SEARCH_RE.findall(text)})
+    if ids:
+        yield from (Match(moment, evidence, key=ident) for ident in ids)
+        return
+    values = sorted({value for value in (*_texts(row.get("MatchedValue")), *_entity_values(row.get("Entities"))) if value.strip()})
+    yield from (Match(moment, evidence, value=value) for value in values or [""])
+
+
 class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
     """A Sentinel workspace as a target."""
 
@@ -239,6 +291,9 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
     permission = SentinelClient.permission
     permission_fix = "assign the app the Microsoft Sentinel Contributor role on the workspace"
     listing_columns: tuple[tuple[str, int], ...] = C.SENTINEL_LISTING_COLUMNS
+    matches_permission = LogAnalyticsClient.permission
+    matches_fix = ("add the API permission Log Analytics API Data.Read (admin consent) and the Log Analytics Reader role "
+                   "on the workspace")
 
     def __init__(self, settings: Settings, spec: TargetSettings, log: RequestLog, online: bool) -> None:
         self.label = spec.label
@@ -246,6 +301,8 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
         self._config_name = settings.config_path.name
         connection = Connection.of(settings, settings.management_endpoint, settings.max_requests_per_minute)
         super().__init__(SentinelClient(connection, Workspace.of(settings, spec), log) if online else None)
+        self._match_query = settings.sentinel_match_query
+        self._analytics = LogAnalyticsClient(loganalytics.connection(settings), spec.workspace_id, log) if online else None
 
     # --- pure -------------------------------------------------------------------------------
     @staticmethod
@@ -310,6 +367,25 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
     def change(self, action: Action, items: list[tuple[str, dict[str, Any]]]) -> list[ItemResult]:
         """Every change, a replacement too, is an upload of the same id with a newer `modified`."""
         return self.client.upload([indicator for _, indicator in items])
+
+    def matches(self, since: dt.datetime, until: dt.datetime) -> Iterator[Match]:
+        """The rows of sentinel_match_query whose TimeGenerated falls in the window."""
+        for row in self.analytics.query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}"):
+            yield from match_row(row)
+
+    def probe_matches(self) -> None:
+        self.analytics.query(f"{self._match_query} | take 1", C.SIGHTINGS_PROBE_TIMESPAN)
+
+    @property
+    def analytics(self) -> LogAnalyticsClient:
+        if self._analytics is None:
+            raise RuntimeError("SentinelAdapter has no connection (a dry run sends nothing)")
+        return self._analytics
+
+    def close(self) -> None:
+        super().close()
+        if self._analytics is not None:
+            self._analytics.session.close()
 
     def remove(self, rows: list[StateRow]) -> list[ItemResult]:
         """Revoke: the last object sent, again, with `revoked: true` and a newer `modified`."""

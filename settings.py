@@ -121,6 +121,13 @@ class Settings:
     verify_after_minutes: int = 0
     loganalytics_endpoint: str = C.DEFAULT_LOGANALYTICS_ENDPOINT
     loganalytics_scope: str = C.DEFAULT_LOGANALYTICS_SCOPE.removesuffix("/.default")  # the audience
+    report_sightings: bool = False
+    sighting_source: str = ""  # "": misp2sentinel:<target kind>
+    sentinel_match_query: str = C.SENTINEL_MATCH_QUERY
+
+    def sighting_source_for(self, kind: str) -> str:
+        """The `source` of the sightings a target's matches become."""
+        return self.sighting_source or f"{C.SIGHTING_SOURCE_PREFIX}{kind}"
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (used to scrub error text)."""
@@ -524,6 +531,14 @@ def _managed_identity(row: Setting, value: Any, ctx: _Context) -> str:
                     f"not {value!r}")
 
 
+def _kql(row: Setting, value: Any, ctx: _Context) -> str:
+    """One KQL query: not empty, not a pasted document."""
+    text = _text_max(C.SENTINEL_MATCH_QUERY_MAX)(row, value, ctx)
+    if not text:
+        raise ctx.error(f"{row.label} is empty: remove it to use the default query, or write a KQL query")
+    return text
+
+
 def _sourcesystem(row: Setting, value: Any, ctx: _Context) -> str:
     text = _text(row, value, ctx)
     if not text or text.lower() == C.RESERVED_SOURCESYSTEM:
@@ -579,6 +594,17 @@ SETTINGS: tuple[Setting, ...] = (
         "the Log Analytics query API that checks delivery to Sentinel (`/v1/workspaces/{workspace_id}/query`)"),
     Setting("loganalytics_scope", _scope, C.DEFAULT_LOGANALYTICS_SCOPE,
         "its token scope (not the endpoint's host: the API takes tokens for `https://api.loganalytics.io`)"),
+    Setting("report_sightings", _flag, False,
+        "every sync ends as `--sightings` does: the matches of our indicators in Sentinel and Defender since the "
+        'last sightings run become MISP sightings (README, Sightings). Needs the read permissions README lists'),
+    Setting("sighting_source", _text_max(C.SIGHTING_SOURCE_MAX), "",
+        "the `source` of the sightings posted to MISP",
+        shown="`misp2sentinel:<target>` (`misp2sentinel:sentinel`, `misp2sentinel:defender`)"),
+    Setting("sentinel_match_query", _kql, C.SENTINEL_MATCH_QUERY,
+        "the KQL that finds matches in a Sentinel workspace. Its rows must carry the time (`TimeGenerated`) and "
+        "the indicator id (a STIX id anywhere in `IndicatorId`, `Entities` or `ExtendedProperties`) or the matched "
+        "value (`MatchedValue`, or the `Entities`)",
+        shown='alerts of the "TI map" analytics rules (README, Sightings)'),
     Setting("max_requests_per_minute", _whole(1, 100000), C.SENTINEL_REQUESTS_PER_MINUTE,
         "the client-side pace for Sentinel uploads. It never sends more than this many in any 60 s and waits "
         "only when the window is full"),

@@ -58,6 +58,9 @@ _OWNED = "status IN ('sent', 'pending')"
 # Created by the first verification, so a store that never ran one stays as older versions wrote it.
 _DELIVERIES = ("CREATE TABLE IF NOT EXISTS deliveries (external_id TEXT PRIMARY KEY, remote_id TEXT NOT NULL, "
                "status TEXT NOT NULL, detail TEXT NOT NULL, checked_at TEXT NOT NULL)")
+# Created by the first sightings run: (attribute, UTC day) -> the match posted, `pending` or `posted`.
+_SIGHTINGS = ("CREATE TABLE IF NOT EXISTS sightings (attribute_uuid TEXT NOT NULL, day TEXT NOT NULL, moment INTEGER NOT NULL, "
+              "status TEXT NOT NULL, PRIMARY KEY (attribute_uuid, day))")
 _FORGET_EVENT_OF = "DELETE FROM events WHERE uuid IN (SELECT event_uuid FROM indicators WHERE external_id = ?)"
 
 
@@ -470,6 +473,36 @@ class StateStore:
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries'").fetchone() is None:
             return {}
         return dict(self.db.execute("SELECT remote_id, status FROM deliveries"))
+
+
+    # --- sightings posted to MISP (sightings.py) ---------------------------------------
+    def open_sightings(self) -> None:
+        """The table of posted sightings, made by the first sightings run (older files stay as they were)."""
+        self.db.execute(_SIGHTINGS)
+
+    def sighting_status(self, attribute_uuid: str, day: str) -> str | None:
+        row = self.db.execute("SELECT status FROM sightings WHERE attribute_uuid = ? AND day = ?", (attribute_uuid, day)).fetchone()
+        return row[0] if row else None
+
+    def mark_sighting(self, attribute_uuid: str, day: str, moment: dt.datetime, status: str) -> None:
+        """Committed before the post (`pending`: maybe posted) and after it (`posted`)."""
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO sightings VALUES (?, ?, ?, ?)",
+                            (attribute_uuid, day, int(moment.timestamp()), status))
+
+    def forget_sighting(self, attribute_uuid: str, day: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM sightings WHERE attribute_uuid = ? AND day = ?", (attribute_uuid, day))
+
+    def pending_sightings(self) -> list[tuple[str, str, dt.datetime]]:
+        """Posts a killed run left unconfirmed: (attribute uuid, day, moment)."""
+        rows = self.db.execute("SELECT attribute_uuid, day, moment FROM sightings WHERE status = 'pending' ORDER BY day")
+        return [(uuid, day, dt.datetime.fromtimestamp(moment, dt.UTC)) for uuid, day, moment in rows]
+
+    def prune_sightings(self, before_day: str) -> None:
+        """Days no window reaches any more: a match there is never read again."""
+        with self.transaction():
+            self.db.execute("DELETE FROM sightings WHERE day < ? AND status = 'posted'", (before_day,))
 
 
 def adopt_case_variant(store: Path) -> None:
