@@ -151,10 +151,17 @@ def verify_run(settings: Settings, run: TargetRun, log: RequestLog) -> None:
 def sight_run(settings: Settings, run: TargetRun, source: MispSource, log: RequestLog) -> None:
     """report_sightings: the run ends with its target's sightings (a target without alerts has none)."""
     if run.engine is not None and isinstance(run.adapter, Sighted):
-        counts = report_matches(run.adapter, run.engine.store, source, settings.sighting_source_for(run.adapter.kind), log,
-                                dt.datetime.now(dt.UTC))
+        counts = target_sightings(settings, run.adapter, run.engine.store, source, log)
         run.report.sightings = counts.as_dict()
         warn_deferred(run.adapter.label, counts)
+
+
+def target_sightings(settings: Settings, adapter: Sighted, store: StateStore, source: MispSource, log: RequestLog) -> SightingCounts:
+    """One target's matches posted as sightings; a Microsoft failure names the target and the step."""
+    try:
+        return report_matches(adapter, store, source, settings.sighting_source_for(adapter.kind), log, dt.datetime.now(dt.UTC))
+    except MicrosoftError as exc:
+        raise MicrosoftError(f"{adapter.label}: sightings: {exc}", exc.cause, exc.fatal, exc.aadsts) from None
 
 
 def warn_deferred(label: str, counts: SightingCounts) -> None:
@@ -198,11 +205,7 @@ def sightings_of(settings: Settings, spec: Any, adapter: targets.Adapter, source
     with target_lock(lock):
         store = StateStore(path)
         try:
-            if store.is_fresh():
-                return None
-            return report_matches(adapter, store, source, settings.sighting_source_for(adapter.kind), log, dt.datetime.now(dt.UTC))
-        except MicrosoftError as exc:  # which target's alerts failed
-            raise MicrosoftError(f"{adapter.label}: sightings: {exc}", exc.cause, exc.fatal, exc.aadsts) from None
+            return None if store.is_fresh() else target_sightings(settings, adapter, store, source, log)
         finally:
             store.close()
 
