@@ -370,13 +370,12 @@ class MispSource:
         saved = answer.get("Sighting") if isinstance(answer, dict) else None
         if isinstance(saved, dict) and saved.get("id"):
             return ""
-        if isinstance(answer, dict) and "errors" in answer:
-            status, detail = _status_and_body(answer["errors"])
-            if status in (401, 403) and not _refusal_text(detail):
-                raise MispError(f"{where}: MISP refused it ({_describe_errors(answer['errors'])}): the key's role needs "
-                                "perm_sighting", MispCause.OTHER)
-            return _refusal_text(detail) or _describe_errors(answer["errors"])
-        return _refusal_text(answer) or f"MISP answered without a saved sighting: {_first_line(json.dumps(answer))}"
+        if isinstance(answer, dict) and "errors" in answer:  # an HTTP error: ACL's 403 when the role lacks perm_sighting
+            raise MispError(f"{where}: MISP refused it ({_describe_errors(answer['errors'])}); the key's role needs "
+                            "perm_sighting")
+        message = answer.get("message") if isinstance(answer, dict) else None
+        return _first_line(message) if isinstance(message, str) and message.strip() else \
+            f"MISP answered without a saved sighting: {_first_line(json.dumps(answer))}"
 
     def has_sighting(self, attribute_uuid: str, source: str, day: str) -> bool:
         """Read back before posting again: the attribute's sightings, by uuid (attributes restSearch)."""
@@ -451,23 +450,6 @@ class MispSource:
         except requests.RequestException as exc:
             cause, phrase = _explain(exc)
             raise MispError(f"{where}: cannot reach MISP: {type(exc).__name__}: {phrase}", cause) from None
-
-
-def _status_and_body(errors: Any) -> tuple[int | None, Any]:
-    """PyMISP's `errors`: (HTTP status, MISP's body) for an HTTP error, else what MISP said."""
-    if isinstance(errors, (tuple, list)) and len(errors) == 2 and isinstance(errors[0], int):
-        return errors[0], errors[1]
-    return None, errors
-
-
-def _refusal_text(answer: Any) -> str:
-    """MISP's reason in a sightings answer that saved nothing ("Could not add the Sighting. Reason: …")."""
-    if isinstance(answer, dict):
-        for name in ("message", "errors", "name"):
-            text = answer.get(name)
-            if isinstance(text, str) and text.strip():
-                return _first_line(text)
-    return ""
 
 
 def _sighting_day(sighting: dict[str, Any]) -> str:
