@@ -2,12 +2,14 @@
 """Demo: the whole sync against local HTTPS stand-ins of MISP, Entra ID, Graph, Sentinel and
 Defender for Endpoint.
 
-MISP is seeded with real CIRCL OSINT events. script.py runs as a separate process, exactly as
+MISP is seeded with real CIRCL OSINT events; after the sync, one scripted match in Sentinel
+and one in Defender go back to MISP as sightings. script.py runs as a separate process, exactly as
 cron would start it, trusting the stand-ins' private CA through REQUESTS_CA_BUNDLE.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from standins import StandIns, seed_events
+from standins.alerts import domain_evidence, file_evidence, ip_evidence, url_evidence
 
 HERE = Path(__file__).resolve().parent
 WORKDIR = HERE / "demo-run"
@@ -49,6 +52,17 @@ def show(title: str, config: Path, env: dict[str, str], *args: str) -> subproces
     return result
 
 
+def script_matches(servers: StandIns, sentinel_item: dict[str, Any], defender_item: dict[str, Any]) -> None:
+    """An hour ago a "TI map" rule in Sentinel and a custom indicator in Defender matched."""
+    moment = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    servers.loganalytics.add_alert("TI map IP entity to CommonSecurityLog", [],
+                                   {"IndicatorId": sentinel_item["properties"]["externalId"]}, at=moment)
+    evidence = {"IpAddress": ip_evidence, "Url": url_evidence, "DomainName": domain_evidence}
+    value, kind = defender_item["indicatorValue"], defender_item["indicatorType"]
+    built = evidence[kind](value) if kind in evidence else file_evidence(**{kind.removeprefix("File").lower(): value})
+    servers.graph.add_alert([built], created=moment)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the misp2sentinel demo against local stand-ins.")
     parser.add_argument("--serve", action="store_true", help="after the demo, keep the stand-ins running for your own "
@@ -78,6 +92,8 @@ def main() -> int:
         print(json.dumps(sentinel_listing["value"][:1], indent=2))
         print(f"Defender holds {len(defender_listing['value'])} indicators this app created (TLP up to amber); the first one:")
         print(json.dumps(defender_listing["value"][:1], indent=2) + "\n")
+        script_matches(servers, sentinel_listing["value"][0], defender_listing["value"][0])
+        show("what matched in Sentinel and Defender goes back to MISP as sightings", config, env, "--sightings")
         dotenv = (WORKDIR / ".env").read_text()
         (WORKDIR / ".env").write_text(dotenv.replace(f"AZURE_CLIENT_SECRET={servers.client_secret}",
                                                      "AZURE_CLIENT_SECRET=pasted-the-secret-id-by-mistake"))

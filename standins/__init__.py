@@ -76,6 +76,7 @@ class StandIns:
         self.misp = MispStandIn(misp_key, events or [], ca=self.ca)
         self.entra = EntraStandIn(tenant, {client_id: client_secret}, ca=self.ca)
         self.graph = GraphStandIn(self.entra)
+        self.graph.alert_readers.add(client_id)
         self.entra.resources.add(self.graph.url)
         self.sentinel = SentinelStandIn(self.entra, workspace_id, subscription_id, resource_group,
                                         workspace_name)

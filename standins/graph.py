@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+from .alerts import AlertQueryError, list_alerts, make_alert
 from .entra import EntraStandIn, TokenInfo
 from .tls import Fault, HttpsStandIn, Reply, SeenRequest, html_reply, json_reply
 
 __all__ = ["FAILED_ID", "SUBMIT_LIMIT", "GraphStandIn", "validate_indicator"]
 
 BASE_PATH = "/beta/security/tiindicators"
+ALERTS_PATH = "/v1.0/security/alerts_v2"
 SUBMIT_LIMIT = 100
 MAX_TOP = 1000
 FAILED_ID = "Failed to create, check Error element for reason"
@@ -172,9 +174,11 @@ def _garbled(reply: Reply, garble: Fault) -> Reply:
 
 
 class GraphStandIn(HttpsStandIn):
-    """Graph beta tiIndicators; accepts tokens the Entra stand-in issued for `self.url`.
+    """Graph beta tiIndicators and v1.0 security/alerts_v2 (standins/alerts.py); accepts tokens
+    the Entra stand-in issued for `self.url`.
 
     `indicators` maps id -> stored indicator; `owners` maps id -> client_id that created it.
+    `alerts` are what alerts_v2 lists, to the client ids in `alert_readers` (SecurityAlert.Read.All).
     """
 
     def __init__(self, entra: EntraStandIn, page_size: int = 100) -> None:
@@ -189,6 +193,8 @@ class GraphStandIn(HttpsStandIn):
         self._late_work: list[_LateWork] = []  # one-off holds, before the work is done
         self._garbles: list[Fault] = []  # one-off garbled answers, after the work is done
         self._expire_tokens_at: int | None = None
+        self.alerts: list[dict[str, Any]] = []  # v1.0 security/alerts_v2, oldest first
+        self.alert_readers: set[str] = set()  # client ids granted SecurityAlert.Read.All
 
     def delay_next(self, seconds: float, times: int = 1) -> None:
         """Do the next requests' work, then wait before answering: a client that times out
@@ -219,6 +225,13 @@ class GraphStandIn(HttpsStandIn):
                   path_suffix: str = "") -> None:
         """Answer the next `times` requests whose path ends with `path_suffix` with `status`."""
         self._queue_fault(Fault(status, body, dict(headers or {}), times, path_suffix))
+
+    def add_alert(self, evidence: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        """Script one alert (standins.alerts.make_alert's keywords); returns it as listed."""
+        alert = make_alert(evidence, tenant=self.entra.tenant, **fields)
+        with self.lock:
+            self.alerts.append(alert)
+        return alert
 
     def reject_value(self, value: str, message: str) -> None:
         """Refuse (per item, InvalidInput `message`) every valid item with `value` in an observable.
@@ -264,6 +277,8 @@ class GraphStandIn(HttpsStandIn):
         if wait:  # Graph: 1000 requests per minute per app and tenant on tiIndicator
             return _graph_error(request, 429, "TooManyRequests", "Too many requests.", {"Retry-After": str(wait)})
         path = request.path.lower().rstrip("/")  # Graph URL segments are case-insensitive
+        if request.method == "GET" and path == ALERTS_PATH:
+            return self._alerts(request, client_id)
         if request.method == "POST" and path == f"{BASE_PATH}/submittiindicators":
             return self._submit(request, grant)
         if request.method == "POST" and path == f"{BASE_PATH}/updatetiindicators":
@@ -388,6 +403,17 @@ class GraphStandIn(HttpsStandIn):
                 results.append({"code": 0, "message": "", "subcode": 0} if doomed else
                                {"code": 404, "message": f"Indicator {wanted} not found", "subcode": 0})
         return _graph_reply(request, 200, {"@odata.context": _RESULT_CONTEXT, "value": results})
+
+    def _alerts(self, request: SeenRequest, client_id: str) -> Reply:
+        if client_id not in self.alert_readers:
+            return _graph_error(request, 403, "Forbidden", "Missing application roles. API required roles: "
+                                "SecurityAlert.Read.All, SecurityAlert.ReadWrite.All.")
+        with self.lock:
+            alerts = [dict(alert) for alert in self.alerts]
+        try:
+            return _graph_reply(request, 200, list_alerts(alerts, request.query, self.url))
+        except AlertQueryError as exc:
+            return _graph_error(request, 400, "BadRequest", str(exc))
 
     def _list(self, request: SeenRequest, client_id: str) -> Reply:
         try:

@@ -1,5 +1,6 @@
 """A Log Analytics stand-in: the query API (`POST /v1/workspaces/{workspaceId}/query`) over the
-`ThreatIntelIndicators` table of one Sentinel workspace (lifecycle.md §5).
+`ThreatIntelIndicators` table of one Sentinel workspace (lifecycle.md §5), and its
+`SecurityAlert` table of the alerts analytics rules raised (scripted by tests: `add_alert`).
 
 Its rows are derived from the Sentinel stand-in's append-only history: one row per accepted
 version (an upload, a revocation, an ARM delete with IsDeleted = true), TimeGenerated = when it
@@ -19,8 +20,10 @@ was accepted. Columns follow Microsoft's table reference (azure-reference-other
   and `pattern` cut at 1,000 characters (microsoft-apis.md §3.4).
 
 The KQL parser is strict: it knows exactly the shapes the tool sends and README's queries (a
-table, `where` with `==`, `!=`, `in (...)`, `and`, `isempty()`/`isnotempty()`, `summarize
-arg_max(TimeGenerated, *) by Id`, `summarize count() [by X, ...]`, `project`); anything else is
+table, `where` with `==`, `!=`, `=~`, `in (...)`, `startswith`, `has`, `contains` (the last four
+without case), `and` binding tighter than `or`, parentheses, `isempty()`/`isnotempty()`,
+`summarize arg_max(TimeGenerated, *) by Id`, `summarize count() [by X, ...]`, `project`, `take`
+/`limit`); the timespan limits TimeGenerated in both tables; anything else is
 400 BadArgumentError, never a silently wrong answer. Errors have the documented shape
 (azure-monitor-docs `logs/api/errors.md`): `{"error": {"message", "code", "correlationId",
 "innererror"}}`; 403 InsufficientAccessError without the workspace reader role; 404 for an
@@ -40,14 +43,14 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .entra import EntraStandIn, TokenInfo
 from .sentinel import SentinelStandIn, Version, observable
 from .tls import Fault, HttpsStandIn, Reply, SeenRequest, json_reply
 
-__all__ = ["AUDIENCE", "COLUMNS", "TABLE", "KqlError", "LogAnalyticsStandIn", "run_query"]
+__all__ = ["ALERT_COLUMNS", "ALERT_TABLE", "AUDIENCE", "COLUMNS", "TABLE", "KqlError", "LogAnalyticsStandIn", "run_query"]
 
 AUDIENCE = "https://api.loganalytics.io"
 TABLE = "ThreatIntelIndicators"
@@ -59,10 +62,31 @@ COLUMNS: dict[str, str] = {
     "ValidFrom": "datetime", "ValidUntil": "datetime", "LastUpdateMethod": "string", "Data": "dynamic",
     "Type": "string",
 }
+ALERT_TABLE = "SecurityAlert"
+# The SecurityAlert table (azure-reference-other `azure-monitor-ref/tables/securityalert`): the
+# alerts analytics rules raise. Entities and ExtendedProperties are JSON text.
+ALERT_COLUMNS: dict[str, str] = {
+    "TimeGenerated": "datetime", "TenantId": "string", "DisplayName": "string", "AlertName": "string",
+    "AlertSeverity": "string", "Description": "string", "ProviderName": "string", "VendorName": "string",
+    "VendorOriginalId": "string", "SystemAlertId": "string", "ResourceId": "string", "SourceComputerId": "string",
+    "AlertType": "string", "ConfidenceLevel": "string", "ConfidenceScore": "real", "IsIncident": "bool",
+    "StartTime": "datetime", "EndTime": "datetime", "ProcessingEndTime": "datetime", "RemediationSteps": "string",
+    "ExtendedProperties": "string", "Entities": "string", "SourceSystem": "string", "WorkspaceSubscriptionId": "string",
+    "WorkspaceResourceGroup": "string", "ExtendedLinks": "string", "ProductName": "string", "ProductComponentName": "string",
+    "AlertLink": "string", "Status": "string", "CompromisedEntity": "string", "Tactics": "string", "Techniques": "string",
+    "SubTechniques": "string", "Type": "string",
+}
 UPLOAD_METHOD = "StixObjectsUploadApi"  # not documented; the republisher's is "LogARepublisher"
 _QUERY_PATH = re.compile(r"/v1/workspaces/([^/]+)/query")
 _TOKEN = re.compile(r"""\s*(?:(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<number>\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)
-                        |(?P<symbol>==|!=|[|(),*]))""", re.X)
+                        |(?P<symbol>==|!=|=~|[|(),*]))""", re.X)
+# String operators (learn.microsoft.com kusto `datatypes-string-operators`): without case, like KQL.
+_TEXT_TESTS: dict[str, Callable[[str, str], bool]] = {
+    "startswith": lambda have, want: have.lower().startswith(want.lower()),
+    "contains": lambda have, want: want.lower() in have.lower(),
+    "has": lambda have, want: re.search(rf"(?<![A-Za-z0-9]){re.escape(want)}(?![A-Za-z0-9])", have, re.I) is not None,
+    "=~": lambda have, want: have.lower() == want.lower(),
+}
 _DURATION = re.compile(r"P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?")
 
 Row = dict[str, Any]
@@ -137,6 +161,11 @@ def _condition(tokens: _Tokens, columns: list[str]) -> Callable[[Row], bool]:
         tokens.take("symbol", ")")
         return lambda row: (row[name] in (None, "")) is empty
     name = _column(tokens, columns)
+    for operator, test in _TEXT_TESTS.items():
+        if tokens.next_is("name", operator) or tokens.next_is("symbol", operator):
+            tokens.at += 1
+            text = str(tokens.take("string"))
+            return lambda row: isinstance(row[name], str) and test(row[name], text)
     if tokens.next_is("name", "in"):
         tokens.take("name")
         tokens.take("symbol", "(")
@@ -154,12 +183,33 @@ def _condition(tokens: _Tokens, columns: list[str]) -> Callable[[Row], bool]:
     return (lambda row: row[name] == value) if operator == "==" else (lambda row: row[name] != value)
 
 
-def _where(tokens: _Tokens, columns: list[str], rows: list[Row]) -> list[Row]:
-    terms = [_condition(tokens, columns)]
-    while tokens.next_is("name", "and"):
+def _term(tokens: _Tokens, columns: list[str]) -> Callable[[Row], bool]:
+    """A condition, or a parenthesised expression."""
+    if not tokens.next_is("symbol", "("):
+        return _condition(tokens, columns)
+    tokens.take("symbol", "(")
+    inner = _expression(tokens, columns)
+    tokens.take("symbol", ")")
+    return inner
+
+
+def _joined(tokens: _Tokens, word: str, part: Callable[[], Callable[[Row], bool]],
+            combine: Callable[[Iterable[bool]], bool]) -> Callable[[Row], bool]:
+    parts = [part()]
+    while tokens.next_is("name", word):
         tokens.take("name")
-        terms.append(_condition(tokens, columns))
-    return [row for row in rows if all(term(row) for term in terms)]
+        parts.append(part())
+    return parts[0] if len(parts) == 1 else (lambda row: combine(test(row) for test in parts))
+
+
+def _expression(tokens: _Tokens, columns: list[str]) -> Callable[[Row], bool]:
+    """`or` of `and`s of terms: `and` binds tighter, as in KQL."""
+    return _joined(tokens, "or", lambda: _joined(tokens, "and", lambda: _term(tokens, columns), all), any)
+
+
+def _where(tokens: _Tokens, columns: list[str], rows: list[Row]) -> list[Row]:
+    test = _expression(tokens, columns)
+    return [row for row in rows if test(row)]
 
 
 def _by(tokens: _Tokens, columns: list[str]) -> list[str]:
@@ -208,13 +258,14 @@ def _project(tokens: _Tokens, columns: list[str], rows: list[Row]) -> tuple[list
     return names, [{name: row[name] for name in names} for row in rows]
 
 
-def run_query(text: str, rows: list[Row]) -> tuple[list[str], list[Row]]:
-    """(columns, rows) of a KQL query over `ThreatIntelIndicators`; KqlError for anything else."""
+def run_query(text: str, tables: dict[str, tuple[dict[str, str], list[Row]]]) -> tuple[list[str], list[Row]]:
+    """(columns, rows) of a KQL query over one of `tables` (name -> column types, rows); KqlError
+    for anything else."""
     tokens = _tokens(text)
     table = tokens.take("name")
-    if table != TABLE:
+    if table not in tables:
         raise KqlError("SemanticError", f"Failed to resolve table or column expression named '{table}'")
-    columns = list(COLUMNS)
+    columns, rows = list(tables[table][0]), tables[table][1]
     while tokens.peek() is not None:
         tokens.take("symbol", "|")
         operator = tokens.take("name")
@@ -224,6 +275,8 @@ def run_query(text: str, rows: list[Row]) -> tuple[list[str], list[Row]]:
             columns, rows = _summarize(tokens, columns, rows)
         elif operator == "project":
             columns, rows = _project(tokens, columns, rows)
+        elif operator in ("take", "limit"):
+            rows = rows[:int(tokens.take("number"))]
         else:
             raise KqlError("SyntaxError", f"Query could not be parsed: unsupported operator '{operator}'")
     return columns, rows
@@ -311,11 +364,30 @@ class LogAnalyticsStandIn(HttpsStandIn):
         self.readers: set[str] = set()
         self.lag_seconds = 0.0
         self.ingestion_rules: list[IngestionRule] = []
+        self.alerts: list[Row] = []  # the SecurityAlert table, as tests script it
 
     def fail_next(self, status: int, body: dict[str, Any] | str | None = None, times: int = 1) -> None:
         """Answer the next `times` queries with `status` and `body` (a str goes as text/html:
         a proxy's page, or a garbled 200)."""
         self._queue_fault(Fault(status, body, {}, times))
+
+    def add_alert(self, name: str, entities: list[dict[str, Any]], extended: dict[str, Any] | None = None, *,
+                  at: dt.datetime | None = None) -> Row:
+        """Script one SecurityAlert row, as an analytics rule named `name` raises it at `at` (now)."""
+        moment = (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+        row: Row = dict.fromkeys(ALERT_COLUMNS)
+        row.update({
+            "TimeGenerated": moment, "TenantId": self.sentinel.workspace_id, "DisplayName": name, "AlertName": name,
+            "AlertSeverity": "Medium", "Description": "", "ProviderName": "ASI Scheduled Alerts", "VendorName": "Microsoft",
+            "SystemAlertId": str(uuid.uuid4()), "AlertType": f"{self.sentinel.workspace_id}_{uuid.uuid4()}",
+            "IsIncident": False, "StartTime": moment, "EndTime": moment, "ProcessingEndTime": moment,
+            "ExtendedProperties": json.dumps({"Analytic Rule Name": name, **(extended or {})}),
+            "Entities": json.dumps(entities), "SourceSystem": "Detection", "ProductName": "Azure Sentinel",
+            "ProductComponentName": "Scheduled Alerts", "Status": "New", "Tactics": "", "Techniques": "", "Type": ALERT_TABLE,
+        })
+        with self.lock:
+            self.alerts.append(row)
+        return row
 
     def rows(self, now: dt.datetime | None = None) -> list[Row]:
         """Every row visible now: each indicator version old enough for the lag, after the
@@ -380,16 +452,19 @@ class LogAnalyticsStandIn(HttpsStandIn):
         if "timespan" in body and window is None:
             return _error(400, "BadArgumentError", "The request had some invalid properties",
                           {"code": "InvalidTimespan", "message": f"Invalid timespan {body['timespan']!r}"})
-        with self.sentinel.lock:
-            if not self.sentinel.history:
+        with self.sentinel.lock, self.lock:
+            if not self.sentinel.history and not self.alerts:
                 return Reply(204)
-        rows = [row for row in self.rows(now) if window is None or window[0] <= _generated(row) <= window[1]]
+            alerts = list(self.alerts)
+        tables = {TABLE: (COLUMNS, self.rows(now)), ALERT_TABLE: (ALERT_COLUMNS, alerts)}
+        inside = {name: (columns, [row for row in rows if window is None or window[0] <= _generated(row) <= window[1]])
+                  for name, (columns, rows) in tables.items()}
         try:
-            columns, result = run_query(text, rows)
+            columns, result = run_query(text, inside)
         except KqlError as exc:
             return _error(400, "BadArgumentError", "The request had some invalid properties",
                           {"code": exc.code, "message": str(exc)})
-        types = {**COLUMNS, "count_": "long"}
+        types = {**COLUMNS, **ALERT_COLUMNS, "count_": "long"}
         return json_reply(200, {"tables": [{
             "name": "PrimaryResult", "columns": [{"name": name, "type": types[name]} for name in columns],
             "rows": [[row[name] for name in columns] for row in result]}]})

@@ -9,15 +9,17 @@ are exercised for real.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .misp_search import DecayingModel, Search, Warninglist
+from .misp_search import USER_ORG_ID, DecayingModel, Search, Warninglist, sighting_record
 from .tls import HttpsStandIn, PrivateCA, Reply, SeenRequest, html_reply, json_reply
 
 __all__ = ["FAULT_MODES", "MispStandIn", "load_event_file"]
@@ -31,6 +33,10 @@ _NON_EVENTS = ["not an event", {"foo": 1}, 42]
 # DecayingModelController's $paginate: 50 models a page; `page:N` asks for another.
 DECAY_INDEX_PAGE = 50
 _DECAY_INDEX_RE = re.compile(r"/decayingModel/index(?:/page:([1-9][0-9]*))?")
+_SIGHTING_ADD_RE = re.compile(r"/sightings/add(?:/([^/]+))?/?")
+# ACLComponent's ForbiddenException for a role without the permission an action needs.
+NO_PERMISSION = "You do not have permission to use this functionality."
+SIGHTING_SOURCE_MAX = 255  # the sightings.source column
 
 _VERSION = {
     "version": "2.5.1", "pymisp_recommended_version": "2.5.34.4", "perm_sync": False,
@@ -38,7 +44,7 @@ _VERSION = {
     "uuid": "5f6c3f7e-6a54-4a0c-9a1c-3b8f0d2e7a11", "request_encoding": [],
     "filter_sightings": True,
 }
-_ME = {
+_ME: dict[str, Any] = {
     "User": {"id": "1", "email": "sync@standin.example", "org_id": "1", "role_id": "5",
              "password": "*****", "autoalert": False, "disabled": False, "totp": None},
     "Role": {"id": "5", "name": "sync user", "perm_auth": True, "perm_sync": False,
@@ -99,6 +105,9 @@ class MispStandIn(HttpsStandIn):
         self.decaying_models: list[DecayingModel] = [DecayingModel()]
         self.sightings: dict[str, list[int]] = {}
         self.partner_sightings: dict[str, list[int]] = {}
+        self.perm_sighting = True  # the key's role may add sightings
+        self.sighting_records: list[dict[str, Any]] = []  # every sighting /sightings/add saved, as stored
+        self.refuse_sightings: str | None = None  # a reason: /sightings/add saves nothing and says so
         self.decay_index_pages = True  # False: the decaying model index answers every page with the first
         self._last_search: tuple[dict[str, Any], Search] | None = None
 
@@ -127,9 +136,13 @@ class MispStandIn(HttpsStandIn):
             return _error(403, AUTH_FAILED, request.path)
         route = (request.method, request.path)
         if route == ("GET", "/servers/getVersion"):
-            return json_reply(200, _VERSION)
+            return json_reply(200, {**_VERSION, "perm_sighting": self.perm_sighting})
         if route == ("GET", "/users/view/me"):
-            return json_reply(200, _ME)
+            return json_reply(200, {**_ME, "Role": {**_ME["Role"], "perm_sighting": self.perm_sighting}})
+        if request.method == "POST" and (added := _SIGHTING_ADD_RE.fullmatch(request.path)):
+            if not self.perm_sighting:
+                return _error(403, NO_PERMISSION, request.path)
+            return self._add_sighting(request, added.group(1))
         if route == ("GET", "/attributes/describeTypes.json"):
             return json_reply(200, self._describe_types)
         if request.method == "GET" and (listed := _DECAY_INDEX_RE.fullmatch(request.path)):
@@ -189,13 +202,65 @@ class MispStandIn(HttpsStandIn):
             return _error(400, "Invalid return format.", request.path)
         uuids = {v.lower() for v in _as_list(body["uuid"])} if body.get("uuid") not in (None, "", []) else None
         values = {v.lower() for v in _as_list(body["value"])} if body.get("value") not in (None, "", []) else None
-        deleted = _truthy(body.get("deleted"))
+        deleted, with_sightings = _truthy(body.get("deleted")), _truthy(body.get("includeSightings"))
         with self.lock:
-            found = [_flat(event["Event"], attribute) for event in self.events
-                     for attribute in _all_attributes(event["Event"], deleted)
+            found = [{**_flat(event["Event"], attribute), **({"Sighting": self._sightings_of(attribute)} if with_sightings else {})}
+                     for event in self.events for attribute in _all_attributes(event["Event"], deleted)
                      if (uuids is None or str(attribute.get("uuid")).lower() in uuids)
                      and (values is None or _value_matches(attribute, values))]
         return json_reply(200, {"response": {"Attribute": found}})
+
+    def _sightings_of(self, attribute: dict[str, Any]) -> list[dict[str, Any]]:
+        """includeSightings: the attribute's sightings as MISP attaches them, those posted (with
+        their source and type) and those a test set in `sightings` (type 0, no source)."""
+        key = str(attribute.get("uuid"))
+        posted = [{**{k: v for k, v in record.items() if k != "attribute_uuid"}, "Organisation": _ME["Organisation"]}
+                  for record in self.sighting_records if record["attribute_uuid"] == key]
+        known = {int(record["date_sighting"]) for record in posted if record["type"] == "0"}
+        scripted = [sighting_record(attribute, moment, USER_ORG_ID, n) for n, moment in enumerate(self.sightings.get(key, []), 1)
+                    if moment not in known]
+        return posted + scripted
+
+    def _add_sighting(self, request: SeenRequest, target: str | None) -> Reply:
+        """SightingsController::add and Sighting::saveSightings (MISP 2.5) for an API call: the
+        attribute from the path, else the body's `uuid` or `id`, else every attribute with the
+        body's `value`(s); `date` + `time` or `timestamp` (else now). A saved one is answered with
+        the Sighting (RestResponse::viewData); a failure is a 200 whose `message` says why."""
+        body = request.json if isinstance(request.json, dict) else {}
+        for wrapper in ("request", "Sighting"):
+            body = body[wrapper] if isinstance(body.get(wrapper), dict) else body
+        reason = self.refuse_sightings or _sighting_problem(body)
+        if reason:
+            return json_reply(200, {"message": f"Could not add the Sighting. Reason: {reason}"})
+        ident = target or body.get("uuid") or body.get("id")
+        values = _as_list(body["value"]) if body.get("value") else _as_list(body.get("values"))
+        with self.lock:
+            found = self._sighted(ident, values)
+            if not found:
+                return json_reply(200, {"message": "Could not add the Sighting. Reason: No valid attributes found that "
+                                                   "match the sighting criteria."})
+            saved = [self._save_sighting(event, attribute, body) for event, attribute in found]
+        return json_reply(200, {"Sighting": {key: value for key, value in saved[-1].items() if key != "attribute_uuid"}})
+
+    def _sighted(self, ident: Any, values: list[str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(event, attribute) pairs a sighting hits: one by id or uuid, or all with a value."""
+        pairs = [(event["Event"], attribute) for event in self.events for attribute in _all_attributes(event["Event"], False)]
+        if ident:
+            wanted = str(ident).lower()
+            return [(e, a) for e, a in pairs if wanted in (str(a.get("uuid")).lower(), str(a.get("id")))]
+        lowered = {value.lower() for value in values}
+        return [(e, a) for e, a in pairs if lowered and _value_matches(a, lowered)]
+
+    def _save_sighting(self, event: dict[str, Any], attribute: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        moment = _sighting_moment(body)
+        record = {"id": str(len(self.sighting_records) + 1), "attribute_id": str(attribute.get("id", "")),
+                  "event_id": str(event.get("id", "")), "org_id": "1", "date_sighting": str(moment),
+                  "uuid": str(uuid.uuid4()), "source": str(body.get("source", "")).strip(),
+                  "type": str(body.get("type", "0")), "attribute_uuid": str(attribute.get("uuid"))}
+        self.sighting_records.append(record)
+        if record["type"] == "0":
+            self.sightings.setdefault(record["attribute_uuid"], []).append(moment)
+        return record
 
     def _clock_edits(self) -> None:
         """Move the `timestamp` of every event a test edited since the last request, as MISP does
@@ -218,6 +283,27 @@ class MispStandIn(HttpsStandIn):
         if self._last_search is None or self._last_search[0] is not body:
             self._last_search = (body, Search(body, self.events))
         return self._last_search[1]
+
+
+def _sighting_problem(body: dict[str, Any]) -> str:
+    """What saveSightings refuses before it looks for attributes ("" when nothing)."""
+    if str(body.get("type", "0")) not in ("0", "1", "2"):
+        return "Invalid type, please change it before you POST 1000000 sightings."
+    if len(str(body.get("source", "")).strip()) > SIGHTING_SOURCE_MAX:
+        return f"source is longer than {SIGHTING_SOURCE_MAX} characters."
+    try:
+        _sighting_moment(body)
+    except ValueError:
+        return "Invalid date, time or timestamp."
+    return ""
+
+
+def _sighting_moment(body: dict[str, Any]) -> int:
+    """`date` + `time` (Y-m-d, H:i:s, the server's UTC here), else `timestamp`, else now."""
+    if body.get("date") and body.get("time"):
+        moment = datetime.datetime.strptime(f"{body['date']}:{body['time']}", "%Y-%m-%d:%H:%M:%S")
+        return int(moment.replace(tzinfo=datetime.UTC).timestamp())
+    return int(str(body["timestamp"])) if body.get("timestamp") not in (None, "") else int(time.time())
 
 
 def _attributes_of(event: dict[str, Any], deleted: bool) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["DecayingModel", "Search", "Warninglist", "event_attributes"]
+__all__ = ["USER_ORG_ID", "DecayingModel", "Search", "Warninglist", "event_attributes", "sighting_record"]
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -432,14 +432,14 @@ class Search:
         seen = sightings.get(key, [])
         scores = [score for model in models if (score := model.score(attribute, seen, self.now)) is not None]
         carried = [(moment, USER_ORG_ID) for moment in seen] + [(moment, PARTNER_ORG_ID) for moment in partner_sightings.get(key, [])]
-        extra: dict[str, Any] = {"Sighting": [_sighting(attribute, moment, org, n) for n, (moment, org) in enumerate(carried, 1)]} \
+        extra: dict[str, Any] = {"Sighting": [sighting_record(attribute, moment, org, n) for n, (moment, org) in enumerate(carried, 1)]} \
             if carried else {}
         if scores:
             extra["decay_score"] = scores
         return {**attribute, **extra} if extra else attribute
 
 
-def _sighting(attribute: dict[str, Any], moment: int, org_id: str, number: int) -> dict[str, Any]:
+def sighting_record(attribute: dict[str, Any], moment: int, org_id: str, number: int) -> dict[str, Any]:
     """One type-0 sighting as an event's attribute carries it (misp.md "Sighting")."""
     return {"id": str(number), "attribute_id": str(attribute.get("id", "")), "event_id": str(attribute.get("event_id", "")),
             "org_id": org_id, "date_sighting": str(moment), "type": "0", "source": "",

@@ -91,12 +91,12 @@ def test_where_count_and_project(standins, session):
 
 @pytest.mark.parametrize("kql", [
     "ThreatIntelIndicators | where Confidence > 50",
-    "ThreatIntelIndicators | where Source == 'MISP' or Source == 'x'",
+    "ThreatIntelIndicators | where Source matches regex 'M.SP'",
     "ThreatIntelIndicators | extend A = 1",
     "ThreatIntelIndicators | summarize arg_max(TimeGenerated, *) by Source",
     "ThreatIntelIndicators | where NoSuchColumn == 1",
     "ThreatIntelligenceIndicator",
-    "ThreatIntelIndicators | take 1",
+    "ThreatIntelIndicators | top 1 by Confidence",
     "ThreatIntelIndicators | where Source == 'MISP' // comment",
 ])
 def test_anything_else_is_a_bad_argument_never_a_wrong_answer(standins, session, kql):
