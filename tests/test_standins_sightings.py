@@ -29,10 +29,11 @@ def one_attribute(standins: StandIns) -> dict[str, Any]:
 def test_pymisp_add_sighting_is_stored_read_back_and_counted_by_the_score(standins, one_attribute):
     client = misp(standins)
     moment = int(time.time()) - 3600
-    answer = client.add_sighting({"type": "0", "source": "misp2sentinel:test", "timestamp": moment}, one_attribute["uuid"])
+    answer: Any = client.add_sighting({"type": "0", "source": "misp2sentinel:test", "timestamp": moment}, one_attribute["uuid"])
     assert answer["Sighting"]["id"] and answer["Sighting"]["date_sighting"] == str(moment)
     assert standins.misp.sightings[one_attribute["uuid"]] == [moment]
-    (found,) = client.search(controller="attributes", uuid=one_attribute["uuid"], include_sightings=True)["Attribute"]
+    attributes: Any = client.search(controller="attributes", uuid=one_attribute["uuid"], include_sightings=True)
+    (found,) = attributes["Attribute"]
     assert [(s["source"], s["type"], s["date_sighting"]) for s in found["Sighting"]] == [("misp2sentinel:test", "0", str(moment))]
     (event,) = search(client, include_decay_score=True)
     (score,) = event["Event"]["Attribute"][0]["decay_score"]
@@ -45,21 +46,23 @@ def test_pymisp_add_sighting_is_stored_read_back_and_counted_by_the_score(standi
     ({"type": "0", "source": "x", "timestamp": "yesterday"}, "Invalid date"),
 ])
 def test_misp_refuses_with_a_200_and_a_message(standins, one_attribute, body, reason):
-    answer = misp(standins).add_sighting(body, one_attribute["uuid"])
+    answer: Any = misp(standins).add_sighting(body, one_attribute["uuid"])
     assert "Sighting" not in answer and answer["message"].startswith("Could not add the Sighting. Reason: ")
     assert reason in answer["message"] and standins.misp.sighting_records == []
 
 
 def test_an_unknown_attribute_a_scripted_refusal_and_a_missing_permission(standins, one_attribute):
     client = misp(standins)
-    unknown = client.add_sighting({"type": "0"}, "00000000-0000-4000-8000-000000000000")
+    unknown: Any = client.add_sighting({"type": "0"}, "00000000-0000-4000-8000-000000000000")
     assert "No valid attributes found" in unknown["message"]
     standins.misp.refuse_sightings = "the event is locked"
-    assert "the event is locked" in client.add_sighting({"type": "0"}, one_attribute["uuid"])["message"]
+    locked: Any = client.add_sighting({"type": "0"}, one_attribute["uuid"])
+    assert "the event is locked" in locked["message"]
     standins.misp.refuse_sightings = None
     standins.misp.perm_sighting = False
-    assert misp(standins).misp_instance_version["perm_sighting"] is False
-    forbidden = client.add_sighting({"type": "0"}, one_attribute["uuid"])
+    version: Any = misp(standins).misp_instance_version
+    assert version["perm_sighting"] is False
+    forbidden: Any = client.add_sighting({"type": "0"}, one_attribute["uuid"])
     assert forbidden["errors"][0] == 403 and standins.misp.sighting_records == []
 
 
