@@ -33,6 +33,7 @@ from ms_client import (
     MicrosoftClient,
     MicrosoftError,
     RateLimiter,
+    connected,
     error_text,
     response_body,
 )
@@ -258,9 +259,9 @@ class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
                               "to the identity's client id: only indicators it created (createdBy) are ever changed")
         connection = Connection.of(settings, spec.defender_endpoint, C.DEFENDER_REQUESTS_PER_MINUTE["list"],
                                    audience=spec.defender_scope)
-        super().__init__(DefenderClient(connection, log) if online else None)
         self._alerts = AlertsClient(Connection.of(settings, settings.graph_endpoint, settings.graph_requests_per_minute),
                                     log) if online else None
+        super().__init__(DefenderClient(connection, log) if online else None, self._alerts)
         self._view: TenantView | None = None
         self._view_lock = threading.Lock()  # creates run on worker threads: one listing at a time
 
@@ -383,22 +384,11 @@ class DefenderAdapter(MicrosoftAdapter[DefenderClient]):
 
     def matches(self, since: dt.datetime, until: dt.datetime) -> Iterator[Match]:
         """What custom indicators matched: Graph's alerts_v2 with detectionSource customTi."""
-        for alert in self.alerts.custom_ti_alerts(since, until):
+        for alert in connected(self._alerts, self).custom_ti_alerts(since, until):
             yield from alert_matches(alert)
 
     def probe_matches(self) -> None:
-        self.alerts.probe()
-
-    @property
-    def alerts(self) -> AlertsClient:
-        if self._alerts is None:
-            raise RuntimeError("DefenderAdapter has no connection (a dry run sends nothing)")
-        return self._alerts
-
-    def close(self) -> None:
-        super().close()
-        if self._alerts is not None:
-            self._alerts.session.close()
+        connected(self._alerts, self).probe()
 
     def remove(self, rows: list[StateRow]) -> list[ItemResult]:
         """BatchDelete by id. A row a killed run left `pending` has no id: the listing gives it

@@ -404,19 +404,27 @@ class MicrosoftClient:
 
 
 Client = TypeVar("Client", bound=MicrosoftClient)
+Other = TypeVar("Other", bound=MicrosoftClient)
+
+
+def connected(client: Other | None, owner: object) -> Other:
+    """The client an online adapter made; an offline one (a dry run, `--explain`) has none."""
+    if client is None:
+        raise RuntimeError(f"{type(owner).__name__} has no connection (a dry run sends nothing)")
+    return client
 
 
 class MicrosoftAdapter(Generic[Client]):
-    """What the adapters of Microsoft services share: a client, or none (a dry run, `--explain`)."""
+    """What the adapters of Microsoft services share: a client, or none (a dry run, `--explain`),
+    and the clients of other APIs it reads (closed with it)."""
 
-    def __init__(self, client: Client | None) -> None:
+    def __init__(self, client: Client | None, *companions: MicrosoftClient | None) -> None:
         self._client = client
+        self._companions = [companion for companion in companions if companion is not None]
 
     @property
     def client(self) -> Client:
-        if self._client is None:
-            raise RuntimeError(f"{type(self).__name__} has no connection (a dry run sends nothing)")
-        return self._client
+        return connected(self._client, self)
 
     @property
     def requests_sent(self) -> int:
@@ -428,5 +436,5 @@ class MicrosoftAdapter(Generic[Client]):
         return self.client.audience
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.session.close()
+        for client in ([self._client] if self._client is not None else []) + self._companions:
+            client.session.close()

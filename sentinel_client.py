@@ -21,7 +21,16 @@ import loganalytics_client as loganalytics
 from constants import ErrorCause, Outcome
 from loganalytics_client import LogAnalyticsClient
 from misp_transformer import StixTransformer, Transformer, iso_utc, stix_id, stix_time
-from ms_client import Connection, ItemResult, MicrosoftAdapter, MicrosoftClient, MicrosoftError, error_text, response_body
+from ms_client import (
+    Connection,
+    ItemResult,
+    MicrosoftAdapter,
+    MicrosoftClient,
+    MicrosoftError,
+    connected,
+    error_text,
+    response_body,
+)
 from rebuild import Rebuilt
 from reconcile import Action, HashRules, content_hash, immutable_hash, next_modified
 from request_log import RequestLog
@@ -232,19 +241,13 @@ def sentinel_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebui
 
 
 def _texts(value: Any) -> Iterator[str]:
-    """Every string in a cell: dynamic columns come as JSON text, or already parsed."""
-    if isinstance(value, str):
-        yield value
+    """Every string in a cell, and in the JSON a string holds (dynamic columns come as JSON text)."""
+    for text in _strings(value):
+        yield text
         with contextlib.suppress(ValueError):
-            parsed = json.loads(value)
+            parsed = json.loads(text)
             if not isinstance(parsed, str):
-                yield from _texts(parsed)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _texts(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _texts(item)
+                yield from _strings(parsed)
 
 
 def _entity_values(value: Any) -> Iterator[str]:
@@ -300,9 +303,9 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
         self._spec = spec
         self._config_name = settings.config_path.name
         connection = Connection.of(settings, settings.management_endpoint, settings.max_requests_per_minute)
-        super().__init__(SentinelClient(connection, Workspace.of(settings, spec), log) if online else None)
         self._match_query = settings.sentinel_match_query
         self._analytics = LogAnalyticsClient(loganalytics.connection(settings), spec.workspace_id, log) if online else None
+        super().__init__(SentinelClient(connection, Workspace.of(settings, spec), log) if online else None, self._analytics)
 
     # --- pure -------------------------------------------------------------------------------
     @staticmethod
@@ -370,22 +373,11 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
 
     def matches(self, since: dt.datetime, until: dt.datetime) -> Iterator[Match]:
         """The rows of sentinel_match_query whose TimeGenerated falls in the window."""
-        for row in self.analytics.query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}"):
+        for row in connected(self._analytics, self).query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}"):
             yield from match_row(row)
 
     def probe_matches(self) -> None:
-        self.analytics.query(f"{self._match_query} | take 1", C.SIGHTINGS_PROBE_TIMESPAN)
-
-    @property
-    def analytics(self) -> LogAnalyticsClient:
-        if self._analytics is None:
-            raise RuntimeError("SentinelAdapter has no connection (a dry run sends nothing)")
-        return self._analytics
-
-    def close(self) -> None:
-        super().close()
-        if self._analytics is not None:
-            self._analytics.session.close()
+        connected(self._analytics, self).query(f"{self._match_query} | take 1", C.SIGHTINGS_PROBE_TIMESPAN)
 
     def remove(self, rows: list[StateRow]) -> list[ItemResult]:
         """Revoke: the last object sent, again, with `revoked: true` and a newer `modified`."""

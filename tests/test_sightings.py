@@ -44,6 +44,14 @@ def sightings_of(result) -> dict[str, int]:
     return result.logs("sightings")[-1]["sightings"]
 
 
+def synced_with_a_match(standins, tmp_path, capsys) -> Any:
+    """A Defender target holding the small event, and one alert an hour ago on its address."""
+    config = defender_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    standins.graph.add_alert([ip_evidence("185.220.101.7")], created=ago(1))
+    return config
+
+
 def sighting_posts(standins) -> list[Any]:
     return [r for r in standins.misp.requests_seen if r.path.startswith("/sightings/add")]
 
@@ -105,9 +113,7 @@ def test_sentinel_ti_map_alerts_map_back_by_stix_id_or_by_value(standins, tmp_pa
 
 
 def test_a_refusal_is_logged_with_misps_reason_and_retried_next_run(standins, tmp_path, capsys, small_misp):
-    config = defender_config(tmp_path, standins)
-    assert run_cli(config, capsys=capsys).code == ExitCode.OK
-    standins.graph.add_alert([ip_evidence("185.220.101.7")], created=ago(1))
+    config = synced_with_a_match(standins, tmp_path, capsys)
     standins.misp.refuse_sightings = "the attribute is in a deleted event"
     refused = run_cli(config, "--sightings", capsys=capsys)
     assert refused.code == ExitCode.REJECTED
@@ -122,9 +128,7 @@ def test_a_refusal_is_logged_with_misps_reason_and_retried_next_run(standins, tm
 
 
 def test_without_perm_sighting_the_run_stops_loudly_and_keeps_its_window(standins, tmp_path, capsys, small_misp):
-    config = defender_config(tmp_path, standins)
-    assert run_cli(config, capsys=capsys).code == ExitCode.OK
-    standins.graph.add_alert([ip_evidence("185.220.101.7")], created=ago(1))
+    config = synced_with_a_match(standins, tmp_path, capsys)
     standins.misp.perm_sighting = False
     denied = run_cli(config, "--sightings", capsys=capsys)
     assert denied.code == ExitCode.MISP and "perm_sighting" in denied.err and "Traceback" not in denied.err
@@ -134,9 +138,7 @@ def test_without_perm_sighting_the_run_stops_loudly_and_keeps_its_window(standin
 
 
 def test_a_kill_after_the_post_or_a_lost_state_never_posts_twice(standins, tmp_path, capsys, small_misp):
-    config = defender_config(tmp_path, standins)
-    assert run_cli(config, capsys=capsys).code == ExitCode.OK
-    standins.graph.add_alert([ip_evidence("185.220.101.7")], created=ago(1))
+    config = synced_with_a_match(standins, tmp_path, capsys)
     assert run_cli(config, "--sightings", capsys=capsys).code == ExitCode.OK
     path = store_file(tmp_path, "defender")
     with sqlite3.connect(path) as db:  # as a kill between MISP's answer and the state's commit leaves it
