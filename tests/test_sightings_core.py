@@ -204,3 +204,17 @@ def test_a_match_outside_the_window_is_not_sighted(tmp_path, moment):
     misp = _Misp()
     report_matches(_Workspace([Match(moment, "a", value="198.51.100.1")]), _store(ATTRIBUTE), misp, "s", _log(tmp_path), NOW)
     assert misp.posts == []
+
+
+def test_a_clock_gone_back_asks_misp_before_reposting_days_the_state_pruned(tmp_path):
+    """The week a clock gone back re-reads holds days the state pruned long ago: MISP has them."""
+    store = _store(ATTRIBUTE)
+    old = NOW - dt.timedelta(days=4)
+    misp = _Misp()
+    report_matches(_Workspace([Match(old, "a", value="198.51.100.1")]), store, misp, "s", _log(tmp_path), NOW)
+    report_matches(_Workspace([]), store, misp, "s", _log(tmp_path), NOW + dt.timedelta(days=2))  # prunes that day
+    misp.holds = {(ATTRIBUTE, old.date().isoformat())}
+    back = NOW + dt.timedelta(days=2) - dt.timedelta(hours=1)  # NTP steps the clock back an hour
+    counts = report_matches(_Workspace([Match(old, "a", value="198.51.100.1")]), store, misp, "s", _log(tmp_path), back)
+    assert (counts.posted, counts.duplicates) == (0, 1) and len(misp.posts) == 1
+
