@@ -93,6 +93,12 @@ def value_key(value: str) -> str:
     return text if "://" in text else text.lower()
 
 
+def id_key(ident: str) -> str:
+    """How an indicator id is compared: a STIX id without case (Sentinel's ids are uuids), any
+    other key exactly (Defender's keys are already as Defender compares them: a URL with case)."""
+    return ident.lower() if C.STIX_INDICATOR_ID_SEARCH_RE.fullmatch(ident) else ident
+
+
 class Holdings:
     """Which MISP attribute each indicator the target holds came from: by our key, by the
     service's id, and by its observable (an alert that names no indicator)."""
@@ -104,15 +110,15 @@ class Holdings:
             attribute = target.attribute_of(json.loads(row.body)) if row.body else ""
             if not attribute:
                 continue
-            self.by_id[row.external_id.lower()].add(attribute)
+            self.by_id[id_key(row.external_id)].add(attribute)
             if row.remote_id:
-                self.by_id[row.remote_id.lower()].add(attribute)
+                self.by_id[id_key(row.remote_id)].add(attribute)
             if value := target.row_value(row):
                 self.by_value[value_key(value)].add(attribute)
 
     def attributes(self, match: Match) -> set[str]:
-        if match.key and match.key.lower() in self.by_id:
-            return self.by_id[match.key.lower()]
+        if match.key and id_key(match.key) in self.by_id:
+            return self.by_id[id_key(match.key)]
         return self.by_value.get(value_key(match.value), set()) if match.value else set()
 
 

@@ -218,3 +218,16 @@ def test_a_clock_gone_back_asks_misp_before_reposting_days_the_state_pruned(tmp_
     counts = report_matches(_Workspace([Match(old, "a", value="198.51.100.1")]), store, misp, "s", _log(tmp_path), back)
     assert (counts.posted, counts.duplicates) == (0, 1) and len(misp.posts) == 1
 
+
+def test_a_defender_url_differing_in_case_is_another_indicator():
+    """Defender keys a URL exactly: an alert on one spelling sights only that spelling's attribute."""
+    rows = [_row(defender_key("Url", url), str(n), {"externalID": uuid, "indicatorValue": url})
+            for n, (url, uuid) in enumerate([("http://evil.example/A", ATTRIBUTE), ("http://evil.example/a", OTHER)])]
+    target = _Workspace([])
+    target.attribute_of = lambda indicator: str(indicator["externalID"])  # type: ignore[method-assign]
+    target.row_value = lambda row: str(json.loads(row.body)["indicatorValue"])  # type: ignore[method-assign]
+    holdings = Holdings(rows, target)
+    (match,) = [m for m in alert_matches({"id": "d", "createdDateTime": "2026-12-02T09:00:00Z",
+                                          "evidence": [{"url": "http://evil.example/a"}]}) if m.key.startswith("Url:")]
+    assert holdings.attributes(match) == {OTHER}
+
