@@ -231,3 +231,9 @@ def test_a_defender_url_differing_in_case_is_another_indicator():
                                           "evidence": [{"url": "http://evil.example/a"}]}) if m.key.startswith("Url:")]
     assert holdings.attributes(match) == {OTHER}
 
+
+@pytest.mark.parametrize("evidence", [5, True, "text", {"ipAddress": "198.51.100.1"}])
+def test_an_alert_whose_evidence_is_not_a_list_is_counted_not_raised(evidence):
+    (match,) = alert_matches({"id": "d", "createdDateTime": "2026-12-02T09:00:00Z", "evidence": evidence})
+    assert match.key == ""
+
