@@ -231,27 +231,30 @@ def sentinel_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebui
     return rebuilt
 
 
-def _texts(value: Any) -> Iterator[str]:
-    """Every string in a cell: dynamic columns come as JSON text, or already parsed."""
+def _texts(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every string in a cell: dynamic columns come as JSON text, or already parsed. A hostile
+    cell nested past SENTINEL_CELL_DEPTH, or too deep for json to parse, is read as its text."""
+    if depth > C.SENTINEL_CELL_DEPTH:
+        return
     if isinstance(value, str):
         yield value
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             parsed = json.loads(value)
             if not isinstance(parsed, str):
-                yield from _texts(parsed)
+                yield from _texts(parsed, depth + 1)
     elif isinstance(value, Mapping):
         for item in value.values():
-            yield from _texts(item)
+            yield from _texts(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            yield from _texts(item)
+            yield from _texts(item, depth + 1)
 
 
 def _entity_values(value: Any) -> Iterator[str]:
     """The observables of an alert's entities (IP Address, URL Url, DNS DomainName, host
     HostName, file hash Value), from the Entities column."""
     if isinstance(value, str):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             yield from _entity_values(json.loads(value))
     elif isinstance(value, list):
         for entity in value:

@@ -237,3 +237,11 @@ def test_an_alert_whose_evidence_is_not_a_list_is_counted_not_raised(evidence):
     (match,) = alert_matches({"id": "d", "createdDateTime": "2026-12-02T09:00:00Z", "evidence": evidence})
     assert match.key == ""
 
+
+@pytest.mark.parametrize("depth", [990, 100000])
+def test_a_match_row_nested_too_deep_is_read_not_raised(depth):
+    """JSON nested past Python's recursion limit (json.loads raises RecursionError, not ValueError)."""
+    deep = "[" * depth + json.dumps(STIX) + "]" * depth
+    row = {"TimeGenerated": "2026-12-02T10:00:00Z", "SystemAlertId": "a", "Entities": deep, "ExtendedProperties": deep,
+           "MatchedValue": "198.51.100.1"}
+    assert [m.key for m in match_row(row)] == [STIX]
