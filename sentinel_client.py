@@ -25,7 +25,7 @@ from ms_client import Connection, ItemResult, MicrosoftAdapter, MicrosoftClient,
 from rebuild import Rebuilt
 from reconcile import Action, HashRules, content_hash, immutable_hash, next_modified
 from request_log import RequestLog
-from settings import Settings, TargetSettings
+from settings import ConfigError, Settings, TargetSettings
 from sightings import Match, moment_of
 from state_store import StateRow
 
@@ -372,8 +372,13 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
         return self.client.upload([indicator for _, indicator in items])
 
     def matches(self, since: dt.datetime, until: dt.datetime) -> Iterator[Match]:
-        """The rows of sentinel_match_query whose TimeGenerated falls in the window."""
-        for row in self.analytics.query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}"):
+        """The rows of sentinel_match_query whose TimeGenerated falls in the window. A query
+        without that column is a configuration error: each of its rows would be skipped unseen."""
+        rows = self.analytics.query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}")
+        if rows and "TimeGenerated" not in rows[0]:
+            raise ConfigError(f"sentinel_match_query returns no TimeGenerated column (it returns {', '.join(rows[0])}): "
+                              "keep TimeGenerated in its project")
+        for row in rows:
             yield from match_row(row)
 
     def probe_matches(self) -> None:

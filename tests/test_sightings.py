@@ -199,3 +199,17 @@ def test_report_sightings_keeps_a_matched_indicator_fresh_while_an_unmatched_one
     assert held["185.220.101.20"]["expirationTime"] == iso(reference + round(CROSSING_DAYS * DAY))
     assert reference > time.time() - 10 * DAY - HOUR
     assert second.logs("run-report")[-1]["decay"]["removed_decayed"] == 1
+
+
+def test_a_match_query_without_time_generated_is_a_config_error_not_zero_alerts(standins, tmp_path, capsys, small_misp):
+    """Every row of such a query would be skipped: the matches lost without a word, the window moved on."""
+    config = sentinel_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    standins.loganalytics.add_alert("TI map IP entity to SigninLogs", [{"Type": "ip", "Address": "185.220.101.7"}], at=ago(1))
+    config.write_text(config.read_text() + "sentinel_match_query = 'SecurityAlert | project StartTime, SystemAlertId, Entities'\n")
+    result = run_cli(config, "--sightings", capsys=capsys)
+    assert result.code == ExitCode.CONFIG, result.out + result.err
+    assert "sentinel_match_query" in result.err and "TimeGenerated" in result.err and records(standins) == []
+    config.write_text(config.read_text().replace("project StartTime,", "project TimeGenerated,"))
+    fixed = run_cli(config, "--sightings", capsys=capsys)
+    assert fixed.code == ExitCode.OK and len(records(standins)) == 1
