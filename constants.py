@@ -674,5 +674,8 @@ SIGHTINGS_PROBE_TIMESPAN = "P1D"  # `--check` runs the match query over this, wi
 # A STIX indicator id anywhere in a text (an alert's entities or extended properties).
 STIX_INDICATOR_ID_SEARCH_RE = re.compile(r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 SENTINEL_MATCH_QUERY_MAX = 10000  # characters; a longer query is a pasted mistake
+# How deep a match row's dynamic cell is read (alert entities nest a few levels; a hostile one
+# nested past Python's recursion limit would stop the run).
+SENTINEL_CELL_DEPTH = 32
 # Where a Sentinel alert row names the observable it matched: the entity fields by type.
 SENTINEL_ENTITY_VALUES = ("Address", "Url", "DomainName", "HostName", "Value")

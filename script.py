@@ -33,7 +33,7 @@ from misp_transformer import DecayPolicy, iso_utc
 from ms_client import MicrosoftError
 from report import TargetRun, classify, delivery_line, last_run_status, sightings_line, sightings_problem, undelivered_problem
 from request_log import LogWriteError, RequestLog
-from settings import ConfigError, Settings, load_settings
+from settings import ConfigError, Settings, TargetSettings, load_settings
 from sightings import Sighted, SightingCounts, report_matches
 from state_store import StateStore, open_store, target_lock
 from sync import apply_decay, make_engine, new_run, open_run, run_all, state_paths
@@ -151,15 +151,16 @@ def verify_run(settings: Settings, run: TargetRun, log: RequestLog) -> None:
 def sight_run(settings: Settings, run: TargetRun, source: MispSource, log: RequestLog) -> None:
     """report_sightings: the run ends with its target's sightings (a target without alerts has none)."""
     if run.engine is not None and isinstance(run.adapter, Sighted):
-        counts = target_sightings(settings, run.adapter, run.engine.store, source, log)
+        counts = target_sightings(settings, run.spec, run.adapter, run.engine.store, source, log)
         run.report.sightings = counts.as_dict()
         warn_deferred(run.adapter.label, counts)
 
 
-def target_sightings(settings: Settings, adapter: Sighted, store: StateStore, source: MispSource, log: RequestLog) -> SightingCounts:
+def target_sightings(settings: Settings, spec: TargetSettings, adapter: Sighted, store: StateStore, source: MispSource,
+                     log: RequestLog) -> SightingCounts:
     """One target's matches posted as sightings; a Microsoft failure names the target and the step."""
     try:
-        return report_matches(adapter, store, source, settings.sighting_source_for(adapter.kind), log, dt.datetime.now(dt.UTC))
+        return report_matches(adapter, store, source, settings.sighting_source_for(spec), log, dt.datetime.now(dt.UTC))
     except MicrosoftError as exc:
         raise MicrosoftError(f"{adapter.label}: sightings: {exc}", exc.cause, exc.fatal, exc.aadsts) from None
 
@@ -195,7 +196,7 @@ def post_sightings(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode
     return code
 
 
-def sightings_of(settings: Settings, spec: Any, adapter: targets.Adapter, source: MispSource,
+def sightings_of(settings: Settings, spec: TargetSettings, adapter: targets.Adapter, source: MispSource,
                  log: RequestLog) -> SightingCounts | None:
     """One target's sightings under its lock; None when it has no alerts to read, or no state
     yet (a sync must first say what it holds)."""
@@ -205,7 +206,7 @@ def sightings_of(settings: Settings, spec: Any, adapter: targets.Adapter, source
     with target_lock(lock):
         store = StateStore(path)
         try:
-            return None if store.is_fresh() else target_sightings(settings, adapter, store, source, log)
+            return None if store.is_fresh() else target_sightings(settings, spec, adapter, store, source, log)
         finally:
             store.close()
 

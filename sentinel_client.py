@@ -34,7 +34,7 @@ from ms_client import (
 from rebuild import Rebuilt
 from reconcile import Action, HashRules, content_hash, immutable_hash, next_modified
 from request_log import RequestLog
-from settings import Settings, TargetSettings
+from settings import ConfigError, Settings, TargetSettings
 from sightings import Match, moment_of
 from state_store import StateRow
 
@@ -144,15 +144,18 @@ def _without_own_values(message: str, obj: dict[str, Any]) -> str:
     return message
 
 
-def _strings(value: Any) -> Iterator[str]:
+def _strings(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every string in a JSON value, down to SENTINEL_CELL_DEPTH levels (deeper is hostile)."""
+    if depth > C.SENTINEL_CELL_DEPTH:
+        return
     if isinstance(value, str):
         yield value
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):
         for item in value.values():
-            yield from _strings(item)
+            yield from _strings(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item)
+            yield from _strings(item, depth + 1)
 
 
 def revocation(last: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -241,10 +244,11 @@ def sentinel_rows(items: Iterable[Mapping[str, Any]], now: dt.datetime) -> Rebui
 
 
 def _texts(value: Any) -> Iterator[str]:
-    """Every string in a cell, and in the JSON a string holds (dynamic columns come as JSON text)."""
+    """Every string in a cell, and in the JSON a string holds (dynamic columns come as JSON text).
+    JSON too deep for json to parse is read as its text."""
     for text in _strings(value):
         yield text
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             parsed = json.loads(text)
             if not isinstance(parsed, str):
                 yield from _strings(parsed)
@@ -254,7 +258,7 @@ def _entity_values(value: Any) -> Iterator[str]:
     """The observables of an alert's entities (IP Address, URL Url, DNS DomainName, host
     HostName, file hash Value), from the Entities column."""
     if isinstance(value, str):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             yield from _entity_values(json.loads(value))
     elif isinstance(value, list):
         for entity in value:
@@ -372,8 +376,13 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
         return self.client.upload([indicator for _, indicator in items])
 
     def matches(self, since: dt.datetime, until: dt.datetime) -> Iterator[Match]:
-        """The rows of sentinel_match_query whose TimeGenerated falls in the window."""
-        for row in connected(self._analytics, self).query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}"):
+        """The rows of sentinel_match_query whose TimeGenerated falls in the window. A query
+        without that column is a configuration error: each of its rows would be skipped unseen."""
+        rows = connected(self._analytics, self).query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}")
+        if rows and "TimeGenerated" not in rows[0]:
+            raise ConfigError(f"sentinel_match_query returns no TimeGenerated column (it returns {', '.join(rows[0])}): "
+                              "keep TimeGenerated in its project")
+        for row in rows:
             yield from match_row(row)
 
     def probe_matches(self) -> None:

@@ -125,9 +125,13 @@ class Settings:
     sighting_source: str = ""  # "": misp2sentinel:<target kind>
     sentinel_match_query: str = C.SENTINEL_MATCH_QUERY
 
-    def sighting_source_for(self, kind: str) -> str:
-        """The `source` of the sightings a target's matches become."""
-        return self.sighting_source or f"{C.SIGHTING_SOURCE_PREFIX}{kind}"
+    def sighting_source_for(self, target: TargetSettings) -> str:
+        """The `source` of the sightings a target's matches become. MISP tells targets apart only
+        by it (the read-back before a post compares it), so with several workspaces each names its id."""
+        if self.sighting_source:
+            return self.sighting_source
+        shared = target.workspace_id and sum(other.kind == target.kind for other in self.targets) > 1
+        return f"{C.SIGHTING_SOURCE_PREFIX}{target.kind}" + (f":{target.workspace_id}" if shared else "")
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never be written anywhere (used to scrub error text)."""
@@ -599,7 +603,8 @@ SETTINGS: tuple[Setting, ...] = (
         'last sightings run become MISP sightings (README, Sightings). Needs the read permissions README lists'),
     Setting("sighting_source", _text_max(C.SIGHTING_SOURCE_MAX), "",
         "the `source` of the sightings posted to MISP",
-        shown="`misp2sentinel:<target>` (`misp2sentinel:sentinel`, `misp2sentinel:defender`)"),
+        shown="`misp2sentinel:<target>` (`misp2sentinel:sentinel`, `misp2sentinel:defender`; with several workspaces "
+              "`misp2sentinel:sentinel:<workspace_id>`)"),
     Setting("sentinel_match_query", _kql, C.SENTINEL_MATCH_QUERY,
         "the KQL that finds matches in a Sentinel workspace. Its rows must carry the time (`TimeGenerated`) and "
         "the indicator id (a STIX id anywhere in `IndicatorId`, `Entities` or `ExtendedProperties`) or the matched "

@@ -93,6 +93,12 @@ def value_key(value: str) -> str:
     return text if "://" in text else text.lower()
 
 
+def id_key(ident: str) -> str:
+    """How an indicator id is compared: a STIX id without case (Sentinel's ids are uuids), any
+    other key exactly (Defender's keys are already as Defender compares them: a URL with case)."""
+    return ident.lower() if C.STIX_INDICATOR_ID_SEARCH_RE.fullmatch(ident) else ident
+
+
 class Holdings:
     """Which MISP attribute each indicator the target holds came from: by our key, by the
     service's id, and by its observable (an alert that names no indicator)."""
@@ -104,15 +110,15 @@ class Holdings:
             attribute = target.attribute_of(json.loads(row.body)) if row.body else ""
             if not attribute:
                 continue
-            self.by_id[row.external_id.lower()].add(attribute)
+            self.by_id[id_key(row.external_id)].add(attribute)
             if row.remote_id:
-                self.by_id[row.remote_id.lower()].add(attribute)
+                self.by_id[id_key(row.remote_id)].add(attribute)
             if value := target.row_value(row):
                 self.by_value[value_key(value)].add(attribute)
 
     def attributes(self, match: Match) -> set[str]:
-        if match.key and match.key.lower() in self.by_id:
-            return self.by_id[match.key.lower()]
+        if match.key and id_key(match.key) in self.by_id:
+            return self.by_id[id_key(match.key)]
         return self.by_value.get(value_key(match.value), set()) if match.value else set()
 
 
@@ -129,14 +135,20 @@ def day_of(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).date().isoformat()
 
 
-def window(store: StateStore, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """From the end of the last complete window (less the overlap for late alerts) to now; a
-    first run, or a window end in the future (the clock went back), looks back SIGHTINGS_FIRST_DAYS."""
-    first = now - dt.timedelta(days=C.SIGHTINGS_FIRST_DAYS)
+def window_end(store: StateStore, now: dt.datetime) -> dt.datetime | None:
+    """The end of the last complete window; None on a first run, or when it lies in the future
+    (the clock went back): then the store's posted days no longer cover the window read."""
     recorded = store.meta(C.SIGHTINGS_WINDOW_META)
     last = dt.datetime.fromisoformat(recorded.replace("Z", "+00:00")) if recorded else None
-    if last is None or last > now:
-        return first, now
+    return last if last is not None and last <= now else None
+
+
+def window(store: StateStore, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """From the end of the last complete window (less the overlap for late alerts) to now;
+    without one (window_end), SIGHTINGS_FIRST_DAYS back."""
+    last = window_end(store, now)
+    if last is None:
+        return now - dt.timedelta(days=C.SIGHTINGS_FIRST_DAYS), now
     return last - C.SIGHTINGS_OVERLAP, now
 
 
@@ -163,9 +175,11 @@ def wanted_sightings(matches: Iterable[Match], holdings: Holdings, since: dt.dat
 class Poster:
     """Posts the sightings of one target, one at a time, each recorded before and after."""
 
-    def __init__(self, target: Sighted, store: StateStore, sink: SightingSink, source: str, log: RequestLog) -> None:
+    def __init__(self, target: Sighted, store: StateStore, sink: SightingSink, source: str, log: RequestLog,
+                 now: dt.datetime) -> None:
         self.target, self.store, self.sink, self.source, self.log = target, store, sink, source, log
-        self.careful = store.meta(C.SIGHTINGS_WINDOW_META) is None  # nothing remembered: ask MISP first
+        # No trusted window end: the week read may hold days the store pruned, so ask MISP first.
+        self.careful = window_end(store, now) is None
         self.counts = SightingCounts()
         store.open_sightings()
         self._refused: JsonLines | None = None
@@ -211,7 +225,7 @@ def report_matches(target: Sighted, store: StateStore, sink: SightingSink, sourc
     only when every sighting in it was posted or refused (not when the volume guard deferred
     some, nor when MISP failed: the error propagates and the next run reads the window again)."""
     since, until = window(store, now)
-    poster = Poster(target, store, sink, source, log)
+    poster = Poster(target, store, sink, source, log, now)
     try:
         wanted = wanted_sightings(target.matches(since, until), Holdings(store.owned_rows(), target), since, until,
                                   poster.counts)

@@ -15,6 +15,7 @@ import pytest
 import constants as C
 from constants import ExitCode
 from misp_transformer import stix_id
+from settings import load_settings
 from standins.alerts import file_evidence, ip_evidence, url_evidence
 from tests.support import defender_config, run_cli, sentinel_config, store_file, write_config
 from tests.test_decay import CROSSING_DAYS, DAY, age, attribute, decay_event, iso
@@ -201,3 +202,31 @@ def test_report_sightings_keeps_a_matched_indicator_fresh_while_an_unmatched_one
     assert held["185.220.101.20"]["expirationTime"] == iso(reference + round(CROSSING_DAYS * DAY))
     assert reference > time.time() - 10 * DAY - HOUR
     assert second.logs("run-report")[-1]["decay"]["removed_decayed"] == 1
+
+
+def test_a_match_query_without_time_generated_is_a_config_error_not_zero_alerts(standins, tmp_path, capsys, small_misp):
+    """Every row of such a query would be skipped: the matches lost without a word, the window moved on."""
+    config = sentinel_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    standins.loganalytics.add_alert("TI map IP entity to SigninLogs", [{"Type": "ip", "Address": "185.220.101.7"}], at=ago(1))
+    config.write_text(config.read_text() + "sentinel_match_query = 'SecurityAlert | project StartTime, SystemAlertId, Entities'\n")
+    result = run_cli(config, "--sightings", capsys=capsys)
+    assert result.code == ExitCode.CONFIG, result.out + result.err
+    assert "sentinel_match_query" in result.err and "TimeGenerated" in result.err and records(standins) == []
+    config.write_text(config.read_text().replace("project StartTime,", "project TimeGenerated,"))
+    fixed = run_cli(config, "--sightings", capsys=capsys)
+    assert fixed.code == ExitCode.OK and len(records(standins)) == 1
+
+
+def test_two_workspaces_post_under_sources_misp_tells_apart(standins, tmp_path):
+    """The read-back before a post (a first run, a lost state) compares the source: with one
+    source for both workspaces, the second one's first run took the first one's sightings for its own."""
+    other = "12345678-0000-0000-0000-000000000000"
+    one = load_settings(sentinel_config(tmp_path, standins))
+    (tmp_path / "two").mkdir()
+    workspaces = [{"type": "sentinel", "workspace_id": standins.sentinel.workspace_id},
+                  {"type": "sentinel", "workspace_id": other, "workspace_name": "second"}]
+    two = load_settings(write_config(tmp_path / "two", standins, target=workspaces))
+    assert one.sighting_source_for(one.targets[0]) == "misp2sentinel:sentinel"
+    assert [two.sighting_source_for(target) for target in two.targets] == [
+        f"misp2sentinel:sentinel:{standins.sentinel.workspace_id}", f"misp2sentinel:sentinel:{other}"]

@@ -204,3 +204,44 @@ def test_a_match_outside_the_window_is_not_sighted(tmp_path, moment):
     misp = _Misp()
     report_matches(_Workspace([Match(moment, "a", value="198.51.100.1")]), _store(ATTRIBUTE), misp, "s", _log(tmp_path), NOW)
     assert misp.posts == []
+
+
+def test_a_clock_gone_back_asks_misp_before_reposting_days_the_state_pruned(tmp_path):
+    """The week a clock gone back re-reads holds days the state pruned long ago: MISP has them."""
+    store = _store(ATTRIBUTE)
+    old = NOW - dt.timedelta(days=4)
+    misp = _Misp()
+    report_matches(_Workspace([Match(old, "a", value="198.51.100.1")]), store, misp, "s", _log(tmp_path), NOW)
+    report_matches(_Workspace([]), store, misp, "s", _log(tmp_path), NOW + dt.timedelta(days=2))  # prunes that day
+    misp.holds = {(ATTRIBUTE, old.date().isoformat())}
+    back = NOW + dt.timedelta(days=2) - dt.timedelta(hours=1)  # NTP steps the clock back an hour
+    counts = report_matches(_Workspace([Match(old, "a", value="198.51.100.1")]), store, misp, "s", _log(tmp_path), back)
+    assert (counts.posted, counts.duplicates) == (0, 1) and len(misp.posts) == 1
+
+
+def test_a_defender_url_differing_in_case_is_another_indicator():
+    """Defender keys a URL exactly: an alert on one spelling sights only that spelling's attribute."""
+    rows = [_row(defender_key("Url", url), str(n), {"externalID": uuid, "indicatorValue": url})
+            for n, (url, uuid) in enumerate([("http://evil.example/A", ATTRIBUTE), ("http://evil.example/a", OTHER)])]
+    target = _Workspace([])
+    target.attribute_of = lambda indicator: str(indicator["externalID"])  # type: ignore[method-assign]
+    target.row_value = lambda row: str(json.loads(row.body)["indicatorValue"])  # type: ignore[method-assign]
+    holdings = Holdings(rows, target)
+    (match,) = [m for m in alert_matches({"id": "d", "createdDateTime": "2026-12-02T09:00:00Z",
+                                          "evidence": [{"url": "http://evil.example/a"}]}) if m.key.startswith("Url:")]
+    assert holdings.attributes(match) == {OTHER}
+
+
+@pytest.mark.parametrize("evidence", [5, True, "text", {"ipAddress": "198.51.100.1"}])
+def test_an_alert_whose_evidence_is_not_a_list_is_counted_not_raised(evidence):
+    (match,) = alert_matches({"id": "d", "createdDateTime": "2026-12-02T09:00:00Z", "evidence": evidence})
+    assert match.key == ""
+
+
+@pytest.mark.parametrize("depth", [990, 100000])
+def test_a_match_row_nested_too_deep_is_read_not_raised(depth):
+    """JSON nested past Python's recursion limit (json.loads raises RecursionError, not ValueError)."""
+    deep = "[" * depth + json.dumps(STIX) + "]" * depth
+    row = {"TimeGenerated": "2026-12-02T10:00:00Z", "SystemAlertId": "a", "Entities": deep, "ExtendedProperties": deep,
+           "MatchedValue": "198.51.100.1"}
+    assert [m.key for m in match_row(row)] == [STIX]
