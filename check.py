@@ -156,12 +156,12 @@ def check_target(settings: Settings, target: TargetSettings, log: RequestLog, ch
     adapter = targets.adapter(settings, target, log)
     try:
         check_service(settings, target, adapter, checklist)
+        if settings.report_sightings and isinstance(adapter, Sighted):
+            checklist.add(matches_line(adapter), ExitCode.MICROSOFT)
     finally:
         adapter.close()
     if settings.verify_after_minutes and target.workspace_id:
         checklist.add(delivery_check_line(settings, target, log), ExitCode.MICROSOFT)
-    if settings.report_sightings and isinstance(adapter, Sighted):
-        checklist.add(matches_line(adapter), ExitCode.MICROSOFT)
 
 
 def matches_line(adapter: Sighted) -> Line:

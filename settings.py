@@ -602,7 +602,8 @@ SETTINGS: tuple[Setting, ...] = (
         "every sync ends as `--sightings` does: the matches of our indicators in Sentinel and Defender since the "
         'last sightings run become MISP sightings (README, Sightings). Needs the read permissions README lists'),
     Setting("sighting_source", _text_max(C.SIGHTING_SOURCE_MAX), "",
-        "the `source` of the sightings posted to MISP",
+        "the `source` of the sightings posted to MISP. Set, it is every target's: MISP then shows one source for "
+        "all of them, and a target's first sightings run takes a sighting another target posted that day as its own",
         shown="`misp2sentinel:<target>` (`misp2sentinel:sentinel`, `misp2sentinel:defender`; with several workspaces "
               "`misp2sentinel:sentinel:<workspace_id>`)"),
     Setting("sentinel_match_query", _kql, C.SENTINEL_MATCH_QUERY,
