@@ -657,6 +657,7 @@ SIGHTINGS_OVERLAP = dt.timedelta(hours=6)
 # the next run (the window does not move past them), so a storm of alerts cannot flood MISP.
 SIGHTINGS_MAX_POSTS = 2000
 SIGHTINGS_REFUSED_LOG = "sightings-refused"  # logs/<time>_sightings-refused-<kind>_<n>.jsonl
+SIGHTINGS_START_META = "sightings_from"  # the start of a first window the volume guard left unfinished
 SIGHTINGS_WINDOW_META = "sightings_until"  # the state's meta key: the end of the last complete window
 GRAPH_ALERTS_PATH = "/v1.0/security/alerts_v2"
 GRAPH_ALERTS_PAGE_SIZE = 500  # $top; Graph allows at most 2000

@@ -224,11 +224,13 @@ def evidence_keys(evidence: Mapping[str, Any]) -> Iterator[str]:
 
 def alert_matches(alert: Mapping[str, Any]) -> Iterator[Match]:
     """One Match per key the alert's evidence (a list) can have matched; one without a key when
-    it names none (so the alert is still counted). An alert without a readable creation time is skipped."""
+    it names none (so the alert is still counted). An alert without a readable creation time is
+    one Match without a time: counted as unreadable, never sighted."""
     moment = moment_of(alert.get("createdDateTime"))
-    if moment is None:
-        return
     evidence = str(alert.get("id", ""))
+    if moment is None:
+        yield Match(None, evidence)
+        return
     items = alert.get("evidence")
     keys = sorted({key for item in items if isinstance(item, Mapping) for key in evidence_keys(item)}
                   if isinstance(items, list) else ())

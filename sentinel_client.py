@@ -270,13 +270,13 @@ def _entity_values(value: Any) -> Iterator[str]:
 def match_row(row: Mapping[str, Any]) -> Iterator[Match]:
     """The matches of one row of the match query: the STIX indicator ids it names anywhere
     (IndicatorId, ExtendedProperties, Entities), else the observables it names (MatchedValue,
-    the entities); the time is TimeGenerated. A row without a readable time is skipped."""
+    the entities); the time is TimeGenerated. A row without a readable time is one Match
+    without a time: counted as unreadable, never sighted. A row without SystemAlertId is its own alert."""
     moment = moment_of(row.get("TimeGenerated"))
+    evidence = str(row.get("SystemAlertId") or "") or json.dumps(row, sort_keys=True, default=str)
     if moment is None:
+        yield Match(None, evidence)
         return
-    evidence = str(row.get("SystemAlertId") or row.get("AlertName") or "")
-    if not evidence:
-        evidence = json.dumps(row, sort_keys=True, default=str)
     ids = sorted({found.lower() for column in ("IndicatorId", "ExtendedProperties", "Entities")
                   for text in _texts(row.get(column)) for found in C.STIX_INDICATOR_ID_SEARCH_RE.findall(text)})
     if ids:

@@ -29,7 +29,7 @@ class Match:
     """One alert's hit, as the service reports it: the indicator (our key or the service's id)
     when the alert names it, else the observable it matched."""
 
-    moment: dt.datetime  # when the service raised the alert (UTC)
+    moment: dt.datetime | None  # when the service raised the alert (UTC); None: the alert's time is unreadable
     evidence: str  # the service's alert id: one alert may yield several matches
     key: str = ""
     value: str = ""
@@ -80,6 +80,7 @@ class SightingCounts:
     duplicates: int = 0  # already posted (by an earlier run, or found in MISP)
     refused: int = 0  # MISP answered that it could not add them (each under logs/)
     not_ours: int = 0  # alerts naming no indicator this target holds for us
+    unreadable: int = 0  # alerts whose time cannot be read (never sighted: MISP needs the time)
     recovered: int = 0  # posts a killed run left unconfirmed, found in MISP
     deferred: int = 0  # left for the next run by the volume guard
 
@@ -145,20 +146,27 @@ def window_end(store: StateStore, now: dt.datetime) -> dt.datetime | None:
 
 def window(store: StateStore, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     """From the end of the last complete window (less the overlap for late alerts) to now;
-    without one (window_end), SIGHTINGS_FIRST_DAYS back."""
+    without one (window_end), SIGHTINGS_FIRST_DAYS back, or from where a first window the
+    volume guard left unfinished began."""
     last = window_end(store, now)
-    if last is None:
-        return now - dt.timedelta(days=C.SIGHTINGS_FIRST_DAYS), now
-    return last - C.SIGHTINGS_OVERLAP, now
+    if last is not None:
+        return last - C.SIGHTINGS_OVERLAP, now
+    started = moment_of(store.meta(C.SIGHTINGS_START_META) or "")
+    first = now - dt.timedelta(days=C.SIGHTINGS_FIRST_DAYS)
+    return (min(started, first) if started is not None and started <= now else first), now
 
 
 def wanted_sightings(matches: Iterable[Match], holdings: Holdings, since: dt.datetime, until: dt.datetime,
                      counts: SightingCounts) -> dict[tuple[str, str], dt.datetime]:
-    """(attribute uuid, UTC day) -> the earliest match of that day; counts the alerts read and
-    those that hit nothing of ours."""
+    """(attribute uuid, UTC day) -> the earliest match of that day; counts the alerts read, those
+    that hit nothing of ours and those without a readable time."""
     wanted: dict[tuple[str, str], dt.datetime] = {}
     hits: dict[str, bool] = {}
+    unreadable: set[str] = set()
     for match in matches:
+        if match.moment is None:
+            unreadable.add(match.evidence)
+            continue
         if not since <= match.moment <= until:
             continue
         found = holdings.attributes(match)
@@ -167,8 +175,9 @@ def wanted_sightings(matches: Iterable[Match], holdings: Holdings, since: dt.dat
             slot = (attribute, day_of(match.moment))
             if slot not in wanted or match.moment < wanted[slot]:
                 wanted[slot] = match.moment
-    counts.alerts = len(hits)
+    counts.alerts = len(hits) + len(unreadable)
     counts.not_ours = sum(not hit for hit in hits.values())
+    counts.unreadable = len(unreadable)
     return wanted
 
 
@@ -235,7 +244,10 @@ def report_matches(target: Sighted, store: StateStore, sink: SightingSink, sourc
             poster.post(attribute, day, moment)
     finally:
         poster.close()
-    if not poster.counts.deferred:
+    if poster.counts.deferred:  # a first window keeps its start, so the next run posts its oldest matches too
+        store.set_meta(C.SIGHTINGS_START_META, iso_utc(since))
+    else:
         store.set_meta(C.SIGHTINGS_WINDOW_META, iso_utc(until))
+        store.set_meta(C.SIGHTINGS_START_META, "")
         store.prune_sightings(day_of(since - dt.timedelta(days=1)))
     return poster.counts

@@ -79,7 +79,7 @@ def test_defender_matches_become_one_sighting_per_attribute_and_day(standins, tm
     assert all(post.path.rsplit("/", 1)[1] in posted for post in sighting_posts(standins))  # by uuid, never by value
     assert all("value" not in (post.json or {}) for post in sighting_posts(standins))
     assert sightings_of(result) == {"alerts": 5, "posted": 3, "duplicates": 0, "refused": 0, "not_ours": 1,
-                                    "recovered": 0, "deferred": 0}
+                                    "unreadable": 0, "recovered": 0, "deferred": 0}
     assert "sightings to MISP: posted 3, duplicates 0, refused 0" in result.out
     again = run_cli(config, "--sightings", capsys=capsys)  # reads from 6 h before the last run: the hash's alert is older
     assert again.code == ExitCode.OK and len(records(standins)) == 3

@@ -95,8 +95,27 @@ def test_a_row_without_an_id_matches_by_its_entities_and_matched_value():
     assert sorted(m.value for m in match_row(row)) == ["evil.example", "https://evil.example/x"]
 
 
-def test_a_row_without_a_readable_time_is_no_match():
-    assert list(match_row({"TimeGenerated": "yesterday", "IndicatorId": STIX})) == []
+def test_alerts_without_a_readable_time_are_counted_as_unreadable_never_sighted(tmp_path):
+    (row,) = match_row({"TimeGenerated": "yesterday", "IndicatorId": STIX, "SystemAlertId": "s1"})
+    (alert,) = alert_matches({"id": "d1", "createdDateTime": None, "evidence": [{"ipAddress": "198.51.100.1"}]})
+    misp = _Misp()
+    counts = report_matches(_Workspace([row, alert]), _store(ATTRIBUTE), misp, "s", _log(tmp_path), NOW)
+    assert (row.moment, alert.moment) == (None, None) and misp.posts == []
+    assert (counts.alerts, counts.unreadable, counts.not_ours) == (2, 2, 0)
+
+
+def test_a_first_window_the_volume_guard_left_unfinished_keeps_its_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "SIGHTINGS_MAX_POSTS", 1)
+    store = _store(ATTRIBUTE, OTHER)
+    oldest = NOW - dt.timedelta(days=6, hours=23)
+    matches = [Match(oldest, "a", value="198.51.100.1"), Match(oldest + dt.timedelta(minutes=1), "b", value="198.51.100.2")]
+    misp = _Misp()
+    assert report_matches(_Workspace(matches), store, misp, "s", _log(tmp_path), NOW).deferred == 1
+    later = NOW + dt.timedelta(days=1)  # a plain first window would now start after both matches
+    assert window(store, later)[0] == NOW - dt.timedelta(days=C.SIGHTINGS_FIRST_DAYS)
+    counts = report_matches(_Workspace(matches), store, misp, "s", _log(tmp_path), later)
+    assert (counts.posted, counts.deferred) == (1, 0) and [post[0] for post in misp.posts] == [ATTRIBUTE, OTHER]
+    assert store.meta(C.SIGHTINGS_START_META) == "" and window(store, later)[0] == later - C.SIGHTINGS_OVERLAP
 
 
 def test_defender_evidence_gives_the_keys_our_indicators_have():
