@@ -172,7 +172,7 @@ def test_a_rerun_posts_nothing_twice_and_a_first_run_asks_misp_first(tmp_path):
     misp = _Misp(holds={(OTHER, "2026-12-02")})  # posted before the state was lost
     first = report_matches(_Workspace(matches), store, misp, "misp2sentinel:sentinel", _log(tmp_path), NOW)
     assert (first.posted, first.duplicates) == (1, 1)
-    assert misp.posts == [(ATTRIBUTE, "misp2sentinel:sentinel", int(matches[0].moment.timestamp()))]
+    assert misp.posts == [(ATTRIBUTE, "misp2sentinel:sentinel", int((NOW - dt.timedelta(hours=2)).timestamp()))]
     assert len(misp.asked) == 2
     again = report_matches(_Workspace(matches), store, misp, "misp2sentinel:sentinel", _log(tmp_path),
                            NOW + dt.timedelta(hours=1))
