@@ -105,8 +105,14 @@ class Holdings:
     service's id, and by its observable (an alert that names no indicator)."""
 
     def __init__(self, rows: Iterable[StateRow], target: Sighted) -> None:
+        self.target = target
         self.by_id: dict[str, set[str]] = collections.defaultdict(set)
         self.by_value: dict[str, set[str]] = collections.defaultdict(set)
+        self.add(rows)
+
+    def add(self, rows: Iterable[StateRow]) -> None:
+        """More indicators the target holds, or held earlier in this run (a sync removes before its sightings)."""
+        target = self.target
         for row in rows:
             attribute = target.attribute_of(json.loads(row.body)) if row.body else ""
             if not attribute:
@@ -229,15 +235,18 @@ class Poster:
 
 
 def report_matches(target: Sighted, store: StateStore, sink: SightingSink, source: str, log: RequestLog,
-                   now: dt.datetime) -> SightingCounts:
+                   now: dt.datetime, held: Holdings | None = None) -> SightingCounts:
     """Post the sightings of every match since the last complete window. The window moves on
     only when every sighting in it was posted or refused (not when the volume guard deferred
-    some, nor when MISP failed: the error propagates and the next run reads the window again)."""
+    some, nor when MISP failed: the error propagates and the next run reads the window again).
+    `held`: what the target held when the sync began, so a match of an indicator the sync has
+    just removed (decayed, deleted in MISP) still reaches MISP."""
     since, until = window(store, now)
     poster = Poster(target, store, sink, source, log, now)
+    holdings = held or Holdings((), target)
+    holdings.add(store.owned_rows())
     try:
-        wanted = wanted_sightings(target.matches(since, until), Holdings(store.owned_rows(), target), since, until,
-                                  poster.counts)
+        wanted = wanted_sightings(target.matches(since, until), holdings, since, until, poster.counts)
         for attribute, day, moment in store.pending_sightings():
             wanted.setdefault((attribute, day), moment)
         for (attribute, day), moment in sorted(wanted.items(), key=lambda item: (item[1], item[0])):

@@ -204,6 +204,24 @@ def test_report_sightings_keeps_a_matched_indicator_fresh_while_an_unmatched_one
     assert second.logs("run-report")[-1]["decay"]["removed_decayed"] == 1
 
 
+def test_a_match_on_an_indicator_the_same_sync_decays_away_is_still_posted(standins, tmp_path, capsys):
+    """report_sightings runs at the end of the sync: an indicator that matched since the last run
+    but decayed in this one is removed first, and its match must still reach MISP, not count as
+    not_ours (its state row is gone by then)."""
+    matched, fresh = attribute("185.220.101.20", "ip-dst", age_days=40), attribute("185.220.101.22", "ip-dst", age_days=1)
+    standins.misp.events = [decay_event(matched, fresh)]
+    config = defender_config(tmp_path, standins, misp_decay_model="NIDS Simple Decaying Model", report_sightings=True,
+                             max_delete_fraction=0.6)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    standins.graph.add_alert([ip_evidence("185.220.101.20")], created=ago(1))
+    age(standins, 10)  # the matched address is 50 days old: this sync removes it
+    result = run_cli(config, capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    assert result.logs("run-report")[-1]["decay"]["removed_decayed"] == 1
+    assert [r["attribute_uuid"] for r in records(standins)] == [matched["uuid"]]
+    assert result.logs("run-report")[-1]["sightings"]["not_ours"] == 0
+
+
 def test_a_match_query_without_time_generated_is_a_config_error_not_zero_alerts(standins, tmp_path, capsys, small_misp):
     """Every row of such a query would be skipped: the matches lost without a word, the window moved on."""
     config = sentinel_config(tmp_path, standins)
