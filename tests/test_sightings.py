@@ -236,6 +236,16 @@ def test_a_match_query_without_time_generated_is_a_config_error_not_zero_alerts(
     assert fixed.code == ExitCode.OK and len(records(standins)) == 1
 
 
+def test_check_says_a_match_query_without_time_generated_is_wrong(standins, tmp_path, capsys, small_misp):
+    """--check must not pass a query that makes every sightings run exit 2."""
+    config = sentinel_config(tmp_path, standins, report_sightings=True,
+                             sentinel_match_query="SecurityAlert | project StartTime, SystemAlertId, Entities")
+    standins.loganalytics.add_alert("TI map IP entity to SigninLogs", [{"Type": "ip", "Address": "185.220.101.7"}], at=ago(1))
+    checked = run_cli(config, "--check", capsys=capsys)
+    assert checked.code == ExitCode.CONFIG, checked.out + checked.err
+    assert "✗" in checked.out and "TimeGenerated" in checked.out and "internal error" not in checked.err
+
+
 def test_two_workspaces_post_under_sources_misp_tells_apart(standins, tmp_path):
     """The read-back before a post (a first run, a lost state) compares the source: with one
     source for both workspaces, the second one's first run took the first one's sightings for its own."""
