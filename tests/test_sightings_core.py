@@ -13,6 +13,7 @@ import pytest
 
 import constants as C
 from defender_client import alert_matches, defender_key
+from report import sightings_line
 from request_log import RequestLog
 from sentinel_client import match_row
 from sightings import POSTED, Holdings, Match, SightingCounts, report_matches, wanted_sightings, window
@@ -102,6 +103,7 @@ def test_alerts_without_a_readable_time_are_counted_as_unreadable_never_sighted(
     counts = report_matches(_Workspace([row, alert]), _store(ATTRIBUTE), misp, "s", _log(tmp_path), NOW)
     assert (row.moment, alert.moment) == (None, None) and misp.posts == []
     assert (counts.alerts, counts.unreadable, counts.not_ours) == (2, 2, 0)
+    assert "unreadable 2" in sightings_line(counts.as_dict())  # the summary says so, as README promises
 
 
 def test_a_first_window_the_volume_guard_left_unfinished_keeps_its_start(tmp_path, monkeypatch):
