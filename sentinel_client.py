@@ -267,6 +267,15 @@ def _entity_values(value: Any) -> Iterator[str]:
                             if isinstance(entity.get(field), str) and entity[field].strip())
 
 
+_PATTERN_LITERAL_RE = re.compile(r"= '((?:[^'\\]|\\.)*)'\]$")
+
+
+def pattern_value(pattern: str) -> str:
+    """The string a single-comparison pattern compares with (misp_transformer.stix_quote undone); "" if none."""
+    found = _PATTERN_LITERAL_RE.search(pattern)
+    return re.sub(r"\\(.)", r"\1", found.group(1)) if found else ""
+
+
 def timed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The match query's rows; without TimeGenerated a configuration error (each row would be skipped unseen)."""
     if rows and "TimeGenerated" not in rows[0]:
@@ -342,7 +351,9 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
         return str(indicator.get("name", ""))
 
     def row_value(self, row: StateRow) -> str:
-        return str(json.loads(row.body).get("name", "")) if row.body else ""
+        """The observable the pattern compares (an alert's entity holds that), not `name`: MISP's
+        text, which may be defanged or a composite such as domain|ip."""
+        return pattern_value(str(json.loads(row.body).get("pattern", ""))) if row.body else ""
 
     def prepare(self, key: str, indicator: dict[str, Any], row: StateRow | None,
                 revoked_id: str | None) -> tuple[dict[str, Any], str | None]:

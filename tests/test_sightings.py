@@ -113,6 +113,23 @@ def test_sentinel_ti_map_alerts_map_back_by_stix_id_or_by_value(standins, tmp_pa
     assert all("/" in body["timespan"] for body in queries)
 
 
+def test_sentinel_maps_a_value_to_the_observable_sent_not_the_misp_text(standins, tmp_path, capsys):
+    """An indicator's `name` is MISP's text: defanged, or a composite such as domain|ip. The
+    alert's entity holds the observable the pattern matched, so that is what a value is compared with."""
+    composite = attribute("c2.example.net|185.220.101.9", "domain|ip", age_days=1)
+    defanged = attribute("hxxps://evil[.]example/x", "url", age_days=1)
+    standins.misp.events = [decay_event(composite, defanged)]
+    config = sentinel_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    standins.loganalytics.add_alert("TI map IP entity to SigninLogs", [{"Type": "ip", "Address": "185.220.101.9"}], at=ago(1))
+    standins.loganalytics.add_alert("TI map URL entity to UrlClickEvents", [{"Type": "url", "Url": "https://evil.example/x"}],
+                                    at=ago(1))
+    result = run_cli(config, "--sightings", capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    assert sorted(r["attribute_uuid"] for r in records(standins)) == sorted([composite["uuid"], defanged["uuid"]])
+    assert sightings_of(result)["not_ours"] == 0
+
+
 def test_a_refusal_is_logged_with_misps_reason_and_retried_next_run(standins, tmp_path, capsys, small_misp):
     config = synced_with_a_match(standins, tmp_path, capsys)
     standins.misp.refuse_sightings = "the attribute is in a deleted event"
