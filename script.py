@@ -180,9 +180,10 @@ def warn_deferred(label: str, counts: SightingCounts) -> None:
                          f"{C.SIGHTINGS_MAX_POSTS} are posted per run)\n")
 
 
-def post_sightings(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
+def post_sightings(settings: Settings, log: RequestLog, out: TextIO, quiet: bool) -> ExitCode:
     """--sightings: each target's matches since its last sightings run, posted to MISP; the
-    counts to stdout and a `sightings` log file, each refusal to a `sightings-refused` JSONL."""
+    counts to stdout (not with --quiet: a cron job hears only of errors) and a `sightings` log
+    file, each refusal to a `sightings-refused` JSONL."""
     settings.require_misp()
     settings.require_microsoft()
     source = MispSource(settings, log)
@@ -194,14 +195,16 @@ def post_sightings(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode
         finally:
             adapter.close()
         if counts is None:
-            say(out, f"{adapter.label}: sightings not read: {C.NO_SIGHTINGS.get(adapter.kind, C.NO_SIGHTINGS_STATE)}\n")
-            continue
-        log.write("sightings", {"target": adapter.label, "sightings": counts.as_dict()})
-        say(out, f"{adapter.label}: {sightings_line(counts.as_dict())}\n")
-        warn_deferred(adapter.label, counts)
-        if problem := sightings_problem(counts.as_dict()):
-            sys.stderr.write(f"misp2sentinel: error: {adapter.label}: {problem}\n")
-            code = ExitCode.REJECTED
+            text = f"sightings not read: {C.NO_SIGHTINGS.get(adapter.kind, C.NO_SIGHTINGS_STATE)}"
+        else:
+            log.write("sightings", {"target": adapter.label, "sightings": counts.as_dict()})
+            text = sightings_line(counts.as_dict())
+            warn_deferred(adapter.label, counts)
+            if problem := sightings_problem(counts.as_dict()):
+                sys.stderr.write(f"misp2sentinel: error: {adapter.label}: {problem}\n")
+                code = ExitCode.REJECTED
+        if not quiet:
+            say(out, f"{adapter.label}: {text}\n")
     return code
 
 
@@ -520,7 +523,7 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
         if args.verify:
             return verify_delivery(settings, log, out)
         if args.sightings:
-            return post_sightings(settings, log, out)
+            return post_sightings(settings, log, out, args.quiet)
         if args.explain is not None:  # `--explain ""` (an unset shell variable) must not fall through to a sync
             return explain(settings, log, args.explain, out)
         return sync(settings, log, args, out)

@@ -133,7 +133,7 @@ def test_sentinel_maps_a_value_to_the_observable_sent_not_the_misp_text(standins
 def test_a_refusal_is_logged_with_misps_reason_and_retried_next_run(standins, tmp_path, capsys, small_misp):
     config = synced_with_a_match(standins, tmp_path, capsys)
     standins.misp.refuse_sightings = "the attribute is in a deleted event"
-    refused = run_cli(config, "--sightings", capsys=capsys)
+    refused = run_cli(config, "--sightings", "--quiet", capsys=capsys)  # cron: exit 1 still says why, on stderr
     assert refused.code == ExitCode.REJECTED
     assert "1 sightings refused by MISP" in refused.err and records(standins) == []
     (logged,) = refused.log_dir.glob(f"*_{C.SIGHTINGS_REFUSED_LOG}-defender_*.jsonl")
@@ -141,8 +141,9 @@ def test_a_refusal_is_logged_with_misps_reason_and_retried_next_run(standins, tm
     assert record["attribute_uuid"] == small_misp["ip"]["uuid"] and "deleted event" in record["reason"]
     standins.misp.refuse_sightings = None
     standins.graph.add_alert([ip_evidence("185.220.101.7")], created=ago(0.5))
-    retried = run_cli(config, "--sightings", capsys=capsys)
+    retried = run_cli(config, "--sightings", "--quiet", capsys=capsys)
     assert retried.code == ExitCode.OK and len(records(standins)) == 1
+    assert retried.out == "" and retried.err == ""  # --quiet: errors only, so a good night sends no cron mail
 
 
 def test_without_perm_sighting_the_run_stops_loudly_and_keeps_its_window(standins, tmp_path, capsys, small_misp):
