@@ -196,6 +196,20 @@ def test_check_verifies_the_alert_permissions_and_misps_sighting_permission(stan
     assert "✗ MISP sightings" in failed.out and C.GRAPH_ALERTS_PERMISSION in failed.out
 
 
+def test_a_sync_whose_defender_alerts_are_refused_still_posts_sentinels_sightings(standins, tmp_path, capsys, small_misp):
+    """report_sightings with two targets: Defender's alerts refused (no SecurityAlert.Read.All) is
+    that target's exit 4 and last-run.json entry, said under --quiet; Sentinel's matches still go to MISP."""
+    config = write_config(tmp_path, standins, target=["sentinel", "defender"], report_sightings=True)
+    standins.loganalytics.add_alert("TI map IP entity to SigninLogs", [{"Type": "ip", "Address": "185.220.101.7"}], at=ago(1))
+    standins.graph.alert_readers.clear()
+    result = run_cli(config, "--quiet", capsys=capsys)
+    assert result.code == ExitCode.MICROSOFT, result.out + result.err
+    assert [r["attribute_uuid"] for r in records(standins, "misp2sentinel:sentinel")] == [small_misp["ip"]["uuid"]]
+    assert "sightings: alerts:" in result.err and C.GRAPH_ALERTS_PERMISSION in result.err and result.out == ""
+    status = json.loads((result.log_dir / C.LAST_RUN_FILE).read_text())
+    assert [entry["last_exit_code"] for entry in status.values()] == [ExitCode.OK, ExitCode.MICROSOFT]
+
+
 def test_report_sightings_keeps_a_matched_indicator_fresh_while_an_unmatched_one_decays(standins, tmp_path, capsys):
     """The loop the issue closes: Defender's match becomes a MISP sighting at the end of the
     sync; ten days later MISP's score counts from it, so the matched address's expiry has moved
