@@ -196,24 +196,33 @@ class Poster:
         # No trusted window end: the week read may hold days the store pruned, so ask MISP first.
         self.careful = window_end(store, now) is None
         self.counts = SightingCounts()
+        self.asked = 0  # read-backs this run
         store.open_sightings()
         self._refused: JsonLines | None = None
+
+    def full(self, reads: bool) -> bool:
+        """The volume guard: at most SIGHTINGS_MAX_POSTS posts per run, and as many read-backs
+        (after a lost state, every slot of an alert storm would be one restSearch)."""
+        return self.counts.posted + self.counts.refused >= C.SIGHTINGS_MAX_POSTS or (reads and self.asked >= C.SIGHTINGS_MAX_POSTS)
 
     def post(self, attribute: str, day: str, moment: dt.datetime) -> None:
         status = self.store.sighting_status(attribute, day)
         if status == POSTED:
             self.counts.duplicates += 1
             return
-        if (status == PENDING or self.careful) and self.sink.has_sighting(attribute, self.source, day):
-            self.store.mark_sighting(attribute, day, moment, POSTED)
-            if status == PENDING:
-                self.counts.recovered += 1
-            else:
-                self.counts.duplicates += 1
-            return
-        if self.counts.posted + self.counts.refused >= C.SIGHTINGS_MAX_POSTS:
+        reads = status == PENDING or self.careful
+        if self.full(reads):
             self.counts.deferred += 1
             return
+        if reads:
+            self.asked += 1
+            if self.sink.has_sighting(attribute, self.source, day):
+                self.store.mark_sighting(attribute, day, moment, POSTED)
+                if status == PENDING:
+                    self.counts.recovered += 1
+                else:
+                    self.counts.duplicates += 1
+                return
         self.store.mark_sighting(attribute, day, moment, PENDING)
         reason = self.sink.add_sighting(attribute, self.source, int(moment.timestamp()))
         if reason:

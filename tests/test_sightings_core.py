@@ -120,6 +120,20 @@ def test_a_first_window_the_volume_guard_left_unfinished_keeps_its_start(tmp_pat
     assert store.meta(C.SIGHTINGS_START_META) == "" and window(store, later)[0] == later - C.SIGHTINGS_OVERLAP
 
 
+def test_the_volume_guard_bounds_the_read_backs_too(tmp_path, monkeypatch):
+    """A first run after a lost state asks MISP about every slot: an alert storm must not turn
+    into one restSearch per slot, all in one run, when every one of them is a duplicate."""
+    monkeypatch.setattr(C, "SIGHTINGS_MAX_POSTS", 1)
+    matches = [Match(NOW - dt.timedelta(hours=2), "a", value="198.51.100.1"),
+               Match(NOW - dt.timedelta(hours=1), "b", value="198.51.100.2")]
+    misp = _Misp(holds={(ATTRIBUTE, "2026-12-02"), (OTHER, "2026-12-02")})
+    store = _store(ATTRIBUTE, OTHER)
+    counts = report_matches(_Workspace(matches), store, misp, "s", _log(tmp_path), NOW)
+    assert (len(misp.asked), counts.duplicates, counts.deferred) == (1, 1, 1) and misp.posts == []
+    counts = report_matches(_Workspace(matches), store, misp, "s", _log(tmp_path), NOW + dt.timedelta(minutes=5))
+    assert (counts.duplicates, counts.deferred) == (2, 0) and len(misp.asked) == 2 and misp.posts == []
+
+
 def test_defender_evidence_gives_the_keys_our_indicators_have():
     alert = {"id": "da1", "createdDateTime": "2026-12-02T09:00:00.1234567Z", "evidence": [
         {"@odata.type": "#microsoft.graph.security.ipEvidence", "ipAddress": "2001:DB8::1"},
