@@ -177,7 +177,7 @@ def target_sightings(settings: Settings, spec: TargetSettings, adapter: Sighted,
 def warn_deferred(label: str, counts: SightingCounts) -> None:
     if counts.deferred:
         sys.stderr.write(f"misp2sentinel: warning: {label}: {counts.deferred} sightings wait for the next run (at most "
-                         f"{C.SIGHTINGS_MAX_POSTS} are posted per run)\n")
+                         f"{C.SIGHTINGS_MAX_POSTS} are posted, and as many read back from MISP, per run)\n")
 
 
 def post_sightings(settings: Settings, log: RequestLog, out: TextIO, quiet: bool) -> ExitCode:
