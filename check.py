@@ -157,22 +157,26 @@ def check_target(settings: Settings, target: TargetSettings, log: RequestLog, ch
     try:
         check_service(settings, target, adapter, checklist)
         if settings.report_sightings and isinstance(adapter, Sighted):
-            checklist.add(matches_line(adapter), ExitCode.MICROSOFT)
+            checklist.add(*matches_line(adapter))
     finally:
         adapter.close()
     if settings.verify_after_minutes and target.workspace_id:
         checklist.add(delivery_check_line(settings, target, log), ExitCode.MICROSOFT)
 
 
-def matches_line(adapter: Sighted) -> Line:
-    """report_sightings reads the target's alerts: one harmless read shows the permission works."""
+def matches_line(adapter: Sighted) -> tuple[Line, ExitCode]:
+    """report_sightings reads the target's alerts: one harmless read shows the permission works
+    and the match query returns what a sightings run needs."""
     label = f"{adapter.label}: sightings"
     try:
         adapter.probe_matches()
     except MicrosoftError as exc:
         refused = exc.cause in (ErrorCause.PERMISSION_MISSING, ErrorCause.AUTH_REFUSED)
-        return Line(False, label, str(exc), adapter.matches_fix if refused else C.PROBE_FIXES.get(exc.cause, adapter.matches_fix))
-    return Line(True, label, f"the alerts can be read ({adapter.matches_permission})")
+        fix = adapter.matches_fix if refused else C.PROBE_FIXES.get(exc.cause, adapter.matches_fix)
+        return Line(False, label, str(exc), fix), ExitCode.MICROSOFT
+    except ConfigError as exc:
+        return Line(False, label, str(exc), "edit sentinel_match_query and run --check again"), ExitCode.CONFIG
+    return Line(True, label, f"the alerts can be read ({adapter.matches_permission})"), ExitCode.MICROSOFT
 
 
 def delivery_check_line(settings: Settings, target: TargetSettings, log: RequestLog) -> Line:

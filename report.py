@@ -156,7 +156,8 @@ def delivery_line(found: dict[str, int]) -> str:
 
 def sightings_line(counts: dict[str, int]) -> str:
     """The summary's line of a sightings run's counts (sightings.SightingCounts)."""
-    extra = "".join(f", {name.replace('_', ' ')} {counts[name]}" for name in ("recovered", "deferred") if counts.get(name))
+    extra = "".join(f", {name.replace('_', ' ')} {counts[name]}" for name in ("unreadable", "recovered", "deferred")
+                    if counts.get(name))
     return (f"sightings to MISP: posted {counts['posted']}, duplicates {counts['duplicates']}, refused {counts['refused']}"
             f" (alerts read {counts['alerts']}, not ours {counts['not_ours']}{extra})")
 

@@ -34,7 +34,7 @@ from ms_client import MicrosoftError
 from report import TargetRun, classify, delivery_line, last_run_status, sightings_line, sightings_problem, undelivered_problem
 from request_log import LogWriteError, RequestLog
 from settings import ConfigError, Settings, TargetSettings, load_settings
-from sightings import Sighted, SightingCounts, report_matches
+from sightings import Holdings, Sighted, SightingCounts, report_matches
 from state_store import StateStore, open_store, target_lock
 from sync import apply_decay, make_engine, new_run, open_run, run_all, state_paths
 
@@ -130,6 +130,8 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
         try:
             source = MispSource(settings, log)
             apply_decay(settings, runs, decay_policy(source, log), now)
+            sighting = settings.report_sightings and not args.dry_run and scope is None
+            held = held_before(runs) if sighting else {}
             run_all(runs, source, log, args.allow_mass_delete, scope, progress, args.full)
         finally:
             for run in runs:
@@ -137,9 +139,9 @@ def sync_targets(settings: Settings, log: RequestLog, args: argparse.Namespace, 
         if settings.verify_after_minutes and not args.dry_run:
             for run in runs:
                 run.guard(log, functools.partial(verify_run, settings, run, log))
-        if settings.report_sightings and not args.dry_run and scope is None:
+        if sighting:
             for run in runs:
-                run.guard(log, functools.partial(sight_run, settings, run, source, log))
+                run.guard(log, functools.partial(sight_run, settings, run, source, log, held.get(id(run))))
 
 
 def verify_run(settings: Settings, run: TargetRun, log: RequestLog) -> None:
@@ -148,19 +150,26 @@ def verify_run(settings: Settings, run: TargetRun, log: RequestLog) -> None:
         run.report.delivery = delivery.verify(settings, run.spec, run.adapter, run.engine.store, log, dt.datetime.now(dt.UTC))
 
 
-def sight_run(settings: Settings, run: TargetRun, source: MispSource, log: RequestLog) -> None:
+def held_before(runs: list[TargetRun]) -> dict[int, Holdings]:
+    """What each target holds before the sync removes anything: its sightings come after, and a
+    match of an indicator that decayed away in this very sync must still be posted."""
+    return {id(run): Holdings(run.engine.store.owned_rows(), run.adapter) for run in runs
+            if run.engine is not None and isinstance(run.adapter, Sighted)}
+
+
+def sight_run(settings: Settings, run: TargetRun, source: MispSource, log: RequestLog, held: Holdings | None) -> None:
     """report_sightings: the run ends with its target's sightings (a target without alerts has none)."""
     if run.engine is not None and isinstance(run.adapter, Sighted):
-        counts = target_sightings(settings, run.spec, run.adapter, run.engine.store, source, log)
+        counts = target_sightings(settings, run.spec, run.adapter, run.engine.store, source, log, held)
         run.report.sightings = counts.as_dict()
         warn_deferred(run.adapter.label, counts)
 
 
 def target_sightings(settings: Settings, spec: TargetSettings, adapter: Sighted, store: StateStore, source: MispSource,
-                     log: RequestLog) -> SightingCounts:
+                     log: RequestLog, held: Holdings | None = None) -> SightingCounts:
     """One target's matches posted as sightings; a Microsoft failure names the target and the step."""
     try:
-        return report_matches(adapter, store, source, settings.sighting_source_for(spec), log, dt.datetime.now(dt.UTC))
+        return report_matches(adapter, store, source, settings.sighting_source_for(spec), log, dt.datetime.now(dt.UTC), held)
     except MicrosoftError as exc:
         raise MicrosoftError(f"{adapter.label}: sightings: {exc}", exc.cause, exc.fatal, exc.aadsts) from None
 
@@ -168,12 +177,13 @@ def target_sightings(settings: Settings, spec: TargetSettings, adapter: Sighted,
 def warn_deferred(label: str, counts: SightingCounts) -> None:
     if counts.deferred:
         sys.stderr.write(f"misp2sentinel: warning: {label}: {counts.deferred} sightings wait for the next run (at most "
-                         f"{C.SIGHTINGS_MAX_POSTS} are posted per run)\n")
+                         f"{C.SIGHTINGS_MAX_POSTS} are posted, and as many read back from MISP, per run)\n")
 
 
-def post_sightings(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode:
+def post_sightings(settings: Settings, log: RequestLog, out: TextIO, quiet: bool) -> ExitCode:
     """--sightings: each target's matches since its last sightings run, posted to MISP; the
-    counts to stdout and a `sightings` log file, each refusal to a `sightings-refused` JSONL."""
+    counts to stdout (not with --quiet: a cron job hears only of errors) and a `sightings` log
+    file, each refusal to a `sightings-refused` JSONL."""
     settings.require_misp()
     settings.require_microsoft()
     source = MispSource(settings, log)
@@ -185,14 +195,16 @@ def post_sightings(settings: Settings, log: RequestLog, out: TextIO) -> ExitCode
         finally:
             adapter.close()
         if counts is None:
-            say(out, f"{adapter.label}: sightings not read: {C.NO_SIGHTINGS.get(adapter.kind, C.NO_SIGHTINGS_STATE)}\n")
-            continue
-        log.write("sightings", {"target": adapter.label, "sightings": counts.as_dict()})
-        say(out, f"{adapter.label}: {sightings_line(counts.as_dict())}\n")
-        warn_deferred(adapter.label, counts)
-        if problem := sightings_problem(counts.as_dict()):
-            sys.stderr.write(f"misp2sentinel: error: {adapter.label}: {problem}\n")
-            code = ExitCode.REJECTED
+            text = f"sightings not read: {C.NO_SIGHTINGS.get(adapter.kind, C.NO_SIGHTINGS_STATE)}"
+        else:
+            log.write("sightings", {"target": adapter.label, "sightings": counts.as_dict()})
+            text = sightings_line(counts.as_dict())
+            warn_deferred(adapter.label, counts)
+            if problem := sightings_problem(counts.as_dict()):
+                sys.stderr.write(f"misp2sentinel: error: {adapter.label}: {problem}\n")
+                code = ExitCode.REJECTED
+        if not quiet:
+            say(out, f"{adapter.label}: {text}\n")
     return code
 
 
@@ -511,7 +523,7 @@ def dispatch(argv: list[str] | None, out: TextIO) -> int:
         if args.verify:
             return verify_delivery(settings, log, out)
         if args.sightings:
-            return post_sightings(settings, log, out)
+            return post_sightings(settings, log, out, args.quiet)
         if args.explain is not None:  # `--explain ""` (an unset shell variable) must not fall through to a sync
             return explain(settings, log, args.explain, out)
         return sync(settings, log, args, out)

@@ -267,6 +267,23 @@ def _entity_values(value: Any) -> Iterator[str]:
                             if isinstance(entity.get(field), str) and entity[field].strip())
 
 
+_PATTERN_LITERAL_RE = re.compile(r"= '((?:[^'\\]|\\.)*)'\]$")
+
+
+def pattern_value(pattern: str) -> str:
+    """The string a single-comparison pattern compares with (misp_transformer.stix_quote undone); "" if none."""
+    found = _PATTERN_LITERAL_RE.search(pattern)
+    return re.sub(r"\\(.)", r"\1", found.group(1)) if found else ""
+
+
+def timed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The match query's rows; without TimeGenerated a configuration error (each row would be skipped unseen)."""
+    if rows and "TimeGenerated" not in rows[0]:
+        raise ConfigError(f"sentinel_match_query returns no TimeGenerated column (it returns {', '.join(rows[0])}): "
+                          "keep TimeGenerated in its project")
+    return rows
+
+
 def match_row(row: Mapping[str, Any]) -> Iterator[Match]:
     """The matches of one row of the match query: the STIX indicator ids it names anywhere
     (IndicatorId, ExtendedProperties, Entities), else the observables it names (MatchedValue,
@@ -334,7 +351,9 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
         return str(indicator.get("name", ""))
 
     def row_value(self, row: StateRow) -> str:
-        return str(json.loads(row.body).get("name", "")) if row.body else ""
+        """The observable the pattern compares (an alert's entity holds that), not `name`: MISP's
+        text, which may be defanged or a composite such as domain|ip."""
+        return pattern_value(str(json.loads(row.body).get("pattern", ""))) if row.body else ""
 
     def prepare(self, key: str, indicator: dict[str, Any], row: StateRow | None,
                 revoked_id: str | None) -> tuple[dict[str, Any], str | None]:
@@ -378,15 +397,12 @@ class SentinelAdapter(MicrosoftAdapter[SentinelClient]):
     def matches(self, since: dt.datetime, until: dt.datetime) -> Iterator[Match]:
         """The rows of sentinel_match_query whose TimeGenerated falls in the window. A query
         without that column is a configuration error: each of its rows would be skipped unseen."""
-        rows = connected(self._analytics, self).query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}")
-        if rows and "TimeGenerated" not in rows[0]:
-            raise ConfigError(f"sentinel_match_query returns no TimeGenerated column (it returns {', '.join(rows[0])}): "
-                              "keep TimeGenerated in its project")
-        for row in rows:
+        for row in timed(connected(self._analytics, self).query(self._match_query, f"{iso_utc(since)}/{iso_utc(until)}")):
             yield from match_row(row)
 
     def probe_matches(self) -> None:
-        connected(self._analytics, self).query(f"{self._match_query} | take 1", C.SIGHTINGS_PROBE_TIMESPAN)
+        """`--check` holds the query to what a sightings run needs, so it does not pass one that exits 2."""
+        timed(connected(self._analytics, self).query(f"{self._match_query} | take 1", C.SIGHTINGS_PROBE_TIMESPAN))
 
     def remove(self, rows: list[StateRow]) -> list[ItemResult]:
         """Revoke: the last object sent, again, with `revoked: true` and a newer `modified`."""

@@ -105,8 +105,14 @@ class Holdings:
     service's id, and by its observable (an alert that names no indicator)."""
 
     def __init__(self, rows: Iterable[StateRow], target: Sighted) -> None:
+        self.target = target
         self.by_id: dict[str, set[str]] = collections.defaultdict(set)
         self.by_value: dict[str, set[str]] = collections.defaultdict(set)
+        self.add(rows)
+
+    def add(self, rows: Iterable[StateRow]) -> None:
+        """More indicators the target holds, or held earlier in this run (a sync removes before its sightings)."""
+        target = self.target
         for row in rows:
             attribute = target.attribute_of(json.loads(row.body)) if row.body else ""
             if not attribute:
@@ -190,24 +196,33 @@ class Poster:
         # No trusted window end: the week read may hold days the store pruned, so ask MISP first.
         self.careful = window_end(store, now) is None
         self.counts = SightingCounts()
+        self.asked = 0  # read-backs this run
         store.open_sightings()
         self._refused: JsonLines | None = None
+
+    def full(self, reads: bool) -> bool:
+        """The volume guard: at most SIGHTINGS_MAX_POSTS posts per run, and as many read-backs
+        (after a lost state, every slot of an alert storm would be one restSearch)."""
+        return self.counts.posted + self.counts.refused >= C.SIGHTINGS_MAX_POSTS or (reads and self.asked >= C.SIGHTINGS_MAX_POSTS)
 
     def post(self, attribute: str, day: str, moment: dt.datetime) -> None:
         status = self.store.sighting_status(attribute, day)
         if status == POSTED:
             self.counts.duplicates += 1
             return
-        if (status == PENDING or self.careful) and self.sink.has_sighting(attribute, self.source, day):
-            self.store.mark_sighting(attribute, day, moment, POSTED)
-            if status == PENDING:
-                self.counts.recovered += 1
-            else:
-                self.counts.duplicates += 1
-            return
-        if self.counts.posted + self.counts.refused >= C.SIGHTINGS_MAX_POSTS:
+        reads = status == PENDING or self.careful
+        if self.full(reads):
             self.counts.deferred += 1
             return
+        if reads:
+            self.asked += 1
+            if self.sink.has_sighting(attribute, self.source, day):
+                self.store.mark_sighting(attribute, day, moment, POSTED)
+                if status == PENDING:
+                    self.counts.recovered += 1
+                else:
+                    self.counts.duplicates += 1
+                return
         self.store.mark_sighting(attribute, day, moment, PENDING)
         reason = self.sink.add_sighting(attribute, self.source, int(moment.timestamp()))
         if reason:
@@ -229,15 +244,18 @@ class Poster:
 
 
 def report_matches(target: Sighted, store: StateStore, sink: SightingSink, source: str, log: RequestLog,
-                   now: dt.datetime) -> SightingCounts:
+                   now: dt.datetime, held: Holdings | None = None) -> SightingCounts:
     """Post the sightings of every match since the last complete window. The window moves on
     only when every sighting in it was posted or refused (not when the volume guard deferred
-    some, nor when MISP failed: the error propagates and the next run reads the window again)."""
+    some, nor when MISP failed: the error propagates and the next run reads the window again).
+    `held`: what the target held when the sync began, so a match of an indicator the sync has
+    just removed (decayed, deleted in MISP) still reaches MISP."""
     since, until = window(store, now)
     poster = Poster(target, store, sink, source, log, now)
+    holdings = held or Holdings((), target)
+    holdings.add(store.owned_rows())
     try:
-        wanted = wanted_sightings(target.matches(since, until), Holdings(store.owned_rows(), target), since, until,
-                                  poster.counts)
+        wanted = wanted_sightings(target.matches(since, until), holdings, since, until, poster.counts)
         for attribute, day, moment in store.pending_sightings():
             wanted.setdefault((attribute, day), moment)
         for (attribute, day), moment in sorted(wanted.items(), key=lambda item: (item[1], item[0])):

@@ -113,10 +113,27 @@ def test_sentinel_ti_map_alerts_map_back_by_stix_id_or_by_value(standins, tmp_pa
     assert all("/" in body["timespan"] for body in queries)
 
 
+def test_sentinel_maps_a_value_to_the_observable_sent_not_the_misp_text(standins, tmp_path, capsys):
+    """An indicator's `name` is MISP's text: defanged, or a composite such as domain|ip. The
+    alert's entity holds the observable the pattern matched, so that is what a value is compared with."""
+    composite = attribute("c2.example.net|185.220.101.9", "domain|ip", age_days=1)
+    defanged = attribute("hxxps://evil[.]example/x", "url", age_days=1)
+    standins.misp.events = [decay_event(composite, defanged)]
+    config = sentinel_config(tmp_path, standins)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    standins.loganalytics.add_alert("TI map IP entity to SigninLogs", [{"Type": "ip", "Address": "185.220.101.9"}], at=ago(1))
+    standins.loganalytics.add_alert("TI map URL entity to UrlClickEvents", [{"Type": "url", "Url": "https://evil.example/x"}],
+                                    at=ago(1))
+    result = run_cli(config, "--sightings", capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    assert sorted(r["attribute_uuid"] for r in records(standins)) == sorted([composite["uuid"], defanged["uuid"]])
+    assert sightings_of(result)["not_ours"] == 0
+
+
 def test_a_refusal_is_logged_with_misps_reason_and_retried_next_run(standins, tmp_path, capsys, small_misp):
     config = synced_with_a_match(standins, tmp_path, capsys)
     standins.misp.refuse_sightings = "the attribute is in a deleted event"
-    refused = run_cli(config, "--sightings", capsys=capsys)
+    refused = run_cli(config, "--sightings", "--quiet", capsys=capsys)  # cron: exit 1 still says why, on stderr
     assert refused.code == ExitCode.REJECTED
     assert "1 sightings refused by MISP" in refused.err and records(standins) == []
     (logged,) = refused.log_dir.glob(f"*_{C.SIGHTINGS_REFUSED_LOG}-defender_*.jsonl")
@@ -124,8 +141,9 @@ def test_a_refusal_is_logged_with_misps_reason_and_retried_next_run(standins, tm
     assert record["attribute_uuid"] == small_misp["ip"]["uuid"] and "deleted event" in record["reason"]
     standins.misp.refuse_sightings = None
     standins.graph.add_alert([ip_evidence("185.220.101.7")], created=ago(0.5))
-    retried = run_cli(config, "--sightings", capsys=capsys)
+    retried = run_cli(config, "--sightings", "--quiet", capsys=capsys)
     assert retried.code == ExitCode.OK and len(records(standins)) == 1
+    assert retried.out == "" and retried.err == ""  # --quiet: errors only, so a good night sends no cron mail
 
 
 def test_without_perm_sighting_the_run_stops_loudly_and_keeps_its_window(standins, tmp_path, capsys, small_misp):
@@ -178,6 +196,20 @@ def test_check_verifies_the_alert_permissions_and_misps_sighting_permission(stan
     assert "✗ MISP sightings" in failed.out and C.GRAPH_ALERTS_PERMISSION in failed.out
 
 
+def test_a_sync_whose_defender_alerts_are_refused_still_posts_sentinels_sightings(standins, tmp_path, capsys, small_misp):
+    """report_sightings with two targets: Defender's alerts refused (no SecurityAlert.Read.All) is
+    that target's exit 4 and last-run.json entry, said under --quiet; Sentinel's matches still go to MISP."""
+    config = write_config(tmp_path, standins, target=["sentinel", "defender"], report_sightings=True)
+    standins.loganalytics.add_alert("TI map IP entity to SigninLogs", [{"Type": "ip", "Address": "185.220.101.7"}], at=ago(1))
+    standins.graph.alert_readers.clear()
+    result = run_cli(config, "--quiet", capsys=capsys)
+    assert result.code == ExitCode.MICROSOFT, result.out + result.err
+    assert [r["attribute_uuid"] for r in records(standins, "misp2sentinel:sentinel")] == [small_misp["ip"]["uuid"]]
+    assert "sightings: alerts:" in result.err and C.GRAPH_ALERTS_PERMISSION in result.err and result.out == ""
+    status = json.loads((result.log_dir / C.LAST_RUN_FILE).read_text())
+    assert [entry["last_exit_code"] for entry in status.values()] == [ExitCode.OK, ExitCode.MICROSOFT]
+
+
 def test_report_sightings_keeps_a_matched_indicator_fresh_while_an_unmatched_one_decays(standins, tmp_path, capsys):
     """The loop the issue closes: Defender's match becomes a MISP sighting at the end of the
     sync; ten days later MISP's score counts from it, so the matched address's expiry has moved
@@ -204,6 +236,24 @@ def test_report_sightings_keeps_a_matched_indicator_fresh_while_an_unmatched_one
     assert second.logs("run-report")[-1]["decay"]["removed_decayed"] == 1
 
 
+def test_a_match_on_an_indicator_the_same_sync_decays_away_is_still_posted(standins, tmp_path, capsys):
+    """report_sightings runs at the end of the sync: an indicator that matched since the last run
+    but decayed in this one is removed first, and its match must still reach MISP, not count as
+    not_ours (its state row is gone by then)."""
+    matched, fresh = attribute("185.220.101.20", "ip-dst", age_days=40), attribute("185.220.101.22", "ip-dst", age_days=1)
+    standins.misp.events = [decay_event(matched, fresh)]
+    config = defender_config(tmp_path, standins, misp_decay_model="NIDS Simple Decaying Model", report_sightings=True,
+                             max_delete_fraction=0.6)
+    assert run_cli(config, capsys=capsys).code == ExitCode.OK
+    standins.graph.add_alert([ip_evidence("185.220.101.20")], created=ago(1))
+    age(standins, 10)  # the matched address is 50 days old: this sync removes it
+    result = run_cli(config, capsys=capsys)
+    assert result.code == ExitCode.OK, result.out + result.err
+    assert result.logs("run-report")[-1]["decay"]["removed_decayed"] == 1
+    assert [r["attribute_uuid"] for r in records(standins)] == [matched["uuid"]]
+    assert result.logs("run-report")[-1]["sightings"]["not_ours"] == 0
+
+
 def test_a_match_query_without_time_generated_is_a_config_error_not_zero_alerts(standins, tmp_path, capsys, small_misp):
     """Every row of such a query would be skipped: the matches lost without a word, the window moved on."""
     config = sentinel_config(tmp_path, standins)
@@ -216,6 +266,16 @@ def test_a_match_query_without_time_generated_is_a_config_error_not_zero_alerts(
     config.write_text(config.read_text().replace("project StartTime,", "project TimeGenerated,"))
     fixed = run_cli(config, "--sightings", capsys=capsys)
     assert fixed.code == ExitCode.OK and len(records(standins)) == 1
+
+
+def test_check_says_a_match_query_without_time_generated_is_wrong(standins, tmp_path, capsys, small_misp):
+    """--check must not pass a query that makes every sightings run exit 2."""
+    config = sentinel_config(tmp_path, standins, report_sightings=True,
+                             sentinel_match_query="SecurityAlert | project StartTime, SystemAlertId, Entities")
+    standins.loganalytics.add_alert("TI map IP entity to SigninLogs", [{"Type": "ip", "Address": "185.220.101.7"}], at=ago(1))
+    checked = run_cli(config, "--check", capsys=capsys)
+    assert checked.code == ExitCode.CONFIG, checked.out + checked.err
+    assert "✗" in checked.out and "TimeGenerated" in checked.out and "internal error" not in checked.err
 
 
 def test_two_workspaces_post_under_sources_misp_tells_apart(standins, tmp_path):

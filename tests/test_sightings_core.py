@@ -13,6 +13,7 @@ import pytest
 
 import constants as C
 from defender_client import alert_matches, defender_key
+from report import sightings_line
 from request_log import RequestLog
 from sentinel_client import match_row
 from sightings import POSTED, Holdings, Match, SightingCounts, report_matches, wanted_sightings, window
@@ -102,6 +103,7 @@ def test_alerts_without_a_readable_time_are_counted_as_unreadable_never_sighted(
     counts = report_matches(_Workspace([row, alert]), _store(ATTRIBUTE), misp, "s", _log(tmp_path), NOW)
     assert (row.moment, alert.moment) == (None, None) and misp.posts == []
     assert (counts.alerts, counts.unreadable, counts.not_ours) == (2, 2, 0)
+    assert "unreadable 2" in sightings_line(counts.as_dict())  # the summary says so, as README promises
 
 
 def test_a_first_window_the_volume_guard_left_unfinished_keeps_its_start(tmp_path, monkeypatch):
@@ -116,6 +118,20 @@ def test_a_first_window_the_volume_guard_left_unfinished_keeps_its_start(tmp_pat
     counts = report_matches(_Workspace(matches), store, misp, "s", _log(tmp_path), later)
     assert (counts.posted, counts.deferred) == (1, 0) and [post[0] for post in misp.posts] == [ATTRIBUTE, OTHER]
     assert store.meta(C.SIGHTINGS_START_META) == "" and window(store, later)[0] == later - C.SIGHTINGS_OVERLAP
+
+
+def test_the_volume_guard_bounds_the_read_backs_too(tmp_path, monkeypatch):
+    """A first run after a lost state asks MISP about every slot: an alert storm must not turn
+    into one restSearch per slot, all in one run, when every one of them is a duplicate."""
+    monkeypatch.setattr(C, "SIGHTINGS_MAX_POSTS", 1)
+    matches = [Match(NOW - dt.timedelta(hours=2), "a", value="198.51.100.1"),
+               Match(NOW - dt.timedelta(hours=1), "b", value="198.51.100.2")]
+    misp = _Misp(holds={(ATTRIBUTE, "2026-12-02"), (OTHER, "2026-12-02")})
+    store = _store(ATTRIBUTE, OTHER)
+    counts = report_matches(_Workspace(matches), store, misp, "s", _log(tmp_path), NOW)
+    assert (len(misp.asked), counts.duplicates, counts.deferred) == (1, 1, 1) and misp.posts == []
+    counts = report_matches(_Workspace(matches), store, misp, "s", _log(tmp_path), NOW + dt.timedelta(minutes=5))
+    assert (counts.duplicates, counts.deferred) == (2, 0) and len(misp.asked) == 2 and misp.posts == []
 
 
 def test_defender_evidence_gives_the_keys_our_indicators_have():
