@@ -609,6 +609,9 @@ GRAPH_OBSERVABLE_FIELDS = (
 GRAPH_LISTING_COLUMNS = (("id", 64), ("externalId", 44), ("observable", 64), ("tlpLevel", 10), ("expirationDateTime", 24))
 SENTINEL_LISTING_COLUMNS = (("externalId", 48), ("pattern", 96), ("validUntil", 26), ("revoked", 7))
 CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: these cells get a leading '
+# A time as STIX, Graph, the management API and Log Analytics write it: any sub-second digits, `Z`,
+# an offset, or none (UTC).
+SERVICE_STAMP_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", re.I)
 CONTROL_CHARACTERS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # --- Delivery checks (README "Delivery checks"; lifecycle.md §5) --------------------------------
@@ -672,8 +675,8 @@ SENTINEL_MATCH_QUERY = ('SecurityAlert | where AlertName startswith "TI map" '
 NO_SIGHTINGS = {"graph": "Graph tiIndicators has no API that says what an indicator matched"}
 NO_SIGHTINGS_STATE = "its state holds nothing yet: run a sync first"
 SIGHTINGS_PROBE_TIMESPAN = "P1D"  # `--check` runs the match query over this, with `| take 1`
-# A STIX indicator id anywhere in a text (an alert's entities or extended properties).
-STIX_INDICATOR_ID_SEARCH_RE = re.compile(r"indicator--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+# A STIX indicator id anywhere in a text (an alert's entities or extended properties), in any case.
+STIX_INDICATOR_ID_SEARCH_RE = re.compile(STIX_INDICATOR_ID_RE.pattern, re.I)
 SENTINEL_MATCH_QUERY_MAX = 10000  # characters; a longer query is a pasted mistake
 # How deep a match row's dynamic cell is read (alert entities nest a few levels; a hostile one
 # nested past Python's recursion limit would stop the run).

@@ -24,7 +24,7 @@ from typing import Any
 import constants as C
 from alerts_client import AlertsClient
 from constants import Outcome
-from misp_transformer import DefenderTransformer, Transformer, iso_utc
+from misp_transformer import DefenderTransformer, Transformer, iso_utc, service_moment
 from ms_client import (
     WINDOW_SECONDS,
     Connection,
@@ -41,7 +41,7 @@ from rebuild import Rebuilt, Survey
 from reconcile import Action, HashRules, content_hash, event_uuid_of, immutable_hash
 from request_log import RequestLog
 from settings import ConfigError, Settings, TargetSettings
-from sightings import Match, moment_of
+from sightings import Match
 from state_store import StateRow
 
 DEFENDER_HASH_RULES = HashRules(volatile=C.DEFENDER_VOLATILE, updatable=C.DEFENDER_UPDATABLE)
@@ -226,7 +226,7 @@ def alert_matches(alert: Mapping[str, Any]) -> Iterator[Match]:
     """One Match per key the alert's evidence (a list) can have matched; one without a key when
     it names none (so the alert is still counted). An alert without a readable creation time is
     one Match without a time: counted as unreadable, never sighted."""
-    moment = moment_of(alert.get("createdDateTime"))
+    moment = service_moment(alert.get("createdDateTime"))
     evidence = str(alert.get("id", ""))
     if moment is None:
         yield Match(None, evidence)

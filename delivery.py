@@ -16,14 +16,13 @@ import collections
 import dataclasses
 import datetime as dt
 import json
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import constants as C
 from constants import Delivery
 from loganalytics_client import LogAnalyticsClient, connection, table_id
-from misp_transformer import iso_utc
+from misp_transformer import iso_utc, service_moment
 from request_log import JsonLines, RequestLog
 from settings import Settings, TargetSettings
 from state_store import StateRow, StateStore
@@ -42,29 +41,12 @@ class Verdict:
     shown: str = ""
 
 
-_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", re.I)
-
-
-def _moment(value: Any) -> dt.datetime | None:
-    """A timestamp as STIX, the management API or Log Analytics writes it (any sub-second
-    digits, `Z` or an offset; none is UTC), or None."""
-    match = _STAMP.fullmatch(value.strip()) if isinstance(value, str) else None
-    if match is None:
-        return None
-    head, fraction, zone = match.groups()
-    offset = "+00:00" if zone is None or zone.upper() == "Z" else zone
-    try:
-        return dt.datetime.fromisoformat(f"{head}.{((fraction or '') + '000000')[:6]}{offset}")
-    except ValueError:
-        return None
-
-
 def _same_moment(seen: Any, sent: Any) -> bool:
     """Both the same instant, or both unset; an unreadable one matches nothing."""
     if seen in (None, "") and sent in (None, ""):
         return True
-    moment = _moment(seen)
-    return moment is not None and moment == _moment(sent)
+    moment = service_moment(seen)
+    return moment is not None and moment == service_moment(sent)
 
 
 def _flag(value: Any) -> bool:
@@ -79,7 +61,7 @@ def _number(value: Any) -> Any:
 
 def young(row: StateRow, now: dt.datetime, wait: dt.timedelta) -> bool:
     """Sent too recently to call its absence a loss (ingestion lag, ingestion rules)."""
-    sent = _moment(row.sent_at)
+    sent = service_moment(row.sent_at)
     return sent is not None and now - sent < wait
 
 

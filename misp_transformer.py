@@ -174,6 +174,20 @@ def iso_utc(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def service_moment(value: Any) -> dt.datetime | None:
+    """A timestamp as STIX, Graph, the management API or Log Analytics writes it (any sub-second
+    digits, `Z` or an offset; none is UTC), or None."""
+    match = C.SERVICE_STAMP_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return None
+    head, fraction, zone = match.groups()
+    offset = "+00:00" if zone is None or zone.upper() == "Z" else zone
+    try:
+        return dt.datetime.fromisoformat(f"{head}.{((fraction or '') + '000000')[:6]}{offset}")
+    except ValueError:
+        return None
+
+
 def ascii_number(text: str, maximum: int) -> int | None:
     """A whole number 0..maximum written in ASCII digits, else None: the one way MISP numbers are
     read. int() alone also takes '٣', '１', '+5' and '1_0', and '²'.isdigit() is true while

@@ -20,7 +20,7 @@ import constants as C
 import loganalytics_client as loganalytics
 from constants import ErrorCause, Outcome
 from loganalytics_client import LogAnalyticsClient
-from misp_transformer import StixTransformer, Transformer, iso_utc, stix_id, stix_time
+from misp_transformer import StixTransformer, Transformer, iso_utc, service_moment, stix_id, stix_time
 from ms_client import (
     Connection,
     ItemResult,
@@ -35,7 +35,7 @@ from rebuild import Rebuilt
 from reconcile import Action, HashRules, content_hash, immutable_hash, next_modified
 from request_log import RequestLog
 from settings import ConfigError, Settings, TargetSettings
-from sightings import Match, moment_of
+from sightings import Match
 from state_store import StateRow
 
 _EVENT_URL_RE = re.compile(r"/events/view/([0-9a-fA-F-]{36})$")
@@ -289,7 +289,7 @@ def match_row(row: Mapping[str, Any]) -> Iterator[Match]:
     (IndicatorId, ExtendedProperties, Entities), else the observables it names (MatchedValue,
     the entities); the time is TimeGenerated. A row without a readable time is one Match
     without a time: counted as unreadable, never sighted. A row without SystemAlertId is its own alert."""
-    moment = moment_of(row.get("TimeGenerated"))
+    moment = service_moment(row.get("TimeGenerated"))
     evidence = str(row.get("SystemAlertId") or "") or json.dumps(row, sort_keys=True, default=str)
     if moment is None:
         yield Match(None, evidence)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import constants as C
-from misp_transformer import iso_utc
+from misp_transformer import iso_utc, service_moment
 from request_log import JsonLines, RequestLog
 from state_store import StateRow, StateStore
 
@@ -129,15 +129,6 @@ class Holdings:
         return self.by_value.get(value_key(match.value), set()) if match.value else set()
 
 
-def moment_of(value: Any) -> dt.datetime | None:
-    """A service's ISO 8601 time (a naive one is UTC), or None when it is not one."""
-    try:
-        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
 def day_of(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).date().isoformat()
 
@@ -157,7 +148,7 @@ def window(store: StateStore, now: dt.datetime) -> tuple[dt.datetime, dt.datetim
     last = window_end(store, now)
     if last is not None:
         return last - C.SIGHTINGS_OVERLAP, now
-    started = moment_of(store.meta(C.SIGHTINGS_START_META) or "")
+    started = service_moment(store.meta(C.SIGHTINGS_START_META) or "")
     first = now - dt.timedelta(days=C.SIGHTINGS_FIRST_DAYS)
     return (min(started, first) if started is not None and started <= now else first), now
 
