@@ -365,7 +365,9 @@ class MispSource:
         body = {"type": C.SIGHTING_TYPE_SEEN, "source": source, "timestamp": moment}
         started = time.monotonic()
         answer = self._call(where, lambda: self.connect().add_sighting(body, attribute_uuid))
-        self.log.request("misp-sighting", "POST", f"{self.settings.misp_url}sightings/add/{attribute_uuid}", body, 200,
+        errors = answer.get("errors") if isinstance(answer, dict) else None
+        status = errors[0] if isinstance(errors, tuple) and errors and isinstance(errors[0], int) else 200  # PyMISP hides it
+        self.log.request("misp-sighting", "POST", f"{self.settings.misp_url}sightings/add/{attribute_uuid}", body, status,
                          answer, time.monotonic() - started)
         saved = answer.get("Sighting") if isinstance(answer, dict) else None
         if isinstance(saved, dict) and saved.get("id"):

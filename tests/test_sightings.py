@@ -151,6 +151,7 @@ def test_without_perm_sighting_the_run_stops_loudly_and_keeps_its_window(standin
     standins.misp.perm_sighting = False
     denied = run_cli(config, "--sightings", capsys=capsys)
     assert denied.code == ExitCode.MISP and "perm_sighting" in denied.err and "Traceback" not in denied.err
+    assert [record["status"] for record in denied.logs("misp-sighting")] == [403]  # as MISP answered, not PyMISP's 200
     standins.misp.perm_sighting = True
     allowed = run_cli(config, "--sightings", capsys=capsys)
     assert allowed.code == ExitCode.OK and len(records(standins)) == 1
