@@ -153,7 +153,7 @@ def verify_run(settings: Settings, run: TargetRun, log: RequestLog) -> None:
 def held_before(runs: list[TargetRun]) -> dict[int, Holdings]:
     """What each target holds before the sync removes anything: its sightings come after, and a
     match of an indicator that decayed away in this very sync must still be posted."""
-    return {id(run): Holdings(run.engine.store.owned_rows(), run.adapter) for run in runs
+    return {id(run): Holdings(run.engine.store.each_owned(), run.adapter) for run in runs
             if run.engine is not None and isinstance(run.adapter, Sighted)}
 
 

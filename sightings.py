@@ -244,7 +244,7 @@ def report_matches(target: Sighted, store: StateStore, sink: SightingSink, sourc
     since, until = window(store, now)
     poster = Poster(target, store, sink, source, log, now)
     holdings = held or Holdings((), target)
-    holdings.add(store.owned_rows())
+    holdings.add(store.each_owned())
     try:
         wanted = wanted_sightings(target.matches(since, until), holdings, since, until, poster.counts)
         for attribute, day, moment in store.pending_sightings():

@@ -458,7 +458,11 @@ class StateStore:
     # --- deliveries: the last verification's verdict per indicator (delivery.py) ----------
     def owned_rows(self) -> list[StateRow]:
         """Every owned row (sent or maybe sent), as a verification checks them."""
-        return [StateRow(*row) for row in self.db.execute(f"SELECT {_ROW} FROM indicators WHERE {_OWNED} ORDER BY external_id")]
+        return list(self.each_owned())
+
+    def each_owned(self) -> Iterator[StateRow]:
+        """The owned rows one at a time: sightings read them all, and memory need not hold every body."""
+        return (StateRow(*row) for row in self.db.execute(f"SELECT {_ROW} FROM indicators WHERE {_OWNED} ORDER BY external_id"))
 
     def record_deliveries(self, verdicts: Iterable[tuple[str, str, str, str]], checked_at: str) -> None:
         """(key, service id, status, detail) of one verification, replacing the previous one's."""
